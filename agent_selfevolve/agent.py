@@ -1,0 +1,240 @@
+"""The single-attempt agent: a LangGraph StateGraph  start -> model -> tools -> model ... -> finish.
+
+State is plain JSON (messages, steps, counters) so any checkpointer can persist it and an attempt killed
+mid-way resumes from its thread id. Live objects (the model client, the sandbox) travel in the runtime
+context, never in state or `config["configurable"]`, which would copy them (and API keys) into the database.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from agent_selfevolve.envs.base import Environment, Observation, ToolCall
+from agent_selfevolve.envs.tools import (
+    ActionFormatError,
+    describe_for_prompt,
+    parse_text_action,
+    parse_tool_call,
+)
+from agent_selfevolve.models.base import Model, ModelError, Usage
+
+SYSTEM_PROMPT = """You are an autonomous software engineer working in a git repository. Fix the issue you are \
+given by editing the source code. Work in small steps: explore, reproduce, edit, test. Do not edit the tests \
+to make them pass. When the fix is done and tested, call the `submit` tool."""
+
+TEXT_ACTION_RULES = """You can use these tools:
+{tools}
+
+Every reply must be a short thought followed by exactly ONE fenced code block whose language is the tool name.
+For bash, the block holds the command; for other tools, a JSON object of arguments. Examples:
+```bash
+grep -rn "def parse" src/
+```
+```str_replace
+{{"path": "src/mod.py", "old": "return a - b", "new": "return a + b"}}
+```
+```submit
+{{}}
+```"""
+
+TASK_TEMPLATE = """<issue>
+{problem}
+</issue>
+
+{orientation}
+{strategy}{guidance}"""
+
+
+@dataclass
+class Limits:
+    max_steps: int = 30
+    max_tokens: int = 400_000
+    max_cost: float = 5.0
+    max_wall_s: float = 1800.0
+    max_format_errors: int = 3
+    """Consecutive malformed replies that end the attempt."""
+
+
+@dataclass
+class AgentContext:
+    """Live dependencies of one attempt; passed as `context=` to invoke/stream."""
+
+    model: Model
+    env: Environment
+    limits: Limits = field(default_factory=Limits)
+    system_prompt: str = SYSTEM_PROMPT
+    model_params: dict[str, Any] = field(default_factory=dict)
+
+
+class AgentState(TypedDict, total=False):
+    task_id: str
+    problem: str
+    guidance: str
+    """Advice from a search operator (SE-Agent revision, HGM diagnosis); goes into the first prompt."""
+    strategy: str
+    """A planning strategy for diversity; goes into the first prompt."""
+    messages: Annotated[list[dict[str, Any]], operator.add]
+    steps: Annotated[list[dict[str, Any]], operator.add]
+    pending: list[dict[str, Any]]
+    thought: str
+    status: str
+    exit_message: str
+    format_errors: int
+    usage: dict[str, Any]
+    elapsed_s: float
+    outcome: dict[str, Any]
+    native_tools: bool
+
+
+def _emit(runtime: Runtime[AgentContext], event: dict[str, Any]) -> None:
+    runtime.stream_writer(event)  # a no-op unless the caller streams "custom" events
+
+
+def start(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    t0 = time.monotonic()
+    obs = ctx.env.reset()
+    native = bool(ctx.model.supports_tools)
+    system = ctx.system_prompt
+    if not native:
+        system += "\n\n" + TEXT_ACTION_RULES.format(tools=describe_for_prompt(ctx.env.tool_specs()))
+    strategy = f"Approach to take: {state['strategy']}\n" if state.get("strategy") else ""
+    guidance = f"\nGuidance from earlier attempts at this task:\n{state['guidance']}\n" if state.get("guidance") else ""
+    user = TASK_TEMPLATE.format(problem=state.get("problem", ""), orientation=obs.text, strategy=strategy,
+                                guidance=guidance)
+    _emit(runtime, {"event": "attempt_started", "task_id": state.get("task_id", "")})
+    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "status": "running", "format_errors": 0, "usage": Usage().to_dict(), "native_tools": native,
+            "elapsed_s": time.monotonic() - t0, "pending": []}
+
+
+def _limit_hit(state: AgentState, limits: Limits) -> tuple[str, str] | None:
+    usage = Usage.from_dict(state.get("usage"))
+    if len([s for s in state.get("steps", []) if s.get("action")]) >= limits.max_steps:
+        return "step_limit", f"reached {limits.max_steps} steps"
+    if usage.total_tokens >= limits.max_tokens:
+        return "token_limit", f"used {usage.total_tokens} tokens (limit {limits.max_tokens})"
+    if usage.cost >= limits.max_cost:
+        return "cost_limit", f"cost ${usage.cost:.4f} (limit ${limits.max_cost})"
+    if state.get("elapsed_s", 0.0) >= limits.max_wall_s:
+        return "time_limit", f"ran {state.get('elapsed_s', 0.0):.0f} s (limit {limits.max_wall_s:.0f} s)"
+    return None
+
+
+def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    hit = _limit_hit(state, ctx.limits)
+    if hit:
+        return {"status": hit[0], "exit_message": hit[1], "pending": []}
+    native = state.get("native_tools", True)
+    t0 = time.monotonic()
+    try:
+        reply = ctx.model.chat(state["messages"], ctx.env.tool_specs() if native else None, **ctx.model_params)
+    except ModelError as exc:
+        return {"status": "model_error", "exit_message": str(exc), "pending": [],
+                "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}
+    model_s = time.monotonic() - t0
+    usage = (Usage.from_dict(state.get("usage")) + Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens,
+                                                         reply.usage.cost, 1)).to_dict()
+    message = reply.message
+    update: dict[str, Any] = {"usage": usage, "elapsed_s": state.get("elapsed_s", 0.0) + model_s,
+                              "thought": message.get("content") or ""}
+    try:
+        specs = ctx.env.tool_specs()
+        if native:
+            raw_calls = message.get("tool_calls") or []
+            if not raw_calls:
+                raise ActionFormatError("Your reply did not call a tool. Call exactly one tool (for example "
+                                        "`bash`), or `submit` when you are done.")
+            calls = [parse_tool_call(c, specs) for c in raw_calls]
+        else:
+            calls = [parse_text_action(message.get("content") or "", specs)]
+    except ActionFormatError as exc:
+        errors = state.get("format_errors", 0) + 1
+        feedback: dict[str, Any] = {"role": "user", "content": f"Format error: {exc}"}
+        # Native mode: tool calls must be answered before another user turn, so keep only the text.
+        kept = {"role": "assistant", "content": message.get("content") or ""}
+        step = {"index": len(state.get("steps", [])), "thought": message.get("content") or "", "action": None,
+                "format_error": str(exc), "usage": reply.usage.to_dict(), "model_s": model_s}
+        update.update(messages=[kept, feedback], steps=[step], format_errors=errors, pending=[])
+        if errors >= ctx.limits.max_format_errors:
+            update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
+        return update
+    update.update(messages=[message], format_errors=0, pending=[
+        {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply.usage.to_dict(), "model_s": model_s}
+        for c in calls])
+    return update
+
+
+def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    native = state.get("native_tools", True)
+    messages: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+    status, elapsed = state.get("status", "running"), state.get("elapsed_s", 0.0)
+    for i, call in enumerate(state.get("pending", [])):
+        t0 = time.monotonic()
+        try:
+            obs = ctx.env.step(ToolCall(call["name"], call["arguments"], call.get("id", "")))
+        except Exception as exc:  # a broken sandbox ends the attempt; what was recorded so far is kept
+            obs = Observation(f"Environment error: {type(exc).__name__}: {exc}", error=True)
+            status = "env_error"
+        tool_s = time.monotonic() - t0
+        elapsed += tool_s
+        if native:
+            messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": obs.text})
+        else:
+            messages.append({"role": "user", "content": f"Observation:\n{obs.text}"})
+        steps.append({"index": len(state.get("steps", [])) + i, "thought": state.get("thought", "") if i == 0 else "",
+                      "action": {"name": call["name"], "arguments": call["arguments"]}, "observation": obs.text,
+                      "observation_error": obs.error, "usage": call.get("usage", {}) if i == 0 else {},
+                      "model_s": call.get("model_s", 0.0) if i == 0 else 0.0, "tool_s": tool_s, "info": obs.info})
+        _emit(runtime, {"event": "step", "task_id": state.get("task_id", ""), "index": steps[-1]["index"],
+                        "tool": call["name"], "error": obs.error})
+        if obs.done:
+            status = "submitted"
+        if status != "running":
+            break
+    return {"messages": messages, "steps": steps, "pending": [], "status": status, "elapsed_s": elapsed,
+            **({"exit_message": "environment failed"} if status == "env_error" else {})}
+
+
+def finish(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    try:
+        outcome = runtime.context.env.outcome()
+    except Exception as exc:
+        outcome = {"patch": "", "error": f"{type(exc).__name__}: {exc}"}
+    _emit(runtime, {"event": "attempt_finished", "task_id": state.get("task_id", ""),
+                    "status": state.get("status"), "steps": len(state.get("steps", []))})
+    return {"outcome": outcome}
+
+
+def _after_model(state: AgentState) -> Literal["tools", "model", "finish"]:
+    if state.get("status", "running") != "running":
+        return "finish"
+    return "tools" if state.get("pending") else "model"
+
+
+def _after_tools(state: AgentState) -> Literal["model", "finish"]:
+    return "model" if state.get("status", "running") == "running" else "finish"
+
+
+def build_agent_graph() -> StateGraph:
+    """The uncompiled graph, for users who add it to their own app (compile it with their checkpointer)."""
+    graph = StateGraph(AgentState, context_schema=AgentContext)
+    graph.add_node("start", start)
+    graph.add_node("model", call_model)
+    graph.add_node("tools", run_tools)
+    graph.add_node("finish", finish)
+    graph.add_edge(START, "start")
+    graph.add_edge("start", "model")
+    graph.add_conditional_edges("model", _after_model)
+    graph.add_conditional_edges("tools", _after_tools)
+    graph.add_edge("finish", END)
+    return graph

@@ -1,0 +1,124 @@
+"""Tool bundles from the top-level `tools/` folder, as OpenAI tool schemas and as a plain-text action format.
+
+Models without tool calling answer with one fenced block whose info string names the tool:
+```bash
+pytest -q tests/test_x.py
+```
+or, for tools with structured arguments, a JSON object:
+```str_replace
+{"path": "a.py", "old": "x = 1", "new": "x = 2"}
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.envs.base import ToolCall
+
+DEFAULT_TOOLS = ("bash", "view", "str_replace", "search", "find_files", "submit")
+
+
+class ActionFormatError(ValueError):
+    """The model's reply is not a valid action; the message tells the model how to fix it."""
+
+
+def tools_dir() -> Path:
+    env = os.environ.get("AGENT_SELFEVOLVE_TOOLS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "tools"
+
+
+@dataclass(frozen=True)
+class ToolBundle:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    builtin: str | None
+    script: Path | None
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {"type": "function",
+                "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
+
+
+def load_bundles(names: tuple[str, ...] | list[str] = DEFAULT_TOOLS, root: Path | None = None) -> list[ToolBundle]:
+    root = root or tools_dir()
+    bundles = []
+    for name in names:
+        manifest = root / name / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"tool bundle '{name}' has no manifest at {manifest}")
+        data = json.loads(manifest.read_text())
+        script = None if data.get("builtin") else root / name / "main.py"
+        bundles.append(ToolBundle(data["name"], data["description"], data["parameters"], data.get("builtin"),
+                                  script))
+    return bundles
+
+
+def _functions(specs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {s["function"]["name"]: s["function"] for s in specs}
+
+
+def describe_for_prompt(specs: list[dict[str, Any]]) -> str:
+    """Tool list for the text action format (models without native tool calling)."""
+    lines = []
+    for name, fn in _functions(specs).items():
+        props = fn.get("parameters", {}).get("properties", {})
+        args = ", ".join(f"{k}: {v.get('type', 'any')}" for k, v in props.items()) or "no arguments"
+        lines.append(f"- {name} ({args}): {fn.get('description', '')}")
+    return "\n".join(lines)
+
+
+_BLOCK = re.compile(r"```([A-Za-z_][\w-]*)[ \t]*\n(.*?)```", re.S)
+
+
+def parse_text_action(text: str, specs: list[dict[str, Any]]) -> ToolCall:
+    """Exactly one fenced block naming a known tool; its body is the bash command or a JSON object."""
+    known = _functions(specs)
+    blocks = [(lang, body) for lang, body in _BLOCK.findall(text or "") if lang in known or lang in ("json", "sh")]
+    if not blocks:
+        raise ActionFormatError(
+            "No action found. Reply with a short thought and exactly one fenced code block whose language is a "
+            f"tool name ({', '.join(known)}), e.g.\n```bash\nls\n```")
+    if len(blocks) > 1:
+        raise ActionFormatError(f"Found {len(blocks)} action blocks; send exactly one per reply.")
+    lang, body = blocks[0]
+    if lang == "sh":
+        lang = "bash"
+    if lang == "bash" and "bash" in known:
+        return ToolCall("bash", {"command": body.strip()})
+    body = body.strip()
+    try:
+        args = json.loads(body) if body else {}
+    except json.JSONDecodeError as exc:
+        raise ActionFormatError(f"The arguments of `{lang}` are not valid JSON ({exc.msg}); send a JSON object.") \
+            from None
+    if lang == "json":  # {"tool": ..., "arguments": {...}}
+        if not isinstance(args, dict) or args.get("tool") not in known:
+            raise ActionFormatError("A ```json action needs {\"tool\": <name>, \"arguments\": {...}}.")
+        return ToolCall(args["tool"], dict(args.get("arguments") or {}))
+    if not isinstance(args, dict):
+        raise ActionFormatError(f"The arguments of `{lang}` must be a JSON object.")
+    return ToolCall(lang, args)
+
+
+def parse_tool_call(raw: dict[str, Any], specs: list[dict[str, Any]]) -> ToolCall:
+    """An OpenAI `tool_calls` entry -> ToolCall; unknown names and bad JSON become ActionFormatError."""
+    fn = raw.get("function", {})
+    name = fn.get("name", "")
+    known = _functions(specs)
+    if name not in known:
+        raise ActionFormatError(f"Unknown tool '{name}'. Available: {', '.join(known)}.")
+    arguments = fn.get("arguments") or "{}"
+    try:
+        args = json.loads(arguments) if isinstance(arguments, str) else dict(arguments)
+    except json.JSONDecodeError as exc:
+        raise ActionFormatError(f"Arguments of tool '{name}' are not valid JSON ({exc.msg}).") from None
+    if not isinstance(args, dict):
+        raise ActionFormatError(f"Arguments of tool '{name}' must be a JSON object.")
+    return ToolCall(name, args, raw.get("id", ""))

@@ -1,0 +1,85 @@
+"""The model protocol: chat messages (+ tool schemas) in, one assistant message and its usage out.
+
+Messages are plain OpenAI-style dicts, so the same trajectory flows from the agent to the store and to the
+trainer without conversion. Every backend (litellm, openai-compatible, llama.cpp, transformers, the scripted
+fake) implements `Model.chat`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+Message = dict[str, Any]
+"""An OpenAI chat message: {"role", "content", optional "tool_calls", "tool_call_id", "name"}."""
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
+                     self.cost + other.cost, self.calls + other.calls)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage:
+        data = data or {}
+        return cls(**{k: data.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cost", "calls")})
+
+
+@dataclass
+class ModelReply:
+    message: Message
+    """The assistant message: {"role": "assistant", "content": str | None, "tool_calls": [...]?}."""
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+
+
+class ModelError(RuntimeError):
+    """A provider failed. `transient` errors (rate limits, timeouts, 5xx) are worth retrying."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+@runtime_checkable
+class Model(Protocol):
+    name: str
+    """Identity recorded with every trajectory, e.g. 'local/qwen2.5-coder-0.5b-instruct-q4_k_m'."""
+
+    supports_tools: bool
+    """False: the agent describes tools in the prompt and parses the plain-text action format instead."""
+
+    def chat(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+             **params: Any) -> ModelReply: ...
+
+
+T = TypeVar("T")
+
+
+def with_retries(call: Callable[[], T], attempts: int = 4, base_delay: float = 0.5,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    """Retry transient `ModelError`s with jittered exponential backoff; re-raise the rest at once."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except ModelError as exc:
+            if not exc.transient or attempt == attempts - 1:
+                raise
+            sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")

@@ -1,0 +1,94 @@
+"""The Trajectory: one attempt at one task, the same plain type from the agent to the store to the trainer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from agent_selfevolve.models.base import Message, Usage
+
+FINISHED_OK = "submitted"
+STATUSES = ("running", "submitted", "step_limit", "token_limit", "cost_limit", "time_limit", "format_errors",
+            "model_error", "env_error", "error")
+
+
+@dataclass
+class Step:
+    """One turn: what the model said, the action it took, and what it observed."""
+
+    index: int
+    thought: str = ""
+    action: dict[str, Any] | None = None
+    """{"name", "arguments"} of the tool call; None for a format error."""
+    observation: str = ""
+    observation_error: bool = False
+    format_error: str = ""
+    usage: dict[str, Any] = field(default_factory=dict)
+    model_s: float = 0.0
+    tool_s: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    attempt_id: str
+    task_id: str
+    model: str = ""
+    status: str = "running"
+    exit_message: str = ""
+    messages: list[Message] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    patch: str = ""
+    outcome: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    """{"resolved", "reward", "source", "details"} once graded."""
+    run_id: str = ""
+    parent_ids: list[str] = field(default_factory=list)
+    operator: str = ""
+    """What produced this attempt: 'sample', 'revision', 'recombination', 'mutation', 'expand'..."""
+    node_id: str = ""
+    guidance: str = ""
+    strategy: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def resolved(self) -> bool:
+        return bool(self.evaluation and self.evaluation.get("resolved"))
+
+    @property
+    def reward(self) -> float:
+        return float(self.evaluation.get("reward", 0.0)) if self.evaluation else 0.0
+
+    @property
+    def total_usage(self) -> Usage:
+        return Usage.from_dict(self.usage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trajectory:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_mini_swe_agent(self) -> dict[str, Any]:
+        """mini-swe-agent's traj.json shape, so its inspector and tooling read our trajectories."""
+        usage = self.total_usage
+        return {"trajectory_format": "mini-swe-agent-1", "messages": self.messages,
+                "info": {"exit_status": self.status, "submission": self.patch,
+                         "model_stats": {"instance_cost": usage.cost, "api_calls": usage.calls},
+                         "config": {"model": {"model_name": self.model}}, "instance_id": self.task_id,
+                         "attempt_id": self.attempt_id, "evaluation": self.evaluation}}
+
+    def to_openai_finetune(self) -> dict[str, Any]:
+        """OpenAI chat fine-tuning format: {"messages", "tools"} (tool schemas only when tools were native)."""
+        row: dict[str, Any] = {"messages": self.messages}
+        if self.tools:
+            row["tools"] = self.tools
+        return row
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=str)
