@@ -27,6 +27,8 @@ from agent_selfevolve.tasks import Task
 from agent_selfevolve.trajectory import Trajectory
 
 EvalMode = Literal["tests", "proxy", "none"]
+Judge = Callable[[Task, "Trajectory"], dict[str, Any]]
+"""An LLM judge: (task, trajectory) -> {"reward": 0..1, "source": "judge", ...}."""
 _COMPILED: dict[int, Any] = {}
 
 
@@ -64,8 +66,13 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
                 store: TrajectoryStore | None = None, checkpointer: BaseCheckpointSaver | None = None,
                 evaluate: EvalMode = "tests", env_factory: Callable[[Task, str], Environment] | None = None,
                 on_event: Callable[[dict[str, Any]], None] | None = None, system_prompt: str | None = None,
-                env_options: dict[str, Any] | None = None) -> Trajectory:
-    """Run (or resume, or reuse) the attempt `spec.attempt_id` on `task` and return its trajectory."""
+                env_options: dict[str, Any] | None = None, select_with: str = "tests",
+                judge: Judge | None = None) -> Trajectory:
+    """Run (or resume, or reuse) the attempt `spec.attempt_id` on `task` and return its trajectory.
+
+    `evaluate` grades with the task's own check (ground truth, stored for reports and training);
+    `select_with` ('tests', 'proxy' or 'judge') is the reward a search may use to choose between attempts.
+    """
     spec = spec or AttemptSpec(task.instance_id)
     if store is not None and store.has(spec.attempt_id):
         done = store.get(spec.attempt_id)
@@ -101,6 +108,13 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
         if evaluate != "none" and traj.status not in ("env_error", "error"):
             ev = env.evaluate(traj.outcome) if evaluate == "tests" else env.proxy_evaluate(traj.outcome)
             traj.evaluation = ev.to_dict()
+        if select_with == "tests" and traj.evaluation is not None:
+            traj.selection = {"reward": traj.reward, "source": traj.evaluation.get("source", "tests")}
+        elif select_with == "proxy" and traj.status not in ("env_error", "error"):
+            ev = env.proxy_evaluate(traj.outcome)
+            traj.selection = {"reward": ev.reward, "source": "proxy", "details": ev.details}
+        elif select_with == "judge" and judge is not None:
+            traj.selection = judge(task, traj)
     except Exception as exc:  # record the crash with what was checkpointed; the caller's search goes on
         if checkpointer is not None and not values:
             values = graph.get_state(config).values

@@ -44,7 +44,9 @@ class Trajectory:
     patch: str = ""
     outcome: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] | None = None
-    """{"resolved", "reward", "source", "details"} once graded."""
+    """Ground truth once graded: {"resolved", "reward", "source", "details"} from the task's own check."""
+    selection: dict[str, Any] | None = None
+    """The reward a search may use to choose: {"reward", "source"}; 'tests' only when tests are not held out."""
     run_id: str = ""
     parent_ids: list[str] = field(default_factory=list)
     operator: str = ""
