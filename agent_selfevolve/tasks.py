@@ -206,8 +206,9 @@ def load_tasks(path: str | Path, ids: Iterable[str] | None = None, pattern: str 
     """Load tasks from a .json / .jsonl file or a directory of them; raise on the first malformed record."""
     tasks, errors = scan_tasks(path)
     if errors:
-        if len(errors) == 1:
-            raise errors[0]
-        more = "\n  ".join(str(e) for e in errors[1:6])
-        raise TaskFileError(errors[0].file, f"{errors[0]}\n  and {len(errors) - 1} more:\n  {more}") from errors[0]
+        first = errors[0]
+        if len(errors) > 1:
+            more = "\n  ".join(str(e) for e in errors[1:6])
+            first.args = (f"{first}\n  and {len(errors) - 1} more malformed record(s):\n  {more}",)
+        raise first
     return select_tasks(tasks, ids, pattern, slice_)

@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny real git repo with a real bug, and an isolated cache for worktrees."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent_selfevolve.tasks import Task
+
+FIX = """diff --git a/calc.py b/calc.py
+--- a/calc.py
++++ b/calc.py
+@@ -1,5 +1,5 @@
+ def add(a, b):
+-    return a - b
++    return a + b
+ 
+ 
+ def mul(a, b):
+"""
+
+HIDDEN_TEST = """diff --git a/tests/test_hidden.py b/tests/test_hidden.py
+new file mode 100644
+--- /dev/null
++++ b/tests/test_hidden.py
+@@ -0,0 +1,5 @@
++from calc import add
++
++
++def test_add_hidden():
++    assert add(2, 3) == 5
+"""
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AGENT_SELFEVOLVE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def demo_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "demo"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n")
+    (repo / "tests" / "test_calc.py").write_text(
+        "from calc import add, mul\n\n\ndef test_add():\n    assert add(1, 1) == 2\n\n\n"
+        "def test_mul():\n    assert mul(2, 3) == 6\n")
+    (repo / "conftest.py").write_text("import sys, os\nsys.path.insert(0, os.path.dirname(__file__))\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    return repo
+
+
+@pytest.fixture
+def demo_task(demo_repo: Path) -> Task:
+    return Task(instance_id="demo__calc-1", repo="local/demo", repo_path=str(demo_repo),
+                base_commit=_git(demo_repo, "rev-parse", "HEAD"), problem_statement="add() subtracts instead of adding",
+                patch=FIX, test_patch=HIDDEN_TEST, FAIL_TO_PASS=["tests/test_hidden.py::test_add_hidden",
+                                                                  "tests/test_calc.py::test_add"],
+                PASS_TO_PASS=["tests/test_calc.py::test_mul"], test_files=["tests/test_calc.py", "tests/test_hidden.py"])
+
+
+def solving_script() -> list:
+    """FAKE model replies that fix demo_task: look, edit, test, submit."""
+    from agent_selfevolve.models.fake import bash, tool_call
+
+    return [bash("cat calc.py", "Let me read the code."),
+            tool_call("str_replace", {"path": "calc.py", "old": "return a - b", "new": "return a + b"}),
+            bash("python -m pytest -q tests"), tool_call("submit", {})]
