@@ -67,7 +67,8 @@ def demo_task(demo_repo: Path) -> Task:
                 base_commit=_git(demo_repo, "rev-parse", "HEAD"), problem_statement="add() subtracts instead of adding",
                 patch=FIX, test_patch=HIDDEN_TEST, FAIL_TO_PASS=["tests/test_hidden.py::test_add_hidden",
                                                                   "tests/test_calc.py::test_add"],
-                PASS_TO_PASS=["tests/test_calc.py::test_mul"], test_files=["tests/test_calc.py", "tests/test_hidden.py"])
+                PASS_TO_PASS=["tests/test_calc.py::test_mul"],
+                test_files=["tests/test_calc.py", "tests/test_hidden.py"])
 
 
 def solving_script() -> list:
