@@ -1,0 +1,170 @@
+"""Run a strategy over many tasks and write SWE-bench artefacts; rerunning the same command resumes.
+
+Workers (processes by default) solve tasks; the driver alone writes the output folder: per-task trajectory and
+report.json (atomic), then one line appended to `results.jsonl` and `preds.jsonl`. A task is finished once its
+results line exists, so `kill -9` loses only tasks in flight and a rerun skips everything finished.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.agent import Limits
+from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.tasks import Task
+
+
+@dataclass
+class BatchConfig:
+    model: str = "local"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    strategy: str = "single"
+    """'single' (one attempt), 'best_of_n', 'se_agent' or 'hgm'."""
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    select_with: str = "tests"
+    limits: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    """Per task: max_calls, max_tokens, max_cost, max_wall_s."""
+    run_id: str = "batch"
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_results(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Finished tasks by id. A torn last line (a crash mid-write) is ignored and the task re-run."""
+    path = out_dir / "results.jsonl"
+    done: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[rec["instance_id"]] = rec
+    return done
+
+
+def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Worker entry point (runs in a worker process): plain data in, plain data out."""
+    from agent_selfevolve.attempt import AttemptSpec, run_attempt
+    from agent_selfevolve.models import make_model
+    from agent_selfevolve.search import strategies
+    from agent_selfevolve.search.common import Budget, SearchContext
+    from agent_selfevolve.store import TrajectoryStore
+
+    config = BatchConfig(**config_data)
+    task = Task.model_validate(task_data)
+    store = TrajectoryStore(Path(out_dir) / "runs.sqlite")
+    start = time.monotonic()
+    try:
+        model = make_model(config.model, **config.model_options)
+        limits = Limits(**config.limits)
+        run_id = f"{config.run_id}:{task.instance_id}"
+        if config.strategy == "single":
+            traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id=f"{run_id}:0", run_id=run_id),
+                               limits=limits, store=store, select_with=config.select_with)
+            best, attempts, stop = traj, 1, traj.status
+        else:
+            ctx = SearchContext(task=task, model=model, store=store, limits=limits, budget=Budget(**config.budget),
+                                select_with=config.select_with)
+            result = strategies()[config.strategy](ctx, run_id=run_id, **config.strategy_options)
+            best = store.get(result.best_attempt_id) if result.best_attempt_id else None
+            attempts, stop = result.attempts, result.stop_reason
+        report = (best.evaluation or {}).get("details", {}) if best else {}
+        return {"instance_id": task.instance_id, "ok": True, "patch": best.patch if best else "",
+                "resolved": bool(best and best.resolved), "status": best.status if best else "no_attempt",
+                "attempt_id": best.attempt_id if best else None, "attempts": attempts, "stop_reason": stop,
+                "usage": best.usage if best else {}, "report": report,
+                "trajectory": best.to_mini_swe_agent() if best else None, "elapsed_s": time.monotonic() - start}
+    except Exception as exc:  # recorded with its reason; the batch goes on
+        return {"instance_id": task.instance_id, "ok": False, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5), "elapsed_s": time.monotonic() - start}
+    finally:
+        store.close()
+
+
+def summarize(tasks: list[Task], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """SWE-bench's run summary schema (version 2)."""
+    ids = [t.instance_id for t in tasks]
+    finished = [results[i] for i in ids if i in results]
+    error = [r["instance_id"] for r in finished if not r.get("ok")]
+    completed = [r["instance_id"] for r in finished if r.get("ok")]
+    submitted = [r["instance_id"] for r in finished if r.get("ok") and r.get("patch")]
+    empty = [r["instance_id"] for r in finished if r.get("ok") and not r.get("patch")]
+    resolved = [r["instance_id"] for r in finished if r.get("resolved")]
+    unresolved = [i for i in completed if i not in resolved]
+    tokens = sum(int(r.get("usage", {}).get("prompt_tokens", 0)) + int(r.get("usage", {}).get("completion_tokens", 0))
+                 for r in finished)
+    return {"total_instances": len(ids), "submitted_instances": len(submitted), "completed_instances": len(completed),
+            "resolved_instances": len(resolved), "unresolved_instances": len(unresolved),
+            "empty_patch_instances": len(empty), "error_instances": len(error),
+            "completed_ids": sorted(completed), "incomplete_ids": sorted(set(ids) - set(results)),
+            "empty_patch_ids": sorted(empty), "submitted_ids": sorted(submitted), "resolved_ids": sorted(resolved),
+            "unresolved_ids": sorted(unresolved), "error_ids": sorted(error), "total_tokens_best_attempts": tokens,
+            "schema_version": 2}
+
+
+Executor = Callable[[Callable[..., dict[str, Any]], list[tuple[Any, ...]]], Any]
+
+
+def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, workers: int = 1,
+              executor: str = "process", ray_address: str | None = None,
+              on_result: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Solve every unfinished task; return the summary. `on_result(result, summary_so_far)` drives progress."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", asdict(config))
+    results = read_results(out)
+    todo = [t for t in tasks if t.instance_id not in results]
+    jobs = [(t.model_dump(), asdict(config), str(out)) for t in todo]
+
+    def record(res: dict[str, Any]) -> None:
+        iid = res["instance_id"]
+        if res.get("trajectory"):
+            write_json_atomic(out / "trajectories" / f"{iid}.traj.json", res.pop("trajectory"))
+        if res.get("report"):
+            write_json_atomic(out / "reports" / iid / "report.json", res["report"])
+        _append_line(out / "results.jsonl", res)
+        if res.get("ok"):
+            _append_line(out / "preds.jsonl", {"instance_id": iid, "model_name_or_path": config.model,
+                                               "model_patch": res.get("patch", "")})
+        results[iid] = res
+        if on_result:
+            on_result(res, summarize(tasks, results))
+
+    if executor == "ray":
+        from agent_selfevolve.ray_executor import run_on_ray
+
+        for res in run_on_ray(solve_task, jobs, address=ray_address, max_in_flight=max(1, workers)):
+            record(res)
+    elif workers <= 1 or executor == "inline":
+        for job in jobs:
+            record(solve_task(*job))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(solve_task, *job): job for job in jobs}
+            for fut in cf.as_completed(futures):
+                try:
+                    res = fut.result()
+                except Exception as exc:  # a worker died (OOM, segfault in a native lib): record, go on
+                    res = {"instance_id": futures[fut][0]["instance_id"], "ok": False,
+                           "error": f"worker crashed: {type(exc).__name__}: {exc}"}
+                record(res)
+    summary = summarize(tasks, results)
+    write_json_atomic(out / "summary.json", summary)
+    return summary

