@@ -333,6 +333,13 @@ def test_graph_stops_on_budget(tmp_path: Path, task: Task) -> None:
     assert res.attempts < 20 and res.usage["calls"] <= 5
 
 
+def test_graph_stops_at_first_success_when_asked(tmp_path: Path, task: Task) -> None:
+    ctx = make_ctx(tmp_path, task)
+    res = hgm(ctx, max_evals=12, wave_size=2, max_concurrency=2, stop_at_success=True, run_id="hgm-stop")
+    assert res.stop_reason == "an attempt reached the success threshold"
+    assert res.attempts < 12 and res.resolved and res.extra["tree"][res.extra["final_node"]]["s"] >= 1
+
+
 def test_graph_builds_and_names_nodes() -> None:
     graph = build_hgm_graph()
     assert {"plan", "attempt", "expand", "select"} <= set(graph.nodes)
