@@ -105,6 +105,8 @@ class Scenario:
             user = messages[-1]["content"]
             self.op_calls.append((kind, user))
             return self.ops[kind](user)
+        if "CRASH-ME" in messages[1]["content"]:
+            raise RuntimeError("the agent's model blew up")
         moves = plan_for(messages[1]["content"])
         done = sum(1 for m in messages if m["role"] == "assistant")
         return moves[min(done, len(moves) - 1)]
@@ -262,6 +264,21 @@ def test_budget_stops_cleanly_with_the_best_so_far(env: tuple[Task, TrajectorySt
     assert result2.attempts == 2 and result2.stop_reason.startswith("budget:") and result2.best_attempt_id
 
 
+def test_converges_without_improvement_and_survives_a_crashed_attempt(env: tuple[Task, TrajectoryStore]) -> None:
+    task, store = env
+    scenario = Scenario({"rate": lambda u: '{"quality": 3}',
+                         "revise": lambda u: json.dumps({"strategy": "STRAT-R", "guidance": "try again"})})
+    model = ScriptedFakeModel(scenario)
+    result = se_agent(SearchContext(task=task, model=model, store=store), pool_size=3, generations=5, elites=2,
+                      revisions=1, recombinations=1, patience=1, strategies=["STRAT-C", "CRASH-ME", "STRAT-D"],
+                      run_id="se-flat", max_concurrency=3)
+    assert result.stop_reason.startswith("converged: best score") and result.extra["generations"] == 1
+    assert result.attempts == 5 and store.get("se-flat:g0:initial:1").status == "error"
+    assert "RuntimeError" in store.get("se-flat:g0:initial:1").exit_message
+    assert result.extra["scores"]["se-flat:g0:initial:1"] == 0.06  # reward 0, quality 0.3, efficiency 0
+    assert result.best_attempt_id == result.extra["best_score_attempt_id"]  # equal rewards: the best score wins
+
+
 RESUME_SCRIPT = """
 import sys
 from agent_selfevolve.models.fake import ScriptedFakeModel
@@ -284,7 +301,7 @@ def test_resume_after_kill_9_reruns_nothing_finished(env: tuple[Task, Trajectory
     pyenv = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "task.json"), str(store.path)],
                             env=pyenv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 40
+    deadline = time.time() + 90
     while store.count("se-kill") < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)

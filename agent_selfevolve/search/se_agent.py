@@ -10,13 +10,14 @@
   (the elite pairs maximising score sum + diversity) each plan one child whose guidance and strategy go into
   its first prompt through AttemptSpec. Child ids are fixed here and checkpointed before any Send.
 
-Only attempts of this run and task are ever read. The returned attempt is chosen by selection reward only.
+Only attempts of this run and task are ever read. The returned attempt has the highest selection reward
+(ties: the best refinement score); hidden-test results are reported, never used to choose.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -24,6 +25,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent_selfevolve.attempt import AttemptSpec
+from agent_selfevolve.models.base import Usage
 from agent_selfevolve.search.common import (
     SearchContext,
     SearchResult,
@@ -299,15 +301,31 @@ def route_evolve(state: SEAgentState) -> str:
     return "select" if state.get("stop_reason") else "plan"
 
 
+def choose(records: list[dict[str, Any]], scores: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The returned attempt: highest selection reward; among equal rewards the best refinement score, then a
+    submitted one, then the cheaper one. Hidden-test results never enter the choice."""
+    if not records:
+        return None
+    return max(records, key=lambda r: (r["reward"], scores.get(r["attempt_id"], {}).get("score", -1.0),
+                                       r["status"] == "submitted", -Usage.from_dict(r["usage"]).total_tokens))
+
+
 def select(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
-    """Return the best attempt by selection reward; report the refinement view (elites, scores) alongside."""
-    scores = state.get("scores", {})
-    log = state.get("op_log", [])
+    """Return the chosen attempt; report the refinement view (elites, scores, operator log) alongside."""
+    ctx, scores, log = runtime.context, state.get("scores", {}), state.get("op_log", [])
     extra = {"generations": state.get("generation", 0), "elite_ids": state.get("elite_ids", []),
              "best_score_attempt_id": max(scores, key=lambda i: scores[i]["score"]) if scores else None,
              "scores": {i: s["score"] for i, s in scores.items()}, "history": state.get("history", []),
              "operator_calls": len(log), "operator_fallbacks": sum(not e["ok"] for e in log), "operators": log}
-    return finish_result("se_agent", state, runtime.context, state.get("stop_reason", ""), extra)
+    # finish_result picks by reward then cost; re-point it at `choose` (same reward, better refinement score)
+    out = finish_result("se_agent", state, replace(ctx, on_event=None), state.get("stop_reason", ""), extra)
+    best = choose(state.get("attempts", []), scores)
+    if best is not None:
+        out["result"].update(best_attempt_id=best["attempt_id"], best_reward=best["reward"],
+                             resolved=bool(best["hidden_resolved"]))
+    if ctx.on_event:
+        ctx.on_event({"event": "search_finished", **out["result"]})
+    return out
 
 
 def build_se_agent_graph() -> StateGraph:
@@ -347,4 +365,4 @@ def se_agent(ctx: SearchContext, pool_size: int = 10, generations: int = 3, elit
     return run_search(build_se_agent_graph, "se_agent", inputs, ctx, run_id=run_id, max_concurrency=max_concurrency)
 
 
-__all__ = ["SEAgentState", "build_se_agent_graph", "se_agent"]
+__all__ = ["SEAgentState", "build_se_agent_graph", "choose", "se_agent"]
