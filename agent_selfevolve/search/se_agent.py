@@ -6,8 +6,9 @@
 * refine (refinement): score every new trajectory (selection reward, an operator rating of its reasoning,
   efficiency), extract blind spots / risks / what worked, keep k elites chosen for score and diversity, and
   stop on budget, generation limit, a perfect reward or no improvement for `patience` generations.
-* evolve: revision (reflect on a failing trajectory's summary, plan an orthogonal retry) and recombination
-  (the elite pairs maximising score sum + diversity) each plan one child whose guidance and strategy go into
+* evolve: revision (reflect on the summary of a failing trajectory of the live population, i.e. the elites
+  plus the newest generation, and plan an orthogonal retry) and recombination (the elite pairs maximising
+  score sum + diversity) each plan one child whose guidance and strategy go into
   its first prompt through AttemptSpec. Child ids are fixed here and checkpointed before any Send.
 
 Only attempts of this run and task are ever read. The returned attempt has the highest selection reward
@@ -247,7 +248,10 @@ def evolve(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, An
     stop = ""
 
     revised = {p for r in records.values() if r.get("operator") == "revision" for p in r.get("parent_ids", [])}
-    failing = [i for i, s in scores.items() if s["reward"] < state.get("revise_below", 1.0) and i not in revised]
+    # the live population: the elites plus the generation just scored (the other trajectories are retired)
+    live = set(state.get("elite_ids", [])) | {i for i, s in scores.items() if s["generation"] == gen - 1}
+    failing = [i for i in scores if i in live and scores[i]["reward"] < state.get("revise_below", 1.0)
+               and i not in revised]
     for k, pid in enumerate(select_diverse(failing, score, feats, state.get("revisions", 2), weight)):
         reason = _budget(state, ctx, usage)
         if reason:
