@@ -85,6 +85,9 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
             best = store.get(result.best_attempt_id) if result.best_attempt_id else None
             attempts, stop = result.attempts, result.stop_reason
         report = (best.evaluation or {}).get("details", {}) if best else {}
+        if best is not None and best.status in ("error", "env_error"):
+            return {"instance_id": task.instance_id, "ok": False, "error": best.exit_message.splitlines()[0][:500],
+                    "status": best.status, "attempts": attempts, "elapsed_s": time.monotonic() - start}
         return {"instance_id": task.instance_id, "ok": True, "patch": best.patch if best else "",
                 "resolved": bool(best and best.resolved), "status": best.status if best else "no_attempt",
                 "attempt_id": best.attempt_id if best else None, "attempts": attempts, "stop_reason": stop,

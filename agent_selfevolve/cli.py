@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agent_selfevolve.tasks import Task, TaskFileError, load_tasks
+from agent_selfevolve.tasks import Task, TaskFileError, load_tasks, scan_tasks, select_tasks
 
 app = typer.Typer(help="Run agents on tasks many times, search over trajectories, train on what worked.",
                   no_args_is_help=True, add_completion=False)
@@ -31,7 +31,8 @@ SliceOpt = Annotated[str | None, typer.Option("--slice", help="Python slice, e.g
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 
 
-def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_: str | None) -> list[Task]:
+def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_: str | None,
+                  skip_invalid: bool = False) -> list[Task]:
     if spec == "bundled":
         from agent_selfevolve.bundled import bundled_task_file
 
@@ -45,6 +46,11 @@ def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_:
             write_humaneval_tasks(path)
         spec = str(path)
     try:
+        if skip_invalid:
+            found, errors = scan_tasks(spec)
+            for err in errors:
+                console.print(f"[yellow]skipped invalid record:[/yellow] {err}")
+            return select_tasks(found, ids, pattern, slice_)
         return load_tasks(spec, ids=ids, pattern=pattern, slice_=slice_)
     except (TaskFileError, KeyError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -132,10 +138,12 @@ def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: Base
           workers: int = typer.Option(1, help="Parallel workers."),
           executor: str = typer.Option("process", help="process | inline | ray"),
           ray_address: str | None = typer.Option(None, "--address", help="Ray cluster address (executor ray)."),
-          max_steps: int = typer.Option(30, help="Agent steps per attempt.")) -> None:
+          max_steps: int = typer.Option(30, help="Agent steps per attempt."),
+          skip_invalid: bool = typer.Option(False, help="Run the valid records of a task file that has bad ones.")
+          ) -> None:
     """SWE-bench-style batch: preds.jsonl, per-task report.json and trajectory, summary.json; resumable."""
-    _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, strategy, {}, {}, "tests",
-               max_steps, workers, executor, ray_address)
+    _run_batch(resolve_tasks(tasks, ids, pattern, slice_, skip_invalid), out, model, base_url, strategy, {}, {},
+               "tests", max_steps, workers, executor, ray_address)
 
 
 @tasks_app.command("list")

@@ -10,22 +10,10 @@ from langgraph.graph import StateGraph
 
 def builders() -> dict[str, Callable[[], StateGraph]]:
     from agent_selfevolve.agent import build_agent_graph
-    from agent_selfevolve.search.best_of_n import build_best_of_n_graph
+    from agent_selfevolve.search import build_best_of_n_graph, build_hgm_graph, build_se_agent_graph
 
-    found: dict[str, Callable[[], StateGraph]] = {"agent": build_agent_graph, "best_of_n": build_best_of_n_graph}
-    try:
-        from agent_selfevolve.search.se_agent import build_se_agent_graph
-
-        found["se_agent"] = build_se_agent_graph
-    except ImportError:
-        pass
-    try:
-        from agent_selfevolve.search.hgm import build_hgm_graph
-
-        found["hgm"] = build_hgm_graph
-    except ImportError:
-        pass
-    return found
+    return {"agent": build_agent_graph, "best_of_n": build_best_of_n_graph, "se_agent": build_se_agent_graph,
+            "hgm": build_hgm_graph}
 
 
 def compiled_graph(name: str, checkpointer: Any = None) -> Any:

@@ -44,8 +44,9 @@ def truncate(text: str, limit: int = MAX_OUTPUT_CHARS) -> tuple[str, bool]:
 def scrubbed_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    # Plugin autoload imports every pytest plugin installed beside us (not the task's): 9.0 s -> 2.8 s a run.
     env.update({"PAGER": "cat", "GIT_PAGER": "cat", "PIP_NO_INPUT": "1", "PYTHONDONTWRITEBYTECODE": "1",
-                "HOME": tempfile.gettempdir()})
+                "HOME": tempfile.gettempdir(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
     env.update(extra or {})
     return env
 

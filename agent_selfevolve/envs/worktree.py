@@ -7,6 +7,7 @@ and the user's own checkout is never touched: worktrees hang off the mirror, not
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -72,7 +73,8 @@ class WorktreePool:
 
     def mirror(self, task: Task) -> Path:
         src = source_of(task, self.mirror_dir)
-        key = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.repo or Path(src).name).strip("_") or "repo"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.repo or Path(src).name).strip("_") or "repo"
+        key = f"{name}-{hashlib.sha1(src.encode()).hexdigest()[:8]}"  # same name, other source: other mirror
         mirror = self.root / "mirrors" / f"{key}.git"
         with _locked(self.root / "locks" / f"{key}.lock"):
             if not mirror.exists():

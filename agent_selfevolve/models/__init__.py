@@ -32,8 +32,8 @@ def make_model(spec: str, **options: Any) -> Model:
 
         return LiteLLMModel(rest, **options)
     if kind == "fake":
-        from agent_selfevolve.models.fake import ScriptedFakeModel
+        from agent_selfevolve.models.fake import fake_from_spec
 
-        return ScriptedFakeModel(json.loads(Path(rest).read_text()), **options)
+        return fake_from_spec(json.loads(Path(rest).read_text()), **options)
     raise ValueError(f"unknown model spec '{spec}': use local[:key], openai:<model>, litellm:<model> or "
                      "fake:<script.json>")

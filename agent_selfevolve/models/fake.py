@@ -79,6 +79,33 @@ class ScriptedFakeModel:
         return ModelReply(message, usage, time.monotonic() - start)
 
 
+def keyed_script(by_prompt: dict[str, list[Reply]], default: list[Reply] | None = None) -> Responder:
+    """A stateless FAKE responder for many concurrent conversations: the first key found in the first user
+    message picks the script, and the number of assistant turns so far picks the reply."""
+
+    def respond(messages: list[Message]) -> Reply:
+        first_user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+        script = next((v for k, v in by_prompt.items() if k in first_user), default)
+        if script is None:
+            raise ModelError("fake model: no scripted conversation matches this prompt")
+        turn = sum(m.get("role") == "assistant" for m in messages)
+        if turn >= len(script):
+            raise ModelError(f"fake model script exhausted after {len(script)} replies")
+        return script[turn]
+
+    return respond
+
+
+def fake_from_spec(data: Any, **options: Any) -> ScriptedFakeModel:
+    """`fake:<file.json>` holds a list of replies, or {"by_prompt": {substring: [replies]}, "default": [...],
+    "latency_s": 0.2}."""
+    if isinstance(data, dict):
+        options.setdefault("latency_s", float(data.get("latency_s", 0.0)))
+        options.setdefault("supports_tools", bool(data.get("supports_tools", True)))
+        return ScriptedFakeModel(keyed_script(data.get("by_prompt", {}), data.get("default")), **options)
+    return ScriptedFakeModel(list(data), **options)
+
+
 class FakeOpenAIServer:
     """Serves a ScriptedFakeModel at http://127.0.0.1:<port>/v1 (chat completions only). Use as a context manager.
 

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from agent_selfevolve.search.best_of_n import best_of_n, build_best_of_n_graph
 from agent_selfevolve.search.common import Budget, SearchContext, SearchResult
+from agent_selfevolve.search.hgm import build_hgm_graph, hgm
+from agent_selfevolve.search.se_agent import build_se_agent_graph, se_agent
 
-__all__ = ["Budget", "SearchContext", "SearchResult", "best_of_n", "build_best_of_n_graph", "strategies"]
+__all__ = ["Budget", "SearchContext", "SearchResult", "best_of_n", "build_best_of_n_graph", "build_hgm_graph",
+           "build_se_agent_graph", "hgm", "se_agent", "strategies"]
 
 
 def strategies() -> dict[str, Callable[..., SearchResult]]:
     """Strategy name -> function(ctx, run_id=..., **options) -> SearchResult."""
-    found: dict[str, Callable[..., Any]] = {"best_of_n": best_of_n}
-    try:
-        from agent_selfevolve.search.se_agent import se_agent
-
-        found["se_agent"] = se_agent
-    except ImportError:
-        pass
-    try:
-        from agent_selfevolve.search.hgm import hgm
-
-        found["hgm"] = hgm
-    except ImportError:
-        pass
-    return found
+    return {"best_of_n": best_of_n, "se_agent": se_agent, "hgm": hgm}

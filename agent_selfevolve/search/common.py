@@ -163,10 +163,16 @@ class SearchResult:
         return asdict(self)
 
 
+_DEFAULT = object()
+
+
 def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop_reason: str,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, best: Any = _DEFAULT) -> dict[str, Any]:
+    """Build the SearchResult (and emit `search_finished`). `best` overrides the default choice
+    (highest selection reward) for strategies with their own final rule (HGM's variant, SE-Agent's score)."""
     records = state.get("attempts", [])
-    best = best_record(records)
+    if best is _DEFAULT:
+        best = best_record(records)
     result = SearchResult(
         run_id=state.get("run_id", ""), strategy=strategy, task_id=ctx.task.instance_id,
         best_attempt_id=best["attempt_id"] if best else None, best_reward=best["reward"] if best else 0.0,

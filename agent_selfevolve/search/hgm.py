@@ -45,9 +45,9 @@ from agent_selfevolve.search.common import (
     attempt_node,
     best_record,
     budget_reason,
+    finish_result,
     run_search,
     sends,
-    used_usage,
 )
 from agent_selfevolve.search.hgm_math import (
     beta_quantile,
@@ -324,15 +324,8 @@ def select(state: HGMState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
              "params": {k: state.get(k) for k in ("max_evals", "alpha", "epsilon", "threshold", "wave_size",
                                                   "final_answer")},
              "decisions": state.get("decision_log", [])}
-    result = SearchResult(
-        run_id=state.get("run_id", ""), strategy="hgm", task_id=ctx.task.instance_id,
-        best_attempt_id=best["attempt_id"] if best else None, best_reward=best["reward"] if best else 0.0,
-        selection_source=ctx.select_with, resolved=bool(best and best["hidden_resolved"]),
-        pass_at_n=any(r["hidden_resolved"] for r in records), attempts=len(records),
-        usage=used_usage(state).to_dict(), stop_reason=state.get("stop_reason", ""), extra=extra)
-    if ctx.on_event:
-        ctx.on_event({"event": "search_finished", **result.to_dict()})
-    return {"result": result.to_dict(), "nodes": nodes}
+    out = finish_result("hgm", state, ctx, state.get("stop_reason", ""), extra, best=best)
+    return {**out, "nodes": nodes}
 
 
 def build_hgm_graph() -> StateGraph:

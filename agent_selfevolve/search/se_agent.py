@@ -18,7 +18,7 @@ Only attempts of this run and task are ever read. The returned attempt has the h
 from __future__ import annotations
 
 import operator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -321,14 +321,8 @@ def select(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, An
              "best_score_attempt_id": max(scores, key=lambda i: scores[i]["score"]) if scores else None,
              "scores": {i: s["score"] for i, s in scores.items()}, "history": state.get("history", []),
              "operator_calls": len(log), "operator_fallbacks": sum(not e["ok"] for e in log), "operators": log}
-    # finish_result picks by reward then cost; re-point it at `choose` (same reward, better refinement score)
-    out = finish_result("se_agent", state, replace(ctx, on_event=None), state.get("stop_reason", ""), extra)
     best = choose(state.get("attempts", []), scores)
-    if best is not None:
-        out["result"].update(best_attempt_id=best["attempt_id"], best_reward=best["reward"],
-                             resolved=bool(best["hidden_resolved"]))
-    if ctx.on_event:
-        ctx.on_event({"event": "search_finished", **out["result"]})
+    out = finish_result("se_agent", state, ctx, state.get("stop_reason", ""), extra, best=best)
     return out
 
 
