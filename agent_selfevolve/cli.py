@@ -57,6 +57,10 @@ def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_:
         raise typer.Exit(2) from None
 
 
+def _budget_info(budget: dict[str, Any], seen: dict[str, Any]) -> str:
+    return f" / {budget['max_tokens']:,} per task" if budget.get("max_tokens") else ""
+
+
 def model_options(model: str, base_url: str | None) -> dict[str, Any]:
     if not base_url:
         return {}
@@ -70,15 +74,30 @@ def _progress() -> Progress:
 
 def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | None, strategy: str,
                strategy_options: dict[str, Any], budget: dict[str, Any], select_with: str, max_steps: int,
-               workers: int, executor: str = "process", ray_address: str | None = None) -> dict[str, Any]:
+               workers: int, executor: str = "process", ray_address: str | None = None,
+               baseline: bool = False) -> dict[str, Any]:
     from agent_selfevolve.batch import BatchConfig, read_results, run_batch
 
     config = BatchConfig(model=model, model_options=model_options(model, base_url), strategy=strategy,
                          strategy_options=strategy_options, select_with=select_with,
-                         limits={"max_steps": max_steps}, budget=budget, run_id=f"{strategy}")
+                         limits={"max_steps": max_steps}, budget=budget, run_id=f"{strategy}", baseline=baseline)
+    if workers <= 1 and executor == "process":
+        executor = "inline"  # one worker: run in-process so attempt-level progress is shown
     already = len([t for t in task_list if t.instance_id in read_results(out)])
     with _progress() as progress:
         bar = progress.add_task("tasks", total=len(task_list), completed=already, info="")
+        live = progress.add_task("attempts", total=None, info="")
+        seen = {"attempts": 0, "best": 0.0, "tokens": 0}
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "attempt_finished" and "reward" in event:
+                seen["attempts"] += 1
+                seen["best"] = max(seen["best"], float(event.get("reward") or 0.0))
+                seen["tokens"] += int(event.get("tokens") or 0)
+                progress.update(live, advance=1, info=f"{event['task_id']}: best {seen['best']:.2f}  "
+                                                     f"tokens {seen['tokens']:,}{_budget_info(budget, seen)}")
+            elif event.get("event") == "search_finished":
+                seen["best"] = 0.0
 
         def on_result(res: dict[str, Any], summary: dict[str, Any]) -> None:
             info = (f"resolved {summary['resolved_instances']}  errors {summary['error_instances']}  "
@@ -88,7 +107,7 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
                 console.print(f"[yellow]{res['instance_id']}: {res.get('error')}[/yellow]")
 
         summary = run_batch(task_list, out, config, workers=workers, executor=executor, ray_address=ray_address,
-                            on_result=on_result)
+                            on_result=on_result, on_event=on_event)
     results = read_results(out)
     table = Table("instance", "resolved", "status", "attempts", "tokens")
     for t in task_list:
@@ -122,13 +141,15 @@ def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent 
            budget_time: float | None = typer.Option(None, help="Wall-time budget per task (s)."),
            select_with: str = typer.Option("tests", help="Selection reward: tests | proxy | judge."),
            max_steps: int = typer.Option(20, help="Agent steps per attempt."),
-           workers: int = typer.Option(1, help="Tasks in parallel (processes).")) -> None:
+           workers: int = typer.Option(1, help="Tasks in parallel (processes)."),
+           baseline: bool = typer.Option(False, help="Also run best-of-N at the same token budget (compute-matched)."),
+           ) -> None:
     """Search over trajectories for every task (resumable: rerun the same command)."""
     options: dict[str, Any] = {"n": n} if strategy == "best_of_n" else {}
     budget = {"max_tokens": budget_tokens, "max_calls": budget_calls, "max_cost": budget_cost,
               "max_wall_s": budget_time}
     _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, strategy, options, budget,
-               select_with, max_steps, workers)
+               select_with, max_steps, workers, baseline=baseline)
 
 
 @app.command()

@@ -1,0 +1,101 @@
+"""Shared search machinery: best-of-N, budgets, judge/proxy selection, compute-matched baseline, CLI progress."""
+
+import json
+from pathlib import Path
+
+from conftest import solving_script
+from typer.testing import CliRunner
+
+from agent_selfevolve.agent import Limits
+from agent_selfevolve.attempt import AttemptSpec, run_attempt
+from agent_selfevolve.batch import BatchConfig, run_batch
+from agent_selfevolve.cli import app
+from agent_selfevolve.models.base import Usage
+from agent_selfevolve.models.fake import ScriptedFakeModel, keyed_script, tool_call
+from agent_selfevolve.search import Budget, SearchContext, best_of_n
+from agent_selfevolve.search.rewards import llm_judge, parse_score
+from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.tasks import Task
+
+
+def responder(messages: list[dict]) -> dict:
+    turn = sum(m["role"] == "assistant" for m in messages)
+    return solving_script()[min(turn, 3)]
+
+
+def test_best_of_n_runs_n_attempts_and_keeps_the_best(demo_task: Task, tmp_path: Path) -> None:
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    events: list[dict] = []
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=store, on_event=events.append)
+    result = best_of_n(ctx, n=3, run_id="b1")
+    assert result.attempts == 3 and result.resolved and result.pass_at_n
+    assert result.stop_reason == "completed 3 attempts"
+    assert store.count("b1") == 3 and result.usage["calls"] == 12
+    assert [e["event"] for e in events].count("attempt_finished") == 3 and events[-1]["event"] == "search_finished"
+    again = best_of_n(SearchContext(task=demo_task, model=ScriptedFakeModel([]), store=store), n=3, run_id="b1")
+    assert again.to_dict() == result.to_dict()  # finished run: nothing re-run (the empty script would fail)
+
+
+def test_budget_clips_attempts_and_stops_between_waves(demo_task: Task, tmp_path: Path) -> None:
+    budget = Budget(max_tokens=1000)
+    clipped = budget.clip(Limits(max_tokens=10_000), Usage(600, 100), share=3)
+    assert clipped.max_tokens == 100  # (1000 - 700) // 3
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=TrajectoryStore(tmp_path / "s.db"),
+                        budget=Budget(max_calls=6))
+    result = best_of_n(ctx, n=10, wave_size=1, run_id="b2")
+    assert result.stop_reason.startswith("budget: LLM calls") and result.usage["calls"] <= 8 and result.resolved
+
+
+def test_proxy_selection_never_reads_hidden_tests(demo_task: Task, tmp_path: Path) -> None:
+    traj = run_attempt(demo_task, ScriptedFakeModel(solving_script()), select_with="proxy")
+    assert traj.selection["source"] == "proxy" and traj.selection["reward"] == 1.0
+    assert traj.evaluation["source"] == "tests" and traj.resolved  # ground truth is still recorded, for reports
+
+
+def test_llm_judge_scores_and_never_sees_hidden_tests(demo_task: Task) -> None:
+    assert parse_score('{"score": 7, "reason": "ok"}') == 7.0 and parse_score("Score: 4/10") == 4.0
+    assert parse_score("no idea") is None
+    judge_model = ScriptedFakeModel(['{"score": 8, "reason": "fixes add"}'])
+    traj = run_attempt(demo_task, ScriptedFakeModel(solving_script()), AttemptSpec(demo_task.instance_id),
+                       select_with="judge", judge=llm_judge(judge_model))
+    assert traj.selection["source"] == "judge" and traj.selection["reward"] == 0.8
+    prompt = judge_model.requests[0][0]["content"]
+    assert "return a + b" in prompt and "test_add_hidden" not in prompt and demo_task.test_patch not in prompt
+
+
+def test_compute_matched_baseline_in_batch(demo_task: Task, tmp_path: Path) -> None:
+    operator = json.dumps({"diagnosis": "d", "strategy": "s", "guidance": "g"})
+
+    def respond(messages: list[dict]) -> dict | str:
+        if "autonomous software engineer" not in messages[0]["content"]:
+            return operator
+        return keyed_script({"": solving_script()})(messages)
+
+    model = ScriptedFakeModel(respond)
+    from agent_selfevolve import models
+
+    original = models.make_model
+    models.make_model = lambda spec, **kw: model  # the batch worker builds its model by spec
+    try:
+        summary = run_batch([demo_task], tmp_path / "out", BatchConfig(model="fake:x", strategy="hgm",
+                                                                     strategy_options={"max_evals": 2},
+                                                                     baseline=True), executor="inline")
+    finally:
+        models.make_model = original
+    assert summary["resolved_instances"] == 1
+    assert summary["baseline"]["instances"] == 1 and summary["baseline"]["resolved_instances"] == 1
+    line = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
+    assert line["baseline"]["token_budget"] > 0 and line["baseline"]["attempts"] >= 1
+
+
+def test_search_cli_shows_progress_and_writes_summary(demo_task: Task, tmp_path: Path) -> None:
+    (tmp_path / "tasks.json").write_text(json.dumps([demo_task.model_dump()]))
+    script = {"by_prompt": {"add()": [tool_call("bash", {"command": "ls"}), *solving_script()[1:]]}}
+    (tmp_path / "fake.json").write_text(json.dumps(script))
+    result = CliRunner().invoke(app, ["search", "--tasks", str(tmp_path / "tasks.json"), "--model",
+                                      f"fake:{tmp_path / 'fake.json'}", "--n", "2", "--out", str(tmp_path / "o"),
+                                      "--budget-tokens", "100000"])
+    assert result.exit_code == 0, result.output
+    assert "resolved 1/1" in result.output and "best 1.00" in result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["resolved_ids"] == [demo_task.instance_id]
