@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -82,21 +83,22 @@ def test_miniwob_click_link_through_run_attempt(tmp_path: Path) -> None:
     assert "miniwob.click-link" in format_success_report(report)
 
 
+def shop_responder(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reads the page title and the tree to find the next id: notebook link, add to cart, stop."""
+    plan = {"Welcome": ("link", "Pocket Notebook"), "Pocket Notebook": ("button", "Add to cart")}
+    obs = last_observation(messages)
+    title = re.search(r"Title: (.*?) - Corner Shop", obs)
+    if title and title.group(1) in plan:
+        role, name = plan[title.group(1)]
+        return tool_call("click", {"id": element_id(obs, role, name)})
+    return tool_call("stop", {"answer": "The pocket notebook is in the cart."})
+
+
 @web
 def test_bundled_shop_task_through_run_attempt_and_claims_are_not_trusted(tmp_path: Path) -> None:
     task = bundled_web_tasks(ids=["web.shop.cheapest-notebook"])[0]
-    plan = {"Welcome": ("link", "Pocket Notebook"), "Pocket Notebook": ("button", "Add to cart")}
-
-    def responder(messages: list[dict[str, Any]]) -> dict[str, Any]:
-        obs = last_observation(messages)
-        title = re.search(r"Title: (.*?) - Corner Shop", obs)
-        if title and title.group(1) in plan:
-            role, name = plan[title.group(1)]
-            return tool_call("click", {"id": element_id(obs, role, name)})
-        return tool_call("stop", {"answer": "The pocket notebook is in the cart."})
-
     checkpointer = sqlite_checkpointer(tmp_path / "ck.sqlite")
-    traj = run_attempt(task, ScriptedFakeModel(responder), AttemptSpec(task.instance_id, attempt_id="shop1"),
+    traj = run_attempt(task, ScriptedFakeModel(shop_responder), AttemptSpec(task.instance_id, attempt_id="shop1"),
                        checkpointer=checkpointer)
     assert traj.status == "submitted" and [s["action"]["name"] for s in traj.steps] == ["click", "click", "stop"]
     assert traj.evaluation and traj.evaluation["source"] == "app" and traj.resolved
@@ -106,6 +108,16 @@ def test_bundled_shop_task_through_run_attempt_and_claims_are_not_trusted(tmp_pa
     liar = run_attempt(task, ScriptedFakeModel([tool_call("stop", {"answer": "Done, it is in the cart!"})]),
                        AttemptSpec(task.instance_id, attempt_id="shop2"))
     assert liar.status == "submitted" and not liar.resolved and liar.evaluation["details"]["cart"] == {}
+
+
+@web
+def test_concurrent_attempts_from_many_threads_stay_isolated() -> None:
+    """Attempts on worker threads share one browser; each has its own context and its own server-side cart."""
+    task = bundled_web_tasks(ids=["web.shop.cheapest-notebook"])[0]
+    with ThreadPoolExecutor(4) as pool:
+        trajs = list(pool.map(lambda i: run_attempt(task, ScriptedFakeModel(shop_responder),
+                                                    AttemptSpec(task.instance_id, attempt_id=f"par{i}")), range(4)))
+    assert all(t.status == "submitted" and t.resolved for t in trajs), [t.evaluation for t in trajs]
 
 
 SOLUTIONS: dict[str, list[tuple[str, str, str, str]]] = {
@@ -199,12 +211,13 @@ def _timed(env: Any, call: ToolCall, limit_s: float) -> Observation:
 
 
 @web
-def test_bad_actions_give_clear_errors_within_a_timeout(site: str, env_factory: Any) -> None:
+def test_bad_actions_give_clear_errors_within_a_timeout(site: str, env_factory: Any, tmp_path: Path) -> None:
     task = Task(instance_id="site", kind="web", start_url=f"{site}/", allowed_origins=[site],
                 problem_statement="Explore.", reward={"answer": "start"})
-    env = env_factory(task, "bad-actions", navigation_timeout_s=2, action_timeout_s=2)
+    env = env_factory(task, "bad-actions", navigation_timeout_s=2, action_timeout_s=2, screenshot_dir=str(tmp_path))
     obs = env.reset()
     assert "Title: Start" in obs.text and obs.info["blocked_requests"] >= 1  # the off-site image never left
+    assert Path(obs.info["screenshot"]).stat().st_size > 0
     obs = _timed(env, ToolCall("click", {"id": "e999"}), 5)
     assert obs.error and "No element with id e999" in obs.text
     obs = _timed(env, ToolCall("fill", {"id": "not an id", "text": "x"}), 5)

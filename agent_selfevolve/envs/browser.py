@@ -249,8 +249,9 @@ def _stop_at_exit(pid: int) -> None:
 # -- what the model reads -------------------------------------------------------------------------------------
 MARK_CLICKABLES_JS = r"""() => {
   // Elements that react to clicks but have no ARIA role are invisible as actions in the tree (MiniWoB's
-  // <span class="alink">). Short text-only ones get role=link/button so the tree shows them in place with an
-  // id; the rest get a data-ase-id (c1, c2...) and are listed separately.
+  // <span class="alink">, icon spans). Short ones without form controls inside get role=link/button (named by
+  // their class when they have no text) so the tree shows them in place with an id; the rest get a data-ase-id
+  // (c1, c2...) and are listed separately.
   const roles = new RegExp('^(button|link|checkbox|radio|tab|menuitem|menuitemcheckbox|menuitemradio|option|' +
                            'switch|textbox|combobox|slider|treeitem|searchbox|spinbutton)$');
   const native = 'a[href],button,input,select,textarea,summary,option,label,[contenteditable]';
@@ -269,12 +270,13 @@ MARK_CLICKABLES_JS = r"""() => {
     const box = el.getBoundingClientRect();
     if (box.width === 0 || box.height === 0 || st.visibility === 'hidden') continue;
     const text = (el.innerText || el.getAttribute('aria-label') || el.title || '').replace(/\s+/g, ' ').trim();
-    if (!el.hasAttribute('role') && el.childElementCount === 0 && text && text.length <= 80) {
-      el.setAttribute('role', st.display.startsWith('inline') ? 'link' : 'button');
+    const cls = (typeof el.className === 'string' ? el.className : '').trim().split(/\s+/).filter(Boolean);
+    if (!el.hasAttribute('role') && text.length <= 80 && !el.querySelector(native)) {
+      el.setAttribute('role', text && st.display.startsWith('inline') ? 'link' : 'button');
+      if (!text) el.setAttribute('aria-label', el.getAttribute('alt') || cls.join(' ') || el.tagName.toLowerCase());
       continue;
     }
     if (!el.dataset.aseId) el.dataset.aseId = 'c' + (++n);
-    const cls = (typeof el.className === 'string' ? el.className : '').trim().split(/\s+/).filter(Boolean);
     out.push([el.dataset.aseId, el.tagName.toLowerCase() + cls.map(c => '.' + c).join(''), text.slice(0, 60)]);
   }
   window.__aseNext = n;
@@ -373,7 +375,7 @@ def render_page(tree: str, clickables: list[list[str]], *, url: str, title: str,
     """The observation text: header lines, URL, focus, last error, then the (truncated) tree and extra clickables."""
     tree = re.sub(r"\[ref=", "[id=", tree).replace(" [cursor=pointer]", "")
     focused = next((ln for ln in tree.split("\n") if "[active]" in ln), "")
-    focus = _ID_TAG.sub("", focused.replace("[active]", "")).strip(" -:'") if focused else ""
+    focus = re.sub(r"\s*\[(?:active|id=[^\]]+)\]", "", focused).strip(" -'").rstrip(":") if focused else ""
     ids = _ID_TAG.findall(focused)
     if not focus or _role(focused) in ("generic", "document"):
         focus = "nothing (the page body)"

@@ -266,7 +266,6 @@ class BrowserEnvironment:
 
     async def _settle(self, s: Session) -> None:
         """Let a navigation started by the action finish (a no-op on pages that did not navigate)."""
-        await asyncio.sleep(0.02)
         try:
             await s.page.wait_for_load_state("load", timeout=self.navigation_timeout_s * 1000)
         except Exception:
