@@ -1,0 +1,70 @@
+"""The episode loop with real LoRA training on a tiny model and a FAKE policy (named as such).
+
+The fake policy stands in for "a model with this adapter": the base solves training tasks but not held-out
+ones, any trained adapter solves both. So the test checks the loop's logic (data from successes only, held-out
+never trained on, lineage, promotion gate, paired report, plot, resume) — not that learning happens; the
+benchmark `bench/evolve.py` measures that with the real model.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import solving_script
+
+from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evolve, mcnemar
+from agent_selfevolve.models.fake import ScriptedFakeModel, keyed_script, tool_call
+from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.tasks import Task
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+
+def copies(task: Task, prefix: str, n: int) -> list[Task]:
+    return [task.model_copy(update={"instance_id": f"{prefix}-{i}", "problem_statement": f"[{prefix}] add() is wrong"})
+            for i in range(n)]
+
+
+def fake_policy(version: object) -> ScriptedFakeModel:
+    give_up = [tool_call("submit", {})]
+    if version is None:  # base: solves training tasks only
+        return ScriptedFakeModel(keyed_script({"[train]": solving_script(), "[held]": give_up}), name="fake/base")
+    return ScriptedFakeModel(keyed_script({"": solving_script()}), name=f"fake/{version.ref}")
+
+
+def test_mcnemar_exact() -> None:
+    before = {str(i): False for i in range(10)}
+    after = {str(i): i < 6 for i in range(10)}
+    result = mcnemar(before, after)
+    assert result["gained"] == 6 and result["lost"] == 0 and abs(result["p_value"] - 2 / 64) < 1e-12
+
+
+def test_episode_loop_trains_gates_reports_and_resumes(demo_task: Task, tmp_path: Path) -> None:
+    from test_train import FAST, _tiny_model
+
+    from agent_selfevolve.train import AdapterRegistry
+
+    tiny = _tiny_model(tmp_path / "tiny", seed=0)
+    registry = AdapterRegistry(tmp_path / "registry")
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    config = EvolveConfig(episodes=2, strategy="best_of_n", strategy_options={"n": 2},
+                          train={**FAST, "epochs": 1, "grad_accum": 1, "max_length": 2048})
+    ctx = EvolveContext(train_tasks=copies(demo_task, "train", 2), held_out=copies(demo_task, "held", 2), store=store,
+                        registry=registry, base_hf_dir=tiny, policy=fake_policy, out_dir=tmp_path / "evolve",
+                        config=config)
+    summary = evolve(ctx, run_id="ev1")
+    first, second = summary["episodes"]
+    assert first["heldout_before"] == 0.0 and first["heldout_after"] == 1.0 and first["promoted"]
+    assert first["candidate"] == "policy@1" and first["data"]["sft"] >= 2 and first["paired"]["gained"] == 2
+    assert second["policy_before"] == "policy@1" and second["heldout_before"] == 1.0 and not second["promoted"]
+    assert summary["final_policy"] == "policy@1"
+    assert [v.ref for v in registry.lineage("policy@2")] == ["policy@2", "policy@1"]
+    rows = [json.loads(x) for x in (tmp_path / "evolve" / "episode-0" / "sft.jsonl").read_text().splitlines()]
+    assert rows and not any("[held]" in json.dumps(r) for r in rows)  # held-out never trained on
+    assert (tmp_path / "evolve" / "evolve.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "evolve" / "episode-1" / "report.json").read_text())["episode"] == 1
+    attempts = store.count()
+    again = evolve(ctx, run_id="ev1")  # finished: nothing re-run, nothing re-trained
+    assert again["episodes"] == summary["episodes"] and store.count() == attempts
+    assert len(registry.versions("policy")) == 2
