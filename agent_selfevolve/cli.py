@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -165,6 +166,84 @@ def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: Base
     """SWE-bench-style batch: preds.jsonl, per-task report.json and trajectory, summary.json; resumable."""
     _run_batch(resolve_tasks(tasks, ids, pattern, slice_, skip_invalid), out, model, base_url, strategy, {}, {},
                "tests", max_steps, workers, executor, ray_address)
+
+
+def _train_config(lora_rank: int, lr: float, epochs: int, max_length: int) -> dict[str, Any]:
+    return {"rank": lora_rank, "alpha": 2 * lora_rank, "lr": lr, "epochs": epochs, "max_length": max_length}
+
+
+def _local_base(model: str) -> tuple[str, Path]:
+    """The embedded model's key and its bf16 HF copy (converted once from the GGUF, cached)."""
+    from agent_selfevolve.models.weights import ensure_gguf
+    from agent_selfevolve.train import hf_base_from_gguf
+
+    if not model.startswith("local"):
+        raise typer.BadParameter("training needs the embedded model (local[:key]): its weights are on this machine")
+    key = model.partition(":")[2] or "qwen2.5-coder-0.5b"
+    return key, hf_base_from_gguf(ensure_gguf(key))
+
+
+@app.command()
+def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
+           train_slice: Annotated[str, typer.Option(help="Training tasks (slice of --tasks).")] = "0:100",
+           held_out_slice: Annotated[str, typer.Option(help="Held-out tasks (slice of --tasks).")] = "100:150",
+           episodes: Annotated[int, typer.Option(help="Search -> train -> gate rounds.")] = 2,
+           strategy: Annotated[str, typer.Option(help="best_of_n | se_agent | hgm")] = "best_of_n",
+           n: Annotated[int, typer.Option(help="best_of_n attempts per training task.")] = 4,
+           kinds: Annotated[str, typer.Option(help="Row kinds: sft[,dpo][,recovery].")] = "sft",
+           runtime: Annotated[str, typer.Option(help="llama (GGUF LoRA) | transformers (peft)")] = "llama",
+           lora_rank: int = 16, lr: float = 2e-4, epochs: int = 2, max_length: int = 4096, max_steps: int = 15,
+           out: OutOpt = Path("runs/evolve"), run_id: str = "evolve") -> None:
+    """Episodes of search on training tasks, LoRA on the successes, promotion gated on held-out tasks."""
+    from agent_selfevolve.evolve import EvolveConfig, EvolveContext
+    from agent_selfevolve.evolve import evolve as run_evolve
+    from agent_selfevolve.serving import llama_cpp_policy, transformers_policy
+    from agent_selfevolve.store import TrajectoryStore
+    from agent_selfevolve.train import AdapterRegistry
+
+    train_tasks = resolve_tasks(tasks, None, None, train_slice)
+    held_out = resolve_tasks(tasks, None, None, held_out_slice)
+    key, base_dir = _local_base(model)
+    registry = AdapterRegistry(out / "registry")
+    policy = llama_cpp_policy(key, registry, base_dir) if runtime == "llama" else transformers_policy(base_dir)
+    config = EvolveConfig(episodes=episodes, strategy=strategy, strategy_options={"n": n} if strategy == "best_of_n"
+                          else {}, limits={"max_steps": max_steps}, kinds=kinds.split(","),
+                          train=_train_config(lora_rank, lr, epochs, max_length))
+    ctx = EvolveContext(train_tasks=train_tasks, held_out=held_out, store=TrajectoryStore(out / "runs.sqlite"),
+                        registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out, config=config,
+                        on_event=lambda e: console.print(f"[dim]{json.dumps(e, default=str)[:200]}[/dim]"))
+    summary = run_evolve(ctx, run_id=run_id)
+    table = Table("episode", "policy", "held-out before", "after", "promoted", "gained/lost", "p")
+    for e in summary["episodes"]:
+        paired = e.get("paired") or {}
+        table.add_row(str(e["episode"]), e["policy_before"], f"{e['heldout_before']:.2f}",
+                      "-" if e["heldout_after"] is None else f"{e['heldout_after']:.2f}", str(e["promoted"]),
+                      f"{paired.get('gained', '-')}/{paired.get('lost', '-')}", f"{paired.get('p_value', 1.0):.3g}")
+    Console().print(table)
+    console.print(f"final policy: {summary['final_policy']}  -> {out}/evolve.json, {out}/evolve.png")
+
+
+@app.command()
+def train(db: Annotated[Path, typer.Option(help="Trajectory store to learn from.")] = Path("runs/search/runs.sqlite"),
+          model: ModelOpt = "local", run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
+          held_out: Annotated[list[str] | None, typer.Option(help="Task ids never to train on.")] = None,
+          kinds: str = "sft", lora_rank: int = 16, lr: float = 2e-4, epochs: int = 2, max_length: int = 4096,
+          registry_dir: Annotated[Path, typer.Option("--registry")] = Path("runs/registry"),
+          name: str = "policy") -> None:
+    """Build SFT (and DPO/recovery) rows from stored trajectories and train a LoRA adapter version."""
+    from agent_selfevolve.store import TrajectoryStore
+    from agent_selfevolve.train import AdapterRegistry, TrainConfig, build_dataset, train_lora
+
+    _, base_dir = _local_base(model)
+    rows, report = build_dataset(TrajectoryStore(db), run_id=run, held_out=held_out or [], kinds=kinds.split(","))
+    console.print(f"dataset: {json.dumps({k: len(v) for k, v in rows.items()})} ({report.duplicates} duplicates)")
+    registry = AdapterRegistry(registry_dir)
+    staging = registry.staging_path(name)
+    result = train_lora(base_dir, rows["sft"], staging, TrainConfig(**_train_config(lora_rank, lr, epochs, max_length)))
+    parent = registry.latest(name)
+    version = registry.register(name, staging, parent=parent.ref if parent else None)
+    console.print(f"registered {version.ref}: loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
+                  f"in {result.steps} steps ({result.time_s:.0f} s)")
 
 
 @tasks_app.command("list")
