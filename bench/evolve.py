@@ -1,0 +1,103 @@
+"""Does the model improve? The embedded model as a tool-using agent, before and after one round of
+search -> LoRA SFT on its own successful trajectories, paired on the same held-out tasks.
+
+    python bench/evolve.py                                  # 100 train / 50 held-out HumanEval repo tasks
+    python bench/evolve.py --train 20 --held-out 20 --n 2   # a pilot
+    python bench/evolve.py --kinds sft,dpo                  # ablation: add DPO pairs from sibling attempts
+
+Tasks: HumanEval problems framed as repo tasks (implement the function in solution.py; hidden test file),
+shuffled with a fixed seed and split into disjoint train / held-out sets. Reports held-out success before and
+after, the paired difference with an exact McNemar test, and the failure causes before and after (format
+errors, no submit, wrong patch). Results go to <out>/bench.json; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evolve  # noqa: E402
+from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
+from agent_selfevolve.store import TrajectoryStore  # noqa: E402
+from agent_selfevolve.trajectory import Trajectory  # noqa: E402
+
+
+def failure_cause(traj: Trajectory) -> str:
+    if traj.resolved:
+        return "solved"
+    if traj.status == "format_errors":
+        return "format errors"
+    if traj.status in ("step_limit", "token_limit", "time_limit", "cost_limit"):
+        return "no submit (limit)"
+    if traj.status == "submitted":
+        return "wrong patch" if traj.patch.strip() else "submitted nothing"
+    return f"error ({traj.status})"
+
+
+def causes(store: TrajectoryStore, run_id: str) -> dict[str, int]:
+    return dict(Counter(failure_cause(t) for t in store.attempts(run_id=run_id)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--train", type=int, default=100)
+    parser.add_argument("--held-out", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=int, default=4, help="best-of-N attempts per training task")
+    parser.add_argument("--max-steps", type=int, default=12)
+    parser.add_argument("--kinds", default="sft")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--runtime", choices=["llama", "transformers"], default="llama")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-evolve"))
+    args = parser.parse_args()
+
+    from agent_selfevolve.humaneval import humaneval_tasks
+
+    from agent_selfevolve.models.weights import ensure_gguf
+    from agent_selfevolve.serving import llama_cpp_policy, transformers_policy
+    from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
+
+    tasks = humaneval_tasks()
+    random.Random(args.seed).shuffle(tasks)
+    train, held = tasks[: args.train], tasks[args.train: args.train + args.held_out]
+    assert not {t.instance_id for t in train} & {t.instance_id for t in held}
+    base_dir = hf_base_from_gguf(ensure_gguf(args.model))
+    registry = AdapterRegistry(args.out / "registry")
+    policy = llama_cpp_policy(args.model, registry, base_dir) if args.runtime == "llama" else \
+        transformers_policy(base_dir)
+    store = TrajectoryStore(args.out / "runs.sqlite")
+    config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": args.n, "temperature": 0.8},
+                          limits={"max_steps": args.max_steps}, kinds=args.kinds.split(","), min_gain=-10**6,
+                          train={"rank": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs,
+                                 "max_length": 4096})
+    ctx = EvolveContext(train_tasks=train, held_out=held, store=store, registry=registry, base_hf_dir=base_dir,
+                        policy=policy, out_dir=args.out, config=config,
+                        on_event=lambda e: print(json.dumps(e, default=str)[:160], flush=True))
+    run_id = f"bench-s{args.seed}-t{args.train}-h{args.held_out}-n{args.n}-{args.kinds.replace(',', '+')}"
+    summary = evolve(ctx, run_id=run_id)
+    episode = summary["episodes"][0]
+    result = {"run_id": run_id, "model": args.model, "train": len(train), "held_out": len(held),
+              "heldout_before": episode["heldout_before"], "heldout_after": episode["heldout_after"],
+              "paired": episode["paired"], "data": episode["data"], "train_metrics": episode["train"],
+              "search_usage": episode["search_usage"],
+              "causes_before": causes(store, f"{run_id}:eval:base"),
+              "causes_after": causes(store, f"{run_id}:eval:{episode['candidate']}") if episode["candidate"] else {},
+              "search_causes": Counter()}
+    for t in store.attempts():
+        if t.run_id.startswith(f"{run_id}:ep0:"):
+            result["search_causes"][failure_cause(t)] += 1
+    write_json_atomic(args.out / "bench.json", result)
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
