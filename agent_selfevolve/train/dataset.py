@@ -1,0 +1,342 @@
+"""Training rows from trajectories: SFT on successes, DPO pairs and Agent-R-style recovery rows from siblings.
+
+Rows use the chat shapes the trainers read (and TRL/OpenAI would too): SFT and recovery rows are
+{"messages", "tools"}; DPO rows are {"prompt", "chosen", "rejected", "tools"} with message lists. Every row also
+carries a "meta" dict (kind, task_id, attempt ids) that the trainers ignore; it is what lets `assert_no_held_out`
+prove that no held-out task leaked into a dataset. An assistant message with "weight": 0 (OpenAI's fine-tuning
+convention) is context, not a target: the masker gives it no loss.
+
+Siblings are the attempts at one task within one run (same run_id and task_id); they share the system and user
+messages, and often a longer prefix when a search branched from a common state.
+
+Recovery rows (after Agent-R, arXiv 2501.11425), defined simply here: take a failed attempt F and its successful
+sibling S. Let k be the first message where they differ (moved back to an assistant turn). F's *first wrong
+step* is its first assistant turn at or after k whose action produced a tool error or a format error; if there
+is none, it is F's turn at k (the step where it left the successful path). The row is F up to and including
+that turn and its observations (assistant turns weighted 0), then S's continuation from k with a short
+reflection prepended to S's first assistant message. The environment state after F's bad step is not undone:
+like Agent-R, we accept that the spliced path is a teaching signal ("notice, reflect, go back"), not a replay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.fileio import write_text_atomic
+from agent_selfevolve.models.base import Message
+from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+REFLECTION = ("Looking back: my previous step was wrong{why}. That approach does not work, so I will go back to "
+              "where I was before it and take a different path.")
+
+
+class HeldOutLeakError(ValueError):
+    """A row was built from a task that must stay out of training (it is used to measure the model)."""
+
+
+@dataclass
+class DatasetReport:
+    sft: int = 0
+    dpo: int = 0
+    recovery: int = 0
+    duplicates: int = 0
+    held_out_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- small helpers ------------------------------------------------------------------------------------------------
+def _canon_call(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            args = json.loads(args)
+    return {"name": fn.get("name", ""), "arguments": args}
+
+
+def message_key(msg: Message) -> str:
+    """Content identity of a message, ignoring tool-call ids (two attempts never share those)."""
+    calls = [_canon_call(c) for c in msg.get("tool_calls") or []]
+    return json.dumps([msg.get("role"), msg.get("content") or "", calls], sort_keys=True, default=str)
+
+
+def message_key_list(messages: Sequence[Message]) -> list[str]:
+    return [message_key(m) for m in messages]
+
+
+def shared_prefix_len(a: Sequence[Message], b: Sequence[Message]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if message_key(x) != message_key(y):
+            break
+        n += 1
+    return n
+
+
+def _first_assistant(messages: Sequence[Message]) -> int:
+    return next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+
+
+def branch_point(a: Sequence[Message], b: Sequence[Message]) -> int | None:
+    """Where two siblings part: the last index within their shared prefix where both have an assistant turn.
+
+    Never before the first assistant turn (the prompt is at least system+user); None if the prompts differ."""
+    head = _first_assistant(a)
+    shared = shared_prefix_len(a, b)
+    if head != _first_assistant(b) or shared < head:
+        return None
+    k = shared
+    while k > head and not (k < len(a) and k < len(b) and a[k].get("role") == b[k].get("role") == "assistant"):
+        k -= 1
+    return k
+
+
+def row_hash(row: Row) -> str:
+    """Content hash of a row without its meta or tool-call ids: equal training content, equal hash."""
+    body = {}
+    for k, v in sorted(row.items()):
+        if k == "meta":
+            continue
+        is_chat = isinstance(v, list) and all(isinstance(m, dict) and "role" in m for m in v)
+        body[k] = [[message_key(m), m.get("weight", 1)] for m in v] if is_chat else v
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _turn_errors(traj: Trajectory) -> dict[int, str]:
+    """Assistant message index -> the error its action produced ('' if it had none).
+
+    Steps are matched to assistant turns in order: one step per tool call, or one for a text action / format
+    error. A turn with no matching step (the attempt stopped) counts as error-free."""
+    errors: dict[int, str] = {}
+    steps = list(traj.steps)
+    pos = _first_assistant(traj.messages)
+    s = 0
+    for i in range(pos, len(traj.messages)):
+        msg = traj.messages[i]
+        if msg.get("role") != "assistant":
+            continue
+        n = max(1, len(msg.get("tool_calls") or []))
+        why = ""
+        for step in steps[s:s + n]:
+            if step.get("format_error"):
+                why = why or f"format error: {step['format_error']}"
+            elif step.get("observation_error"):
+                why = why or f"tool error: {str(step.get('observation', ''))}"
+        errors[i] = why
+        s += n
+    return errors
+
+
+def _turn_end(messages: Sequence[Message], i: int) -> int:
+    """Index just past assistant turn i and the observations that answer it."""
+    j = i + 1
+    while j < len(messages) and messages[j].get("role") != "assistant":
+        j += 1
+    return j
+
+
+def _meta(kind: str, task_id: str, *trajs: Trajectory) -> dict[str, Any]:
+    return {"kind": kind, "task_id": task_id, "run_id": trajs[0].run_id,
+            "attempt_ids": [t.attempt_id for t in trajs], "rewards": [t.reward for t in trajs]}
+
+
+def _with_tools(row: Row, traj: Trajectory) -> Row:
+    if traj.tools:
+        row["tools"] = traj.tools
+    return row
+
+
+def _siblings(trajs: Iterable[Trajectory]) -> dict[tuple[str, str], list[Trajectory]]:
+    groups: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
+    for t in trajs:
+        if t.evaluation is not None and t.messages:
+            groups[(t.run_id, t.task_id)].append(t)
+    return groups
+
+
+def _visible(trajs: Iterable[Trajectory], held_out: set[str], report: DatasetReport | None) -> list[Trajectory]:
+    out = []
+    for t in trajs:
+        if t.task_id in held_out:
+            if report is not None:
+                report.held_out_skipped += 1
+            continue
+        out.append(t)
+    return out
+
+
+def _best_partner(f: Trajectory, successes: list[Trajectory]) -> Trajectory:
+    """The successful sibling closest to `f`: longest shared prefix, then highest reward, then id."""
+    return max(successes, key=lambda s: (shared_prefix_len(f.messages, s.messages), s.reward, s.attempt_id))
+
+
+# -- builders -----------------------------------------------------------------------------------------------------
+def sft_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), min_reward: float | None = None,
+             report: DatasetReport | None = None) -> list[Row]:
+    """One row per resolved trajectory. Turns that were format errors get weight 0: a success is not a reason to
+    imitate a malformed reply."""
+    rows = []
+    for t in _visible(trajs, set(held_out), report):
+        if not t.resolved or (min_reward is not None and t.reward < min_reward):
+            continue
+        errors = _turn_errors(t)
+        messages = copy.deepcopy(t.messages)
+        for i, why in errors.items():
+            if why.startswith("format error"):
+                messages[i]["weight"] = 0
+        rows.append(_with_tools({"messages": messages, "meta": _meta("sft", t.task_id, t)}, t))
+    return rows
+
+
+def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pairs_per_task: int | None = None,
+              report: DatasetReport | None = None) -> list[Row]:
+    """For each failed sibling, one pair against its closest successful sibling, split at their branch point."""
+    rows = []
+    for (_, task_id), group in sorted(_siblings(_visible(trajs, set(held_out), report)).items()):
+        wins = [t for t in group if t.resolved]
+        losses = [t for t in group if not t.resolved]
+        if not wins or not losses:
+            continue
+        task_rows = []
+        for f in losses:
+            s = _best_partner(f, wins)
+            k = branch_point(s.messages, f.messages)
+            if k is None:
+                continue
+            chosen, rejected = s.messages[k:], f.messages[k:]
+            if not any(m.get("role") == "assistant" for m in chosen) \
+                    or message_key_list(chosen) == message_key_list(rejected):
+                continue
+            task_rows.append(_with_tools({"prompt": copy.deepcopy(s.messages[:k]), "chosen": copy.deepcopy(chosen),
+                                          "rejected": copy.deepcopy(rejected), "meta": _meta("dpo", task_id, s, f)},
+                                         s))
+        rows.extend(task_rows[:max_pairs_per_task] if max_pairs_per_task else task_rows)
+    return rows
+
+
+def recovery_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
+                  report: DatasetReport | None = None) -> list[Row]:
+    """Failed path up to its first wrong step, a reflection, then the successful sibling's continuation."""
+    rows = []
+    for (_, task_id), group in sorted(_siblings(_visible(trajs, set(held_out), report)).items()):
+        wins = [t for t in group if t.resolved]
+        for f in (t for t in group if not t.resolved):
+            if not wins:
+                break
+            s = _best_partner(f, wins)
+            k = branch_point(s.messages, f.messages)
+            if k is None or k >= len(s.messages) or k >= len(f.messages) or f.messages[k].get("role") != "assistant":
+                continue
+            errors = _turn_errors(f)
+            wrong = next((i for i in sorted(errors) if i >= k and errors[i]), k)
+            bad = copy.deepcopy(f.messages[k:_turn_end(f.messages, wrong)])
+            for m in bad:
+                if m.get("role") == "assistant":
+                    m["weight"] = 0
+            good = copy.deepcopy(s.messages[k:])
+            why = errors.get(wrong, "").splitlines()[0][:200] if errors.get(wrong) else ""
+            reflection = REFLECTION.format(why=f" ({why})" if why else "")
+            good[0]["content"] = reflection + ("\n\n" + good[0]["content"] if good[0].get("content") else "")
+            messages = copy.deepcopy(s.messages[:k]) + bad + good
+            rows.append(_with_tools({"messages": messages, "meta": {**_meta("recovery", task_id, f, s),
+                                                                     "wrong_step": wrong, "branch": k}}, s))
+    return rows
+
+
+def build_dataset(source: TrajectoryStore | Iterable[Trajectory], *, run_id: str | None = None,
+                  held_out: Iterable[str] = (), kinds: Sequence[str] = ("sft",), min_reward: float | None = None,
+                  max_pairs_per_task: int | None = None) -> tuple[dict[str, list[Row]], DatasetReport]:
+    """Rows of each requested kind ('sft', 'dpo', 'recovery'), deduplicated, with held-out tasks excluded.
+
+    Returns {kind: rows} and a report; held-out exclusion is checked again on the output, not just assumed."""
+    trajs = source.attempts(run_id=run_id) if isinstance(source, TrajectoryStore) else list(source)
+    if run_id is not None:
+        trajs = [t for t in trajs if t.run_id == run_id]
+    held = set(held_out)
+    report = DatasetReport()
+    visible_count = len(_visible(trajs, held, report))
+    builders = {"sft": lambda: sft_rows(trajs, held, min_reward),
+                "dpo": lambda: dpo_pairs(trajs, held, max_pairs_per_task),
+                "recovery": lambda: recovery_rows(trajs, held)}
+    out: dict[str, list[Row]] = {}
+    for kind in kinds:
+        if kind not in builders:
+            raise ValueError(f"unknown row kind '{kind}': sft, dpo or recovery")
+        rows, dropped = dedup_rows(builders[kind]())
+        assert_no_held_out(rows, held)
+        report.duplicates += dropped
+        setattr(report, kind, len(rows))
+        out[kind] = rows
+    if not visible_count:
+        report.notes.append("no trajectories outside the held-out set")
+    return out, report
+
+
+def dedup_rows(rows: Iterable[Row]) -> tuple[list[Row], int]:
+    """Drop rows whose training content (everything but meta) was already seen; returns (rows, dropped)."""
+    seen: set[str] = set()
+    out: list[Row] = []
+    dropped = 0
+    for row in rows:
+        h = row_hash(row)
+        if h in seen:
+            dropped += 1
+            continue
+        seen.add(h)
+        out.append(row)
+    return out, dropped
+
+
+def assert_no_held_out(rows: Iterable[Row], held_out: Iterable[str]) -> None:
+    """Raise if any row came from a held-out task (by meta.task_id); rows without meta cannot be checked."""
+    held = set(held_out)
+    if not held:
+        return
+    for i, row in enumerate(rows):
+        meta = row.get("meta")
+        if meta is None:
+            raise HeldOutLeakError(f"row {i} has no meta.task_id, so held-out exclusion cannot be checked")
+        if meta.get("task_id") in held:
+            raise HeldOutLeakError(f"row {i} comes from held-out task '{meta['task_id']}'")
+
+
+# -- files --------------------------------------------------------------------------------------------------------
+def rows_to_jsonl(rows: Iterable[Row]) -> str:
+    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Row]) -> str:
+    """Write rows atomically; returns the sha256 of the file's text (the data hash the registry records)."""
+    text = rows_to_jsonl(rows)
+    write_text_atomic(path, text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_jsonl(path: str | Path) -> list[Row]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not a JSON row ({exc})") from exc
+    return rows
+
+
+def data_hash(rows: Iterable[Row]) -> str:
+    return hashlib.sha256(rows_to_jsonl(rows).encode()).hexdigest()
