@@ -1,0 +1,405 @@
+"""LoRA fine-tuning with peft: SFT on chat rows, or DPO on preference pairs, in a spawned process.
+
+Why a spawned process: training holds the base weights, activations and optimizer state; when the child exits
+all of it goes back to the OS (the Agent Lightning recipe does the same), and a crash or kill cannot take the
+agent loop down with it.
+
+Why our own DPO loss instead of TRL's DPOTrainer: TRL brings a large dependency tree with tight version pins on
+transformers/accelerate/datasets, and its data collators re-derive masks we already compute robustly in
+`masking.py`. The loss itself is ~30 lines: sigmoid DPO, -log σ(β[(π_c - ref_c) - (π_r - ref_r)]), where the
+reference is the same network with the LoRA adapter switched off (peft's `disable_adapter()`), so no second
+model is held in memory. When training continues from an existing adapter the reference is still the base.
+
+Atomicity: the child trains in a hidden staging directory next to `out_dir` and renames the finished adapter
+into place as its last act; a run killed mid-way leaves no `out_dir` at all (and `kill()` removes the staging).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.train._subprocess import SpawnedJob, SubprocessError, spawn
+from agent_selfevolve.train.base_model import base_model_identity
+from agent_selfevolve.train.dataset import Row, data_hash, read_jsonl, write_jsonl
+from agent_selfevolve.train.masking import (
+    IGNORE_INDEX,
+    EmptyMaskError,
+    TokenizedRow,
+    check_template,
+    tokenize_pairs,
+    tokenize_rows,
+)
+
+METRICS_FILE = "train_metrics.json"
+
+
+class EmptyDatasetError(ValueError):
+    """Nothing to train on: no rows, or every row was dropped by masking/truncation."""
+
+
+class TrainingError(RuntimeError):
+    """The training process failed or was killed; no adapter was written."""
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "sft"
+    """'sft' (next-token loss on assistant turns) or 'dpo' (preference pairs)."""
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    lr: float = 2e-4
+    epochs: int = 1
+    max_steps: int | None = None
+    """Cap on optimizer steps (each is batch_size * grad_accum rows)."""
+    batch_size: int = 1
+    grad_accum: int = 4
+    max_length: int = 4096
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dpo_beta: float = 0.1
+    dpo_sft_weight: float = 0.0
+    """Add this times the chosen sequence's mean NLL to the DPO loss (keeps likelihoods from collapsing)."""
+    device: str = "auto"
+    dtype: str = "auto"
+    """'auto': bf16 on a GPU that supports it, else fp16 on GPU; on CPU bf16 when it works, else fp32."""
+    progress: bool = True
+    threads: int | None = None
+    """torch CPU threads (None: torch's default). 1 is fastest for tiny models on a busy machine."""
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    steps: int
+    losses: list[float]
+    tokens: int
+    trainable_tokens: int
+    time_s: float
+    steps_per_s: float
+    rows: int
+    rows_dropped: int
+    device: str
+    dtype: str
+    data_hash: str
+    base_model: dict[str, str]
+    config: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    """DPO: per-step reward accuracy and margin."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        return cls(**data)
+
+
+# -- the child: runs in its own process ----------------------------------------------------------------------------
+def _pick(cfg: TrainConfig) -> tuple[Any, Any]:
+    import torch
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    names = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if cfg.dtype != "auto":
+        return torch.device(device), names[cfg.dtype]
+    if device.startswith("cuda"):
+        return torch.device(device), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        (torch.ones(2, 2, dtype=torch.bfloat16) @ torch.ones(2, 2, dtype=torch.bfloat16)).sum().item()
+        return torch.device(device), torch.bfloat16
+    except RuntimeError:
+        return torch.device(device), torch.float32
+
+
+def _collate(rows: list[TokenizedRow], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        attn[i, :n] = 1
+    return ids.to(device), labels.to(device), attn.to(device)
+
+
+def _target_logits(model: Any, ids: Any, labels: Any, attn: Any) -> tuple[Any, Any]:
+    """Logits only at positions that predict a labelled token (`logits_to_keep`), and those targets.
+
+    Agent traces are mostly tool output with no loss; skipping the vocabulary projection there saves most of
+    the memory a long row needs (151k-entry vocabulary x every position otherwise)."""
+    import torch
+
+    target = labels[:, 1:]
+    keep = torch.nonzero((target != IGNORE_INDEX).any(0)).squeeze(-1)
+    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits.float()
+    return logits, target[:, keep]
+
+
+def sequence_logps(model: Any, ids: Any, labels: Any, attn: Any) -> tuple[Any, Any]:
+    """Summed log-probability of the labelled tokens of each sequence, and how many there were."""
+    import torch
+
+    logits, target = _target_logits(model, ids, labels, attn)
+    mask = target != IGNORE_INDEX
+    logp = torch.gather(logits.log_softmax(-1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def dpo_loss(pi_c: Any, pi_r: Any, ref_c: Any, ref_r: Any, beta: float) -> tuple[Any, Any, Any]:
+    """Sigmoid DPO (Rafailov et al. 2023): returns per-pair loss, reward accuracy and reward margin."""
+    import torch.nn.functional as F
+
+    margin = beta * ((pi_c - ref_c) - (pi_r - ref_r))
+    return -F.logsigmoid(margin), (margin > 0).float(), margin
+
+
+def _load(base_dir: str, cfg: TrainConfig, init_adapter: str | None, device: Any, dtype: Any) -> Any:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if init_adapter:
+        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
+                      target_modules=cfg.target_modules)
+    return get_peft_model(model, lcfg)
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("loss {task.fields[loss]}"), console=Console(stderr=True), disable=not enabled)
+    return bar, bar.add_task("train", total=total, loss="-")
+
+
+def _sft_step(model: Any, group: list[list[TokenizedRow]], pad: int, device: Any) -> float:
+    """Accumulate gradients over the micro-batches of one optimizer step; the loss is per trainable token."""
+    import torch
+
+    n_tok = sum(r.n_trainable for b in group for r in b)
+    total = 0.0
+    for b in group:
+        ids, labels, attn = _collate(b, pad, device)
+        logits, target = _target_logits(model, ids, labels, attn)
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                reduction="sum")
+        loss = nll / n_tok
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def _dpo_step(model: Any, group: list[list[tuple[TokenizedRow, TokenizedRow]]], pad: int, device: Any, beta: float,
+              sft_weight: float, ref_cache: dict[tuple[int, ...], tuple[Any, Any]]) -> tuple[float, float, float]:
+    """One optimizer step of DPO; returns (loss, reward accuracy, mean reward margin)."""
+    import torch
+
+    n_pairs = sum(len(b) for b in group)
+    total, accs, margins = 0.0, [], []
+    for b in group:
+        k = len(b)
+        ids, labels, attn = _collate([p[0] for p in b] + [p[1] for p in b], pad, device)
+        key = tuple(id(p) for p in b)  # the same pairs in the same batch: reuse the reference
+        if key not in ref_cache:
+            model.eval()
+            with torch.no_grad(), model.disable_adapter():
+                ref, _ = sequence_logps(model, ids, labels, attn)
+            model.train()
+            ref_cache[key] = (ref[:k].detach(), ref[k:].detach())
+        pol, n = sequence_logps(model, ids, labels, attn)
+        per, acc, margin = dpo_loss(pol[:k], pol[k:], *ref_cache[key], beta)
+        if sft_weight:
+            per = per + sft_weight * (-pol[:k] / n[:k].clamp(min=1))
+        loss = per.sum() / n_pairs
+        loss.backward()
+        total += loss.item()
+        accs += acc.tolist()
+        margins += margin.detach().tolist()
+    return total, sum(accs) / len(accs), sum(margins) / len(margins)
+
+
+def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, config: dict[str, Any],
+                 init_adapter: str | None = None) -> dict[str, Any]:
+    """Child-process body. Trains, saves into `staging/adapter`, renames it to `out_dir`; returns the metrics."""
+    import torch
+    from transformers import AutoTokenizer
+
+    cfg = TrainConfig(**config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device, dtype = _pick(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    check_template(tokenizer)
+    rows = read_jsonl(data_path)
+    items: list[Any]
+    if cfg.objective == "sft":
+        items, stats = tokenize_rows(rows, tokenizer, cfg.max_length)
+    elif cfg.objective == "dpo":
+        items, stats = tokenize_pairs(rows, tokenizer, cfg.max_length)
+    else:
+        raise ValueError(f"unknown objective '{cfg.objective}': sft or dpo")
+    if not items:
+        raise EmptyDatasetError(f"all {len(rows)} rows were dropped: {stats.dropped_too_long} longer than "
+                                f"max_length={cfg.max_length}, {stats.dropped_no_target} without a trainable "
+                                "assistant turn")
+    model = _load(base_dir, cfg, init_adapter, device, dtype)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_epoch = math.ceil(len(items) / cfg.batch_size)
+    total = math.ceil(per_epoch * cfg.epochs / cfg.grad_accum)
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def lr_factor(s: int) -> float:  # linear warm-up, then linear decay
+        warm = min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        return warm * max(0.0, 1 - s / max(1, total))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    batches: list[list[Any]] = []
+    rng = random.Random(cfg.seed)
+    for _ in range(cfg.epochs):
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        batches += [[items[i] for i in order[j:j + cfg.batch_size]] for j in range(0, len(order), cfg.batch_size)]
+    ref_cache: dict[tuple[int, ...], tuple[Any, Any]] = {}
+    losses: list[float] = []
+    extra: dict[str, list[float]] = {"reward_accuracy": [], "reward_margin": []}
+    progress_path = Path(staging) / "progress.jsonl"
+    bar, task = _progress(cfg.progress, total)
+    t0 = time.monotonic()
+    model.train()
+    with bar, open(progress_path, "a", encoding="utf-8") as plog:
+        for step in range(total):
+            group = batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
+            if cfg.objective == "sft":
+                step_loss = _sft_step(model, group, pad, device)
+            else:
+                step_loss, acc, margin = _dpo_step(model, group, pad, device, cfg.dpo_beta, cfg.dpo_sft_weight,
+                                                   ref_cache)
+                extra["reward_accuracy"].append(acc)
+                extra["reward_margin"].append(margin)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            plog.write(json.dumps({"step": step + 1, "loss": step_loss, "t": time.monotonic() - t0}) + "\n")
+            plog.flush()
+            bar.update(task, advance=1, loss=f"{step_loss:.4f}")
+    elapsed = time.monotonic() - t0
+    adapter = Path(staging) / "adapter"
+    model.save_pretrained(adapter)
+    seen = [r for b in batches[:total * cfg.grad_accum] for r in b]
+    seqs = [s for p in seen for s in p] if cfg.objective == "dpo" else seen
+    result = TrainResult(
+        adapter_dir=str(out_dir), steps=total, losses=losses, tokens=sum(len(s.input_ids) for s in seqs),
+        trainable_tokens=sum(s.n_trainable for s in seqs), time_s=elapsed, steps_per_s=total / max(elapsed, 1e-9),
+        rows=len(items), rows_dropped=len(rows) - len(items),
+        device=str(device), dtype=str(dtype).replace("torch.", ""), data_hash=data_hash(rows),
+        base_model=base_model_identity(base_dir), config=asdict(cfg),
+        extra={k: v for k, v in extra.items() if v})
+    write_json_atomic(adapter / METRICS_FILE, asdict(result))
+    os.rename(adapter, out_dir)
+    return asdict(result)
+
+
+# -- the parent: starts, waits, kills ---------------------------------------------------------------------------
+_ERRORS: dict[str, type[Exception]] = {"EmptyDatasetError": EmptyDatasetError, "EmptyMaskError": EmptyMaskError}
+
+
+@dataclass
+class TrainingJob:
+    """A training run in its own process. `wait()` returns the TrainResult; `kill()` stops it cleanly."""
+
+    out_dir: Path
+    staging: Path
+    job: SpawnedJob | None = None
+    result: dict[str, Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.job.pid if self.job else None
+
+    def progress(self) -> list[dict[str, Any]]:
+        path = self.staging / "progress.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def kill(self) -> None:
+        if self.job:
+            self.job.kill()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def wait(self, timeout: float | None = None) -> TrainResult:
+        if self.result is None:
+            assert self.job is not None
+            try:
+                self.result = self.job.wait(timeout)
+            except SubprocessError as exc:
+                raise _ERRORS.get(exc.kind, TrainingError)(f"training failed: {exc}") from exc
+            finally:
+                if not self.job.alive():
+                    shutil.rmtree(self.staging, ignore_errors=True)
+        return TrainResult.from_dict(self.result)
+
+
+def start_training(base_model_dir: str | Path, data: list[Row] | str | Path, out_dir: str | Path,
+                   config: TrainConfig | None = None, init_adapter: str | Path | None = None,
+                   spawn_process: bool = True) -> TrainingJob:
+    """Start a LoRA run writing the adapter to `out_dir` (which must not exist yet). In-process when
+    `spawn_process` is False (debugging, tests); the same code runs either way."""
+    cfg = config or TrainConfig()
+    rows = read_jsonl(data) if isinstance(data, (str, Path)) else list(data)
+    if not rows:
+        raise EmptyDatasetError("the dataset is empty: no rows to train on (did any attempt succeed?)")
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; adapters are never overwritten")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    (staging / "owner.pid").write_text(str(os.getpid()))
+    write_jsonl(staging / "data.jsonl", rows)
+    kwargs = {"base_dir": str(base_model_dir), "data_path": str(staging / "data.jsonl"), "staging": str(staging),
+              "out_dir": str(out), "config": asdict(cfg), "init_adapter": str(init_adapter) if init_adapter else None}
+    tj = TrainingJob(out, staging)
+    if not spawn_process:
+        try:
+            tj.result = run_training(**kwargs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return tj
+    tj.job = spawn("agent_selfevolve.train.lora:run_training", kwargs, staging / "result.json")
+    return tj
+
+
+def train_lora(base_model_dir: str | Path, data: list[Row] | str | Path, out_dir: str | Path,
+               config: TrainConfig | None = None, init_adapter: str | Path | None = None,
+               spawn_process: bool = True) -> TrainResult:
+    """Train a LoRA adapter and return its metrics (losses per step, tokens, time); see `start_training`."""
+    return start_training(base_model_dir, data, out_dir, config, init_adapter, spawn_process).wait()

@@ -1,0 +1,335 @@
+"""Training pipeline on a tiny model built in code: dataset rows, masks, LoRA SFT/DPO, the adapter registry.
+
+The tiny model is a random-weight Qwen2 (hidden 64, 2 layers) with a byte-level BPE tokenizer trained here and a
+ChatML template, so every step runs the real transformers/peft code paths in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.train import (
+    AdapterRegistry,
+    BaseModelMismatchError,
+    EmptyDatasetError,
+    EmptyMaskError,
+    HeldOutLeakError,
+    TrainConfig,
+    TrainingError,
+    assert_no_held_out,
+    build_dataset,
+    check_template,
+    read_jsonl,
+    start_training,
+    tokenize_chat,
+    train_lora,
+    write_jsonl,
+)
+from agent_selfevolve.train.masking import IGNORE_INDEX, MaskStats
+from agent_selfevolve.trajectory import Trajectory
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+CHATML = ("{%- for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content %}{{ m.content }}{% endif %}"
+          "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>"
+          "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+          "{% endif %}")
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "say", "fix", "bug", "calc", "add",
+         "return", "ls", "cat", "edit", "done", "error", "file"]
+FAST = {"progress": False, "dtype": "float32", "threads": 1, "rank": 8, "alpha": 16, "dropout": 0.0}
+
+
+def _tiny_model(path: Path, seed: int) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([" ".join(WORDS)] * 20 + ["system user assistant tool"] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, initializer_range=0.2)  # 0.02 caps logits: loss can't fall
+    fast.save_pretrained(path)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+def _call(name: str, **args: Any) -> dict[str, Any]:
+    return {"id": f"id-{name}-{len(args)}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def _traj(aid: str, task: str, turns: list[tuple[str, str, str, bool]], resolved: bool,
+          run: str = "r1") -> Trajectory:
+    """turns: (thought, command, observation, observation_error) -> assistant tool call + tool reply."""
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": "You fix bugs."},
+                                  {"role": "user", "content": f"Fix {task}."}]
+    steps = []
+    for i, (thought, cmd, obs, err) in enumerate(turns):
+        call = _call("bash", command=cmd)
+        call["id"] = f"{aid}-{i}"
+        msgs += [{"role": "assistant", "content": thought, "tool_calls": [call]},
+                 {"role": "tool", "tool_call_id": call["id"], "content": obs}]
+        steps.append({"index": i, "thought": thought, "action": {"name": "bash", "arguments": {"command": cmd}},
+                      "observation": obs, "observation_error": err})
+    return Trajectory(attempt_id=aid, task_id=task, run_id=run, messages=msgs, steps=steps,
+                      status="submitted", evaluation={"resolved": resolved, "reward": float(resolved),
+                                                      "source": "tests"})
+
+
+LOOK = ("look", "cat calc.py", "return a - b", False)
+GOOD = [LOOK, ("fix it", "edit add", "ok", False), ("done", "submit", "submitted", False)]
+BAD = [LOOK, ("try", "edit mul", "error: no mul", True), ("done", "submit", "submitted", False)]
+
+
+def _trajs() -> list[Trajectory]:
+    return [_traj("s1", "t1", GOOD, True), _traj("s1dup", "t1", GOOD, True), _traj("f1", "t1", BAD, False),
+            _traj("f2", "t3", [("other", "ls", "file", False)], False), _traj("s3", "t3", GOOD, True),
+            _traj("h1", "held", GOOD, True), _traj("h2", "held", BAD, False)]
+
+
+# -- dataset ------------------------------------------------------------------------------------------------------
+def test_dataset_builders_dedup_and_held_out(tmp_path: Path) -> None:
+    out, report = build_dataset(_trajs(), held_out={"held"}, kinds=("sft", "dpo", "recovery"))
+    sft, dpo, rec = out["sft"], out["dpo"], out["recovery"]
+    assert len(sft) == 2 and report.duplicates >= 1 and report.held_out_skipped == 2  # s1dup deduplicated
+    assert all(r["meta"]["task_id"] != "held" for rows in out.values() for r in rows)
+    pair = next(r for r in dpo if r["meta"]["task_id"] == "t1")
+    assert len(pair["prompt"]) == 4  # system, user, the shared first action and its observation
+    assert "edit add" in pair["chosen"][0]["tool_calls"][0]["function"]["arguments"]
+    assert "edit mul" in pair["rejected"][0]["tool_calls"][0]["function"]["arguments"]
+    other = next(r for r in dpo if r["meta"]["task_id"] == "t3")
+    assert [m["role"] for m in other["prompt"]] == ["system", "user"]  # no shared action: prompt is system+user
+    row = next(r for r in rec if r["meta"]["task_id"] == "t1")
+    roles = [(m["role"], m.get("weight", 1)) for m in row["messages"]]
+    assert roles[4] == ("assistant", 0) and "edit mul" in json.dumps(row["messages"][4])  # the wrong step
+    assert row["messages"][5]["content"] == "error: no mul"
+    assert row["messages"][6]["content"].startswith("Looking back") and "edit add" in json.dumps(row["messages"][6])
+    assert row["meta"]["wrong_step"] == 4
+    with pytest.raises(HeldOutLeakError):
+        assert_no_held_out([{"messages": [], "meta": {"task_id": "held"}}], {"held"})
+    digest = write_jsonl(tmp_path / "d.jsonl", sft)
+    assert read_jsonl(tmp_path / "d.jsonl") == json.loads(json.dumps(sft)) and len(digest) == 64
+
+
+def test_dataset_from_store(tmp_path: Path) -> None:
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    for t in _trajs():
+        store.record(t)
+    store.record(_traj("other-run", "t1", GOOD[:1], True, run="r2"))
+    out, _ = build_dataset(store, run_id="r1", held_out=["held"], kinds=("sft",))
+    assert {r["meta"]["attempt_ids"][0] for r in out["sft"]} == {"s1", "s3"}
+
+
+# -- masking ------------------------------------------------------------------------------------------------------
+def _assistant_text(row: Any, tok: Any) -> str:
+    return tok.decode([i for i, lab in zip(row.input_ids, row.labels, strict=True) if lab != IGNORE_INDEX])
+
+
+def test_mask_covers_assistant_turns_only(tokenizer: Any) -> None:
+    msgs = _traj("a", "t", GOOD, True).messages
+    msgs[4]["weight"] = 0
+    row = tokenize_chat(msgs, tokenizer)
+    text = _assistant_text(row, tokenizer)
+    assert text.startswith("look<tool_call>") and text.count("<|im_end|>") == 2
+    assert "edit add" not in text and "Fix t" not in text and "return a - b" not in text
+    check_template(tokenizer)
+
+
+def test_long_rows_truncate_from_left_or_drop(tokenizer: Any, caplog: pytest.LogCaptureFixture) -> None:
+    msgs = _traj("a", "t", [LOOK] * 12 + [("done", "submit", "ok", False)], True).messages
+    full = tokenize_chat(msgs, tokenizer)
+    stats = MaskStats()
+    cut = tokenize_chat(msgs, tokenizer, max_length=len(full.input_ids) // 2, stats=stats)
+    head_text = tokenizer.apply_chat_template(msgs[:2], tokenize=False)
+    n_head = len(tokenizer(head_text, add_special_tokens=False)["input_ids"])
+    assert cut is not None and cut.truncated and len(cut.input_ids) <= len(full.input_ids) // 2
+    assert cut.input_ids[:n_head] == full.input_ids[:n_head]  # system + first user kept
+    assert cut.n_trainable > 0 and cut.input_ids[-5:] == full.input_ids[-5:]
+    with caplog.at_level(logging.WARNING):
+        from agent_selfevolve.train.masking import tokenize_rows
+
+        rows, stats = tokenize_rows([{"messages": msgs}], tokenizer, max_length=n_head + 2)
+    assert rows == [] and stats.dropped_too_long == 1 and "dropped 1 of 1" in caplog.text
+
+
+def test_template_with_empty_mask_is_rejected(tmp_path: Path, tokenizer: Any) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    bad = AutoTokenizer.from_pretrained(tmp_path)
+    bad.chat_template = ("{% for m in messages %}{% if m.role != 'assistant' %}<|im_start|>{{ m.role }}\n"
+                         "{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}")
+    with pytest.raises(EmptyMaskError, match="no tokens"):
+        check_template(bad)
+    # end-of-turn emitted at the start of the next message: outside the assistant's own span
+    bad.chat_template = ("{% for m in messages %}{% if not loop.first %}<|im_end|>\n{% endif %}<|im_start|>"
+                         "{{ m.role }}\n{{ m.content }}{% endfor %}")
+    with pytest.raises(EmptyMaskError, match="end-of-turn"):
+        check_template(bad)
+
+
+# -- training -----------------------------------------------------------------------------------------------------
+MEMO = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": f"say {w}"},
+                      {"role": "assistant", "content": f"the {w} fox jumps over"}]} for w in WORDS[:4]]
+
+
+def _logits(model_dir: Path, adapter: Path | None, text: str = "<|im_start|>user\nsay fox") -> Any:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_sft_loss_falls_and_adapter_roundtrips(tiny: Path, tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    out = reg.staging_path("policy")
+    res = train_lora(tiny, MEMO, out, TrainConfig(epochs=10, grad_accum=1, lr=1e-2, **FAST), spawn_process=False)
+    assert res.steps == 40 and len(res.losses) == 40 and res.trainable_tokens > 0 and res.time_s > 0
+    assert sum(res.losses[-4:]) < 0.25 * sum(res.losses[:4])
+    base, tuned = _logits(tiny, None), _logits(tiny, out)
+    assert not torch.allclose(base, tuned, atol=1e-4)
+    v1 = reg.register("policy", out)
+    assert v1.ref == "policy@1" and v1.metrics["losses"] == res.losses and v1.data_hashes == [res.data_hash]
+    assert not (v1.path / "adapter_model.safetensors").stat().st_mode & stat.S_IWUSR
+    assert torch.allclose(_logits(tiny, reg.export_peft("policy@1", tmp_path / "peft")), tuned)
+    merged = reg.export_merged("policy@1", tiny, tmp_path / "merged", in_process=True)
+    assert torch.allclose(_logits(merged, None), tuned, atol=1e-4)
+
+    # continue from policy@1 on new data -> policy@2 with lineage
+    out2 = reg.staging_path("policy")
+    train_lora(tiny, MEMO[:2], out2, TrainConfig(epochs=1, grad_accum=1, **FAST), init_adapter=v1.path,
+               spawn_process=False)
+    v2 = reg.register("policy", out2, parent="policy@1")
+    assert reg.latest("policy") == v2 and reg.get("policy@2") == v2
+    assert [v.ref for v in reg.lineage("policy@2")] == ["policy@2", "policy@1"]
+    assert reg.check() == []
+
+
+def test_dpo_prefers_chosen(tiny: Path, tmp_path: Path) -> None:
+    pairs = [{"prompt": [{"role": "user", "content": f"say {w}"}],
+              "chosen": [{"role": "assistant", "content": f"the {w} fox"}],
+              "rejected": [{"role": "assistant", "content": "error bug"}]} for w in WORDS[:4]]
+    res = train_lora(tiny, pairs, tmp_path / "dpo", TrainConfig(objective="dpo", epochs=6, grad_accum=2, lr=1e-2,
+                                                                 dpo_beta=0.5, **FAST), spawn_process=False)
+    assert res.losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start
+    assert res.losses[-1] < 0.5 and res.extra["reward_accuracy"][-1] == 1.0
+
+
+def test_empty_dataset_is_a_clear_error(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(EmptyDatasetError, match="empty"):
+        train_lora(tiny, [], tmp_path / "a", TrainConfig(**FAST))
+    context_only = [{"messages": [{"role": "user", "content": "hi"},
+                                  {"role": "assistant", "content": "x", "weight": 0}]}]
+    with pytest.raises(EmptyDatasetError, match="dropped"):
+        train_lora(tiny, context_only, tmp_path / "b", TrainConfig(**FAST), spawn_process=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+# -- registry -----------------------------------------------------------------------------------------------------
+def test_registry_refuses_a_different_base(tiny: Path, tmp_path: Path) -> None:
+    other = _tiny_model(tmp_path / "other", seed=1)
+    reg = AdapterRegistry(tmp_path / "reg")
+    a = train_lora(tiny, MEMO[:1], reg.staging_path(), TrainConfig(**FAST), spawn_process=False)
+    b = train_lora(other, MEMO[:1], reg.staging_path(), TrainConfig(**FAST), spawn_process=False)
+    reg.register("policy", a.adapter_dir)
+    with pytest.raises(BaseModelMismatchError, match="new name"):
+        reg.register("policy", b.adapter_dir)
+    with pytest.raises(BaseModelMismatchError, match="parent"):
+        reg.register("other", b.adapter_dir, parent="policy@1")
+    with pytest.raises(BaseModelMismatchError):
+        reg.export_merged("policy@1", other, tmp_path / "m")
+    assert [v.ref for v in reg.versions("policy")] == ["policy@1"] and reg.names() == ["policy"]
+    assert reg.check() == [] and not (tmp_path / "m").exists()
+
+
+def test_killed_training_leaves_registry_consistent(tiny: Path, tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    out = reg.staging_path("policy")
+    job = start_training(tiny, MEMO, out, TrainConfig(epochs=100_000, grad_accum=1, **FAST))
+    deadline = time.monotonic() + 120
+    while not job.progress() and time.monotonic() < deadline:
+        assert job.job is not None and job.job.alive(), "the training process exited early"
+        time.sleep(0.2)
+    assert job.progress(), "training never reached its first step"
+    os.kill(job.pid, signal.SIGKILL)
+    with pytest.raises(TrainingError, match="died"):
+        job.wait(timeout=30)
+    assert not out.exists() and not job.staging.exists()
+    assert reg.latest("policy") is None and reg.check() == []
+    (reg.root / ".staging" / "debris").mkdir()
+    assert reg.clean_staging(min_age_s=0) == 1
+
+
+# -- the real model (slow) ----------------------------------------------------------------------------------------
+def _real_gguf() -> Path | None:
+    try:
+        from agent_selfevolve.models.weights import default_cache_dir, get_spec, verified
+    except ImportError:
+        return None
+    spec = get_spec("qwen2.5-coder-0.5b")
+    path = default_cache_dir() / spec.filename
+    return path if verified(path, spec.sha256, spec.size) else None
+
+
+@pytest.mark.slow
+def test_real_base_lora_and_gguf_export(tmp_path: Path) -> None:
+    gguf = _real_gguf()
+    if gguf is None:
+        pytest.skip("the Qwen2.5-Coder-0.5B GGUF is not assembled (run `selfevolve model-fetch` first)")
+    base = _hf_base_cached(gguf)
+    from transformers import AutoTokenizer
+
+    check_template(AutoTokenizer.from_pretrained(base))
+    rows = [{"messages": _traj(f"a{i}", "t", GOOD, True).messages} for i in range(2)]
+    reg = AdapterRegistry(tmp_path / "reg")
+    res = train_lora(base, rows, reg.staging_path(), TrainConfig(rank=8, alpha=16, epochs=1, grad_accum=1,
+                                                                 max_length=512, progress=False))
+    assert res.steps == 2 and all(x > 0 for x in res.losses)
+    v = reg.register("policy", res.adapter_dir)
+    out = reg.export_gguf(v.ref, base, tmp_path / "policy.gguf")
+    from gguf import GGUFReader
+
+    names = [t.name for t in GGUFReader(out).tensors]
+    assert names and all(".lora_" in n for n in names)
+
+
+def _hf_base_cached(gguf: Path) -> Path:
+    from agent_selfevolve.train import hf_base_from_gguf
+
+    return hf_base_from_gguf(gguf)
