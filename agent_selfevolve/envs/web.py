@@ -205,7 +205,13 @@ class BrowserEnvironment:
                 raise ActionError(f"select_option failed: {_first_line(exc)}. Options: {options or 'none'}") from None
             await self._settle(s)
         elif call.name == "press":
-            await page.keyboard.press(str(a.get("key", "")))
+            key = str(a.get("key", ""))
+            focused = page.locator("*:focus")
+            if await page.evaluate("() => !!document.activeElement && document.activeElement !== document.body") \
+                    and await focused.count() == 1:
+                await focused.press(key, timeout=ms)  # unlike keyboard.press, waits for a navigation it starts
+            else:
+                await page.keyboard.press(key)
             await self._settle(s)
         elif call.name == "scroll":
             dx, dy = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}.get(
