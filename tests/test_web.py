@@ -78,8 +78,17 @@ def test_miniwob_click_link_through_run_attempt(tmp_path: Path) -> None:
     state = compiled_agent(checkpointer).get_state({"configurable": {"thread_id": "wob1"}}).values
     json.dumps(state)  # plain JSON: no page or browser object leaked into graph state
     json.dumps(traj.to_dict())
-    report = success_report([traj, traj.to_dict()])
-    assert report["miniwob.click-link"]["success_rate"] == 1.0
+    # A wrong link ends the episode too, with the page's negative reward: not resolved, reward 0.
+    def wrong(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        goal = re.search(r'Goal: Click on the link "([^"]+)"', messages[1]["content"])
+        links = re.findall(r'link "([^"]+)" \[id=(\w+)\]', last_observation(messages))
+        return tool_call("click", {"id": next(i for name, i in links if goal and name != goal.group(1))})
+
+    miss = run_attempt(task, ScriptedFakeModel(wrong), AttemptSpec(task.instance_id, attempt_id="wob2"))
+    assert miss.status == "submitted" and not miss.resolved and miss.reward == 0.0
+    assert miss.evaluation and miss.evaluation["details"]["raw_reward"] == -1
+    report = success_report([traj, miss.to_dict()])
+    assert report["miniwob.click-link"]["success_rate"] == 0.5 and report["miniwob.click-link"]["attempts"] == 2
     assert "miniwob.click-link" in format_success_report(report)
 
 
@@ -218,6 +227,8 @@ def test_bad_actions_give_clear_errors_within_a_timeout(site: str, env_factory: 
     obs = env.reset()
     assert "Title: Start" in obs.text and obs.info["blocked_requests"] >= 1  # the off-site image never left
     assert Path(obs.info["screenshot"]).stat().st_size > 0
+    obs = _timed(env, ToolCall("go_back", {}), 5)
+    assert obs.error and "no previous page" in obs.text and "Title: Start" in obs.text
     obs = _timed(env, ToolCall("click", {"id": "e999"}), 5)
     assert obs.error and "No element with id e999" in obs.text
     obs = _timed(env, ToolCall("fill", {"id": "not an id", "text": "x"}), 5)

@@ -280,7 +280,8 @@ MARK_CLICKABLES_JS = r"""() => {
     out.push([el.dataset.aseId, el.tagName.toLowerCase() + cls.map(c => '.' + c).join(''), text.slice(0, 60)]);
   }
   window.__aseNext = n;
-  return out;
+  const doc = document.documentElement;
+  return {clickables: out, scroll: [Math.round(scrollY), innerHeight, doc ? doc.scrollHeight : 0]};
 }"""
 _INTERACTIVE = frozenset({"button", "link", "textbox", "checkbox", "radio", "combobox", "option", "tab", "menuitem",
                           "searchbox", "spinbutton", "slider", "switch", "listbox", "treeitem", "menuitemcheckbox",
@@ -369,10 +370,12 @@ def truncate_tree(text: str, budget: int) -> tuple[str, bool]:
     return rendered, True
 
 
-def render_page(tree: str, clickables: list[list[str]], *, url: str, title: str, error: str = "",
+def render_page(tree: str, marks: dict[str, Any], *, url: str, title: str, error: str = "",
                 notes: list[str] | None = None, header: list[str] | None = None,
                 budget: int = 6000) -> tuple[str, bool]:
-    """The observation text: header lines, URL, focus, last error, then the (truncated) tree and extra clickables."""
+    """The observation text: header lines, URL, focus, last error, then the (truncated) tree and the clickables
+    outside it. `marks` is what MARK_CLICKABLES_JS returned."""
+    clickables: list[list[str]] = marks.get("clickables") or []
     tree = re.sub(r"\[ref=", "[id=", tree).replace(" [cursor=pointer]", "")
     focused = next((ln for ln in tree.split("\n") if "[active]" in ln), "")
     focus = re.sub(r"\s*\[(?:active|id=[^\]]+)\]", "", focused).strip(" -'").rstrip(":") if focused else ""
@@ -381,7 +384,10 @@ def render_page(tree: str, clickables: list[list[str]], *, url: str, title: str,
         focus = "nothing (the page body)"
     elif ids:
         focus += f" {ids[0]}"
-    head = [*(header or []), f"URL: {url}", f"Title: {title}", f"Focused: {focus}",
+    y, height, total = (marks.get("scroll") or [0, 0, 0])[:3]
+    scroll = [f"Scroll: showing {y}-{y + height} of {total} px (the tree covers the whole page)"] \
+        if total > height > 0 else []
+    head = [*(header or []), f"URL: {url}", f"Title: {title}", *scroll, f"Focused: {focus}",
             f"Last action error: {error or 'none'}", *(notes or []),
             "Page (act on elements with the ids shown as [id=...]; they change when the page changes):"]
     extra = ""

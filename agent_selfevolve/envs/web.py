@@ -232,7 +232,11 @@ class BrowserEnvironment:
             if error:
                 raise ActionError(error)
         elif call.name == "go_back":
-            if await page.go_back(timeout=self.navigation_timeout_s * 1000) is None:
+            response = await page.go_back(timeout=self.navigation_timeout_s * 1000)
+            if page.url == "about:blank":  # the blank page every context starts on is not the agent's history
+                await page.go_forward(timeout=self.navigation_timeout_s * 1000)
+                raise ActionError("go_back: there is no previous page.")
+            if response is None and page.url == s.data.get("url"):
                 raise ActionError("go_back: there is no previous page.")
         elif call.name == "send_msg_to_user":
             self.data["messages"].append(str(a.get("text", "")))
@@ -296,10 +300,10 @@ class BrowserEnvironment:
 
     async def _observe(self, s: Session, error: str = "", note: str = "") -> Observation:
         page, secs = s.page, self.action_timeout_s
-        tree, clickables = "", []
+        tree, marks = "", {}
         for attempt in (1, 2):  # a page that navigates during the snapshot is read again once it has loaded
             try:
-                clickables = await asyncio.wait_for(page.evaluate(MARK_CLICKABLES_JS), secs)
+                marks = await asyncio.wait_for(page.evaluate(MARK_CLICKABLES_JS), secs)
                 tree = await page.aria_snapshot(mode="ai", timeout=secs * 1000)
                 break
             except Exception as exc:
@@ -319,7 +323,7 @@ class BrowserEnvironment:
         if s.dialogs:
             notes.append("Dialogs shown and accepted: " + " | ".join(s.dialogs))
             s.dialogs.clear()
-        text, truncated = render_page(tree, clickables, url=page.url, title=title, error=error, notes=notes,
+        text, truncated = render_page(tree, marks or {}, url=page.url, title=title, error=error, notes=notes,
                                       header=header, budget=self.char_budget)
         self.data["url"] = page.url
         info: dict[str, Any] = {"url": page.url, "truncated": truncated, "blocked_requests": len(s.blocked)}
