@@ -88,6 +88,7 @@ class BrowserEnvironment:
         self.miniwob_max_time_s, self.end_on_page_done = miniwob_max_time_s, end_on_page_done
         self.is_miniwob = task.app == "miniwob" or (task.start_url or "").startswith("miniwob://")
         self.is_app = not self.is_miniwob and (task.start_url or "").startswith("app://")
+        self.app_session = re.sub(r"[^A-Za-z0-9_.-]", "_", name)  # cookie-safe key of the app's server state
         self.data: dict[str, Any] = {}
         self._opened = False
 
@@ -110,8 +111,9 @@ class BrowserEnvironment:
         cookies = []
         if self.is_app:
             assert self.task.app
-            app_call(self.task.app, "/__reset", {"session": self.name}, dict(self.task.model_extra.get("setup") or {}))
-            cookies = [{"name": "ase_session", "value": self.name, "url": origin_of(start)}]
+            setup = dict((self.task.model_extra or {}).get("setup") or {})
+            app_call(self.task.app, "/__reset", {"session": self.app_session}, setup)
+            cookies = [{"name": "ase_session", "value": self.app_session, "url": origin_of(start)}]
         return self.pool.run(self._reset(allowed, start, cookies), self.step_timeout_s + self.pool.launch_timeout_s)
 
     async def _reset(self, allowed: frozenset[str], start: str, cookies: list[dict[str, Any]]) -> Observation:
@@ -363,7 +365,7 @@ class BrowserEnvironment:
             return Evaluation(done and raw > 0, max(0.0, raw) if done else 0.0, "page", dict(info))
         if self.is_app and "check" in spec:
             assert self.task.app
-            res = app_call(self.task.app, "/__reward", {"session": self.name, "check": spec["check"],
+            res = app_call(self.task.app, "/__reward", {"session": self.app_session, "check": spec["check"],
                                                         "args": json.dumps(spec.get("args", {}))})
             if "error" in res:
                 return Evaluation(False, 0.0, "app", {"error": res["error"]})
