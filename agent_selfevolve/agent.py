@@ -50,6 +50,13 @@ TASK_TEMPLATE = """<issue>
 {orientation}
 {strategy}{guidance}"""
 
+WEB_TASK_TEMPLATE = """<goal>
+{problem}
+</goal>
+
+{orientation}
+{strategy}{guidance}"""
+
 
 @dataclass
 class Limits:
@@ -69,6 +76,7 @@ class AgentContext:
     env: Environment
     limits: Limits = field(default_factory=Limits)
     system_prompt: str = SYSTEM_PROMPT
+    task_template: str = TASK_TEMPLATE
     model_params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +114,7 @@ def start(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         system += "\n\n" + TEXT_ACTION_RULES.format(tools=describe_for_prompt(ctx.env.tool_specs()))
     strategy = f"Approach to take: {state['strategy']}\n" if state.get("strategy") else ""
     guidance = f"\nGuidance from earlier attempts at this task:\n{state['guidance']}\n" if state.get("guidance") else ""
-    user = TASK_TEMPLATE.format(problem=state.get("problem", ""), orientation=obs.text, strategy=strategy,
+    user = ctx.task_template.format(problem=state.get("problem", ""), orientation=obs.text, strategy=strategy,
                                 guidance=guidance)
     _emit(runtime, {"event": "attempt_started", "task_id": state.get("task_id", "")})
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],

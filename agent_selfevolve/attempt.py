@@ -81,6 +81,11 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
     limits = limits or Limits()
     env = (env_factory or (lambda t, n: make_environment(t, n, **(env_options or {}))))(task, spec.attempt_id)
     ctx = AgentContext(model=model, env=env, limits=limits, model_params=spec.model_params)
+    if task.kind == "web":
+        from agent_selfevolve.agent import WEB_TASK_TEMPLATE
+        from agent_selfevolve.envs.web import WEB_SYSTEM_PROMPT
+
+        ctx.system_prompt, ctx.task_template = WEB_SYSTEM_PROMPT, WEB_TASK_TEMPLATE
     if system_prompt:
         ctx.system_prompt = system_prompt
     graph = compiled_agent(checkpointer)
