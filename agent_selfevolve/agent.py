@@ -218,7 +218,7 @@ def finish(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         outcome = runtime.context.env.outcome()
     except Exception as exc:
         outcome = {"patch": "", "error": f"{type(exc).__name__}: {exc}"}
-    _emit(runtime, {"event": "attempt_finished", "task_id": state.get("task_id", ""),
+    _emit(runtime, {"event": "agent_finished", "task_id": state.get("task_id", ""),
                     "status": state.get("status"), "steps": len(state.get("steps", []))})
     return {"outcome": outcome}
 

@@ -99,3 +99,19 @@ def test_search_cli_shows_progress_and_writes_summary(demo_task: Task, tmp_path:
     assert "resolved 1/1" in result.output and "best 1.00" in result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["resolved_ids"] == [demo_task.instance_id]
+
+
+def test_graphs_stream_typed_progress_events(demo_task: Task, tmp_path: Path) -> None:
+    from agent_selfevolve.attempt import sqlite_checkpointer
+    from agent_selfevolve.search import build_best_of_n_graph
+
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=store, budget=Budget(max_tokens=10**6))
+    graph = build_best_of_n_graph().compile(checkpointer=sqlite_checkpointer(tmp_path / "ck.sqlite"))
+    config = {"configurable": {"thread_id": "ev"}}
+    events = [chunk for chunk in graph.stream({"run_id": "ev", "task_id": demo_task.instance_id, "n": 2,
+                                               "wave_size": 2}, config, context=ctx, stream_mode="custom")]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("attempt_finished") == 2 and kinds[-1] == "search_finished"
+    finished = [e for e in events if e["event"] == "attempt_finished"]
+    assert all(e["budget"] == {"max_tokens": 10**6} and e["budget_used"]["tokens"] >= e["tokens"] for e in finished)

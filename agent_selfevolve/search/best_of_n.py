@@ -60,7 +60,8 @@ def route(state: BestOfNState) -> list[Send] | str:
 
 
 def select(state: BestOfNState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
-    return finish_result("best_of_n", state, runtime.context, state.get("stop_reason", ""))
+    return finish_result("best_of_n", state, runtime.context, state.get("stop_reason", ""),
+                         writer=runtime.stream_writer)
 
 
 def build_best_of_n_graph() -> StateGraph:

@@ -126,8 +126,12 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
                        checkpointer=ctx.attempt_checkpointer, select_with=ctx.select_with, judge=ctx.judge,
                        env_options=ctx.env_options)
     rec = record_of(traj)
+    used = Usage.from_dict(payload.get("used")) + traj.total_usage
     event = {"event": "attempt_finished", "task_id": traj.task_id, "attempt_id": traj.attempt_id,
-             "reward": rec["reward"], "status": traj.status, "tokens": traj.total_usage.total_tokens}
+             "reward": rec["reward"], "status": traj.status, "tokens": traj.total_usage.total_tokens,
+             "budget_used": {"tokens": used.total_tokens, "calls": used.calls, "cost": used.cost,
+                             "wall_s": time.time() - ctx.started_at},
+             "budget": {k: v for k, v in asdict(ctx.budget).items() if v is not None}}
     runtime.stream_writer(event)
     if ctx.on_event:
         ctx.on_event(event)
@@ -167,7 +171,8 @@ _DEFAULT = object()
 
 
 def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop_reason: str,
-                  extra: dict[str, Any] | None = None, best: Any = _DEFAULT) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, best: Any = _DEFAULT,
+                  writer: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Build the SearchResult (and emit `search_finished`). `best` overrides the default choice
     (highest selection reward) for strategies with their own final rule (HGM's variant, SE-Agent's score)."""
     records = state.get("attempts", [])
@@ -180,6 +185,8 @@ def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop
         pass_at_n=any(r["hidden_resolved"] for r in records), attempts=len(records),
         usage=used_usage(state).to_dict(), stop_reason=stop_reason, extra=extra or {})
     event = {"event": "search_finished", **result.to_dict()}
+    if writer is not None:
+        writer(event)
     if ctx.on_event:
         ctx.on_event(event)
     return {"result": result.to_dict()}

@@ -324,7 +324,8 @@ def select(state: HGMState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
              "params": {k: state.get(k) for k in ("max_evals", "alpha", "epsilon", "threshold", "wave_size",
                                                   "final_answer")},
              "decisions": state.get("decision_log", [])}
-    out = finish_result("hgm", state, ctx, state.get("stop_reason", ""), extra, best=best)
+    out = finish_result("hgm", state, ctx, state.get("stop_reason", ""), extra, best=best,
+                        writer=runtime.stream_writer)
     return {**out, "nodes": nodes}
 
 

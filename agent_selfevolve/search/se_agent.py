@@ -322,7 +322,8 @@ def select(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, An
              "scores": {i: s["score"] for i, s in scores.items()}, "history": state.get("history", []),
              "operator_calls": len(log), "operator_fallbacks": sum(not e["ok"] for e in log), "operators": log}
     best = choose(state.get("attempts", []), scores)
-    out = finish_result("se_agent", state, ctx, state.get("stop_reason", ""), extra, best=best)
+    out = finish_result("se_agent", state, ctx, state.get("stop_reason", ""), extra, best=best,
+                        writer=runtime.stream_writer)
     return out
 
 

@@ -1,0 +1,81 @@
+"""The progress events every graph emits, as typed dicts.
+
+Graphs send them through LangGraph's custom stream (`graph.stream(..., stream_mode="custom")`, or
+`stream_mode=["updates", "custom"]` with `subgraphs=True`), and the search/evolve helpers also hand them to the
+`on_event` callback of their context. The `event` key names the type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+
+class AttemptStarted(TypedDict):
+    event: Literal["attempt_started"]
+    task_id: str
+
+
+class StepEvent(TypedDict):
+    event: Literal["step"]
+    task_id: str
+    index: int
+    tool: str
+    error: bool
+
+
+class AgentFinished(TypedDict):
+    """The agent graph reached its end (submitted, a limit, an error); grading comes after."""
+
+    event: Literal["agent_finished"]
+    task_id: str
+    status: str
+    steps: int
+
+
+class AttemptFinished(TypedDict):
+    """A search's attempt was run and scored; budget_used counts the whole search so far."""
+
+    event: Literal["attempt_finished"]
+    task_id: str
+    attempt_id: str
+    reward: float
+    status: str
+    tokens: int
+    budget_used: dict[str, Any]
+    budget: dict[str, Any]
+
+
+class SearchFinished(TypedDict, total=False):
+    """The SearchResult fields, plus the event name."""
+
+    event: Literal["search_finished"]
+    run_id: str
+    strategy: str
+    task_id: str
+    best_attempt_id: str | None
+    best_reward: float
+    resolved: bool
+    pass_at_n: bool
+    attempts: int
+    usage: dict[str, Any]
+    stop_reason: str
+
+
+class OperatorEvent(TypedDict, total=False):
+    """SE-Agent operator call (rate, revise, recombine): ok, error, usage."""
+
+    event: Literal["operator"]
+
+
+class HGMExpanded(TypedDict, total=False):
+    event: Literal["hgm_expanded"]
+
+
+class EpisodeFinished(TypedDict, total=False):
+    """Evolve: one episode's report (held-out before/after, promotion, paired test, data sizes)."""
+
+    event: Literal["episode_finished"]
+
+
+Event = (AttemptStarted | StepEvent | AgentFinished | AttemptFinished | SearchFinished | OperatorEvent | HGMExpanded
+         | EpisodeFinished)
