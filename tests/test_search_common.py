@@ -106,7 +106,8 @@ def test_graphs_stream_typed_progress_events(demo_task: Task, tmp_path: Path) ->
     from agent_selfevolve.search import build_best_of_n_graph
 
     store = TrajectoryStore(tmp_path / "s.sqlite")
-    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=store, budget=Budget(max_tokens=10**6))
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=store,
+                        budget=Budget(max_tokens=10**6))
     graph = build_best_of_n_graph().compile(checkpointer=sqlite_checkpointer(tmp_path / "ck.sqlite"))
     config = {"configurable": {"thread_id": "ev"}}
     events = [chunk for chunk in graph.stream({"run_id": "ev", "task_id": demo_task.instance_id, "n": 2,
