@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from agent_selfevolve.train import (
     EmptyDatasetError,
     EmptyMaskError,
     HeldOutLeakError,
+    RegistryError,
     TrainConfig,
     TrainingError,
     assert_no_held_out,
@@ -135,6 +137,10 @@ def test_dataset_builders_dedup_and_held_out(tmp_path: Path) -> None:
     assert row["messages"][5]["content"] == "error: no mul"
     assert row["messages"][6]["content"].startswith("Looking back") and "edit add" in json.dumps(row["messages"][6])
     assert row["meta"]["wrong_step"] == 4
+    broken = _traj("e1", "t4", BAD, False)
+    broken.status = "env_error"  # the sandbox broke: not evidence against the policy
+    assert build_dataset([_traj("s4", "t4", GOOD, True), broken], kinds=("dpo", "recovery"))[0] == \
+        {"dpo": [], "recovery": []}
     with pytest.raises(HeldOutLeakError):
         assert_no_held_out([{"messages": [], "meta": {"task_id": "held"}}], {"held"})
     digest = write_jsonl(tmp_path / "d.jsonl", sft)
@@ -278,6 +284,29 @@ def test_registry_refuses_a_different_base(tiny: Path, tmp_path: Path) -> None:
     assert reg.check() == [] and not (tmp_path / "m").exists()
 
 
+def test_failed_registration_leaves_the_index_consistent(tiny: Path, tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path / "reg")
+    res = train_lora(tiny, MEMO[:1], reg.staging_path(), TrainConfig(**FAST), spawn_process=False)
+    real = reg._conn
+
+    class FailingInsert:  # the database refuses the row after the files were renamed into place
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("INSERT"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+    reg._conn = FailingInsert()  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        reg.register("policy", res.adapter_dir)
+    reg._conn = real
+    assert reg.latest("policy") is None and reg.check() == []
+    (reg.root / "adapters" / "policy" / "1").mkdir(parents=True)  # as if a crash hit between rename and commit
+    assert reg.check() == [f"unindexed directory {reg.root / 'adapters' / 'policy' / '1'}"]
+    assert reg.register("policy", res.adapter_dir).ref == "policy@1" and reg.check() == []
+    with pytest.raises(RegistryError, match="not a peft adapter"):
+        reg.register("policy", tmp_path)
+
+
 def test_killed_training_leaves_registry_consistent(tiny: Path, tmp_path: Path) -> None:
     reg = AdapterRegistry(tmp_path / "reg")
     out = reg.staging_path("policy")
@@ -297,13 +326,17 @@ def test_killed_training_leaves_registry_consistent(tiny: Path, tmp_path: Path) 
 
 
 # -- the real model (slow) ----------------------------------------------------------------------------------------
+REAL_CACHE = Path(os.environ.get("AGENT_SELFEVOLVE_CACHE") or Path.home() / ".cache" / "agent-selfevolve")
+"""Read at import, before conftest isolates the cache per test: the slow test reuses the real model cache."""
+
+
 def _real_gguf() -> Path | None:
     try:
-        from agent_selfevolve.models.weights import default_cache_dir, get_spec, verified
+        from agent_selfevolve.models.weights import get_spec, verified
     except ImportError:
         return None
     spec = get_spec("qwen2.5-coder-0.5b")
-    path = default_cache_dir() / spec.filename
+    path = REAL_CACHE / "models" / spec.filename
     return path if verified(path, spec.sha256, spec.size) else None
 
 
@@ -311,25 +344,34 @@ def _real_gguf() -> Path | None:
 def test_real_base_lora_and_gguf_export(tmp_path: Path) -> None:
     gguf = _real_gguf()
     if gguf is None:
-        pytest.skip("the Qwen2.5-Coder-0.5B GGUF is not assembled (run `selfevolve model-fetch` first)")
-    base = _hf_base_cached(gguf)
+        pytest.skip(f"the Qwen2.5-Coder-0.5B GGUF is not assembled under {REAL_CACHE}/models "
+                    "(run `selfevolve model-fetch` first)")
     from transformers import AutoTokenizer
 
+    from agent_selfevolve.train import hf_base_from_gguf
+
+    base = hf_base_from_gguf(gguf, REAL_CACHE / "hf-base")  # converted once (~40 s), then cached
     check_template(AutoTokenizer.from_pretrained(base))
-    rows = [{"messages": _traj(f"a{i}", "t", GOOD, True).messages} for i in range(2)]
+    rows = [{"messages": _traj(f"a{i}", f"t{i}", GOOD, True).messages} for i in range(2)]
     reg = AdapterRegistry(tmp_path / "reg")
     res = train_lora(base, rows, reg.staging_path(), TrainConfig(rank=8, alpha=16, epochs=1, grad_accum=1,
                                                                  max_length=512, progress=False))
-    assert res.steps == 2 and all(x > 0 for x in res.losses)
+    assert res.steps == 2 and all(x > 0 for x in res.losses) and res.dtype == "bfloat16"
     v = reg.register("policy", res.adapter_dir)
-    out = reg.export_gguf(v.ref, base, tmp_path / "policy.gguf")
+    out = reg.export_gguf(v.ref, base, tmp_path / "policy.gguf", cache_dir=REAL_CACHE / "llama-cpp-convert")
     from gguf import GGUFReader
 
     names = [t.name for t in GGUFReader(out).tensors]
     assert names and all(".lora_" in n for n in names)
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return  # the [local] extra is not installed: the export is checked, serving it is not
+    from agent_selfevolve.models.llama_cpp import LlamaCppModel
 
-
-def _hf_base_cached(gguf: Path) -> Path:
-    from agent_selfevolve.train import hf_base_from_gguf
-
-    return hf_base_from_gguf(gguf)
+    served = LlamaCppModel(str(gguf), lora_path=out, n_ctx=512, max_tokens=8, tool_mode="text")
+    try:
+        reply = served.chat([{"role": "user", "content": "Say hi."}])
+    finally:
+        served.close()
+    assert "+lora:policy" in served.name and reply.message["content"].strip()

@@ -71,13 +71,19 @@ def _convert(gguf_path: str, out_dir: str, model_id: str, gguf_hash: str) -> dic
     return {"params": sum(p.numel() for p in model.parameters())}
 
 
+def cache_root() -> Path:
+    """`$AGENT_SELFEVOLVE_CACHE` or ~/.cache/agent-selfevolve: the root the model and worktree caches use."""
+    root = os.environ.get("AGENT_SELFEVOLVE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "agent-selfevolve"
+
+
 def hf_base_from_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None, model_id: str | None = None,
                       in_process: bool = False) -> Path:
     """Path of the cached bf16 HF directory for this GGUF, converting it on first use (atomically)."""
     gguf_path = Path(gguf_path)
     if not gguf_path.exists():
         raise FileNotFoundError(f"GGUF not found: {gguf_path}")
-    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "agent-selfevolve" / "hf-base"
+    cache = Path(cache_dir) if cache_dir else cache_root() / "hf-base"
     digest = file_sha256(gguf_path)
     model_id = model_id or gguf_path.stem
     final = cache / f"{gguf_path.stem}-{digest[:12]}"

@@ -149,6 +149,12 @@ def _turn_end(messages: Sequence[Message], i: int) -> int:
     return j
 
 
+def _trim_tail(messages: list[Message]) -> list[Message]:
+    """Drop what follows the last assistant turn (the final observation): no loss there, only tokens."""
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages) - 1)
+    return messages[:last + 1]
+
+
 def _meta(kind: str, task_id: str, *trajs: Trajectory) -> dict[str, Any]:
     return {"kind": kind, "task_id": task_id, "run_id": trajs[0].run_id,
             "attempt_ids": [t.attempt_id for t in trajs], "rewards": [t.reward for t in trajs]}
@@ -160,10 +166,15 @@ def _with_tools(row: Row, traj: Trajectory) -> Row:
     return row
 
 
+INFRA_FAILURES = ("model_error", "env_error", "error")
+"""Attempts that ended because the provider or sandbox broke say nothing about the policy: never 'rejected'."""
+
+
 def _siblings(trajs: Iterable[Trajectory]) -> dict[tuple[str, str], list[Trajectory]]:
+    """Graded attempts grouped by (run_id, task_id), infrastructure failures left out."""
     groups: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
     for t in trajs:
-        if t.evaluation is not None and t.messages:
+        if t.evaluation is not None and t.messages and (t.resolved or t.status not in INFRA_FAILURES):
             groups[(t.run_id, t.task_id)].append(t)
     return groups
 
@@ -198,7 +209,7 @@ def sft_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), min_rewa
         for i, why in errors.items():
             if why.startswith("format error"):
                 messages[i]["weight"] = 0
-        rows.append(_with_tools({"messages": messages, "meta": _meta("sft", t.task_id, t)}, t))
+        rows.append(_with_tools({"messages": _trim_tail(messages), "meta": _meta("sft", t.task_id, t)}, t))
     return rows
 
 
@@ -217,7 +228,7 @@ def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pai
             k = branch_point(s.messages, f.messages)
             if k is None:
                 continue
-            chosen, rejected = s.messages[k:], f.messages[k:]
+            chosen, rejected = _trim_tail(s.messages[k:]), _trim_tail(f.messages[k:])
             if not any(m.get("role") == "assistant" for m in chosen) \
                     or message_key_list(chosen) == message_key_list(rejected):
                 continue
@@ -251,7 +262,7 @@ def recovery_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
             why = errors.get(wrong, "").splitlines()[0][:200] if errors.get(wrong) else ""
             reflection = REFLECTION.format(why=f" ({why})" if why else "")
             good[0]["content"] = reflection + ("\n\n" + good[0]["content"] if good[0].get("content") else "")
-            messages = copy.deepcopy(s.messages[:k]) + bad + good
+            messages = copy.deepcopy(s.messages[:k]) + bad + _trim_tail(good)
             rows.append(_with_tools({"messages": messages, "meta": {**_meta("recovery", task_id, f, s),
                                                                      "wrong_step": wrong, "branch": k}}, s))
     return rows

@@ -79,7 +79,8 @@ class TrainConfig:
     """'auto': bf16 on a GPU that supports it, else fp16 on GPU; on CPU bf16 when it works, else fp32."""
     progress: bool = True
     threads: int | None = None
-    """torch CPU threads (None: torch's default). 1 is fastest for tiny models on a busy machine."""
+    """torch CPU threads; None: half the cores (at least 1). Measured on 2 shared cores, 0.5B bf16, 382 tokens:
+    fwd+bwd 3 s with 1 thread vs 17-27 s with 2 (OpenMP threads spin when a core is taken by another process)."""
 
 
 @dataclass
@@ -247,11 +248,11 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
     from transformers import AutoTokenizer
 
     cfg = TrainConfig(**config)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device, dtype = _pick(cfg)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) // 2))
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device, dtype = _pick(cfg)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     check_template(tokenizer)
     rows = read_jsonl(data_path)
@@ -395,6 +396,7 @@ def start_training(base_model_dir: str | Path, data: list[Row] | str | Path, out
             shutil.rmtree(staging, ignore_errors=True)
         return tj
     tj.job = spawn("agent_selfevolve.train.lora:run_training", kwargs, staging / "result.json")
+    (staging / "owner.pid").write_text(str(tj.job.pid))  # the child owns the staging dir from now on
     return tj
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
 from agent_selfevolve.train._subprocess import pid_alive, spawn
-from agent_selfevolve.train.base_model import base_model_identity, file_sha256
+from agent_selfevolve.train.base_model import base_model_identity, cache_root, file_sha256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS adapters (
@@ -356,7 +356,7 @@ def _find_sdist(cache: Path) -> Path:
 
 def llama_cpp_convert_script(cache_dir: str | Path | None = None) -> Path:
     """convert_lora_to_gguf.py with its sibling packages, extracted once from the sdist into a cache dir."""
-    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "agent-selfevolve" / "llama-cpp-convert"
+    cache = Path(cache_dir) if cache_dir else cache_root() / "llama-cpp-convert"
     dest = cache / LLAMA_CPP_VERSION
     script = dest / "convert_lora_to_gguf.py"
     if script.exists():
@@ -371,7 +371,10 @@ def llama_cpp_convert_script(cache_dir: str | Path | None = None) -> Path:
                 rel = m.name[len(prefix):] if m.name.startswith(prefix) else ""
                 if rel and rel.startswith(wanted) and (m.isfile() or m.isdir()):
                     m.name = rel
-                    tar.extract(m, tmp, filter="data")
+                    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse links/paths out of tmp
+                        tar.extract(m, tmp, filter="data")
+                    else:
+                        tar.extract(m, tmp)
         os.rename(tmp, dest)
     except OSError:
         if not script.exists():
