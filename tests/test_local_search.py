@@ -1,0 +1,33 @@
+"""The embedded local model (real weights, llama.cpp) searching a bundled task end to end. Slow: CI runs it.
+
+It asserts that the whole path works with a real model (prompting, parsing, sandbox, grading, store), not
+that a 0.5B model solves the task; bench/search_compare.py measures solve rates.
+"""
+
+import pytest
+
+from agent_selfevolve.agent import Limits
+from agent_selfevolve.bundled import bundled_task_file
+from agent_selfevolve.search import Budget, SearchContext, best_of_n
+from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.tasks import load_tasks
+
+pytestmark = pytest.mark.slow
+
+
+def test_local_model_best_of_n_on_a_bundled_task(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("llama_cpp", reason="needs the [local] extra (llama-cpp-python)")
+    from agent_selfevolve.models import make_model
+
+    task = load_tasks(bundled_task_file())[0]
+    model = make_model("local", max_tokens=160)
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=2),
+                        budget=Budget(max_calls=4), select_with="proxy")
+    result = best_of_n(ctx, n=2, wave_size=1, max_concurrency=1, run_id="local-1")
+    assert 1 <= result.attempts <= 2 and result.usage["completion_tokens"] > 0
+    trajs = store.attempts(run_id="local-1")
+    assert trajs and all(t.model.startswith("local/qwen2.5-coder-0.5b") for t in trajs)
+    assert all(t.evaluation is not None and t.evaluation["source"] == "tests" for t in trajs)
+    assert all(t.selection["source"] == "proxy" for t in trajs if t.selection)
+    assert all(len(t.steps) >= 1 and t.messages[0]["role"] == "system" for t in trajs)
