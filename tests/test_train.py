@@ -254,6 +254,9 @@ def test_dpo_prefers_chosen(tiny: Path, tmp_path: Path) -> None:
                                                                  dpo_beta=0.5, **FAST), spawn_process=False)
     assert res.losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start
     assert res.losses[-1] < 0.5 and res.extra["reward_accuracy"][-1] == 1.0
+    again = train_lora(tiny, pairs, tmp_path / "dpo2", TrainConfig(objective="dpo", epochs=1, dpo_beta=0.5, **FAST),
+                       init_adapter=tmp_path / "dpo", spawn_process=False)
+    assert again.losses[0] == pytest.approx(0.6931, abs=1e-3)  # reference = the adapter it started from
 
 
 def test_empty_dataset_is_a_clear_error(tiny: Path, tmp_path: Path) -> None:

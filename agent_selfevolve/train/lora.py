@@ -6,9 +6,11 @@ agent loop down with it.
 
 Why our own DPO loss instead of TRL's DPOTrainer: TRL brings a large dependency tree with tight version pins on
 transformers/accelerate/datasets, and its data collators re-derive masks we already compute robustly in
-`masking.py`. The loss itself is ~30 lines: sigmoid DPO, -log σ(β[(π_c - ref_c) - (π_r - ref_r)]), where the
-reference is the same network with the LoRA adapter switched off (peft's `disable_adapter()`), so no second
-model is held in memory. When training continues from an existing adapter the reference is still the base.
+`masking.py`. The loss itself is ~30 lines (`objectives.py`): sigmoid DPO,
+-log σ(β[(π_c - ref_c) - (π_r - ref_r)]), where the reference is the same network with the LoRA adapter switched
+off (peft's `disable_adapter()`), so no second model is held in memory; reference log-probs are computed once
+before the first update. When DPO continues from an existing adapter (DPO after SFT), the reference is that
+starting adapter instead of the bare base.
 
 Atomicity: the child trains in a hidden staging directory next to `out_dir` and renames the finished adapter
 into place as its last act; a run killed mid-way leaves no `out_dir` at all (and `kill()` removes the staging).
@@ -31,14 +33,8 @@ from agent_selfevolve.fileio import write_json_atomic
 from agent_selfevolve.train._subprocess import SpawnedJob, SubprocessError, spawn
 from agent_selfevolve.train.base_model import base_model_identity
 from agent_selfevolve.train.dataset import Row, data_hash, read_jsonl, write_jsonl
-from agent_selfevolve.train.masking import (
-    IGNORE_INDEX,
-    EmptyMaskError,
-    TokenizedRow,
-    check_template,
-    tokenize_pairs,
-    tokenize_rows,
-)
+from agent_selfevolve.train.masking import EmptyMaskError, check_template, tokenize_pairs, tokenize_rows
+from agent_selfevolve.train.objectives import dpo_step, reference_logps, sft_step
 
 METRICS_FILE = "train_metrics.json"
 
@@ -124,52 +120,6 @@ def _pick(cfg: TrainConfig) -> tuple[Any, Any]:
         return torch.device(device), torch.float32
 
 
-def _collate(rows: list[TokenizedRow], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        attn[i, :n] = 1
-    return ids.to(device), labels.to(device), attn.to(device)
-
-
-def _target_logits(model: Any, ids: Any, labels: Any, attn: Any) -> tuple[Any, Any]:
-    """Logits only at positions that predict a labelled token (`logits_to_keep`), and those targets.
-
-    Agent traces are mostly tool output with no loss; skipping the vocabulary projection there saves most of
-    the memory a long row needs (151k-entry vocabulary x every position otherwise)."""
-    import torch
-
-    target = labels[:, 1:]
-    keep = torch.nonzero((target != IGNORE_INDEX).any(0)).squeeze(-1)
-    logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits.float()
-    return logits, target[:, keep]
-
-
-def sequence_logps(model: Any, ids: Any, labels: Any, attn: Any) -> tuple[Any, Any]:
-    """Summed log-probability of the labelled tokens of each sequence, and how many there were."""
-    import torch
-
-    logits, target = _target_logits(model, ids, labels, attn)
-    mask = target != IGNORE_INDEX
-    logp = torch.gather(logits.log_softmax(-1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logp * mask).sum(-1), mask.sum(-1)
-
-
-def dpo_loss(pi_c: Any, pi_r: Any, ref_c: Any, ref_r: Any, beta: float) -> tuple[Any, Any, Any]:
-    """Sigmoid DPO (Rafailov et al. 2023): returns per-pair loss, reward accuracy and reward margin."""
-    import torch.nn.functional as F
-
-    margin = beta * ((pi_c - ref_c) - (pi_r - ref_r))
-    return -F.logsigmoid(margin), (margin > 0).float(), margin
-
-
 def _load(base_dir: str, cfg: TrainConfig, init_adapter: str | None, device: Any, dtype: Any) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -193,52 +143,6 @@ def _progress(enabled: bool, total: int) -> Any:
     bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("loss {task.fields[loss]}"), console=Console(stderr=True), disable=not enabled)
     return bar, bar.add_task("train", total=total, loss="-")
-
-
-def _sft_step(model: Any, group: list[list[TokenizedRow]], pad: int, device: Any) -> float:
-    """Accumulate gradients over the micro-batches of one optimizer step; the loss is per trainable token."""
-    import torch
-
-    n_tok = sum(r.n_trainable for b in group for r in b)
-    total = 0.0
-    for b in group:
-        ids, labels, attn = _collate(b, pad, device)
-        logits, target = _target_logits(model, ids, labels, attn)
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                reduction="sum")
-        loss = nll / n_tok
-        loss.backward()
-        total += loss.item()
-    return total
-
-
-def _dpo_step(model: Any, group: list[list[tuple[TokenizedRow, TokenizedRow]]], pad: int, device: Any, beta: float,
-              sft_weight: float, ref_cache: dict[tuple[int, ...], tuple[Any, Any]]) -> tuple[float, float, float]:
-    """One optimizer step of DPO; returns (loss, reward accuracy, mean reward margin)."""
-    import torch
-
-    n_pairs = sum(len(b) for b in group)
-    total, accs, margins = 0.0, [], []
-    for b in group:
-        k = len(b)
-        ids, labels, attn = _collate([p[0] for p in b] + [p[1] for p in b], pad, device)
-        key = tuple(id(p) for p in b)  # the same pairs in the same batch: reuse the reference
-        if key not in ref_cache:
-            model.eval()
-            with torch.no_grad(), model.disable_adapter():
-                ref, _ = sequence_logps(model, ids, labels, attn)
-            model.train()
-            ref_cache[key] = (ref[:k].detach(), ref[k:].detach())
-        pol, n = sequence_logps(model, ids, labels, attn)
-        per, acc, margin = dpo_loss(pol[:k], pol[k:], *ref_cache[key], beta)
-        if sft_weight:
-            per = per + sft_weight * (-pol[:k] / n[:k].clamp(min=1))
-        loss = per.sum() / n_pairs
-        loss.backward()
-        total += loss.item()
-        accs += acc.tolist()
-        margins += margin.detach().tolist()
-    return total, sum(accs) / len(accs), sum(margins) / len(margins)
 
 
 def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, config: dict[str, Any],
@@ -286,7 +190,8 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
         order = list(range(len(items)))
         rng.shuffle(order)
         batches += [[items[i] for i in order[j:j + cfg.batch_size]] for j in range(0, len(order), cfg.batch_size)]
-    ref_cache: dict[tuple[int, ...], tuple[Any, Any]] = {}
+    ref = reference_logps(model, items, pad, device, cfg.batch_size, not init_adapter) \
+        if cfg.objective == "dpo" else {}
     losses: list[float] = []
     extra: dict[str, list[float]] = {"reward_accuracy": [], "reward_margin": []}
     progress_path = Path(staging) / "progress.jsonl"
@@ -297,10 +202,10 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
         for step in range(total):
             group = batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
             if cfg.objective == "sft":
-                step_loss = _sft_step(model, group, pad, device)
+                step_loss = sft_step(model, group, pad, device)
             else:
-                step_loss, acc, margin = _dpo_step(model, group, pad, device, cfg.dpo_beta, cfg.dpo_sft_weight,
-                                                   ref_cache)
+                step_loss, acc, margin = dpo_step(model, group, pad, device, cfg.dpo_beta, cfg.dpo_sft_weight,
+                                                   ref)
                 extra["reward_accuracy"].append(acc)
                 extra["reward_margin"].append(margin)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -403,5 +308,8 @@ def start_training(base_model_dir: str | Path, data: list[Row] | str | Path, out
 def train_lora(base_model_dir: str | Path, data: list[Row] | str | Path, out_dir: str | Path,
                config: TrainConfig | None = None, init_adapter: str | Path | None = None,
                spawn_process: bool = True) -> TrainResult:
-    """Train a LoRA adapter and return its metrics (losses per step, tokens, time); see `start_training`."""
+    """Train a LoRA adapter and return its metrics (losses per step, tokens, time); see `start_training`.
+
+    The child is started with `spawn`, which re-imports the caller's main module: a script calling this must
+    guard its top level with `if __name__ == "__main__":`."""
     return start_training(base_model_dir, data, out_dir, config, init_adapter, spawn_process).wait()
