@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -259,7 +258,8 @@ def test_text_mode_renders_tool_turns_as_observations() -> None:
 def test_model_name_and_options_without_loading(tmp_path: Path) -> None:
     model = LlamaCppModel("qwen2.5-coder-0.5b", lora_path=tmp_path / "fix-bugs.gguf")
     assert model.name == "local/qwen2.5-coder-0.5b-instruct-q4_k_m+lora:fix-bugs"
-    assert not model.supports_tools and LlamaCppModel(tool_mode="native").supports_tools
+    assert model.supports_tools and model.tool_mode == "native"
+    assert not LlamaCppModel(tool_mode="text").supports_tools
     assert model.n_threads >= 1
     with pytest.raises(ModelError, match="unknown local model"):
         LlamaCppModel("gpt-17")
@@ -275,19 +275,45 @@ def test_missing_llama_cpp_says_how_to_install(monkeypatch: pytest.MonkeyPatch, 
         LlamaCppModel(gguf).chat([{"role": "user", "content": "hi"}])
 
 
+BASH = {"type": "function", "function": {"name": "bash", "description": "Run a bash command in the repository.",
+                                         "parameters": {"type": "object", "properties": {"command": {"type": "string"}},
+                                                        "required": ["command"]}}}
+SUBMIT = {"type": "function", "function": {"name": "submit", "description": "Submit the fix.",
+                                           "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tool_call_grammar_compiles_and_names_only_known_tools() -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from agent_selfevolve.models.llama_cpp import tool_call_grammar_text
+
+    for thought in (False, True):
+        text = tool_call_grammar_text([BASH, SUBMIT], thought=thought)
+        assert text.startswith("root ::= " + ("thought? " if thought else "") + '"<tool_call>')
+        assert '"\\"bash\\""' in text and '"\\"submit\\""' in text
+        LlamaGrammar.from_string(text, verbose=False)
+
+
 @pytest.mark.slow
 def test_real_qwen_0_5b_assembles_loads_and_answers() -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'agent-selfevolve[local]'")
     path = ensure_gguf("qwen2.5-coder-0.5b")
     assert path.stat().st_size == weights.MODELS["qwen2.5-coder-0.5b"].size
-    model = LlamaCppModel("qwen2.5-coder-0.5b", n_ctx=2048, max_tokens=24)
-    start = time.monotonic()
+    # Small token budgets keep this ~10 s on an idle 2-core machine (load ~0.5 s, ~40 tok/s decode); no wall-clock
+    # assertion, since on a loaded machine llama.cpp is several times slower and that is not a failure.
+    model = LlamaCppModel("qwen2.5-coder-0.5b", n_ctx=2048, max_tokens=32)
     reply = model.chat([{"role": "system", "content": "You are a terse Python expert."},
                         {"role": "user", "content": "Write a Python expression that reverses the string s."}])
-    assert time.monotonic() - start < 60
     assert reply.message["role"] == "assistant" and reply.message["content"].strip()
-    assert 0 < reply.usage.completion_tokens <= 24 and reply.usage.prompt_tokens > 10
+    assert 0 < reply.usage.completion_tokens <= 32 and reply.usage.prompt_tokens > 10
     assert reply.usage.cost == 0.0
+    # Native tool mode: the grammar guarantees one well-formed call of a listed tool.
+    reply = model.chat([{"role": "system", "content": "You fix bugs in a git repository using the tools."},
+                        {"role": "user", "content": "List the files in the repository root."}], [BASH, SUBMIT])
+    (call,) = reply.message["tool_calls"]
+    assert call["function"]["name"] in {"bash", "submit"} and isinstance(json.loads(call["function"]["arguments"]),
+                                                                         dict)
     with pytest.raises(ModelError, match="context window") as info:
         model.chat([{"role": "user", "content": "word " * 3000}])
     assert not info.value.transient
