@@ -46,6 +46,10 @@ def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_:
         if not path.exists():
             write_humaneval_tasks(path)
         spec = str(path)
+    elif spec in ("swebench-lite", "swebench-verified"):
+        from agent_selfevolve.swebench import swebench_task_file
+
+        spec = str(swebench_task_file("lite" if spec.endswith("lite") else "verified"))
     try:
         if skip_invalid:
             found, errors = scan_tasks(spec)
@@ -161,11 +165,22 @@ def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: Base
           executor: str = typer.Option("process", help="process | inline | ray"),
           ray_address: str | None = typer.Option(None, "--address", help="Ray cluster address (executor ray)."),
           max_steps: int = typer.Option(30, help="Agent steps per attempt."),
-          skip_invalid: bool = typer.Option(False, help="Run the valid records of a task file that has bad ones.")
+          skip_invalid: bool = typer.Option(False, help="Run the valid records of a task file that has bad ones."),
+          validate: bool = typer.Option(False, "--validate", help="No model: grade each instance's gold and empty "
+                                        "patch; validation.json lists the instances gradable here.")
           ) -> None:
     """SWE-bench-style batch: preds.jsonl, per-task report.json and trajectory, summary.json; resumable."""
-    _run_batch(resolve_tasks(tasks, ids, pattern, slice_, skip_invalid), out, model, base_url, strategy, {}, {},
-               "tests", max_steps, workers, executor, ray_address)
+    task_list = resolve_tasks(tasks, ids, pattern, slice_, skip_invalid)
+    if validate:  # valid = the gold patch resolves and the empty one does not, in this environment
+        from rich.markup import escape
+
+        from agent_selfevolve.validate import validate_tasks
+
+        res = validate_tasks(task_list, out, workers, on_result=lambda r: console.print(
+            f"{'[green]valid' if r['valid'] else '[red]INVALID'}[/] {r['instance_id']}  {escape(r.get('reason', ''))}"))
+        console.print(f"valid {res['valid_instances']}/{res['total_instances']}  -> {out}/validation.json")
+        return
+    _run_batch(task_list, out, model, base_url, strategy, {}, {}, "tests", max_steps, workers, executor, ray_address)
 
 
 def _train_config(lora_rank: int, lr: float, epochs: int, max_length: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from agent_selfevolve.tasks import Task
 
 DEFAULT_TEST_CMD = "{python} -m pytest --no-header -rA --tb=no -p no:cacheprovider {tests}"
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
-_STATUS = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(\S+)(?:\s+-\s.*)?$")
+_STATUS = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(\S+)(?:\s.*)?$")  # id: first token, as SWE-bench
 _TEST_FILE = re.compile(r"(^|/)(tests?/|test_[^/]*\.py$|[^/]*_test\.py$|conftest\.py$)")
 
 
@@ -109,14 +109,31 @@ def _passed(status: str | None) -> bool:
 
 
 def test_files_of(task: Task) -> list[str]:
-    return task.test_files or patch_files(task.test_patch)
+    """The task's test files, else the Python files its test_patch touches (not data such as a .toml fixture,
+    which pytest refuses as an argument: "found no collectors", and nothing runs)."""
+    return task.test_files or [f for f in patch_files(task.test_patch) if f.endswith(".py")]
 
 
 def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeout_s: float = 600,
-          with_test_patch: bool = True) -> GradeReport:
-    """Grade `model_patch` against the task's hidden tests in a fresh worktree."""
+          with_test_patch: bool = True, python: str | None = None) -> GradeReport:
+    """Grade `model_patch` against the task's hidden tests in a fresh worktree.
+
+    `python` formats `{python}` in the test command (default: this interpreter, or the task's own venv when
+    the task has `test_env: "venv"`, see envs/pyenv.py).
+    """
+    from agent_selfevolve.envs import pyenv
+
     pool = pool or WorktreePool()
     report = GradeReport(task.instance_id, bool(model_patch.strip()), False, False)
+    env_dir: Path | None = None
+    if python is None and pyenv.wants_test_env(task):
+        try:
+            env_dir = pyenv.test_env_for(task, pool.root, pool)
+        except pyenv.EnvBuildError as exc:
+            report.error = str(exc).splitlines()[0][:500]
+            report.test_output = str(exc)
+            return report
+        python = str(pyenv.venv_python(env_dir)) if env_dir else None
     path = pool.create(task, f"grade-{task.instance_id}-{uuid.uuid4().hex[:8]}")
     try:
         if report.patch_exists:
@@ -136,9 +153,14 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
                 else:
                     (path / f).unlink(missing_ok=True)
             apply_patch(path, task.test_patch, "test_patch")
-        cmd = (task.test_cmd or DEFAULT_TEST_CMD).format(python=sys.executable, tests=" ".join(tests))
-        result = CommandRunner(path, timeout_s=timeout_s, max_output_chars=2_000_000).run(
-            f"echo '{START}'; {cmd}; echo '{END}'")
+        cmd = (task.test_cmd or DEFAULT_TEST_CMD).format(python=python or sys.executable, tests=" ".join(tests))
+        run_env, isolate = None, None
+        if env_dir is not None:
+            pyenv.overlay_build_outputs(env_dir, path)
+            run_env = pyenv.runner_env(env_dir, path)
+            isolate = False if pyenv.hidden_by_sandbox(env_dir) else None
+        result = CommandRunner(path, timeout_s=timeout_s, max_output_chars=2_000_000, env=run_env,
+                               isolate=isolate).run(f"echo '{START}'; {cmd}; echo '{END}'")
         report.test_output = result.output
         status = parse_test_output(result.output)
         if result.timed_out:
