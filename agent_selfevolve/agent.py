@@ -163,6 +163,7 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
             calls = [parse_tool_call(c, specs) for c in raw_calls]
         else:
             calls = [parse_text_action(message.get("content") or "", specs)]
+        _refuse_repeat(calls, state.get("steps", []))
     except ActionFormatError as exc:
         errors = state.get("format_errors", 0) + 1
         feedback: dict[str, Any] = {"role": "user", "content": f"Format error: {exc}"}
@@ -178,6 +179,14 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply.usage.to_dict(), "model_s": model_s}
         for c in calls])
     return update
+
+
+def _refuse_repeat(calls: list[ToolCall], steps: list[dict[str, Any]]) -> None:
+    """An action identical to the one just executed cannot show anything new (small models loop on it)."""
+    last = next((s for s in reversed(steps) if s.get("action")), None)
+    if last and len(calls) == 1 and last["action"] == {"name": calls[0].name, "arguments": calls[0].arguments}:
+        raise ActionFormatError(f"You just ran this exact `{calls[0].name}` action and saw its result. Repeating it "
+                                "gives the same output: take a different action (for example, edit the code).")
 
 
 def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -53,14 +53,16 @@ def test_three_format_errors_end_the_attempt_and_keep_the_record(demo_task: Task
 
 def test_format_error_counter_resets_after_a_valid_action(demo_task: Task) -> None:
     model = ScriptedFakeModel(["oops", "oops", bash("ls"), "oops", "oops", tool_call("submit", {})])
+    # (a valid action resets the count of consecutive format errors)
     traj = run_attempt(demo_task, model)
     assert traj.status == "submitted"
 
 
 def test_step_and_token_limits(demo_task: Task) -> None:
-    traj = run_attempt(demo_task, ScriptedFakeModel([bash("ls")] * 10), limits=Limits(max_steps=3))
+    varied = [bash(f"echo {i}") for i in range(10)]
+    traj = run_attempt(demo_task, ScriptedFakeModel(varied), limits=Limits(max_steps=3))
     assert traj.status == "step_limit" and len(traj.steps) == 3 and "3 steps" in traj.exit_message
-    traj = run_attempt(demo_task, ScriptedFakeModel([bash("ls")] * 10), limits=Limits(max_tokens=200))
+    traj = run_attempt(demo_task, ScriptedFakeModel(varied), limits=Limits(max_tokens=200))
     assert traj.status == "token_limit"
 
 
@@ -161,3 +163,13 @@ def test_attempt_killed_mid_way_resumes_from_its_thread(demo_task: Task, tmp_pat
     # steps 0 and 1 were not asked again: the resumed run asked only for turns 2 and 3
     assert log.read_text().split() == ["0", "1", "2", "2", "3"]
     assert TrajectoryStore(tmp_path / "runs.sqlite").count() == 1
+
+
+def test_repeating_the_same_action_is_refused_and_ends_a_loop(demo_task: Task) -> None:
+    model = ScriptedFakeModel([bash("ls")] * 5)
+    traj = run_attempt(demo_task, model)
+    assert traj.status == "format_errors" and len(model.requests) == 4
+    assert [bool(s.get("format_error")) for s in traj.steps] == [False, True, True, True]
+    assert "exact `bash` action" in traj.steps[1]["format_error"]
+    ok = run_attempt(demo_task, ScriptedFakeModel([bash("ls"), bash("pwd"), bash("ls"), tool_call("submit", {})]))
+    assert ok.status == "submitted"  # the same command again after another one is fine
