@@ -63,3 +63,16 @@ def test_fake_model_resolves_a_bundled_task_end_to_end(bundled: list[Task]) -> N
 def test_empty_attempt_on_a_bundled_task_is_not_resolved(bundled: list[Task]) -> None:
     traj = run_attempt(bundled[1], ScriptedFakeModel([tool_call("submit", {})]))
     assert traj.status == "submitted" and not traj.resolved
+
+
+def test_bundled_sandbox_hides_the_bug_commit(bundled: list[Task]) -> None:
+    from agent_selfevolve.envs.base import ToolCall
+    from agent_selfevolve.envs.coding import CodingEnvironment
+
+    env = CodingEnvironment(bundled[0], "history-1")
+    env.reset()
+    log = env.step(ToolCall("bash", {"command": "git log --oneline --all | wc -l; git diff HEAD~1 --stat"}))
+    assert log.text.split()[0] == "1" and "unknown revision" in log.text
+    branches = env.step(ToolCall("bash", {"command": "git branch -a; git tag"})).text
+    assert "upstream" not in branches
+    env.close()

@@ -13,6 +13,8 @@ from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import load_tasks
 
 pytestmark = pytest.mark.slow
+REAL_MODEL_CACHE = __import__("agent_selfevolve.models.weights", fromlist=["x"]).default_cache_dir()
+"""Read at import, before the autouse fixture points the cache at a temp dir: reuse the assembled weights."""
 
 
 def test_local_model_best_of_n_on_a_bundled_task(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -20,7 +22,7 @@ def test_local_model_best_of_n_on_a_bundled_task(tmp_path) -> None:  # type: ign
     from agent_selfevolve.models import make_model
 
     task = load_tasks(bundled_task_file())[0]
-    model = make_model("local", max_tokens=160)
+    model = make_model("local", max_tokens=160, cache_dir=REAL_MODEL_CACHE)
     store = TrajectoryStore(tmp_path / "runs.sqlite")
     ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=2),
                         budget=Budget(max_calls=4), select_with="proxy")

@@ -99,11 +99,29 @@ class WorktreePool:
         if (path / ".git").exists():
             return path
         mirror = self.mirror(task)
+        if hides_history(task):
+            return self._snapshot(mirror, task, path)
         with _locked(mirror / "worktree.lock"):
             git("worktree", "prune", cwd=mirror)
             shutil.rmtree(path, ignore_errors=True)
             git("worktree", "add", "--quiet", "--force", "--detach", str(path), task.base_commit or "HEAD",
                 cwd=mirror)
+        return path
+
+    def _snapshot(self, mirror: Path, task: Task, path: Path) -> Path:
+        """The tree at base_commit as a fresh one-commit repository: no parents, no other refs to read."""
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", task.base_commit or "HEAD"], cwd=mirror,
+                                 capture_output=True, check=True, timeout=300)
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True, timeout=300)
+        git("init", "-q", cwd=tmp)
+        git("add", "-A", cwd=tmp)
+        git("-c", "user.name=agent-selfevolve", "-c", "user.email=sandbox@agent-selfevolve.invalid", "commit", "-qm",
+            "base", "--no-verify", cwd=tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
         return path
 
     def remove(self, path: Path) -> None:
@@ -116,6 +134,12 @@ class WorktreePool:
                 git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
                 git("worktree", "prune", cwd=mirror, check=False)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def hides_history(task: Task) -> bool:
+    """Bundled repos are synthetic: the base commit's parent is the clean upstream, so `git diff HEAD~1` would
+    show the injected bug. Their attempts get a history-free snapshot instead of a worktree."""
+    return task.repo.startswith("bundled/")
 
 
 def _has_commit(repo: Path, commit: str) -> bool:
