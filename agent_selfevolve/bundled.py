@@ -9,7 +9,6 @@ first build needs the package registry (pip); later builds use `<cache>/sdists/`
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent_selfevolve.fileio import file_lock
 from agent_selfevolve.tasks import Task, load_tasks
 
 SANDBOXES = Path(__file__).resolve().parents[1] / "sandboxes"
@@ -107,14 +107,8 @@ def _sha256(path: Path) -> str:
 @contextmanager
 def locked(name: str, cache_dir: Path | None = None) -> Iterator[None]:
     """One builder per repo at a time, across processes."""
-    lock = cache_root(cache_dir) / "locks" / f"{name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(cache_root(cache_dir) / "locks" / f"{name}.lock"):
+        yield
 
 
 def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:

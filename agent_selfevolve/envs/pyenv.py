@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.envs.worktree import RepoError, WorktreePool, _locked, cache_root, git
+from agent_selfevolve.envs.worktree import RepoError, WorktreePool, cache_root, git
+from agent_selfevolve.fileio import file_lock
 from agent_selfevolve.tasks import Task
 
 DEP_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt", "requirements", "requirements-dev.txt",
@@ -97,7 +98,7 @@ def test_env_for(task: Task, cache_dir: str | Path | None = None, pool: Worktree
     env = root / "envs" / key
     if (env / "ready.json").exists():
         return env
-    with _locked(root / "locks" / f"env-{key}.lock"):
+    with file_lock(root / "locks" / f"env-{key}.lock"):
         if (env / "ready.json").exists():
             return env
         failed = env / "failed.json"
@@ -127,7 +128,7 @@ def uv_binary(root: Path) -> Path | None:
     """uv, installed once into `<cache>/tools/uv` with `pip install --target` (no change to this environment)."""
     binary = root / "tools" / "uv" / "bin" / "uv"
     if not binary.exists():
-        with _locked(root / "locks" / "uv.lock"):
+        with file_lock(root / "locks" / "uv.lock"):
             if not binary.exists():
                 tmp = binary.parents[1].with_name("uv.tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -283,7 +284,7 @@ def _build(task: Task, env: Path, pool: WorktreePool, timeout_s: float) -> None:
     run_env.pop("PYTHONHOME", None)
     try:
         commit_date = git("show", "-s", "--format=%cI", commit, cwd=mirror).strip()
-        with _locked(mirror / "worktree.lock"):
+        with file_lock(mirror / "worktree.lock"):
             git("worktree", "add", "--quiet", "--force", "--detach", str(env / "src"), commit, cwd=mirror)
         _run([sys.executable, "-m", "venv", str(env / "venv")], env, env / "build.log", 300, run_env)
         how = _install(task, env, commit_date, timeout_s, run_env)
@@ -304,7 +305,7 @@ def _remove_env(env: Path, mirror: Path) -> None:
     """Clear a half-built env (a crash mid-build) and its worktree registration."""
     if env.exists():
         shutil.rmtree(env, ignore_errors=True)
-        with _locked(mirror / "worktree.lock"):
+        with file_lock(mirror / "worktree.lock"):
             git("worktree", "prune", cwd=mirror, check=False)
 
 

@@ -6,16 +6,14 @@ and the user's own checkout is never touched: worktrees hang off the mirror, not
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from agent_selfevolve.fileio import file_lock
 from agent_selfevolve.tasks import Task
 
 
@@ -33,17 +31,6 @@ def git(*args: str, cwd: Path | None = None, check: bool = True, timeout: float 
     if check and proc.returncode != 0:
         raise RepoError(f"git {' '.join(args[:3])} failed in {cwd}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def source_of(task: Task, mirror_dir: Path | None = None) -> str:
@@ -76,7 +63,7 @@ class WorktreePool:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.repo or Path(src).name).strip("_") or "repo"
         key = f"{name}-{hashlib.sha1(src.encode()).hexdigest()[:8]}"  # same name, other source: other mirror
         mirror = self.root / "mirrors" / f"{key}.git"
-        with _locked(self.root / "locks" / f"{key}.lock"):
+        with file_lock(self.root / "locks" / f"{key}.lock"):
             if not mirror.exists():
                 tmp = mirror.with_name(mirror.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -101,7 +88,7 @@ class WorktreePool:
         mirror = self.mirror(task)
         if hides_history(task):
             return self._snapshot(mirror, task, path)
-        with _locked(mirror / "worktree.lock"):
+        with file_lock(mirror / "worktree.lock"):
             git("worktree", "prune", cwd=mirror)
             shutil.rmtree(path, ignore_errors=True)
             git("worktree", "add", "--quiet", "--force", "--detach", str(path), task.base_commit or "HEAD",
@@ -130,7 +117,7 @@ class WorktreePool:
         if gitfile.is_file():
             common = gitfile.read_text().split("gitdir:", 1)[-1].strip()
             mirror = Path(common).parents[1]
-            with _locked(mirror / "worktree.lock"):
+            with file_lock(mirror / "worktree.lock"):
                 git("worktree", "remove", "--force", str(path), cwd=mirror, check=False)
                 git("worktree", "prune", cwd=mirror, check=False)
         shutil.rmtree(path, ignore_errors=True)
