@@ -1,8 +1,8 @@
 """Run a strategy over many tasks and write SWE-bench artefacts; rerunning the same command resumes.
 
 Workers (processes by default) solve tasks; the driver alone writes the output folder: per-task trajectory and
-report.json (atomic), then one line appended to `results.jsonl` and `preds.jsonl`. A task is finished once its
-results line exists, so `kill -9` loses only tasks in flight and a rerun skips everything finished.
+report.json (atomic), then one line appended to `results.jsonl` (the commit point), then `preds.jsonl` rewritten
+from it atomically. `kill -9` loses only tasks in flight and a rerun skips everything finished.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.agent import Limits
-from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.fileio import write_json_atomic, write_text_atomic
 from agent_selfevolve.tasks import Task
 
 
@@ -173,11 +173,9 @@ def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, worke
             write_json_atomic(out / "trajectories" / f"{iid}.traj.json", res.pop("trajectory"))
         if res.get("report"):
             write_json_atomic(out / "reports" / iid / "report.json", res["report"])
-        _append_line(out / "results.jsonl", res)
-        if res.get("ok"):
-            _append_line(out / "preds.jsonl", {"instance_id": iid, "model_name_or_path": config.model,
-                                               "model_patch": res.get("patch", "")})
+        _append_line(out / "results.jsonl", res)  # the commit point: a task is finished once this line exists
         results[iid] = res
+        write_preds(out, results, config.model)
         if on_result:
             on_result(res, summarize(tasks, results))
 
@@ -200,6 +198,14 @@ def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, worke
                     res = {"instance_id": futures[fut][0]["instance_id"], "ok": False,
                            "error": f"worker crashed: {type(exc).__name__}: {exc}"}
                 record(res)
+    write_preds(out, results, config.model)
     summary = summarize(tasks, results)
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def write_preds(out: Path, results: dict[str, dict[str, Any]], model: str) -> None:
+    """preds.jsonl derived from results.jsonl and replaced atomically, so a crash can never split the two."""
+    lines = [json.dumps({"instance_id": iid, "model_name_or_path": model, "model_patch": r.get("patch", "")})
+             for iid, r in results.items() if r.get("ok")]
+    write_text_atomic(out / "preds.jsonl", "".join(line + "\n" for line in lines))
