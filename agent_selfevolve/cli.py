@@ -104,9 +104,12 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
             elif event.get("event") == "search_finished":
                 seen["best"] = 0.0
 
+        cost = {"usd": 0.0}
+
         def on_result(res: dict[str, Any], summary: dict[str, Any]) -> None:
+            cost["usd"] += float((res.get("usage") or {}).get("cost", 0.0))
             info = (f"resolved {summary['resolved_instances']}  errors {summary['error_instances']}  "
-                    f"tokens {summary['total_tokens_best_attempts']:,}")
+                    f"tokens {summary['total_tokens_best_attempts']:,}  cost ${cost['usd']:.4f}")
             progress.update(bar, advance=1, info=info)
             if not res.get("ok"):
                 console.print(f"[yellow]{res['instance_id']}: {res.get('error')}[/yellow]")
