@@ -29,7 +29,6 @@ from agent_selfevolve.trajectory import Trajectory
 EvalMode = Literal["tests", "proxy", "none"]
 Judge = Callable[[Task, "Trajectory"], dict[str, Any]]
 """An LLM judge: (task, trajectory) -> {"reward": 0..1, "source": "judge", ...}."""
-_COMPILED: dict[int, Any] = {}
 
 
 def sqlite_checkpointer(path: str | Path) -> SqliteSaver:
@@ -41,10 +40,8 @@ def sqlite_checkpointer(path: str | Path) -> SqliteSaver:
 
 
 def compiled_agent(checkpointer: BaseCheckpointSaver | None) -> Any:
-    key = id(checkpointer)
-    if key not in _COMPILED:
-        _COMPILED[key] = build_agent_graph().compile(checkpointer=checkpointer)
-    return _COMPILED[key]
+    """Compiled per attempt (~5 ms): a cache keyed by checkpointer kept every saver and its connection alive."""
+    return build_agent_graph().compile(checkpointer=checkpointer)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,7 @@ def compute_matched_baseline(ctx: Any, result: Any, run_id: str) -> dict[str, An
     from agent_selfevolve.search.common import Budget
 
     tokens = int(result.usage.get("prompt_tokens", 0)) + int(result.usage.get("completion_tokens", 0))
-    base_ctx = type(ctx)(task=ctx.task, model=ctx.model, store=ctx.store, limits=ctx.limits,
-                         budget=Budget(max_tokens=max(1, tokens)), select_with=ctx.select_with, judge=ctx.judge)
+    base_ctx = replace(ctx, budget=Budget(max_tokens=max(1, tokens)), on_event=None, started_at=time.time())
     base = best_of_n(base_ctx, n=1000, run_id=f"{run_id}:baseline")
     return {"strategy": "best_of_n", "token_budget": tokens, "resolved": base.resolved, "pass_at_n": base.pass_at_n,
             "attempts": base.attempts, "usage": base.usage}
@@ -150,9 +149,6 @@ def _baseline_summary(finished: list[dict[str, Any]]) -> dict[str, Any]:
     return {"baseline": {"strategy": "best_of_n (same token budget per task)", "instances": len(with_base),
                          "resolved_instances": sum(bool(r["baseline"]["resolved"]) for r in with_base),
                          "strategy_resolved_instances": sum(bool(r.get("resolved")) for r in with_base)}}
-
-
-Executor = Callable[[Callable[..., dict[str, Any]], list[tuple[Any, ...]]], Any]
 
 
 def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, workers: int = 1,

@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -32,12 +30,10 @@ from agent_selfevolve.tasks import Task, load_tasks
 
 SANDBOXES = Path(__file__).resolve().parents[1] / "sandboxes"
 SWE_DIR = SANDBOXES / "swe"
-DEFAULT_TEST_CMD = "{python} -m pytest --no-header -rA --tb=no -p no:cacheprovider {tests}"
 _IDENTITY = {"GIT_AUTHOR_NAME": "agent-selfevolve", "GIT_AUTHOR_EMAIL": "bundled@agent-selfevolve.invalid",
              "GIT_AUTHOR_DATE": "2024-01-01T00:00:00+0000", "GIT_COMMITTER_NAME": "agent-selfevolve",
              "GIT_COMMITTER_EMAIL": "bundled@agent-selfevolve.invalid",
              "GIT_COMMITTER_DATE": "2024-01-01T00:00:00+0000"}
-_STATUS = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS|SUBFAIL)\s+(\S+)")
 
 
 class BundledError(RuntimeError):
@@ -187,25 +183,13 @@ def _build(name: str, spec: dict[str, Any], tasks: list[Task], sdist: Path, repo
 
 
 def run_tests(workdir: Path, task: Task, timeout: float = 300) -> tuple[dict[str, str], str]:
-    """Run the task's test files under `-rA`; {test id: PASSED/FAILED/...} and the output (whole group killed
-    on timeout: a buggy solution may loop forever)."""
-    files = task.test_files or re.findall(r"^diff --git a/\S+ b/(\S+)", task.test_patch, re.M)
-    cmd = (task.test_cmd or DEFAULT_TEST_CMD).format(python=shlex.quote(sys.executable),
-                                                     tests=" ".join(shlex.quote(f) for f in files))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.Popen(cmd, shell=True, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out = proc.communicate()[0] + f"\n[timed out after {timeout:g} s]"
-    status: dict[str, str] = {}
-    for line in out.splitlines():
-        m = _STATUS.match(line)
-        if m and not (status.get(m[2]) in ("FAILED", "ERROR", "SUBFAIL") and m[1] == "PASSED"):
-            status[m[2]] = m[1]
-    return status, out
+    """Run the task's test files under `-rA` exactly as the grader does; {test id: status} and the output."""
+    from agent_selfevolve.envs.grading import parse_test_output, test_command, test_files_of
+    from agent_selfevolve.envs.runner import CommandRunner
+
+    result = CommandRunner(workdir, timeout_s=timeout, isolate=False, max_output_chars=2_000_000).run(
+        test_command(task, test_files_of(task)))
+    return parse_test_output(result.output), result.output
 
 
 @contextmanager

@@ -62,7 +62,7 @@ def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_:
         raise typer.Exit(2) from None
 
 
-def _budget_info(budget: dict[str, Any], seen: dict[str, Any]) -> str:
+def _budget_info(budget: dict[str, Any]) -> str:
     return f" / {budget['max_tokens']:,} per task" if budget.get("max_tokens") else ""
 
 
@@ -100,7 +100,7 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
                 seen["best"] = max(seen["best"], float(event.get("reward") or 0.0))
                 seen["tokens"] += int(event.get("tokens") or 0)
                 progress.update(live, advance=1, info=f"{event['task_id']}: best {seen['best']:.2f}  "
-                                                     f"tokens {seen['tokens']:,}{_budget_info(budget, seen)}")
+                                                     f"tokens {seen['tokens']:,}{_budget_info(budget)}")
             elif event.get("event") == "search_finished":
                 seen["best"] = 0.0
 

@@ -113,10 +113,7 @@ def search_train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[st
     model = ctx.policy(version)
     search = strategies()[ctx.config.strategy]
     used = Usage()
-    held = {t.instance_id for t in ctx.held_out}
     for task in ctx.train_tasks:
-        if task.instance_id in held:
-            raise ValueError(f"task {task.instance_id} is both a training and a held-out task")
         sctx = SearchContext(task=task, model=model, store=ctx.store, limits=Limits(**ctx.config.limits),
                              budget=Budget(**ctx.config.budget), select_with="tests")
         result = search(sctx, run_id=f"{state['run_id']}:ep{state['episode']}:{task.instance_id}",
@@ -207,11 +204,14 @@ def gate(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]:
     return update
 
 
+def summary_of(state: EvolveState | dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": state["run_id"], "final_policy": state.get("current") or "base",
+            "episodes": state.get("episodes", [])}
+
+
 def finish(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]:
     ctx = runtime.context
-    summary = {"run_id": state["run_id"], "final_policy": state.get("current") or "base",
-               "episodes": state.get("episodes", [])}
-    write_json_atomic(ctx.out_dir / "evolve.json", summary)
+    write_json_atomic(ctx.out_dir / "evolve.json", summary_of(state))
     plot_episodes(state.get("episodes", []), ctx.out_dir / "evolve.png")
     return {}
 
@@ -268,6 +268,9 @@ def build_evolve_graph() -> StateGraph:
 
 def evolve(ctx: EvolveContext, run_id: str = "evolve") -> dict[str, Any]:
     """Run (or resume) the episode loop `run_id`; returns the summary written to `out_dir/evolve.json`."""
+    overlap = {t.instance_id for t in ctx.train_tasks} & {t.instance_id for t in ctx.held_out}
+    if overlap:
+        raise ValueError(f"tasks both in training and held-out: {', '.join(sorted(overlap))}")
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.store.create_run("evolve", {"config": asdict(ctx.config), "train": [t.instance_id for t in ctx.train_tasks],
                                     "held_out": [t.instance_id for t in ctx.held_out]}, run_id=run_id)
@@ -280,7 +283,6 @@ def evolve(ctx: EvolveContext, run_id: str = "evolve") -> dict[str, Any]:
         start = None if snapshot.values else {"run_id": run_id, "episode": 0, "current": None,
                                               "started_at": time.time()}
         values = graph.invoke(start, config, context=ctx)
-    summary = {"run_id": run_id, "final_policy": values.get("current") or "base",
-               "episodes": values.get("episodes", [])}
+    summary = summary_of(values)
     ctx.store.finish_run(run_id, summary)
     return summary

@@ -1,6 +1,7 @@
 """Creating an attempt sandbox: a git worktree of the cached mirror vs copying the repository.
 
-Uses a real project: the bundled `sortedcontainers`-style sdist repos when built, else this repository.
+Uses a real project: this repository by default, or any git checkout given with --repo (for example a bundled
+PyPI project under ~/.cache/agent-selfevolve/repos/).
 
     python bench/worktree_vs_copy.py [--repo PATH] [--repeats 10]
 """

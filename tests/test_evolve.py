@@ -40,6 +40,16 @@ def test_mcnemar_exact() -> None:
     assert result["gained"] == 6 and result["lost"] == 0 and abs(result["p_value"] - 2 / 64) < 1e-12
 
 
+def test_overlapping_train_and_held_out_is_refused_before_anything_runs(demo_task: Task, tmp_path: Path) -> None:
+    shared = copies(demo_task, "train", 1)
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    ctx = EvolveContext(train_tasks=shared, held_out=shared, store=store, registry=None, base_hf_dir=tmp_path,
+                        policy=fake_policy, out_dir=tmp_path / "evolve")
+    with pytest.raises(ValueError, match="train-0"):
+        evolve(ctx)
+    assert store.count() == 0 and not (tmp_path / "evolve").exists()
+
+
 def test_episode_loop_trains_gates_reports_and_resumes(demo_task: Task, tmp_path: Path) -> None:
     from test_train import FAST, _tiny_model
 

@@ -141,3 +141,16 @@ def test_text_and_native_action_parsing() -> None:
         parse_tool_call({"function": {"name": "rm_rf", "arguments": "{}"}}, specs)
     with pytest.raises(ActionFormatError, match="not valid JSON"):
         parse_tool_call({"function": {"name": "bash", "arguments": "{oops"}}, specs)
+
+
+def test_one_test_command_for_grader_proxy_and_bundled(demo_task: Task) -> None:
+    from agent_selfevolve.envs.grading import test_command
+
+    assert test_command(demo_task, ["tests/a b.py"], python="/py").endswith("-p no:cacheprovider 'tests/a b.py'")
+    custom = demo_task.model_copy(update={"test_cmd": "{python} -m pytest -o pythonpath=src -rA {tests}"})
+    assert test_command(custom, ["t.py"], python="/py") == "/py -m pytest -o pythonpath=src -rA t.py"
+
+
+def test_a_failed_subtest_is_not_overwritten_by_its_passed_line() -> None:
+    out = "SUBFAIL tests/a.py::test_x - bad\nPASSED tests/a.py::test_x\nPASSED tests/a.py::test_y\n"
+    assert parse_test_output(out) == {"tests/a.py::test_x": "SUBFAIL", "tests/a.py::test_y": "PASSED"}

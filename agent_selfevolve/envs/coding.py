@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.envs.base import Evaluation, Observation, ToolCall
-from agent_selfevolve.envs.grading import PatchApplyError, apply_patch, grade, is_test_file, parse_test_output
+from agent_selfevolve.envs.grading import (
+    PatchApplyError,
+    apply_patch,
+    grade,
+    is_test_file,
+    parse_test_output,
+    test_command,
+)
 from agent_selfevolve.envs.runner import CommandRunner
 from agent_selfevolve.envs.tools import DEFAULT_TOOLS, ToolBundle, load_bundles
 from agent_selfevolve.envs.worktree import WorktreePool, git
@@ -118,7 +125,7 @@ class CodingEnvironment:
                 visible = [f for f in self.task.test_files if (path / f).exists()]
                 if visible:
                     out = CommandRunner(path, timeout_s=self.test_timeout_s, isolate=self.isolate).run(
-                        f"{sys.executable} -m pytest --no-header -rA --tb=no -p no:cacheprovider {' '.join(visible)}")
+                        test_command(self.task, visible))
                     status = parse_test_output(out.output)
                     if status:
                         rate = sum(s == "PASSED" for s in status.values()) / len(status)

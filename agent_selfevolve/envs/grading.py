@@ -9,6 +9,7 @@ agent left behind (caches, stray files) cannot influence the grade.
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import tempfile
 import uuid
@@ -23,7 +24,8 @@ from agent_selfevolve.tasks import Task
 
 DEFAULT_TEST_CMD = "{python} -m pytest --no-header -rA --tb=no -p no:cacheprovider {tests}"
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
-_STATUS = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(\S+)(?:\s.*)?$")  # id: first token, as SWE-bench
+# the test id is the first token after the status, as SWE-bench writes its ids
+_STATUS = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS|SUBFAIL)\s+(\S+)(?:\s.*)?$")
 _TEST_FILE = re.compile(r"(^|/)(tests?/|test_[^/]*\.py$|[^/]*_test\.py$|conftest\.py$)")
 
 
@@ -80,9 +82,16 @@ def parse_test_output(output: str) -> dict[str, str]:
     status: dict[str, str] = {}
     for line in output.splitlines():
         m = _STATUS.match(line.strip())
-        if m:
+        # a failed subtest is reported before its test's PASSED line: the failure stands
+        if m and not (status.get(m.group(2)) in ("FAILED", "ERROR", "SUBFAIL") and m.group(1) == "PASSED"):
             status[m.group(2)] = m.group(1)
     return status
+
+
+def test_command(task: Task, tests: list[str], python: str | None = None) -> str:
+    """The shell command that runs `tests` for `task`: its own `test_cmd`, else pytest -rA."""
+    return (task.test_cmd or DEFAULT_TEST_CMD).format(python=shlex.quote(python or sys.executable),
+                                                      tests=" ".join(shlex.quote(t) for t in tests))
 
 
 @dataclass
@@ -153,7 +162,7 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
                 else:
                     (path / f).unlink(missing_ok=True)
             apply_patch(path, task.test_patch, "test_patch")
-        cmd = (task.test_cmd or DEFAULT_TEST_CMD).format(python=python or sys.executable, tests=" ".join(tests))
+        cmd = test_command(task, tests, python)
         run_env, isolate = None, None
         if env_dir is not None:
             pyenv.overlay_build_outputs(env_dir, path)
