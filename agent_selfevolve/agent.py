@@ -43,6 +43,9 @@ grep -rn "def parse" src/
 {{}}
 ```"""
 
+TEXT_STOP = ("\nObservation:",)
+"""Text mode stops where the model starts inventing the tool's answer (and acting on it), as ReAct agents do."""
+
 TASK_TEMPLATE = """<issue>
 {problem}
 </issue>
@@ -143,7 +146,8 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     native = state.get("native_tools", True)
     t0 = time.monotonic()
     try:
-        reply = ctx.model.chat(state["messages"], ctx.env.tool_specs() if native else None, **ctx.model_params)
+        params = ctx.model_params if native else {"stop": list(TEXT_STOP), **ctx.model_params}
+        reply = ctx.model.chat(state["messages"], ctx.env.tool_specs() if native else None, **params)
     except ModelError as exc:
         return {"status": "model_error", "exit_message": str(exc), "pending": [],
                 "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}

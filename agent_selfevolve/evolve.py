@@ -50,6 +50,9 @@ class EvolveConfig:
     min_gain: int = 1
     """Promote when the new adapter solves at least this many more held-out tasks than the current one."""
     adapter_name: str = "policy"
+    env_options: dict[str, Any] = field(default_factory=dict)
+    """Environment options for every attempt (tools, preview_chars); see `profiles`."""
+    system_prompt: str | None = None
 
 
 @dataclass
@@ -94,7 +97,8 @@ def evaluate_policy(ctx: EvolveContext, adapter_ref: str | None, label: str, run
     for task in ctx.held_out:
         spec = AttemptSpec(task.instance_id, attempt_id=f"{run_id}:eval:{label}:{task.instance_id}",
                            run_id=f"{run_id}:eval:{label}", operator="eval", model_params=ctx.config.eval_params)
-        traj = run_attempt(task, model, spec, limits=Limits(**ctx.config.limits), store=ctx.store)
+        traj = run_attempt(task, model, spec, limits=Limits(**ctx.config.limits), store=ctx.store,
+                           env_options=ctx.config.env_options, system_prompt=ctx.config.system_prompt)
         results[task.instance_id] = traj.resolved
         _emit(ctx, {"event": "eval", "policy": label, "task_id": task.instance_id, "resolved": traj.resolved})
     return results
@@ -115,7 +119,8 @@ def search_train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[st
     used = Usage()
     for task in ctx.train_tasks:
         sctx = SearchContext(task=task, model=model, store=ctx.store, limits=Limits(**ctx.config.limits),
-                             budget=Budget(**ctx.config.budget), select_with="tests")
+                             budget=Budget(**ctx.config.budget), select_with="tests",
+                             env_options=ctx.config.env_options, system_prompt=ctx.config.system_prompt)
         result = search(sctx, run_id=f"{state['run_id']}:ep{state['episode']}:{task.instance_id}",
                         **ctx.config.strategy_options)
         used = used + Usage.from_dict(result.usage)

@@ -57,12 +57,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--runtime", choices=["llama", "transformers"], default="llama")
+    parser.add_argument("--profile", default="small", help="agent set-up (agent_selfevolve.profiles)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp and torch threads (default: free cores)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-evolve"))
     args = parser.parse_args()
 
     from agent_selfevolve.humaneval import humaneval_tasks
-
     from agent_selfevolve.models.weights import ensure_gguf
+    from agent_selfevolve.profiles import get_profile
     from agent_selfevolve.serving import llama_cpp_policy, transformers_policy
     from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
 
@@ -72,20 +74,25 @@ def main() -> None:
     assert not {t.instance_id for t in train} & {t.instance_id for t in held}
     base_dir = hf_base_from_gguf(ensure_gguf(args.model))
     registry = AdapterRegistry(args.out / "registry")
-    policy = llama_cpp_policy(args.model, registry, base_dir) if args.runtime == "llama" else \
-        transformers_policy(base_dir)
+    profile = get_profile(args.profile)
+    policy = llama_cpp_policy(args.model, registry, base_dir, tool_mode=profile.tool_mode, max_tokens=768,
+                              n_threads=args.threads) if args.runtime == "llama" else transformers_policy(base_dir)
     store = TrajectoryStore(args.out / "runs.sqlite")
     config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": args.n, "temperature": 0.8},
                           limits={"max_steps": args.max_steps}, kinds=args.kinds.split(","), min_gain=-10**6,
                           train={"rank": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs,
-                                 "max_length": 4096})
+                                 "max_length": 4096, "threads": args.threads},
+                          env_options=dict(profile.env_options), system_prompt=profile.system_prompt)
     ctx = EvolveContext(train_tasks=train, held_out=held, store=store, registry=registry, base_hf_dir=base_dir,
                         policy=policy, out_dir=args.out, config=config,
                         on_event=lambda e: print(json.dumps(e, default=str)[:160], flush=True))
-    run_id = f"bench-s{args.seed}-t{args.train}-h{args.held_out}-n{args.n}-{args.kinds.replace(',', '+')}"
+    run_id = (f"bench-{args.profile}-s{args.seed}-t{args.train}-h{args.held_out}-n{args.n}-"
+              f"{args.kinds.replace(',', '+')}")
     summary = evolve(ctx, run_id=run_id)
     episode = summary["episodes"][0]
-    result = {"run_id": run_id, "model": args.model, "train": len(train), "held_out": len(held),
+    result = {"run_id": run_id, "model": args.model, "profile": args.profile,
+              "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "train": len(train), "held_out": len(held),
               "heldout_before": episode["heldout_before"], "heldout_after": episode["heldout_after"],
               "paired": episode["paired"], "data": episode["data"], "train_metrics": episode["train"],
               "search_usage": episode["search_usage"],

@@ -27,7 +27,8 @@ class CodingEnvironment:
 
     def __init__(self, task: Task, name: str, pool: WorktreePool | None = None,
                  tools: tuple[str, ...] | list[str] = DEFAULT_TOOLS, command_timeout_s: float = 60,
-                 test_timeout_s: float = 600, isolate: bool | None = None, keep: bool = False):
+                 test_timeout_s: float = 600, isolate: bool | None = None, keep: bool = False,
+                 preview_chars: int = 0):
         if task.kind != "swe":
             raise ValueError(f"task {task.instance_id} is a {task.kind} task, not a coding task")
         self.task, self.name = task, name
@@ -35,6 +36,9 @@ class CodingEnvironment:
         self.bundles: list[ToolBundle] = load_bundles(tools)
         self.command_timeout_s, self.test_timeout_s = command_timeout_s, test_timeout_s
         self.isolate, self.keep = isolate, keep
+        self.preview_chars = preview_chars
+        """Show the repo's files in the first observation when they fit in this many characters (0: never).
+        Spares a small model the exploration it is worst at, on one- or two-file repos."""
         self.path: Path | None = None
         self.runner: CommandRunner | None = None
         self.submitted = False
@@ -48,8 +52,24 @@ class CodingEnvironment:
         self.runner = CommandRunner(self.path, timeout_s=self.command_timeout_s, isolate=self.isolate,
                                     env={"PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin"})
         listing = sorted(p.name + ("/" if p.is_dir() else "") for p in self.path.iterdir() if p.name != ".git")
-        return Observation(f"Repository root: {self.path}\nTop-level entries: {' '.join(listing)}",
-                           info={"worktree": str(self.path)})
+        text = f"Repository root: {self.path}\nTop-level entries: {' '.join(listing)}"
+        return Observation(text + self._preview(), info={"worktree": str(self.path)})
+
+    def _preview(self) -> str:
+        if self.preview_chars <= 0 or self.path is None:
+            return ""
+        files = sorted(f for f in git("ls-files", cwd=self.path).splitlines() if not is_test_file(f))
+        shown, size = [], 0
+        for name in files:
+            try:
+                text = (self.path / name).read_text()
+            except (OSError, UnicodeDecodeError):
+                return ""
+            size += len(text)
+            if size > self.preview_chars:
+                return ""  # all or nothing: a partial view would hide where the bug is
+            shown.append(f"\n\n{name}:\n```\n{text.rstrip()}\n```")
+        return "".join(shown)
 
     def step(self, call: ToolCall) -> Observation:
         if self.runner is None:

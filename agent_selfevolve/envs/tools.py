@@ -8,6 +8,12 @@ or, for tools with structured arguments, a JSON object:
 ```str_replace
 {"path": "a.py", "old": "x = 1", "new": "x = 2"}
 ```
+A tool whose arguments are all strings also takes them raw: the leading ones as words after the tool name, the
+last as the body, so code is written as code rather than as an escaped JSON string (small models fail at that):
+```write_file solution.py
+def f():
+    return 1
+```
 """
 
 from __future__ import annotations
@@ -71,27 +77,46 @@ def describe_for_prompt(specs: list[dict[str, Any]]) -> str:
         props = fn.get("parameters", {}).get("properties", {})
         args = ", ".join(f"{k}: {v.get('type', 'any')}" for k, v in props.items()) or "no arguments"
         lines.append(f"- {name} ({args}): {fn.get('description', '')}")
+        raw = _raw_params(fn)
+        if len(raw) > 1:
+            lines.append(f"  or raw:\n```{name} <{raw[0]}>\n<{raw[1]}>\n```")
     return "\n".join(lines)
 
 
-_BLOCK = re.compile(r"```([A-Za-z_][\w-]*)[ \t]*\n(.*?)```", re.S)
+def _raw_params(fn: dict[str, Any]) -> list[str]:
+    """A tool's one or two parameters, in order, when all are required strings (the raw fenced form); else []."""
+    params = fn.get("parameters", {})
+    props, required = params.get("properties", {}), params.get("required", [])
+    if 0 < len(props) <= 2 and list(props) == list(required) and all(v.get("type") == "string"
+                                                                     for v in props.values()):
+        return list(props)
+    return []
+
+
+_BLOCK = re.compile(r"```([A-Za-z_][\w-]*)([^\n`]*)\n(.*?)```", re.S)
 
 
 def parse_text_action(text: str, specs: list[dict[str, Any]]) -> ToolCall:
     """Exactly one fenced block naming a known tool; its body is the bash command or a JSON object."""
     known = _functions(specs)
-    blocks = [(lang, body) for lang, body in _BLOCK.findall(text or "") if lang in known or lang in ("json", "sh")]
+    blocks = [(lang, head.split(), body) for lang, head, body in _BLOCK.findall(text or "")
+              if lang in known or lang in ("json", "sh")]
     if not blocks:
-        raise ActionFormatError(
-            "No action found. Reply with a short thought and exactly one fenced code block whose language is a "
-            f"tool name ({', '.join(known)}), e.g.\n```bash\nls\n```")
+        raise ActionFormatError(_no_action_hint(text or "", known))
     if len(blocks) > 1:
         raise ActionFormatError(f"Found {len(blocks)} action blocks; send exactly one per reply.")
-    lang, body = blocks[0]
+    lang, words, body = blocks[0]
     if lang == "sh":
         lang = "bash"
     if lang == "bash" and "bash" in known:
         return ToolCall("bash", {"command": body.strip()})
+    raw = _raw_params(known[lang]) if lang in known else []
+    if raw and (words or not body.lstrip().startswith("{")):
+        if len(words) != len(raw) - 1:
+            wanted = " ".join(f"<{p}>" for p in raw[:-1])
+            raise ActionFormatError(f"`{lang}` takes {wanted} after its name and <{raw[-1]}> as the block's body, "
+                                    f"e.g. ```{lang} {wanted}\n...\n```")
+        return ToolCall(lang, {**dict(zip(raw, words, strict=False)), raw[-1]: body})
     body = body.strip()
     try:
         args = json.loads(body) if body else {}
@@ -105,6 +130,22 @@ def parse_text_action(text: str, specs: list[dict[str, Any]]) -> ToolCall:
     if not isinstance(args, dict):
         raise ActionFormatError(f"The arguments of `{lang}` must be a JSON object.")
     return ToolCall(lang, args)
+
+
+def _no_action_hint(text: str, known: dict[str, dict[str, Any]]) -> str:
+    """Say what was wrong with the reply: small models write ```python blocks and copy any example verbatim."""
+    hint = ("No action found: a reply needs exactly one fenced code block whose language is a tool name "
+            f"({', '.join(known)}).")
+    other = sorted({lang for lang, _, _ in _BLOCK.findall(text)})
+    if other:
+        hint += f" A ```{other[0]} block is not an action."
+        writers = [name for name, fn in known.items() if len(_raw_params(fn)) == 2]
+        if writers:
+            params = _raw_params(known[writers[0]])
+            hint += (f" To save code to a file, put the file's {params[0]} after the tool name and the whole "
+                     f"{params[1]} in the block: ```{writers[0]} <{params[0]}>, newline, the {params[1]}, "
+                     "newline, ```.")
+    return hint
 
 
 def parse_tool_call(raw: dict[str, Any], specs: list[dict[str, Any]]) -> ToolCall:

@@ -46,7 +46,8 @@ class ScriptedFakeModel:
     """FAKE model. `script` is a list of replies consumed in order, or a function of the messages.
 
     Replies are strings (plain content) or assistant-message dicts (with `tool_calls`), or {"error": ...,
-    "transient": bool} to simulate a provider failure. Every request is kept in `requests` for assertions.
+    "transient": bool} to simulate a provider failure. Every request is kept in `requests` (and its sampling
+    parameters in `params`) for assertions.
     """
 
     def __init__(self, script: list[Reply] | Responder, name: str = "fake/scripted", supports_tools: bool = True,
@@ -54,6 +55,7 @@ class ScriptedFakeModel:
         self.script = script
         self.name, self.supports_tools, self.latency_s = name, supports_tools, latency_s
         self.requests: list[list[Message]] = []
+        self.params: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._i = 0
 
@@ -69,6 +71,7 @@ class ScriptedFakeModel:
 
     def chat(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, **params: Any) -> ModelReply:
         start = time.monotonic()
+        self.params.append(dict(params))
         reply = self.next_reply(messages)
         if self.latency_s:
             time.sleep(self.latency_s)

@@ -64,6 +64,9 @@ class TransformersModel:
             gen: dict[str, Any] = {"max_new_tokens": int(params.get("max_tokens", self.max_new_tokens)),
                                    "do_sample": temperature > 0, "pad_token_id": self._tok.pad_token_id
                                    or self._tok.eos_token_id}
+            stop = [params["stop"]] if isinstance(params.get("stop"), str) else list(params.get("stop") or [])
+            if stop:
+                gen.update(stop_strings=stop, tokenizer=self._tok)
             if temperature > 0:
                 gen["temperature"] = temperature
                 if params.get("seed") is not None:
@@ -72,5 +75,7 @@ class TransformersModel:
                 out = self._model.generate(ids, **gen)
             new = out[0, ids.shape[1]:]
             content = self._tok.decode(new, skip_special_tokens=True)
+            for marker in stop:  # generation stops after the stop string; the reply ends before it, as in OpenAI
+                content = content.split(marker, 1)[0]
             usage = Usage(int(ids.shape[1]), int(new.shape[0]), 0.0, 1)
             return ModelReply({"role": "assistant", "content": content}, usage, time.monotonic() - start)

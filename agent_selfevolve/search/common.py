@@ -74,6 +74,8 @@ class SearchContext:
     judge: Judge | None = None
     attempt_checkpointer: BaseCheckpointSaver | None = None
     env_options: dict[str, Any] = field(default_factory=dict)
+    system_prompt: str | None = None
+    """The agent's system prompt (None: the environment's default)."""
     operator_model: Model | None = None
     """Model for search operators (reflection, diagnosis); defaults to `model`."""
     started_at: float = field(default_factory=time.time)
@@ -124,7 +126,7 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
     limits = ctx.budget.clip(ctx.limits, Usage.from_dict(payload.get("used")), payload.get("share", 1))
     traj = run_attempt(ctx.task, ctx.model, spec, limits=limits, store=ctx.store,
                        checkpointer=ctx.attempt_checkpointer, select_with=ctx.select_with, judge=ctx.judge,
-                       env_options=ctx.env_options)
+                       env_options=ctx.env_options, system_prompt=ctx.system_prompt)
     rec = record_of(traj)
     used = Usage.from_dict(payload.get("used")) + traj.total_usage
     event = {"event": "attempt_finished", "task_id": traj.task_id, "attempt_id": traj.attempt_id,

@@ -1,0 +1,75 @@
+"""Named agent set-ups: the prompt, tools and first observation an agent gets, as one choice.
+
+`default` is the general SWE agent (explore, edit, test, submit with six tools; any model). `small` is for the
+embedded 0.5B/1.5B models, measured to fail the default set-up (they loop on one bash command, cannot escape code
+inside JSON strings, and narrate several steps per reply): it shows the repo's files up front when they are small,
+writes code as code (the raw `write_file` block), uses the plain-text action format, and gives one worked
+example. The example is about a different function, so it teaches the format, not an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_selfevolve.agent import SYSTEM_PROMPT
+
+SMALL_MODEL_PROMPT = '''You are a software engineer fixing an issue in a small git repository whose files are shown \
+to you. Work in three steps, one action per reply:
+1. Write the complete corrected file with `write_file`: every line of it, with the function body fully implemented.
+2. Check it with one `bash` command that runs python on an example from the issue.
+3. If the output is right, `submit`. If not, rewrite the file and check again.
+
+Example. The issue: "Implement `count_vowels` in text.py so that it does what its docstring says." The file text.py:
+```
+def count_vowels(s: str) -> int:
+    """Return how many vowels (a, e, i, o, u) are in s.
+    >>> count_vowels("banana")
+    3
+    """
+    raise NotImplementedError
+```
+Reply 1:
+I will write the whole file with the function implemented.
+```write_file text.py
+def count_vowels(s: str) -> int:
+    """Return how many vowels (a, e, i, o, u) are in s.
+    >>> count_vowels("banana")
+    3
+    """
+    return sum(1 for ch in s if ch in "aeiou")
+```
+Observation: Rewrote text.py (6 lines).
+Reply 2:
+Now I check it on the example from the docstring.
+```bash
+python -c "from text import count_vowels; print(count_vowels('banana'))"
+```
+Observation: 3
+Reply 3:
+The output is 3, as the docstring says.
+```submit
+```'''
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    name: str
+    system_prompt: str
+    env_options: dict[str, Any] = field(default_factory=dict)
+    """CodingEnvironment options: tools, preview_chars."""
+    tool_mode: str = "native"
+    """How a local model emits actions: 'native' tool calls or the 'text' fenced-block format."""
+
+
+PROFILES: dict[str, AgentProfile] = {
+    "default": AgentProfile("default", SYSTEM_PROMPT),
+    "small": AgentProfile("small", SMALL_MODEL_PROMPT,
+                          {"tools": ["write_file", "bash", "submit"], "preview_chars": 4000}, tool_mode="text"),
+}
+
+
+def get_profile(name: str) -> AgentProfile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown agent profile '{name}': use one of {', '.join(PROFILES)}")
+    return PROFILES[name]

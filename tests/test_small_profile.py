@@ -1,0 +1,97 @@
+"""The `small` agent profile: write_file, the raw fenced action form, the file preview, the text-mode stop, and
+one whole attempt through it with a FAKE model (scripted replies, not an LLM)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_selfevolve.agent import TEXT_STOP
+from agent_selfevolve.attempt import AttemptSpec, run_attempt
+from agent_selfevolve.envs.coding import CodingEnvironment
+from agent_selfevolve.envs.tools import ActionFormatError, load_bundles, parse_text_action, tools_dir
+from agent_selfevolve.models.fake import ScriptedFakeModel
+from agent_selfevolve.profiles import get_profile
+from agent_selfevolve.tasks import Task
+
+SPECS = [b.openai_schema() for b in load_bundles(["write_file", "bash", "str_replace", "submit"])]
+
+
+def write_file(cwd: Path, args: dict) -> subprocess.CompletedProcess[str]:
+    script = tools_dir() / "write_file" / "main.py"
+    return subprocess.run([sys.executable, str(script), json.dumps(args)], cwd=cwd, capture_output=True, text=True)
+
+
+def test_write_file_creates_rewrites_and_refuses_bad_python(tmp_path: Path) -> None:
+    assert write_file(tmp_path, {"path": "pkg/a.py", "content": "x = 1"}).returncode == 0
+    assert (tmp_path / "pkg/a.py").read_text() == "x = 1\n"
+    done = write_file(tmp_path, {"path": "pkg/a.py", "content": "x = 2\ny = 3\n"})
+    assert done.returncode == 0 and "Rewrote pkg/a.py (2 lines)" in done.stdout
+    bad = write_file(tmp_path, {"path": "pkg/a.py", "content": "def f(:\n"})
+    assert bad.returncode == 2 and "would not parse" in bad.stdout
+    assert (tmp_path / "pkg/a.py").read_text() == "x = 2\ny = 3\n"  # unchanged
+    outside = write_file(tmp_path, {"path": "../escape.py", "content": "x = 1"})
+    assert outside.returncode == 2 and "outside the repository" in outside.stdout
+    assert not (tmp_path.parent / "escape.py").exists()
+
+
+def test_raw_fenced_form_writes_code_as_code() -> None:
+    code = 'def f(s):\n    return s.replace("\\\\", "/")  # a backslash that JSON would need escaped\n'
+    call = parse_text_action(f"I write it.\n```write_file solution.py\n{code}```", SPECS)
+    assert call.name == "write_file" and call.arguments == {"path": "solution.py", "content": code}
+    # the JSON form still works, and bash is unchanged
+    call = parse_text_action('```write_file\n{"path": "a.py", "content": "x = 1"}\n```', SPECS)
+    assert call.arguments == {"path": "a.py", "content": "x = 1"}
+    assert parse_text_action("```bash\nls -la\n```", SPECS).arguments == {"command": "ls -la"}
+
+
+def test_raw_form_errors_name_the_fix() -> None:
+    with pytest.raises(ActionFormatError, match="takes <path> after its name"):
+        parse_text_action("```write_file\ndef f(): pass\n```", SPECS)
+    with pytest.raises(ActionFormatError, match="```write_file <path>"):  # a python block is not an action
+        parse_text_action("Here:\n```python\ndef f(): pass\n```", SPECS)
+    # str_replace has three arguments: no raw form, its non-JSON body is a JSON error
+    with pytest.raises(ActionFormatError, match="not valid JSON"):
+        parse_text_action("```str_replace\nold\n```", SPECS)
+
+
+def test_preview_shows_small_repos_whole_and_never_tests(demo_task: Task) -> None:
+    env = CodingEnvironment(demo_task, "preview", preview_chars=4000, isolate=False)
+    try:
+        text = env.reset().text
+        assert "calc.py:\n```\ndef add(a, b):\n    return a - b" in text
+        assert "test_calc.py:" not in text  # test files are left out
+    finally:
+        env.close()
+    env = CodingEnvironment(demo_task, "preview-small", preview_chars=20, isolate=False)
+    try:
+        assert "calc.py:" not in env.reset().text  # all or nothing: too big, so no preview at all
+    finally:
+        env.close()
+
+
+def test_small_profile_attempt_end_to_end(demo_task: Task) -> None:
+    """FAKE model in text mode: write the fixed file raw, check it, submit; resolved by the hidden tests."""
+    profile = get_profile("small")
+    fixed = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n"
+    model = ScriptedFakeModel([f"I write the file.\n```write_file calc.py\n{fixed}```",
+                               '```bash\npython -c "from calc import add; print(add(2, 3))"\n```',
+                               "It prints 5.\n```submit\n```"], supports_tools=False)
+    traj = run_attempt(demo_task, model, AttemptSpec(demo_task.instance_id), system_prompt=profile.system_prompt,
+                       env_options=profile.env_options)
+    assert traj.status == "submitted" and traj.resolved
+    assert [s["action"]["name"] for s in traj.steps] == ["write_file", "bash", "submit"]
+    assert traj.steps[1]["observation"].strip() == "5"
+    assert all(p["stop"] == list(TEXT_STOP) for p in model.params)  # text mode stops before invented output
+    first_user = model.requests[0][1]["content"]
+    assert "def add(a, b):\n    return a - b" in first_user  # the file is shown up front
+    assert "write_file" in model.requests[0][0]["content"] and "count_vowels" in model.requests[0][0]["content"]
+
+
+def test_unknown_profile_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown agent profile 'tiny'"):
+        get_profile("tiny")
