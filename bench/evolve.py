@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--runtime", choices=["llama", "transformers"], default="llama")
     parser.add_argument("--profile", default="small", help="agent set-up (agent_selfevolve.profiles)")
+    parser.add_argument("--run-id", default=None, help="name of the run in the store (default: from the options)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp and torch threads (default: free cores)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-evolve"))
     args = parser.parse_args()
@@ -86,7 +87,7 @@ def main() -> None:
     ctx = EvolveContext(train_tasks=train, held_out=held, store=store, registry=registry, base_hf_dir=base_dir,
                         policy=policy, out_dir=args.out, config=config,
                         on_event=lambda e: print(json.dumps(e, default=str)[:160], flush=True))
-    run_id = (f"bench-{args.profile}-s{args.seed}-t{args.train}-h{args.held_out}-n{args.n}-"
+    run_id = args.run_id or (f"bench-{args.profile}-s{args.seed}-t{args.train}-h{args.held_out}-n{args.n}-"
               f"{args.kinds.replace(',', '+')}")
     summary = evolve(ctx, run_id=run_id)
     episode = summary["episodes"][0]

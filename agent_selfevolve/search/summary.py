@@ -1,6 +1,7 @@
 """Deterministic trajectory summaries for search operators (SE-Agent reflection, HGM diagnosis).
 
-Actions, key observations (errors, test results), files touched and the outcome, truncated head+tail so the
+Actions, key observations (errors, test results; for web attempts the page changes: title and URL when they
+move, the last action's error), files touched or the answer given, and the outcome, truncated head+tail so the
 beginning (the plan) and the end (what happened last) both survive. Hidden-test details are never included:
 only the selection reward, whose source the caller chose.
 """
@@ -32,9 +33,31 @@ def key_observation(text: str, max_lines: int = 4) -> str:
     return " | ".join(ln[:160] for ln in picked) or text.strip().splitlines()[0][:160] if text.strip() else ""
 
 
+_PAGE_FIELD = re.compile(r"^(URL|Title|Last action error): (.*)$", re.M)
+
+
+def page_change(text: str, previous: dict[str, str]) -> str | None:
+    """For a browser observation: what changed since `previous` (updated in place); None if not a page."""
+    fields = dict(_PAGE_FIELD.findall(text))
+    if "URL" not in fields:
+        return None
+    parts = []
+    if (fields.get("Title"), fields["URL"]) != (previous.get("Title"), previous.get("URL")):
+        parts.append(f"page: {fields.get('Title', '')[:80]} ({fields['URL'][:120]})")
+    if fields.get("Last action error", "none") != "none":
+        parts.append(f"error: {fields['Last action error'][:160]}")
+    previous.update(fields)
+    return " | ".join(parts) or "page unchanged"
+
+
 def summarize_trajectory(traj: Trajectory, limit: int = 3000) -> str:
     """A compact, operator-readable account of one attempt."""
     lines = [f"Attempt {traj.attempt_id} (operator: {traj.operator or 'sample'})"]
+    page: dict[str, str] = {}
+    first = next((m.get("content") or "" for m in traj.messages if m.get("role") == "user"), "")
+    start = page_change(first if isinstance(first, str) else "", page)
+    if start is not None:
+        lines.append(f"Start {start}")
     if traj.strategy:
         lines.append(f"Strategy: {traj.strategy}")
     for step in traj.steps:
@@ -44,11 +67,17 @@ def summarize_trajectory(traj: Trajectory, limit: int = 3000) -> str:
         action = step.get("action") or {}
         args = action.get("arguments", {})
         shown = args.get("command") if action.get("name") == "bash" else json.dumps(args)[:200]
-        obs = key_observation(step.get("observation", ""))
+        text = step.get("observation", "")
+        change = page_change(text, page)
+        obs = change if change is not None else key_observation(text)
         err = " (error)" if step.get("observation_error") else ""
         lines.append(f"{step['index']}. {action.get('name')}: {shown}{err}" + (f"\n   -> {obs}" if obs else ""))
-    files = files_touched(traj.patch)
-    lines.append(f"Files changed: {', '.join(files) if files else 'none'}")
+    if "url" in traj.outcome or "answer" in traj.outcome:  # a web attempt
+        lines.append(f"Final page: {str(traj.outcome.get('url', ''))[:120]}; answer: "
+                     f"{str(traj.outcome.get('answer') or 'none')[:200]}")
+    else:
+        files = files_touched(traj.patch)
+        lines.append(f"Files changed: {', '.join(files) if files else 'none'}")
     sel = traj.selection or {}
     reward = f"{sel.get('reward', 0.0):.2f} ({sel.get('source', 'none')})" if sel else "not scored"
     lines.append(f"Outcome: status={traj.status}; reward={reward}; steps={len(traj.steps)}")
