@@ -37,6 +37,8 @@ class BatchConfig:
     run_id: str = "batch"
     baseline: bool = False
     """Also run best-of-N at the token budget the strategy used (the compute-matched baseline)."""
+    profile: str = "auto"
+    """Agent set-up (`profiles`): 'auto' picks `small` for the embedded models."""
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
@@ -65,6 +67,7 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
     """Worker entry point (runs in a worker process): plain data in, plain data out."""
     from agent_selfevolve.attempt import AttemptSpec, run_attempt
     from agent_selfevolve.models import make_model
+    from agent_selfevolve.profiles import get_profile
     from agent_selfevolve.search import strategies
     from agent_selfevolve.search.common import Budget, SearchContext
     from agent_selfevolve.search.rewards import llm_judge
@@ -75,7 +78,9 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
     store = TrajectoryStore(Path(out_dir) / "runs.sqlite")
     start = time.monotonic()
     try:
-        model = make_model(config.model, **config.model_options)
+        profile = get_profile(config.profile, config.model)
+        model = make_model(config.model, **{**profile.model_options(config.model), **config.model_options})
+        agent_options = profile.attempt_options(task.kind)
         limits = Limits(**config.limits)
         run_id = f"{config.run_id}:{task.instance_id}"
         judge = llm_judge(model) if config.select_with == "judge" else None
@@ -83,11 +88,11 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
         if config.strategy == "single":
             traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id=f"{run_id}:0", run_id=run_id),
                                limits=limits, store=store, select_with=config.select_with, judge=judge,
-                               on_event=on_event)
+                               on_event=on_event, **agent_options)
             best, attempts, stop = traj, 1, traj.status
         else:
             ctx = SearchContext(task=task, model=model, store=store, limits=limits, budget=Budget(**config.budget),
-                                select_with=config.select_with, judge=judge, on_event=on_event)
+                                select_with=config.select_with, judge=judge, on_event=on_event, **agent_options)
             result = strategies()[config.strategy](ctx, run_id=run_id, **config.strategy_options)
             best = store.get(result.best_attempt_id) if result.best_attempt_id else None
             attempts, stop = result.attempts, result.stop_reason

@@ -30,6 +30,8 @@ IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Instance id (rep
 PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Regex on instance_id.")]
 SliceOpt = Annotated[str | None, typer.Option("--slice", help="Python slice, e.g. 0:5.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", help="Agent set-up: auto (small for local models) | small | "
+                                                          "default. See agent_selfevolve/profiles.py.")]
 
 
 def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_: str | None,
@@ -80,12 +82,13 @@ def _progress() -> Progress:
 def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | None, strategy: str,
                strategy_options: dict[str, Any], budget: dict[str, Any], select_with: str, max_steps: int,
                workers: int, executor: str = "process", ray_address: str | None = None,
-               baseline: bool = False) -> dict[str, Any]:
+               baseline: bool = False, profile: str = "auto") -> dict[str, Any]:
     from agent_selfevolve.batch import BatchConfig, read_results, run_batch
 
     config = BatchConfig(model=model, model_options=model_options(model, base_url), strategy=strategy,
                          strategy_options=strategy_options, select_with=select_with,
-                         limits={"max_steps": max_steps}, budget=budget, run_id=f"{strategy}", baseline=baseline)
+                         limits={"max_steps": max_steps}, budget=budget, run_id=f"{strategy}", baseline=baseline,
+                         profile=profile)
     if workers <= 1 and executor == "process":
         executor = "inline"  # one worker: run in-process so attempt-level progress is shown
     already = len([t for t in task_list if t.instance_id in read_results(out)])
@@ -132,10 +135,11 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
 def solve(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: BaseUrlOpt = None, ids: IdsOpt = None,
           pattern: PatternOpt = None, slice_: SliceOpt = None, out: OutOpt = Path("runs/solve"),
           max_steps: int = typer.Option(30, help="Agent steps per attempt."),
-          select_with: str = typer.Option("tests", help="tests | proxy (reward recorded for the attempt).")) -> None:
+          select_with: str = typer.Option("tests", help="tests | proxy (reward recorded for the attempt)."),
+          profile: ProfileOpt = "auto") -> None:
     """One attempt per task with the agent graph; writes preds.jsonl, reports and a summary."""
     _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, "single", {}, {}, select_with,
-               max_steps, workers=1, executor="inline")
+               max_steps, workers=1, executor="inline", profile=profile)
 
 
 @app.command()
@@ -151,13 +155,13 @@ def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent 
            max_steps: int = typer.Option(20, help="Agent steps per attempt."),
            workers: int = typer.Option(1, help="Tasks in parallel (processes)."),
            baseline: bool = typer.Option(False, help="Also run best-of-N at the same token budget (compute-matched)."),
-           ) -> None:
+           profile: ProfileOpt = "auto") -> None:
     """Search over trajectories for every task (resumable: rerun the same command)."""
     options: dict[str, Any] = {"n": n} if strategy == "best_of_n" else {}
     budget = {"max_tokens": budget_tokens, "max_calls": budget_calls, "max_cost": budget_cost,
               "max_wall_s": budget_time}
     _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, strategy, options, budget,
-               select_with, max_steps, workers, baseline=baseline)
+               select_with, max_steps, workers, baseline=baseline, profile=profile)
 
 
 @app.command()
@@ -170,8 +174,8 @@ def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: Base
           max_steps: int = typer.Option(30, help="Agent steps per attempt."),
           skip_invalid: bool = typer.Option(False, help="Run the valid records of a task file that has bad ones."),
           validate: bool = typer.Option(False, "--validate", help="No model: grade each instance's gold and empty "
-                                        "patch; validation.json lists the instances gradable here.")
-          ) -> None:
+                                        "patch; validation.json lists the instances gradable here."),
+          profile: ProfileOpt = "auto") -> None:
     """SWE-bench-style batch: preds.jsonl, per-task report.json and trajectory, summary.json; resumable."""
     task_list = resolve_tasks(tasks, ids, pattern, slice_, skip_invalid)
     if validate:  # valid = the gold patch resolves and the empty one does not, in this environment
@@ -183,7 +187,8 @@ def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: Base
             f"{'[green]valid' if r['valid'] else '[red]INVALID'}[/] {r['instance_id']}  {escape(r.get('reason', ''))}"))
         console.print(f"valid {res['valid_instances']}/{res['total_instances']}  -> {out}/validation.json")
         return
-    _run_batch(task_list, out, model, base_url, strategy, {}, {}, "tests", max_steps, workers, executor, ray_address)
+    _run_batch(task_list, out, model, base_url, strategy, {}, {}, "tests", max_steps, workers, executor, ray_address,
+               profile=profile)
 
 
 def _train_config(lora_rank: int, lr: float, epochs: int, max_length: int) -> dict[str, Any]:
@@ -211,7 +216,7 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
            kinds: Annotated[str, typer.Option(help="Row kinds: sft[,dpo][,recovery].")] = "sft",
            runtime: Annotated[str, typer.Option(help="llama (GGUF LoRA) | transformers (peft)")] = "llama",
            lora_rank: int = 16, lr: float = 2e-4, epochs: int = 2, max_length: int = 4096, max_steps: int = 15,
-           out: OutOpt = Path("runs/evolve"), run_id: str = "evolve") -> None:
+           out: OutOpt = Path("runs/evolve"), run_id: str = "evolve", profile: ProfileOpt = "auto") -> None:
     """Episodes of search on training tasks, LoRA on the successes, promotion gated on held-out tasks."""
     from agent_selfevolve.evolve import EvolveConfig, EvolveContext
     from agent_selfevolve.evolve import evolve as run_evolve
@@ -221,12 +226,17 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
 
     train_tasks = resolve_tasks(tasks, None, None, train_slice)
     held_out = resolve_tasks(tasks, None, None, held_out_slice)
+    from agent_selfevolve.profiles import get_profile
+
     key, base_dir = _local_base(model)
+    agent = get_profile(profile, model)
     registry = AdapterRegistry(out / "registry")
-    policy = llama_cpp_policy(key, registry, base_dir) if runtime == "llama" else transformers_policy(base_dir)
+    policy = llama_cpp_policy(key, registry, base_dir, **agent.model_options(model)) if runtime == "llama" \
+        else transformers_policy(base_dir)
     config = EvolveConfig(episodes=episodes, strategy=strategy, strategy_options={"n": n} if strategy == "best_of_n"
                           else {}, limits={"max_steps": max_steps}, kinds=kinds.split(","),
-                          train=_train_config(lora_rank, lr, epochs, max_length))
+                          train=_train_config(lora_rank, lr, epochs, max_length),
+                          **agent.attempt_options(train_tasks[0].kind if train_tasks else "swe"))
     ctx = EvolveContext(train_tasks=train_tasks, held_out=held_out, store=TrajectoryStore(out / "runs.sqlite"),
                         registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out, config=config,
                         on_event=lambda e: console.print(f"[dim]{json.dumps(e, default=str)[:200]}[/dim]"))

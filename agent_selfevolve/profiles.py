@@ -58,18 +58,32 @@ class AgentProfile:
     system_prompt: str
     env_options: dict[str, Any] = field(default_factory=dict)
     """CodingEnvironment options: tools, preview_chars."""
-    tool_mode: str = "native"
-    """How a local model emits actions: 'native' tool calls or the 'text' fenced-block format."""
+    local_model_options: dict[str, Any] = field(default_factory=dict)
+    """Options for the embedded llama.cpp model: tool_mode ('native' calls or the 'text' fenced-block format),
+    max_tokens (a cap, so a reply that never closes its block cannot run for minutes)."""
+
+    def attempt_options(self, task_kind: str) -> dict[str, Any]:
+        """run_attempt keyword arguments for a task; web tasks keep the browser's own prompt and tools."""
+        if task_kind != "swe":
+            return {"env_options": {}, "system_prompt": None}
+        return {"env_options": dict(self.env_options), "system_prompt": self.system_prompt}
+
+    def model_options(self, model_spec: str) -> dict[str, Any]:
+        return dict(self.local_model_options) if model_spec.startswith("local") else {}
 
 
 PROFILES: dict[str, AgentProfile] = {
     "default": AgentProfile("default", SYSTEM_PROMPT),
-    "small": AgentProfile("small", SMALL_MODEL_PROMPT,
-                          {"tools": ["write_file", "bash", "submit"], "preview_chars": 4000}, tool_mode="text"),
+    "small": AgentProfile("small", SMALL_MODEL_PROMPT, {"tools": ["write_file", "bash", "submit"],
+                                                        "preview_chars": 4000},
+                          local_model_options={"tool_mode": "text", "max_tokens": 768}),
 }
 
 
-def get_profile(name: str) -> AgentProfile:
+def get_profile(name: str, model_spec: str = "") -> AgentProfile:
+    """A profile by name; 'auto' is `small` for the embedded local models and `default` for any other."""
+    if name == "auto":
+        name = "small" if model_spec.startswith("local") else "default"
     if name not in PROFILES:
-        raise ValueError(f"unknown agent profile '{name}': use one of {', '.join(PROFILES)}")
+        raise ValueError(f"unknown agent profile '{name}': use auto or one of {', '.join(PROFILES)}")
     return PROFILES[name]

@@ -76,8 +76,11 @@ def main() -> None:
     base_dir = hf_base_from_gguf(ensure_gguf(args.model))
     registry = AdapterRegistry(args.out / "registry")
     profile = get_profile(args.profile)
-    policy = llama_cpp_policy(args.model, registry, base_dir, tool_mode=profile.tool_mode, max_tokens=768,
-                              n_threads=args.threads) if args.runtime == "llama" else transformers_policy(base_dir)
+    if args.runtime == "llama":
+        policy = llama_cpp_policy(args.model, registry, base_dir, n_threads=args.threads,
+                                  **profile.model_options("local"))
+    else:
+        policy = transformers_policy(base_dir)
     store = TrajectoryStore(args.out / "runs.sqlite")
     config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": args.n, "temperature": 0.8},
                           limits={"max_steps": args.max_steps}, kinds=args.kinds.split(","), min_gain=-10**6,

@@ -1,7 +1,9 @@
-"""Best-of-N vs SE-Agent vs HGM at the same token budget, on the bundled SWE-style tasks.
+"""Best-of-N vs SE-Agent vs HGM at the same token budget, on bundled SWE-style, HumanEval or MiniWoB++ tasks.
 
     python bench/search_compare.py                         # embedded 0.5B, every bundled task
     python bench/search_compare.py --tasks 0:4 --budget 40000 --model local:qwen2.5-coder-1.5b
+    python bench/search_compare.py --suite humaneval --tasks 0:10 --profile small --budget 12000
+    python bench/search_compare.py --suite miniwob --strategies best_of_n,se_agent --budget 12000
 
 Each strategy gets the same per-task token budget (the compute-matched comparison SE-Agent's users asked for).
 Selection uses the proxy reward (no hidden tests), so `resolved` (hidden tests, graded afterwards) is a
@@ -23,7 +25,11 @@ from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.models import make_model  # noqa: E402
 from agent_selfevolve.search import Budget, SearchContext, strategies  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
-from agent_selfevolve.tasks import load_tasks  # noqa: E402
+from agent_selfevolve.tasks import Task, load_tasks  # noqa: E402
+
+MINIWOB_SUBSET = ["click-link", "click-button", "click-checkboxes", "enter-text", "focus-text", "click-dialog",
+                  "click-tab", "login-user", "choose-list", "click-option"]
+"""Single-page MiniWoB++ tasks a small model can plausibly do in a few actions."""
 
 OPTIONS = {"best_of_n": {"n": 1000, "temperature": 0.8},
            "se_agent": {"pool_size": 4, "generations": 3, "elites": 2, "revisions": 1, "recombinations": 1},
@@ -39,13 +45,18 @@ def main() -> None:
     parser.add_argument("--select-with", default="proxy")
     parser.add_argument("--strategies", default="best_of_n,se_agent,hgm")
     parser.add_argument("--concurrency", type=int, default=1, help="1 for a local CPU model")
+    parser.add_argument("--suite", choices=["bundled", "humaneval", "miniwob"], default="bundled")
+    parser.add_argument("--seeds", default="0", help="MiniWoB++ seeds, comma-separated")
+    parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see profiles)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     args = parser.parse_args()
 
-    from agent_selfevolve.bundled import bundled_task_file
+    from agent_selfevolve.profiles import get_profile
 
-    tasks = load_tasks(bundled_task_file(), slice_=args.tasks)
-    model = make_model(args.model)
+    profile = get_profile(args.profile, args.model)
+    tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")])
+    web = args.suite == "miniwob"
+    model = make_model(args.model, **({} if web else profile.model_options(args.model)))
     store = TrajectoryStore(args.out / "runs.sqlite")
     rows: dict[str, dict[str, float]] = {}
     for name in args.strategies.split(","):
@@ -54,7 +65,8 @@ def main() -> None:
         start = time.monotonic()
         for task in tasks:
             ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=args.max_steps),
-                                budget=Budget(max_tokens=args.budget), select_with=args.select_with)
+                                budget=Budget(max_tokens=args.budget), select_with=args.select_with,
+                                **profile.attempt_options(task.kind))
             opts = {**OPTIONS[name], "max_concurrency": args.concurrency}
             result = fn(ctx, run_id=f"{name}:{task.instance_id}:b{args.budget}", **opts)
             resolved += result.resolved
@@ -66,12 +78,33 @@ def main() -> None:
         rows[name] = {"resolved": resolved, "pass_at_any": pass_any, "tasks": len(tasks), "tokens": tokens,
                       "attempts": attempts, "wall_s": time.monotonic() - start}
     write_json_atomic(args.out / "compare.json", {"model": model.name, "budget_tokens_per_task": args.budget,
-                                                  "select_with": args.select_with, "rows": rows})
-    print(f"\nmodel {model.name}; {len(tasks)} tasks; {args.budget:,} tokens per task; selection: {args.select_with}")
+                                                  "select_with": args.select_with, "suite": args.suite,
+                                                  "profile": args.profile, "rows": rows})
+    print(f"\nmodel {model.name}; {args.suite}: {len(tasks)} tasks; {args.budget:,} tokens per task; "
+          f"selection: {args.select_with}")
     print(f"{'strategy':10s} {'resolved':>9s} {'pass@any':>9s} {'attempts':>9s} {'tokens':>10s} {'wall s':>8s}")
     for name, r in rows.items():
         print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {r['pass_at_any']:>4d}/{r['tasks']:<4d} "
               f"{r['attempts']:>9d} {r['tokens']:>10,d} {r['wall_s']:>8.0f}")
+
+
+def suite_tasks(suite: str, slice_: str | None, seeds: list[int]) -> list[Task]:
+    if suite == "miniwob":
+        from agent_selfevolve.web_tasks import miniwob_tasks
+
+        tasks = miniwob_tasks(MINIWOB_SUBSET, seeds=seeds)
+    elif suite == "humaneval":
+        from agent_selfevolve.humaneval import humaneval_tasks
+
+        tasks = humaneval_tasks()
+    else:
+        from agent_selfevolve.bundled import bundled_task_file
+
+        return load_tasks(bundled_task_file(), slice_=slice_)
+    if slice_:
+        lo, _, hi = slice_.partition(":")
+        tasks = tasks[int(lo or 0): int(hi) if hi else None]
+    return tasks
 
 
 if __name__ == "__main__":

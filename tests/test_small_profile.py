@@ -95,3 +95,14 @@ def test_small_profile_attempt_end_to_end(demo_task: Task) -> None:
 def test_unknown_profile_is_named() -> None:
     with pytest.raises(ValueError, match="unknown agent profile 'tiny'"):
         get_profile("tiny")
+
+
+def test_auto_profile_picks_small_for_embedded_models_and_leaves_web_tasks_alone() -> None:
+    assert get_profile("auto", "local").name == "small" and get_profile("auto", "local:qwen2.5-coder-1.5b").name == \
+        "small"
+    assert get_profile("auto", "openai:gpt-4o-mini").name == "default"
+    small = get_profile("small")
+    assert small.model_options("local") == {"tool_mode": "text", "max_tokens": 768}
+    assert small.model_options("litellm:x") == {}  # API models keep native tool calls
+    assert small.attempt_options("web") == {"env_options": {}, "system_prompt": None}  # the browser's own set-up
+    assert small.attempt_options("swe")["env_options"]["tools"] == ["write_file", "bash", "submit"]
