@@ -22,7 +22,7 @@ from agent_selfevolve.envs.tools import (
     parse_text_action,
     parse_tool_call,
 )
-from agent_selfevolve.models.base import Model, ModelError, Usage
+from agent_selfevolve.models.base import Model, ModelError, ModelReply, Usage
 
 SYSTEM_PROMPT = """You are an autonomous software engineer working in a git repository. Fix the issue you are \
 given by editing the source code. Work in small steps: explore, reproduce, edit, test. Do not edit the tests \
@@ -90,6 +90,9 @@ class AgentState(TypedDict, total=False):
     """Advice from a search operator (SE-Agent revision, HGM diagnosis); goes into the first prompt."""
     strategy: str
     """A planning strategy for diversity; goes into the first prompt."""
+    replay: list[dict[str, Any]]
+    """Assistant turns to replay verbatim before the model takes over: the attempt re-executes an earlier
+    attempt's actions in a fresh sandbox, reaching its state, then branches (tree search over steps)."""
     messages: Annotated[list[dict[str, Any]], operator.add]
     steps: Annotated[list[dict[str, Any]], operator.add]
     pending: list[dict[str, Any]]
@@ -145,15 +148,21 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         return {"status": hit[0], "exit_message": hit[1], "pending": []}
     native = state.get("native_tools", True)
     t0 = time.monotonic()
+    replay = state.get("replay") or []
+    turn = sum(1 for m in state["messages"] if m.get("role") == "assistant")
     try:
-        params = ctx.model_params if native else {"stop": list(TEXT_STOP), **ctx.model_params}
-        reply = ctx.model.chat(state["messages"], ctx.env.tool_specs() if native else None, **params)
+        if turn < len(replay):
+            reply = ModelReply(dict(replay[turn]), Usage())  # no model call: the action is already known
+        else:
+            params = ctx.model_params if native else {"stop": list(TEXT_STOP), **ctx.model_params}
+            reply = ctx.model.chat(state["messages"], ctx.env.tool_specs() if native else None, **params)
     except ModelError as exc:
         return {"status": "model_error", "exit_message": str(exc), "pending": [],
                 "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}
     model_s = time.monotonic() - t0
+    calls = 0 if turn < len(replay) else 1
     usage = (Usage.from_dict(state.get("usage")) + Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens,
-                                                         reply.usage.cost, 1)).to_dict()
+                                                         reply.usage.cost, calls)).to_dict()
     message = reply.message
     update: dict[str, Any] = {"usage": usage, "elapsed_s": state.get("elapsed_s", 0.0) + model_s,
                               "thought": message.get("content") or ""}

@@ -12,7 +12,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,10 @@ class AttemptSpec:
     parent_ids: list[str] = field(default_factory=list)
     node_id: str = ""
     model_params: dict[str, Any] = field(default_factory=dict)
+    replay: list[dict[str, Any]] = field(default_factory=list)
+    """Assistant turns of an earlier attempt to re-execute first (the attempt branches from that state)."""
+    max_steps: int | None = None
+    """A cap on this attempt's steps below the limits' (a tree search grows attempts a few steps at a time)."""
 
 
 def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, limits: Limits | None = None,
@@ -76,6 +80,8 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
         assert done is not None
         return done  # finished before a crash: never re-run, never duplicate
     limits = limits or Limits()
+    if spec.max_steps is not None and spec.max_steps < limits.max_steps:
+        limits = replace(limits, max_steps=spec.max_steps)
     env = (env_factory or (lambda t, n: make_environment(t, n, **(env_options or {}))))(task, spec.attempt_id)
     ctx = AgentContext(model=model, env=env, limits=limits, model_params=spec.model_params)
     if task.kind == "web":
@@ -89,7 +95,7 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
     config: dict[str, Any] = {"configurable": {"thread_id": spec.attempt_id},
                               "recursion_limit": 4 * limits.max_steps + 4 * limits.max_format_errors + 20}
     inputs: dict[str, Any] | None = {"task_id": task.instance_id, "problem": task.problem_statement,
-                                     "guidance": spec.guidance, "strategy": spec.strategy}
+                                     "guidance": spec.guidance, "strategy": spec.strategy, "replay": spec.replay}
     if checkpointer is not None and graph.get_state(config).values:
         inputs = None  # resume from the last checkpoint of this thread
     traj = Trajectory(attempt_id=spec.attempt_id, task_id=task.instance_id, model=model.name, run_id=spec.run_id,

@@ -143,7 +143,7 @@ def solve(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: Base
 
 
 @app.command()
-def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent | hgm"),
+def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent | hgm | mcts"),
            tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: BaseUrlOpt = None, ids: IdsOpt = None,
            pattern: PatternOpt = None, slice_: SliceOpt = None, out: OutOpt = Path("runs/search"),
            n: int = typer.Option(4, help="best_of_n: attempts per task."),
@@ -167,7 +167,7 @@ def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent 
 @app.command()
 def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: BaseUrlOpt = None, ids: IdsOpt = None,
           pattern: PatternOpt = None, slice_: SliceOpt = None, out: OutOpt = Path("runs/batch"),
-          strategy: str = typer.Option("single", help="single | best_of_n | se_agent | hgm"),
+          strategy: str = typer.Option("single", help="single | best_of_n | se_agent | hgm | mcts"),
           workers: int = typer.Option(1, help="Parallel workers."),
           executor: str = typer.Option("process", help="process | inline | ray"),
           ray_address: str | None = typer.Option(None, "--address", help="Ray cluster address (executor ray)."),
@@ -211,7 +211,7 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
            train_slice: Annotated[str, typer.Option(help="Training tasks (slice of --tasks).")] = "0:100",
            held_out_slice: Annotated[str, typer.Option(help="Held-out tasks (slice of --tasks).")] = "100:150",
            episodes: Annotated[int, typer.Option(help="Search -> train -> gate rounds.")] = 2,
-           strategy: Annotated[str, typer.Option(help="best_of_n | se_agent | hgm")] = "best_of_n",
+           strategy: Annotated[str, typer.Option(help="best_of_n | se_agent | hgm | mcts")] = "best_of_n",
            n: Annotated[int, typer.Option(help="best_of_n attempts per training task.")] = 4,
            kinds: Annotated[str, typer.Option(help="Row kinds: sft[,dpo][,recovery].")] = "sft",
            runtime: Annotated[str, typer.Option(help="llama (GGUF LoRA) | transformers (peft)")] = "llama",
@@ -313,7 +313,7 @@ def export(db: Annotated[Path, typer.Option(help="Trajectory store.")] = Path("r
 
 
 @viz_app.command("graph")
-def viz_graph(name: Annotated[str, typer.Argument(help="agent | best_of_n | se_agent | hgm")] = "agent",
+def viz_graph(name: Annotated[str, typer.Argument(help="agent | best_of_n | se_agent | hgm | mcts")] = "agent",
               fmt: Annotated[str, typer.Option("--format", help="mermaid | ascii | png")] = "mermaid",
               out: Annotated[Path | None, typer.Option(help="File for png output.")] = None) -> None:
     """Draw a graph's structure offline (never the remote mermaid.ink renderer)."""

@@ -1,4 +1,4 @@
-"""Best-of-N vs SE-Agent vs HGM at the same token budget, on bundled SWE-style, HumanEval or MiniWoB++ tasks.
+"""Best-of-N vs SE-Agent vs HGM vs MCTS at the same token budget, on bundled SWE-style, HumanEval or MiniWoB++ tasks.
 
     python bench/search_compare.py                         # embedded 0.5B, every bundled task
     python bench/search_compare.py --tasks 0:4 --budget 40000 --model local:qwen2.5-coder-1.5b
@@ -33,7 +33,8 @@ MINIWOB_SUBSET = ["click-link", "click-button", "click-checkboxes", "enter-text"
 
 OPTIONS = {"best_of_n": {"n": 1000, "temperature": 0.8},
            "se_agent": {"pool_size": 4, "generations": 3, "elites": 2, "revisions": 1, "recombinations": 1},
-           "hgm": {"max_evals": 1000}}
+           "hgm": {"max_evals": 1000},
+           "mcts": {"max_iterations": 1000, "children": 2, "step_chunk": 2}}
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=60_000, help="tokens per task per strategy")
     parser.add_argument("--max-steps", type=int, default=12)
     parser.add_argument("--select-with", default="proxy")
-    parser.add_argument("--strategies", default="best_of_n,se_agent,hgm")
+    parser.add_argument("--strategies", default="best_of_n,se_agent,hgm,mcts")
     parser.add_argument("--concurrency", type=int, default=1, help="1 for a local CPU model")
     parser.add_argument("--suite", choices=["bundled", "humaneval", "miniwob"], default="bundled")
     parser.add_argument("--seeds", default="0", help="MiniWoB++ seeds, comma-separated")

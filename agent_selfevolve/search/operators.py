@@ -53,6 +53,9 @@ _SYSTEMS = {
               "You reflect on a failed attempt and plan an orthogonal retry. Answer with one JSON object only.",
     "recombine": "You are the recombination operator of an SE-Agent search over coding-agent trajectories. "
                  "You merge the lessons of two attempts into a plan for a new one. Answer with one JSON object only.",
+    "value": "You are the value function of a tree search over an agent's steps. You judge how likely an "
+             "unfinished attempt is to end in a correct solution, and say what it should do next. Answer with one "
+             "JSON object only.",
 }
 
 _RATE_FORMAT = ('{"quality": <0-10, how sound the reasoning and process were>, "blind_spots": ["..."], '
