@@ -33,3 +33,23 @@ def test_local_model_best_of_n_on_a_bundled_task(tmp_path) -> None:  # type: ign
     assert all(t.evaluation is not None and t.evaluation["source"] == "tests" for t in trajs)
     assert all(t.selection["source"] == "proxy" for t in trajs if t.selection)
     assert all(len(t.steps) >= 1 and t.messages[0]["role"] == "system" for t in trajs)
+
+
+def test_local_model_with_the_small_profile_writes_code_it_can_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The set-up the embedded model is measured with: its first reply must be a parseable raw write_file."""
+    pytest.importorskip("llama_cpp", reason="needs the [local] extra (llama-cpp-python)")
+    from agent_selfevolve.attempt import AttemptSpec, run_attempt
+    from agent_selfevolve.humaneval import humaneval_tasks
+    from agent_selfevolve.models import make_model
+    from agent_selfevolve.profiles import get_profile
+
+    task = next(t for t in humaneval_tasks() if t.instance_id == "humaneval__30")  # get_positive
+    profile = get_profile("auto", "local")
+    model = make_model("local", cache_dir=REAL_MODEL_CACHE, **profile.model_options("local"))
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), limits=Limits(max_steps=2),
+                       **profile.attempt_options(task.kind))
+    first = traj.steps[0]
+    assert first["action"] is not None, first.get("format_error")
+    assert first["action"]["name"] == "write_file" and first["action"]["arguments"]["path"] == "solution.py"
+    assert "def get_positive" in first["action"]["arguments"]["content"]
+    assert traj.evaluation is not None and traj.evaluation["source"] == "tests"
