@@ -199,7 +199,7 @@ def _refuse_repeat(calls: list[ToolCall], steps: list[dict[str, Any]]) -> None:
     last = next((s for s in reversed(steps) if s.get("action")), None)
     if last and len(calls) == 1 and last["action"] == {"name": calls[0].name, "arguments": calls[0].arguments}:
         raise ActionFormatError(f"You just ran this exact `{calls[0].name}` action and saw its result. Repeating it "
-                                "gives the same output: take a different action (for example, edit the code).")
+                                "gives the same output: take a different action.")
 
 
 def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

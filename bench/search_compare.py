@@ -43,12 +43,14 @@ def main() -> None:
     parser.add_argument("--tasks", default=None, help="slice of the bundled tasks, e.g. 0:4")
     parser.add_argument("--budget", type=int, default=60_000, help="tokens per task per strategy")
     parser.add_argument("--max-steps", type=int, default=12)
-    parser.add_argument("--select-with", default="proxy")
+    parser.add_argument("--select-with", default=None, help="default: proxy for coding tasks, the page's reward "
+                        "(tests) for MiniWoB++, whose reward is the environment's own signal")
     parser.add_argument("--strategies", default="best_of_n,se_agent,hgm,mcts")
     parser.add_argument("--concurrency", type=int, default=1, help="1 for a local CPU model")
     parser.add_argument("--suite", choices=["bundled", "humaneval", "miniwob"], default="bundled")
     parser.add_argument("--seeds", default="0", help="MiniWoB++ seeds, comma-separated")
     parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see profiles)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     args = parser.parse_args()
 
@@ -57,7 +59,11 @@ def main() -> None:
     profile = get_profile(args.profile, args.model)
     tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")])
     web = args.suite == "miniwob"
-    model = make_model(args.model, **({} if web else profile.model_options(args.model)))
+    args.select_with = args.select_with or ("tests" if web else "proxy")
+    options = profile.model_options(args.model)  # the text action format also suits small models on web pages
+    if args.threads and args.model.startswith("local"):
+        options["n_threads"] = args.threads
+    model = make_model(args.model, **options)
     store = TrajectoryStore(args.out / "runs.sqlite")
     rows: dict[str, dict[str, float]] = {}
     for name in args.strategies.split(","):

@@ -106,3 +106,13 @@ def test_auto_profile_picks_small_for_embedded_models_and_leaves_web_tasks_alone
     assert small.model_options("litellm:x") == {}  # API models keep native tool calls
     assert small.attempt_options("web") == {"env_options": {}, "system_prompt": None}  # the browser's own set-up
     assert small.attempt_options("swe")["env_options"]["tools"] == ["write_file", "bash", "submit"]
+
+
+def test_flat_json_actions_are_understood() -> None:
+    """Small models often write {"action": "click", "id": "e4"}: unambiguous, so it is accepted."""
+    call = parse_text_action('```json\n{"action": "bash", "command": "ls"}\n```', SPECS)
+    assert call.name == "bash" and call.arguments == {"command": "ls"}
+    call = parse_text_action('```json\n{"tool": "bash", "arguments": {"command": "ls"}}\n```', SPECS)
+    assert call.arguments == {"command": "ls"}
+    with pytest.raises(ActionFormatError, match="with a tool name from: write_file, bash"):
+        parse_text_action('```json\n{"action": "fly", "to": "moon"}\n```', SPECS)

@@ -123,10 +123,14 @@ def parse_text_action(text: str, specs: list[dict[str, Any]]) -> ToolCall:
     except json.JSONDecodeError as exc:
         raise ActionFormatError(f"The arguments of `{lang}` are not valid JSON ({exc.msg}); send a JSON object.") \
             from None
-    if lang == "json":  # {"tool": ..., "arguments": {...}}
-        if not isinstance(args, dict) or args.get("tool") not in known:
-            raise ActionFormatError("A ```json action needs {\"tool\": <name>, \"arguments\": {...}}.")
-        return ToolCall(args["tool"], dict(args.get("arguments") or {}))
+    if lang == "json":  # {"tool": ..., "arguments": {...}}, or flat: {"action": "click", "id": "e4"}
+        key = next((k for k in ("tool", "action", "name") if isinstance(args, dict) and args.get(k) in known), None)
+        if key is None:
+            raise ActionFormatError("A ```json action needs {\"tool\": <name>, \"arguments\": {...}} with a tool "
+                                    f"name from: {', '.join(known)}.")
+        rest = args.get("arguments") if isinstance(args.get("arguments"), dict) else \
+            {k: v for k, v in args.items() if k != key}
+        return ToolCall(args[key], dict(rest))
     if not isinstance(args, dict):
         raise ActionFormatError(f"The arguments of `{lang}` must be a JSON object.")
     return ToolCall(lang, args)
