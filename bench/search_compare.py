@@ -27,7 +27,7 @@ from agent_selfevolve.search import Budget, SearchContext, strategies  # noqa: E
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task, load_tasks  # noqa: E402
 
-MINIWOB_SUBSET = ["click-link", "click-button", "click-checkboxes", "enter-text", "focus-text", "click-dialog",
+MINIWOB_SUBSET = ["click-link", "click-button", "focus-text", "click-dialog", "enter-text", "click-checkboxes",
                   "click-tab", "login-user", "choose-list", "click-option"]
 """Single-page MiniWoB++ tasks a small model can plausibly do in a few actions."""
 
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--suite", choices=["bundled", "humaneval", "miniwob"], default="bundled")
     parser.add_argument("--seeds", default="0", help="MiniWoB++ seeds, comma-separated")
     parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see profiles)")
+    parser.add_argument("--pool-size", type=int, default=4, help="SE-Agent's initial pool (small budgets: 2)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     args = parser.parse_args()
@@ -75,6 +76,8 @@ def main() -> None:
                                 budget=Budget(max_tokens=args.budget), select_with=args.select_with,
                                 **profile.attempt_options(task.kind))
             opts = {**OPTIONS[name], "max_concurrency": args.concurrency}
+            if name == "se_agent":
+                opts["pool_size"] = args.pool_size
             result = fn(ctx, run_id=f"{name}:{task.instance_id}:b{args.budget}", **opts)
             resolved += result.resolved
             pass_any += result.pass_at_n
