@@ -88,7 +88,7 @@ class Trajectory:
     def to_openai_finetune(self) -> dict[str, Any]:
         """OpenAI chat fine-tuning format: {"messages", "tools"} (tool schemas only when tools were native)."""
         row: dict[str, Any] = {"messages": self.messages}
-        if self.tools:
+        if self.tools and any(m.get("tool_calls") or m.get("role") == "tool" for m in self.messages):
             row["tools"] = self.tools
         return row
 

@@ -116,3 +116,25 @@ def test_flat_json_actions_are_understood() -> None:
     assert call.arguments == {"command": "ls"}
     with pytest.raises(ActionFormatError, match="with a tool name from: write_file, bash"):
         parse_text_action('```json\n{"action": "fly", "to": "moon"}\n```', SPECS)
+
+
+def test_text_mode_trajectories_train_without_tool_schemas(demo_task: Task) -> None:
+    """A row must be rendered as it was served: text-mode attempts never saw the tool schemas in the template."""
+    from agent_selfevolve.train import build_dataset
+
+    profile = get_profile("small")
+    fixed = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n"
+    text_model = ScriptedFakeModel([f"```write_file calc.py\n{fixed}```", "```submit\n```"], supports_tools=False)
+    traj = run_attempt(demo_task, text_model, AttemptSpec(demo_task.instance_id, attempt_id="t1", run_id="r"),
+                       **profile.attempt_options("swe"))
+    native = run_attempt(demo_task, ScriptedFakeModel([
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+            "name": "write_file", "arguments": json.dumps({"path": "calc.py", "content": fixed})}}]},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+            "name": "submit", "arguments": "{}"}}]}]), AttemptSpec(demo_task.instance_id, attempt_id="n1", run_id="r2"),
+        **profile.attempt_options("swe"))
+    assert traj.resolved and native.resolved
+    rows, _ = build_dataset([traj, native], kinds=["sft"])
+    by_attempt = {r["meta"]["attempt_ids"][0]: r for r in rows["sft"]}
+    assert "tools" not in by_attempt["t1"] and "tools" not in traj.to_openai_finetune()
+    assert {t["function"]["name"] for t in by_attempt["n1"]["tools"]} == {"write_file", "bash", "submit"}

@@ -160,8 +160,14 @@ def _meta(kind: str, task_id: str, *trajs: Trajectory) -> dict[str, Any]:
             "attempt_ids": [t.attempt_id for t in trajs], "rewards": [t.reward for t in trajs]}
 
 
+def used_native_tools(messages: Sequence[Message]) -> bool:
+    """Tool schemas belong in a training row only when the model called them natively; a text-mode attempt
+    (fenced actions, observations as user turns) must be rendered as it was served, without them."""
+    return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
 def _with_tools(row: Row, traj: Trajectory) -> Row:
-    if traj.tools:
+    if traj.tools and used_native_tools(traj.messages):
         row["tools"] = traj.tools
     return row
 
