@@ -115,3 +115,58 @@ def test_every_branch_ending_stops_the_search(tmp_path: Any, demo_task: Task) ->
     res = mcts(ctx, max_iterations=5, children=3, run_id="m3")
     assert res.stop_reason == "every branch ended" and res.attempts == 3 and not res.resolved
     assert res.extra["value_calls"] == 0  # ended attempts are worth their reward; no value model needed
+
+
+RESUME_SCRIPT = """
+import sys
+from pathlib import Path
+from agent_selfevolve.agent import Limits
+from agent_selfevolve.models.fake import ScriptedFakeModel
+from agent_selfevolve.search import mcts
+from agent_selfevolve.search.common import SearchContext
+from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.tasks import Task
+from test_mcts import Agent
+
+task = Task.model_validate_json(Path(sys.argv[1]).read_text())
+ctx = SearchContext(task=task, model=ScriptedFakeModel(Agent(), latency_s=0.4), store=TrajectoryStore(sys.argv[2]),
+                    limits=Limits(max_steps=6), env_options={"isolate": False})
+mcts(ctx, max_iterations=3, children=2, step_chunk=2, stop_at_success=False, run_id="m-kill", max_concurrency=2)
+"""
+
+
+def test_resume_after_kill_9_reruns_nothing_finished(tmp_path: Any, demo_task: Task) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    (tmp_path / "task.json").write_text(demo_task.model_dump_json())
+    (tmp_path / "run.py").write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "task.json"), str(store.path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 90
+    while store.count("m-kill") < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
+    before = dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id='m-kill'").fetchall())
+    assert 3 <= len(before) < 6
+
+    ctx = make_ctx(tmp_path, demo_task, Agent())
+    ctx.store = store
+    res = mcts(ctx, max_iterations=3, children=2, step_chunk=2, stop_at_success=False, run_id="m-kill")
+    after = dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id='m-kill'").fetchall())
+    assert all(after[i] == t for i, t in before.items())  # nothing finished ran or was recorded again
+    assert len(after) == res.attempts == 6 and res.extra["iterations"] == 3
+    tree = res.extra["tree"]
+    assert sorted(k for k in tree if k != "n0") == [f"n{i}" for i in range(1, 7)]
+    for kid in ("n3", "n4"):  # the second expansion branched from n1, the third from one of n1's children or n2
+        traj = store.get(f"m-kill:mcts:{kid}")
+        assert traj is not None and traj.parent_ids == ["m-kill:mcts:n1"]
