@@ -13,6 +13,12 @@ STATUSES = ("running", "submitted", "step_limit", "token_limit", "cost_limit", "
             "model_error", "env_error", "error")
 
 
+def used_native_tools(messages: list[Message]) -> bool:
+    """Tool schemas belong in a training row only when the model called them natively; a text-mode attempt
+    (fenced actions, observations as user turns) must be rendered as it was served, without them."""
+    return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
 @dataclass
 class Step:
     """One turn: what the model said, the action it took, and what it observed."""
@@ -88,7 +94,7 @@ class Trajectory:
     def to_openai_finetune(self) -> dict[str, Any]:
         """OpenAI chat fine-tuning format: {"messages", "tools"} (tool schemas only when tools were native)."""
         row: dict[str, Any] = {"messages": self.messages}
-        if self.tools and any(m.get("tool_calls") or m.get("role") == "tool" for m in self.messages):
+        if self.tools and used_native_tools(self.messages):
             row["tools"] = self.tools
         return row
 

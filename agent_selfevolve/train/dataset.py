@@ -34,7 +34,7 @@ from typing import Any
 from agent_selfevolve.fileio import write_text_atomic
 from agent_selfevolve.models.base import Message
 from agent_selfevolve.store import TrajectoryStore
-from agent_selfevolve.trajectory import Trajectory
+from agent_selfevolve.trajectory import Trajectory, used_native_tools
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,6 @@ def _trim_tail(messages: list[Message]) -> list[Message]:
 def _meta(kind: str, task_id: str, *trajs: Trajectory) -> dict[str, Any]:
     return {"kind": kind, "task_id": task_id, "run_id": trajs[0].run_id,
             "attempt_ids": [t.attempt_id for t in trajs], "rewards": [t.reward for t in trajs]}
-
-
-def used_native_tools(messages: Sequence[Message]) -> bool:
-    """Tool schemas belong in a training row only when the model called them natively; a text-mode attempt
-    (fenced actions, observations as user turns) must be rendered as it was served, without them."""
-    return any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
 
 
 def _with_tools(row: Row, traj: Trajectory) -> Row:
