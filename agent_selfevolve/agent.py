@@ -150,8 +150,9 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     t0 = time.monotonic()
     replay = state.get("replay") or []
     turn = sum(1 for m in state["messages"] if m.get("role") == "assistant")
+    replayed = turn < len(replay)
     try:
-        if turn < len(replay):
+        if replayed:
             reply = ModelReply(dict(replay[turn]), Usage())  # no model call: the action is already known
         else:
             params = ctx.model_params if native else {"stop": list(TEXT_STOP), **ctx.model_params}
@@ -160,9 +161,8 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         return {"status": "model_error", "exit_message": str(exc), "pending": [],
                 "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}
     model_s = time.monotonic() - t0
-    calls = 0 if turn < len(replay) else 1
     usage = (Usage.from_dict(state.get("usage")) + Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens,
-                                                         reply.usage.cost, calls)).to_dict()
+                                                         reply.usage.cost, 0 if replayed else 1)).to_dict()
     message = reply.message
     update: dict[str, Any] = {"usage": usage, "elapsed_s": state.get("elapsed_s", 0.0) + model_s,
                               "thought": message.get("content") or ""}

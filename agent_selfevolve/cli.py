@@ -236,7 +236,7 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
     config = EvolveConfig(episodes=episodes, strategy=strategy, strategy_options={"n": n} if strategy == "best_of_n"
                           else {}, limits={"max_steps": max_steps}, kinds=kinds.split(","),
                           train=_train_config(lora_rank, lr, epochs, max_length),
-                          **agent.attempt_options(train_tasks[0].kind if train_tasks else "swe"))
+                          profile=agent.name)
     ctx = EvolveContext(train_tasks=train_tasks, held_out=held_out, store=TrajectoryStore(out / "runs.sqlite"),
                         registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out, config=config,
                         on_event=lambda e: console.print(f"[dim]{json.dumps(e, default=str)[:200]}[/dim]"))

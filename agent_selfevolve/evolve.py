@@ -23,6 +23,7 @@ from agent_selfevolve.agent import Limits
 from agent_selfevolve.attempt import AttemptSpec, run_attempt, sqlite_checkpointer
 from agent_selfevolve.fileio import write_json_atomic
 from agent_selfevolve.models.base import Model, Usage
+from agent_selfevolve.profiles import get_profile
 from agent_selfevolve.search import strategies
 from agent_selfevolve.search.common import Budget, SearchContext
 from agent_selfevolve.store import TrajectoryStore
@@ -50,9 +51,8 @@ class EvolveConfig:
     min_gain: int = 1
     """Promote when the new adapter solves at least this many more held-out tasks than the current one."""
     adapter_name: str = "policy"
-    env_options: dict[str, Any] = field(default_factory=dict)
-    """Environment options for every attempt (tools, preview_chars); see `profiles`."""
-    system_prompt: str | None = None
+    profile: str = "default"
+    """Agent set-up (`profiles`), applied per task: web tasks keep the browser's own prompt and tools."""
 
 
 @dataclass
@@ -98,7 +98,7 @@ def evaluate_policy(ctx: EvolveContext, adapter_ref: str | None, label: str, run
         spec = AttemptSpec(task.instance_id, attempt_id=f"{run_id}:eval:{label}:{task.instance_id}",
                            run_id=f"{run_id}:eval:{label}", operator="eval", model_params=ctx.config.eval_params)
         traj = run_attempt(task, model, spec, limits=Limits(**ctx.config.limits), store=ctx.store,
-                           env_options=ctx.config.env_options, system_prompt=ctx.config.system_prompt)
+                           **get_profile(ctx.config.profile).attempt_options(task.kind))
         results[task.instance_id] = traj.resolved
         _emit(ctx, {"event": "eval", "policy": label, "task_id": task.instance_id, "resolved": traj.resolved})
     return results
@@ -120,7 +120,7 @@ def search_train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[st
     for task in ctx.train_tasks:
         sctx = SearchContext(task=task, model=model, store=ctx.store, limits=Limits(**ctx.config.limits),
                              budget=Budget(**ctx.config.budget), select_with="tests",
-                             env_options=ctx.config.env_options, system_prompt=ctx.config.system_prompt)
+                             **get_profile(ctx.config.profile).attempt_options(task.kind))
         result = search(sctx, run_id=f"{state['run_id']}:ep{state['episode']}:{task.instance_id}",
                         **ctx.config.strategy_options)
         used = used + Usage.from_dict(result.usage)

@@ -86,7 +86,7 @@ def main() -> None:
                           limits={"max_steps": args.max_steps}, kinds=args.kinds.split(","), min_gain=-10**6,
                           train={"rank": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs,
                                  "max_length": 4096, "threads": args.threads},
-                          env_options=dict(profile.env_options), system_prompt=profile.system_prompt)
+                          profile=profile.name)
     ctx = EvolveContext(train_tasks=train, held_out=held, store=store, registry=registry, base_hf_dir=base_dir,
                         policy=policy, out_dir=args.out, config=config,
                         on_event=lambda e: print(json.dumps(e, default=str)[:160], flush=True))

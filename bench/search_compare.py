@@ -25,7 +25,7 @@ from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.models import make_model  # noqa: E402
 from agent_selfevolve.search import Budget, SearchContext, strategies  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
-from agent_selfevolve.tasks import Task, load_tasks  # noqa: E402
+from agent_selfevolve.tasks import Task, load_tasks, select_tasks  # noqa: E402
 
 MINIWOB_SUBSET = ["click-link", "click-button", "focus-text", "click-dialog", "enter-text", "click-checkboxes",
                   "click-tab", "login-user", "choose-list", "click-option"]
@@ -102,19 +102,14 @@ def suite_tasks(suite: str, slice_: str | None, seeds: list[int]) -> list[Task]:
     if suite == "miniwob":
         from agent_selfevolve.web_tasks import miniwob_tasks
 
-        tasks = miniwob_tasks(MINIWOB_SUBSET, seeds=seeds)
-    elif suite == "humaneval":
+        return select_tasks(miniwob_tasks(MINIWOB_SUBSET, seeds=seeds), slice_=slice_)
+    if suite == "humaneval":
         from agent_selfevolve.humaneval import humaneval_tasks
 
-        tasks = humaneval_tasks()
-    else:
-        from agent_selfevolve.bundled import bundled_task_file
+        return select_tasks(humaneval_tasks(), slice_=slice_)
+    from agent_selfevolve.bundled import bundled_task_file
 
-        return load_tasks(bundled_task_file(), slice_=slice_)
-    if slice_:
-        lo, _, hi = slice_.partition(":")
-        tasks = tasks[int(lo or 0): int(hi) if hi else None]
-    return tasks
+    return load_tasks(bundled_task_file(), slice_=slice_)
 
 
 if __name__ == "__main__":

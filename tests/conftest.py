@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +83,22 @@ def solving_script() -> list:
     return [bash("cat calc.py", "Let me read the code."),
             tool_call("str_replace", {"path": "calc.py", "old": "return a - b", "new": "return a + b"}),
             bash("python -m pytest -q tests"), tool_call("submit", {})]
+
+
+def kill_9_when_recorded(script: str, task: Task, store: Any, run_id: str, at_least: int, workdir: Path,
+                         timeout_s: float = 90) -> dict[str, float]:
+    """Run `script` (argv: task.json, store path) in a subprocess, kill -9 it once the store holds `at_least`
+    attempts of `run_id`, and return those attempts' {id: created_at} (for checking nothing is re-recorded)."""
+    root = Path(__file__).resolve().parents[1]
+    (workdir / "task.json").write_text(task.model_dump_json())
+    (workdir / "run.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    proc = subprocess.Popen([sys.executable, str(workdir / "run.py"), str(workdir / "task.json"), str(store.path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout_s
+    while store.count(run_id) < at_least and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
+    return dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id=?", (run_id,)).fetchall())

@@ -78,3 +78,18 @@ def test_episode_loop_trains_gates_reports_and_resumes(demo_task: Task, tmp_path
     again = evolve(ctx, run_id="ev1")  # finished: nothing re-run, nothing re-trained
     assert again["episodes"] == summary["episodes"] and store.count() == attempts
     assert len(registry.versions("policy")) == 2
+
+
+def test_the_profile_reaches_every_held_out_attempt(demo_task: Task, tmp_path: Path) -> None:
+    """EvolveConfig.profile sets each attempt's prompt and tools (here `small`: write_file, the worked example)."""
+    from agent_selfevolve.evolve import evaluate_policy
+    from agent_selfevolve.profiles import SMALL_MODEL_PROMPT
+
+    model = ScriptedFakeModel(keyed_script({"": [tool_call("submit", {})]}))
+    ctx = EvolveContext(train_tasks=[], held_out=copies(demo_task, "held", 2), store=TrajectoryStore(
+        tmp_path / "runs.sqlite"), registry=None, base_hf_dir=tmp_path, policy=lambda version: model,
+        out_dir=tmp_path, config=EvolveConfig(profile="small"))
+    assert evaluate_policy(ctx, None, "base", "p") == {"held-0": False, "held-1": False}
+    assert len(model.requests) == 2 and all(r[0]["content"] == SMALL_MODEL_PROMPT for r in model.requests)
+    for traj in ctx.store.attempts(run_id="p:eval:base"):
+        assert [t["function"]["name"] for t in traj.tools] == ["write_file", "bash", "submit"]

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import pytest
+from conftest import kill_9_when_recorded
 
 from agent_selfevolve.agent import Limits
 from agent_selfevolve.models.fake import ScriptedFakeModel, bash, tool_call
@@ -136,27 +137,8 @@ mcts(ctx, max_iterations=3, children=2, step_chunk=2, stop_at_success=False, run
 
 
 def test_resume_after_kill_9_reruns_nothing_finished(tmp_path: Any, demo_task: Task) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     store = TrajectoryStore(tmp_path / "s.sqlite")
-    (tmp_path / "task.json").write_text(demo_task.model_dump_json())
-    (tmp_path / "run.py").write_text(RESUME_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "task.json"), str(store.path)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 90
-    while store.count("m-kill") < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
-    before = dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id='m-kill'").fetchall())
+    before = kill_9_when_recorded(RESUME_SCRIPT, demo_task, store, "m-kill", 3, tmp_path)
     assert 3 <= len(before) < 6
 
     ctx = make_ctx(tmp_path, demo_task, Agent())

@@ -4,16 +4,13 @@ reaching the child's prompt, elites, budget stop, lineage, task scoping, and res
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import kill_9_when_recorded
 
 from agent_selfevolve.models.base import Message
 from agent_selfevolve.models.fake import Reply, ScriptedFakeModel, bash, tool_call
@@ -296,18 +293,7 @@ se_agent(SearchContext(task=task, model=model, store=TrajectoryStore(sys.argv[2]
 
 def test_resume_after_kill_9_reruns_nothing_finished(env: tuple[Task, TrajectoryStore], tmp_path: Path) -> None:
     task, store = env
-    (tmp_path / "task.json").write_text(task.model_dump_json())
-    (tmp_path / "run.py").write_text(RESUME_SCRIPT)
-    pyenv = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "task.json"), str(store.path)],
-                            env=pyenv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 90
-    while store.count("se-kill") < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
-    before = dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id='se-kill'").fetchall())
+    before = kill_9_when_recorded(RESUME_SCRIPT, task, store, "se-kill", 3, tmp_path)
     assert 3 <= len(before) < 8
 
     model = ScriptedFakeModel(Scenario())
