@@ -45,6 +45,11 @@ def _write_parts(tmp_path: Path, chunks: list[bytes]) -> list[Path]:
     return paths
 
 
+def _flip_first_byte(data: bytes) -> bytes:
+    """Same size, first byte changed: a random chunk may already start with any fixed byte."""
+    return bytes([data[0] ^ 0xFF]) + data[1:]
+
+
 def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if "partial" in p.name or p.suffix == ".gguf")
 
@@ -66,12 +71,12 @@ def test_assemble_corrupt_part_names_hashes_and_leaves_no_file(tmp_path: Path) -
     chunks = _chunks()
     good = _sha(b"".join(chunks))
     parts = _write_parts(tmp_path, chunks)
-    parts[1].write_bytes(b"X" + chunks[1][1:])  # same size, one byte flipped
+    parts[1].write_bytes(_flip_first_byte(chunks[1]))
     out = tmp_path / "out" / "model.gguf"
     with pytest.raises(CorruptPartError) as info:
         assemble(parts, out, good, name="tiny-model", progress=False)
     message = str(info.value)
-    got = _sha(b"".join([chunks[0], b"X" + chunks[1][1:], chunks[2]]))
+    got = _sha(b"".join([chunks[0], _flip_first_byte(chunks[1]), chunks[2]]))
     assert "tiny-model" in message and f"expected {good}" in message and f"got {got}" in message
     assert not out.exists() and _leftovers(out.parent) == []
 
@@ -80,7 +85,7 @@ def test_assemble_with_part_digests_names_the_culprit_part(tmp_path: Path) -> No
     chunks = _chunks()
     parts = _write_parts(tmp_path, chunks)
     digests = [_sha(c) for c in chunks]
-    parts[2].write_bytes(chunks[2][:-1] + b"\0")
+    parts[2].write_bytes(chunks[2][:-1] + bytes([chunks[2][-1] ^ 0xFF]))
     out = tmp_path / "model.gguf"
     with pytest.raises(CorruptPartError) as info:
         assemble(parts, out, _sha(b"".join(chunks)), part_sha256=digests, progress=False)
