@@ -155,7 +155,7 @@ def train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]
         return {"candidate": None, "train_metrics": {"skipped": "no successful training trajectories"}}
     cfg = TrainConfig(**{**ctx.config.train, "objective": "sft"})
     out = ctx.registry.staging_path(f"ep{state['episode']}")
-    result = train_lora(ctx.base_hf_dir, data["files"]["sft"], out, cfg)
+    result = train_lora(ctx.base_hf_dir, sft_stage_rows(data["files"]), out, cfg)
     metrics: dict[str, Any] = {"sft_loss_first": result.losses[0] if result.losses else None,
                                "sft_loss_last": result.losses[-1] if result.losses else None,
                                "steps": result.steps, "time_s": result.time_s, "rows": result.rows}
@@ -170,6 +170,13 @@ def train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]
                                     metrics={**metrics, "episode": state["episode"], "run_id": state["run_id"]})
     _emit(ctx, {"event": "trained", "episode": state["episode"], "adapter": version.ref, **metrics})
     return {"candidate": version.ref, "train_metrics": metrics}
+
+
+def sft_stage_rows(files: dict[str, str]) -> list[dict[str, Any]]:
+    """SFT rows plus recovery rows: both are chat transcripts with weighted assistant turns, so one objective."""
+    from agent_selfevolve.train import read_jsonl
+
+    return [row for kind in ("sft", "recovery") if kind in files for row in read_jsonl(files[kind])]
 
 
 def evaluate_candidate(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]:

@@ -93,3 +93,62 @@ def test_the_profile_reaches_every_held_out_attempt(demo_task: Task, tmp_path: P
     assert len(model.requests) == 2 and all(r[0]["content"] == SMALL_MODEL_PROMPT for r in model.requests)
     for traj in ctx.store.attempts(run_id="p:eval:base"):
         assert [t["function"]["name"] for t in traj.tools] == ["write_file", "bash", "submit"]
+
+
+def sibling_policy(version: object) -> ScriptedFakeModel:
+    """FAKE policy whose two attempts at a task differ: the first to start solves it, the second looks and gives
+    up, so every training task has a successful and a failed sibling (what DPO and recovery rows need)."""
+    import itertools
+    import threading
+
+    from agent_selfevolve.models.fake import bash
+
+    counters: dict[str, itertools.count] = {}
+    lock = threading.Lock()
+
+    def respond(messages: list[dict]) -> dict:
+        said = [m for m in messages if m["role"] == "assistant"]
+        if not said:
+            with lock:
+                issue = messages[1]["content"].split("</issue>")[0]  # the rest names a per-attempt sandbox
+                k = next(counters.setdefault(issue, itertools.count()))
+            return bash("cat calc.py", "Plan A" if k % 2 == 0 else "Plan B")
+        if "Plan B" in (said[0].get("content") or ""):
+            return tool_call("submit", {})
+        return solving_script()[len(said)]
+
+    return ScriptedFakeModel(respond, name="fake/siblings")
+
+
+def test_recovery_rows_join_the_sft_stage_and_dpo_continues_from_it(demo_task: Task, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """--kinds sft,recovery,dpo: recovery rows are trained with the SFT rows (they were once built and dropped),
+    then DPO starts from that adapter."""
+    from test_train import FAST, _tiny_model
+
+    import agent_selfevolve.train as train_pkg
+    from agent_selfevolve.train import AdapterRegistry
+
+    calls: list[dict] = []
+    real = train_pkg.train_lora
+
+    def spy(base: object, data: object, out: object, cfg: object, init_adapter: object = None) -> object:
+        rows = data if isinstance(data, list) else train_pkg.read_jsonl(data)
+        calls.append({"rows": rows, "objective": cfg.objective, "out": out, "init": init_adapter})
+        return real(base, data, out, cfg, init_adapter=init_adapter)
+
+    monkeypatch.setattr(train_pkg, "train_lora", spy)
+    config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": 2, "max_concurrency": 1},
+                          kinds=["sft", "recovery", "dpo"], min_gain=-100,
+                          train={**FAST, "epochs": 1, "grad_accum": 1, "max_length": 2048})
+    ctx = EvolveContext(train_tasks=copies(demo_task, "train", 2), held_out=copies(demo_task, "held", 1),
+                        store=TrajectoryStore(tmp_path / "runs.sqlite"),
+                        registry=AdapterRegistry(tmp_path / "registry"), base_hf_dir=_tiny_model(tmp_path / "t", 0),
+                        policy=sibling_policy, out_dir=tmp_path / "evolve", config=config)
+    episode = evolve(ctx, run_id="ab")["episodes"][0]
+    assert episode["data"] == {"sft": 2, "recovery": 2, "dpo": 2}
+    sft_call, dpo_call = calls
+    assert sft_call["objective"] == "sft" and dpo_call["objective"] == "dpo"
+    assert sorted(r["meta"]["kind"] for r in sft_call["rows"]) == ["recovery", "recovery", "sft", "sft"]
+    assert len(dpo_call["rows"]) == 2 and dpo_call["init"] == sft_call["out"]
+    assert episode["train"]["rows"] == 4 and episode["train"]["dpo_steps"] >= 1

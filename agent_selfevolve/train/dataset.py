@@ -25,6 +25,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -190,9 +191,17 @@ def _visible(trajs: Iterable[Trajectory], held_out: set[str], report: DatasetRep
     return out
 
 
+def seen_from(f: Trajectory, s: Trajectory) -> list[Message]:
+    """`f`'s messages with its attempt id (which names its sandbox, e.g. the worktree path in the first
+    observation) replaced by `s`'s, so siblings compare equal up to where they really part and a spliced row
+    names one sandbox throughout."""
+    own = re.compile(re.escape(f.attempt_id) + r"(?![\w:.-])")
+    return json.loads(own.sub(s.attempt_id, json.dumps(f.messages)))
+
+
 def _best_partner(f: Trajectory, successes: list[Trajectory]) -> Trajectory:
     """The successful sibling closest to `f`: longest shared prefix, then highest reward, then id."""
-    return max(successes, key=lambda s: (shared_prefix_len(f.messages, s.messages), s.reward, s.attempt_id))
+    return max(successes, key=lambda s: (shared_prefix_len(seen_from(f, s), s.messages), s.reward, s.attempt_id))
 
 
 # -- builders -----------------------------------------------------------------------------------------------------
@@ -225,10 +234,11 @@ def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pai
         task_rows = []
         for f in losses:
             s = _best_partner(f, wins)
-            k = branch_point(s.messages, f.messages)
+            f_messages = seen_from(f, s)
+            k = branch_point(s.messages, f_messages)
             if k is None:
                 continue
-            chosen, rejected = _trim_tail(s.messages[k:]), _trim_tail(f.messages[k:])
+            chosen, rejected = _trim_tail(s.messages[k:]), _trim_tail(f_messages[k:])
             if not any(m.get("role") == "assistant" for m in chosen) \
                     or message_key_list(chosen) == message_key_list(rejected):
                 continue
@@ -249,12 +259,13 @@ def recovery_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
             if not wins:
                 break
             s = _best_partner(f, wins)
-            k = branch_point(s.messages, f.messages)
-            if k is None or k >= len(s.messages) or k >= len(f.messages) or f.messages[k].get("role") != "assistant":
+            f_messages = seen_from(f, s)
+            k = branch_point(s.messages, f_messages)
+            if k is None or k >= len(s.messages) or k >= len(f_messages) or f_messages[k].get("role") != "assistant":
                 continue
             errors = _turn_errors(f)
             wrong = next((i for i in sorted(errors) if i >= k and errors[i]), k)
-            bad = copy.deepcopy(f.messages[k:_turn_end(f.messages, wrong)])
+            bad = f_messages[k:_turn_end(f_messages, wrong)]
             for m in bad:
                 if m.get("role") == "assistant":
                     m["weight"] = 0
