@@ -260,18 +260,17 @@ def train(db: Annotated[Path, typer.Option(help="Trajectory store to learn from.
           name: str = "policy") -> None:
     """Build SFT (and DPO/recovery) rows from stored trajectories and train a LoRA adapter version."""
     from agent_selfevolve.store import TrajectoryStore
-    from agent_selfevolve.train import AdapterRegistry, TrainConfig, build_dataset, train_lora
+    from agent_selfevolve.train import AdapterRegistry, build_dataset, train_sft_then_dpo
 
     _, base_dir = _local_base(model)
     rows, report = build_dataset(TrajectoryStore(db), run_id=run, held_out=held_out or [], kinds=kinds.split(","))
     console.print(f"dataset: {json.dumps({k: len(v) for k, v in rows.items()})} ({report.duplicates} duplicates)")
     registry = AdapterRegistry(registry_dir)
-    staging = registry.staging_path(name)
-    result = train_lora(base_dir, rows["sft"], staging, TrainConfig(**_train_config(lora_rank, lr, epochs, max_length)))
+    out, metrics = train_sft_then_dpo(base_dir, rows, lambda stage: registry.staging_path(f"{name}-{stage}"),
+                                      _train_config(lora_rank, lr, epochs, max_length))
     parent = registry.latest(name)
-    version = registry.register(name, staging, parent=parent.ref if parent else None)
-    console.print(f"registered {version.ref}: loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
-                  f"in {result.steps} steps ({result.time_s:.0f} s)")
+    version = registry.register(name, out, parent=parent.ref if parent else None, metrics=metrics)
+    console.print(f"registered {version.ref}: {json.dumps(metrics)}")
 
 
 @tasks_app.command("list")

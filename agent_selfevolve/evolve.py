@@ -147,36 +147,21 @@ def build_data(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str,
 
 
 def train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]:
-    from agent_selfevolve.train import TrainConfig, train_lora
+    from agent_selfevolve.train import read_jsonl, train_sft_then_dpo
 
     ctx = runtime.context
     data = state["data"]
     if not data["sizes"].get("sft"):
         return {"candidate": None, "train_metrics": {"skipped": "no successful training trajectories"}}
-    cfg = TrainConfig(**{**ctx.config.train, "objective": "sft"})
-    out = ctx.registry.staging_path(f"ep{state['episode']}")
-    result = train_lora(ctx.base_hf_dir, sft_stage_rows(data["files"]), out, cfg)
-    metrics: dict[str, Any] = {"sft_loss_first": result.losses[0] if result.losses else None,
-                               "sft_loss_last": result.losses[-1] if result.losses else None,
-                               "steps": result.steps, "time_s": result.time_s, "rows": result.rows}
-    if "dpo" in ctx.config.kinds and data["sizes"].get("dpo"):
-        dpo_out = ctx.registry.staging_path(f"ep{state['episode']}-dpo")
-        dpo = train_lora(ctx.base_hf_dir, data["files"]["dpo"], dpo_out,
-                         TrainConfig(**{**ctx.config.train, "objective": "dpo"}), init_adapter=out)
-        metrics.update(dpo_loss_last=dpo.losses[-1] if dpo.losses else None, dpo_steps=dpo.steps)
-        out = dpo_out
+    rows = {kind: read_jsonl(path) for kind, path in data["files"].items()}
+    out, metrics = train_sft_then_dpo(ctx.base_hf_dir, rows,
+                                      lambda stage: ctx.registry.staging_path(f"ep{state['episode']}-{stage}"),
+                                      ctx.config.train)
     version = ctx.registry.register(ctx.config.adapter_name, out, parent=state.get("current"),
                                     data_hashes=list(data["hashes"].values()),
                                     metrics={**metrics, "episode": state["episode"], "run_id": state["run_id"]})
     _emit(ctx, {"event": "trained", "episode": state["episode"], "adapter": version.ref, **metrics})
     return {"candidate": version.ref, "train_metrics": metrics}
-
-
-def sft_stage_rows(files: dict[str, str]) -> list[dict[str, Any]]:
-    """SFT rows plus recovery rows: both are chat transcripts with weighted assistant turns, so one objective."""
-    from agent_selfevolve.train import read_jsonl
-
-    return [row for kind in ("sft", "recovery") if kind in files for row in read_jsonl(files[kind])]
 
 
 def evaluate_candidate(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]:

@@ -126,18 +126,18 @@ def test_recovery_rows_join_the_sft_stage_and_dpo_continues_from_it(demo_task: T
     then DPO starts from that adapter."""
     from test_train import FAST, _tiny_model
 
-    import agent_selfevolve.train as train_pkg
-    from agent_selfevolve.train import AdapterRegistry
+    import agent_selfevolve.train.stages as stages
+    from agent_selfevolve.train import AdapterRegistry, read_jsonl
 
     calls: list[dict] = []
-    real = train_pkg.train_lora
+    real = stages.train_lora
 
     def spy(base: object, data: object, out: object, cfg: object, init_adapter: object = None) -> object:
-        rows = data if isinstance(data, list) else train_pkg.read_jsonl(data)
+        rows = data if isinstance(data, list) else read_jsonl(data)
         calls.append({"rows": rows, "objective": cfg.objective, "out": out, "init": init_adapter})
         return real(base, data, out, cfg, init_adapter=init_adapter)
 
-    monkeypatch.setattr(train_pkg, "train_lora", spy)
+    monkeypatch.setattr(stages, "train_lora", spy)
     config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": 2, "max_concurrency": 1},
                           kinds=["sft", "recovery", "dpo"], min_gain=-100,
                           train={**FAST, "epochs": 1, "grad_accum": 1, "max_length": 2048})

@@ -395,3 +395,23 @@ def test_real_base_lora_and_gguf_export(tmp_path: Path) -> None:
     finally:
         served.close()
     assert "+lora:policy" in served.name and reply.message["content"].strip()
+
+
+def test_cli_train_runs_sft_with_recovery_then_dpo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`selfevolve train --kinds sft,dpo,recovery` trains every kind it names (it once trained only SFT rows)."""
+    from typer.testing import CliRunner
+
+    import agent_selfevolve.cli as cli
+
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    for t in _trajs():
+        store.record(t)
+    tiny = _tiny_model(tmp_path / "tiny", seed=0)
+    monkeypatch.setattr(cli, "_local_base", lambda model: ("tiny", tiny))
+    monkeypatch.setattr(cli, "_train_config", lambda *a: {**FAST, "epochs": 1, "grad_accum": 1, "max_length": 1024})
+    result = CliRunner().invoke(cli.app, ["train", "--db", str(store.path), "--run", "r1", "--held-out", "held",
+                                          "--kinds", "sft,dpo,recovery", "--registry", str(tmp_path / "reg")])
+    assert result.exit_code == 0, result.output
+    version = AdapterRegistry(tmp_path / "reg").get("policy@1")
+    assert version.metrics["rows"] == 2 + 2 and version.metrics["recovery_rows"] == 2  # s1, s3 + a recovery each
+    assert version.metrics["dpo_rows"] == 2 and version.metrics["dpo_steps"] >= 1

@@ -1,0 +1,39 @@
+"""The training recipe shared by `selfevolve train` and the episode loop: SFT, then (optionally) DPO.
+
+Recovery rows are chat transcripts with weighted assistant turns, like SFT rows, so they join the SFT stage.
+DPO pairs, when there are any, continue from the SFT adapter, which is also DPO's reference policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.train.dataset import Row
+from agent_selfevolve.train.lora import EmptyDatasetError, TrainConfig, train_lora
+
+
+def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]], staging: Callable[[str], Path],
+                       config: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Train on `rows` by kind ('sft', 'recovery', 'dpo'); returns the final adapter dir and its metrics.
+
+    `staging(stage)` gives a fresh directory per stage (e.g. `AdapterRegistry.staging_path`)."""
+    sft_stage = [*rows.get("sft", []), *rows.get("recovery", [])]
+    if not sft_stage:
+        raise EmptyDatasetError("no SFT or recovery rows: nothing succeeded, so there is nothing to imitate")
+    out = staging("sft")
+    sft = train_lora(base_model_dir, sft_stage, out, TrainConfig(**{**config, "objective": "sft"}))
+    metrics: dict[str, Any] = {"sft_loss_first": sft.losses[0] if sft.losses else None,
+                               "sft_loss_last": sft.losses[-1] if sft.losses else None,
+                               "steps": sft.steps, "time_s": sft.time_s, "rows": sft.rows,
+                               "recovery_rows": len(rows.get("recovery", []))}
+    if rows.get("dpo"):
+        dpo_out = staging("dpo")
+        dpo = train_lora(base_model_dir, rows["dpo"], dpo_out, TrainConfig(**{**config, "objective": "dpo"}),
+                         init_adapter=out)
+        metrics.update(dpo_loss_first=dpo.losses[0] if dpo.losses else None,
+                       dpo_loss_last=dpo.losses[-1] if dpo.losses else None, dpo_steps=dpo.steps,
+                       dpo_rows=dpo.rows, dpo_time_s=dpo.time_s)
+        out = dpo_out
+    return out, metrics
