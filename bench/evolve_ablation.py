@@ -52,10 +52,9 @@ def main() -> None:
     from agent_selfevolve.serving import llama_cpp_policy
     from agent_selfevolve.train import (
         AdapterRegistry,
-        TrainConfig,
         build_dataset,
         hf_base_from_gguf,
-        train_lora,
+        train_sft_then_dpo,
         write_jsonl,
     )
 
@@ -108,19 +107,10 @@ def main() -> None:
     common = {"rank": opts["rank"], "alpha": 2 * opts["rank"], "lr": opts["lr"], "max_length": 4096,
               "threads": args.threads}
     if "adapter" not in state:
-        sft_out = registry.staging_path("ablation-sft")
-        sft_result = train_lora(base_dir, sft + extra["recovery"], sft_out,
-                                TrainConfig(**common, epochs=args.sft_epochs, objective="sft"))
-        out, metrics = sft_out, {"sft_steps": sft_result.steps, "sft_loss_first": sft_result.losses[0],
-                                 "sft_loss_last": sft_result.losses[-1], "sft_time_s": sft_result.time_s}
-        if extra["dpo"]:
-            dpo_out = registry.staging_path("ablation-dpo")
-            dpo = train_lora(base_dir, extra["dpo"], dpo_out,
-                             TrainConfig(**common, epochs=args.dpo_epochs, objective="dpo", dpo_beta=args.dpo_beta),
-                             init_adapter=sft_out)
-            out = dpo_out
-            metrics.update(dpo_steps=dpo.steps, dpo_loss_first=dpo.losses[0], dpo_loss_last=dpo.losses[-1],
-                           dpo_time_s=dpo.time_s)
+        out, metrics = train_sft_then_dpo(base_dir, {"sft": sft, **extra},
+                                          lambda stage: registry.staging_path(f"ablation-{stage}"),
+                                          {**common, "epochs": args.sft_epochs},
+                                          dpo_overrides={"epochs": args.dpo_epochs, "dpo_beta": args.dpo_beta})
         version = registry.register("policy", out, data_hashes=hashes,
                                     metrics={**metrics, "ablation_of": args.run_id, "kinds": "sft+recovery,dpo"})
         state = {"adapter": version.ref, "metrics": metrics}

@@ -15,10 +15,12 @@ from agent_selfevolve.train.lora import EmptyDatasetError, TrainConfig, train_lo
 
 
 def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]], staging: Callable[[str], Path],
-                       config: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
+                       config: Mapping[str, Any], dpo_overrides: Mapping[str, Any] | None = None,
+                       ) -> tuple[Path, dict[str, Any]]:
     """Train on `rows` by kind ('sft', 'recovery', 'dpo'); returns the final adapter dir and its metrics.
 
-    `staging(stage)` gives a fresh directory per stage (e.g. `AdapterRegistry.staging_path`)."""
+    `staging(stage)` gives a fresh directory per stage (e.g. `AdapterRegistry.staging_path`); `dpo_overrides`
+    changes TrainConfig fields for the DPO stage only (e.g. fewer epochs, `dpo_beta`)."""
     sft_stage = [*rows.get("sft", []), *rows.get("recovery", [])]
     if not sft_stage:
         raise EmptyDatasetError("no SFT or recovery rows: nothing succeeded, so there is nothing to imitate")
@@ -30,8 +32,8 @@ def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]]
                                "recovery_rows": len(rows.get("recovery", []))}
     if rows.get("dpo"):
         dpo_out = staging("dpo")
-        dpo = train_lora(base_model_dir, rows["dpo"], dpo_out, TrainConfig(**{**config, "objective": "dpo"}),
-                         init_adapter=out)
+        dpo_config = TrainConfig(**{**config, **(dpo_overrides or {}), "objective": "dpo"})
+        dpo = train_lora(base_model_dir, rows["dpo"], dpo_out, dpo_config, init_adapter=out)
         metrics.update(dpo_loss_first=dpo.losses[0] if dpo.losses else None,
                        dpo_loss_last=dpo.losses[-1] if dpo.losses else None, dpo_steps=dpo.steps,
                        dpo_rows=dpo.rows, dpo_time_s=dpo.time_s)
