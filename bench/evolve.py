@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evolve  # noqa: E402
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
+from agent_selfevolve.tasks import Task  # noqa: E402
 from agent_selfevolve.trajectory import Trajectory  # noqa: E402
 
 
@@ -42,6 +43,16 @@ def failure_cause(traj: Trajectory) -> str:
 
 def causes(store: TrajectoryStore, run_id: str) -> dict[str, int]:
     return dict(Counter(failure_cause(t) for t in store.attempts(run_id=run_id)))
+
+
+def split_tasks(seed: int, n_train: int, n_held_out: int) -> tuple[list[Task], list[Task]]:
+    """HumanEval repo tasks shuffled with `seed`, cut into disjoint train and held-out lists (shared with the
+    ablation, which must see exactly the same split)."""
+    from agent_selfevolve.humaneval import humaneval_tasks
+
+    tasks = humaneval_tasks()
+    random.Random(seed).shuffle(tasks)
+    return tasks[:n_train], tasks[n_train: n_train + n_held_out]
 
 
 def main() -> None:
@@ -63,16 +74,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-evolve"))
     args = parser.parse_args()
 
-    from agent_selfevolve.humaneval import humaneval_tasks
     from agent_selfevolve.models.weights import ensure_gguf
     from agent_selfevolve.profiles import get_profile
     from agent_selfevolve.serving import llama_cpp_policy, transformers_policy
     from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
 
-    tasks = humaneval_tasks()
-    random.Random(args.seed).shuffle(tasks)
-    train, held = tasks[: args.train], tasks[args.train: args.train + args.held_out]
-    assert not {t.instance_id for t in train} & {t.instance_id for t in held}
+    train, held = split_tasks(args.seed, args.train, args.held_out)
     base_dir = hf_base_from_gguf(ensure_gguf(args.model))
     registry = AdapterRegistry(args.out / "registry")
     profile = get_profile(args.profile)

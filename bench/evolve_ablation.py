@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evolve import causes  # noqa: E402
+from evolve import causes, split_tasks  # noqa: E402
 
 
 def outcomes(store: TrajectoryStore, run_id: str) -> dict[str, bool]:
@@ -46,7 +45,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    from agent_selfevolve.humaneval import humaneval_tasks
     from agent_selfevolve.models.weights import ensure_gguf
     from agent_selfevolve.profiles import get_profile
     from agent_selfevolve.serving import llama_cpp_policy
@@ -64,9 +62,7 @@ def main() -> None:
         sys.exit(f"{args.out} holds run {first.get('run_id')!r}, not {args.run_id!r}: run bench/evolve.py first")
     arm_a_ref = evolved["episodes"][0]["candidate"]
     opts = first["args"]
-    tasks = humaneval_tasks()
-    random.Random(opts["seed"]).shuffle(tasks)
-    train, held = tasks[: opts["train"]], tasks[opts["train"]: opts["train"] + opts["held_out"]]
+    train, held = split_tasks(opts["seed"], opts["train"], opts["held_out"])
     store = TrajectoryStore(args.out / "runs.sqlite")
     registry = AdapterRegistry(args.out / "registry")
     base_dir = hf_base_from_gguf(ensure_gguf(opts["model"]))

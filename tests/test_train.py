@@ -28,6 +28,7 @@ from agent_selfevolve.train import (
     RegistryError,
     TrainConfig,
     TrainingError,
+    TrainResult,
     assert_no_held_out,
     build_dataset,
     check_template,
@@ -415,3 +416,23 @@ def test_cli_train_runs_sft_with_recovery_then_dpo(tmp_path: Path, monkeypatch: 
     version = AdapterRegistry(tmp_path / "reg").get("policy@1")
     assert version.metrics["rows"] == 2 + 2 and version.metrics["recovery_rows"] == 2  # s1, s3 + a recovery each
     assert version.metrics["dpo_rows"] == 2 and version.metrics["dpo_steps"] >= 1
+
+
+def test_dpo_overrides_reach_the_dpo_stage_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent_selfevolve.train.stages as stages
+
+    seen: list[Any] = []
+
+    def record(base: Any, rows: Any, out: Any, cfg: Any, init_adapter: Any = None) -> Any:
+        seen.append((cfg, init_adapter, out))
+        return TrainResult(str(out), 1, [0.5], 10, 5, 0.1, 10.0, len(rows), 0, "cpu", "float32", "", {}, {})
+
+    monkeypatch.setattr(stages, "train_lora", record)
+    out, metrics = stages.train_sft_then_dpo(tmp_path, {"sft": [{}], "dpo": [{}, {}]}, lambda s: tmp_path / s,
+                                             {"epochs": 2, "lr": 1e-4}, dpo_overrides={"epochs": 1, "dpo_beta": 0.3})
+    (sft_cfg, sft_init, sft_out), (dpo_cfg, dpo_init, _) = seen
+    assert (sft_cfg.objective, sft_cfg.epochs, sft_cfg.dpo_beta, sft_init) == ("sft", 2, 0.1, None)
+    assert (dpo_cfg.objective, dpo_cfg.epochs, dpo_cfg.dpo_beta, dpo_cfg.lr) == ("dpo", 1, 0.3, 1e-4)
+    assert dpo_init == sft_out and out == tmp_path / "dpo" and metrics["dpo_rows"] == 2
+    with pytest.raises(stages.EmptyDatasetError):
+        stages.train_sft_then_dpo(tmp_path, {"dpo": [{}]}, lambda s: tmp_path / s, {})
