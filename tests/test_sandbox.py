@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -154,3 +155,11 @@ def test_one_test_command_for_grader_proxy_and_bundled(demo_task: Task) -> None:
 def test_a_failed_subtest_is_not_overwritten_by_its_passed_line() -> None:
     out = "SUBFAIL tests/a.py::test_x - bad\nPASSED tests/a.py::test_x\nPASSED tests/a.py::test_y\n"
     assert parse_test_output(out) == {"tests/a.py::test_x": "SUBFAIL", "tests/a.py::test_y": "PASSED"}
+
+
+@pytest.mark.skipif(not bwrap_available(), reason="bubblewrap cannot create namespaces here")
+def test_sandboxed_argv_reaches_the_program_verbatim(tmp_path: Path) -> None:
+    """Tool arguments (JSON with code in it) are passed as argv, never re-parsed by a shell inside the sandbox."""
+    text = '{"new": "echo $HOME `id` \\"q\\" \'s\' \\\\n"}'
+    out = CommandRunner(tmp_path, isolate=True).run([sys.executable, "-c", "import sys; print(sys.argv[1])", text])
+    assert out.output == text + "\n" and out.returncode == 0

@@ -45,6 +45,12 @@ class Evaluation:
         return asdict(self)
 
 
+class EnvironmentFailure(RuntimeError):
+    """The environment cannot give the agent what its actions need (a sandbox without the interpreter, a dead
+    browser). Raised from `reset`/`step`, it ends the attempt as `env_error` with this message for the user: the
+    model never reads it as the result of its own action."""
+
+
 @runtime_checkable
 class Environment(Protocol):
     def tool_specs(self) -> list[dict[str, Any]]:

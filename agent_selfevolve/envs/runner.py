@@ -1,8 +1,11 @@
-"""Run one shell command in a sandbox so that nothing it does can hang or flood the run.
+"""Run one shell command in a sandbox so that nothing it does can hang, flood the run, or read what it must not.
 
 Each command gets a fresh process group (killed whole on timeout), a scrubbed environment (no API keys leak
-into the agent's shell), output truncated head+tail, and, where `bwrap` exists, no network and writes
-confined to the working copy (plus a private /tmp).
+into the agent's shell) and output truncated head+tail. Where `bwrap` works, the command also sees an
+allowlist of the filesystem, not `/`: system directories and the toolchain (the interpreter's prefixes, plus
+what the caller names: tool bundles, a test env) read-only wherever they lie, /tmp included; the working copy
+read-write, optionally at a fixed path such as /testbed; a private /tmp; no network. $HOME, the cache (mirrors,
+other attempts, grading worktrees), stores and task files are simply absent.
 """
 
 from __future__ import annotations
@@ -13,14 +16,24 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_selfevolve.envs.base import EnvironmentFailure
+
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PYTHONHASHSEED")
 MAX_OUTPUT_CHARS = 10_000
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+"""Read-only in the sandbox: what bash, git and a dynamically linked interpreter need (loader, libraries, /etc)."""
+
+
+class SandboxError(EnvironmentFailure):
+    """The sandbox cannot run the command: bwrap failed to set it up, or the program is missing inside it."""
 
 
 @dataclass
@@ -60,34 +73,90 @@ def bwrap_available() -> bool:
     return probe.returncode == 0
 
 
+def python_prefixes(python: str | Path | None = None) -> list[Path]:
+    """Directories an interpreter needs: this one's prefixes, or for `python` (a venv's, say) the prefix of the
+    path as given and of its resolved target (a venv's python links to its base interpreter)."""
+    if python is None:
+        return [Path(p) for p in dict.fromkeys((sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix))]
+    given = Path(python).absolute()
+    return [given.parents[1], given.resolve().parents[1]]
+
+
 class CommandRunner:
-    """Runs commands with `cwd` as the only writable tree. `isolate=None` means: use bwrap when it works."""
+    """Runs commands with `cwd` as the only writable tree. `isolate=None` means: use bwrap when it works.
+
+    Inside bwrap the command sees `readonly` (and this interpreter's prefixes, and the VIRTUAL_ENV that `env`
+    names) at their own paths, `cwd` at `mount_at` (default: its own path), and nothing of `hide` even where it
+    lies inside a readonly path; `root` is where the command finds `cwd`."""
 
     def __init__(self, cwd: Path, timeout_s: float = 60.0, isolate: bool | None = None,
-                 env: dict[str, str] | None = None, max_output_chars: int = MAX_OUTPUT_CHARS):
+                 env: dict[str, str] | None = None, max_output_chars: int = MAX_OUTPUT_CHARS, *,
+                 readonly: Iterable[str | Path] = (), mount_at: str | None = None, hide: Iterable[str | Path] = ()):
         self.cwd = Path(cwd).resolve()
         self.timeout_s = timeout_s
         self.isolate = bwrap_available() if isolate is None else isolate
-        self.env = scrubbed_env(env)
+        self.bwrap = shutil.which("bwrap") or "bwrap"  # found on our PATH, not on the scrubbed one
+        venv = [Path(env["VIRTUAL_ENV"])] if env and env.get("VIRTUAL_ENV") else []  # an activated venv: toolchain
+        self.readonly = [*python_prefixes(), *venv, *(Path(p) for p in readonly)]
+        self.hide = [Path(p).resolve() for p in hide]
+        clash = mount_at is not None and any(_nested(Path(mount_at), p) or _nested(p, Path(mount_at))
+                                             for p in self.readonly)
+        self.root = mount_at if self.isolate and mount_at and not clash else str(self.cwd)
+        self.env = scrubbed_env({**(env or {}), **({"HOME": "/tmp"} if self.isolate else {})})
         self.max_output_chars = max_output_chars
 
-    def _argv(self, command: str) -> list[str]:
-        shell = ["bash", "-c", command]
-        if not self.isolate:
-            return shell
-        cwd = str(self.cwd)
-        return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                "--bind", cwd, cwd, "--unshare-net", "--unshare-pid", "--die-with-parent", "--chdir", cwd,
-                *shell]
+    def _mounts(self) -> list[str]:
+        """bwrap's mount arguments, parents before children so a deeper mount is never shadowed."""
+        ops: list[tuple[Path, list[str]]] = []
+        for d in map(Path, SYSTEM_DIRS):
+            if d.is_symlink():
+                ops.append((d, ["--symlink", os.readlink(d), str(d)]))
+            elif d.is_dir():
+                ops.append((d, ["--ro-bind", str(d), str(d)]))
+        ops += [(Path("/dev"), ["--dev", "/dev"]), (Path("/proc"), ["--proc", "/proc"]),
+                (Path("/tmp"), ["--tmpfs", "/tmp"])]
+        bound: set[Path] = set()
+        for p in self.readonly:
+            if not p.exists():
+                continue
+            for dest in dict.fromkeys((p.absolute(), p.resolve())):  # reachable by its given and its real path
+                if dest not in bound:
+                    bound.add(dest)
+                    ops.append((dest, ["--ro-bind", str(p.resolve()), str(dest)]))
+        ops += [(h, ["--tmpfs", str(h)]) for h in self.hide if any(_nested(h, b) for b in bound)]
+        ops.sort(key=lambda op: len(op[0].parts))  # stable: a hide comes after the bind at its own depth
+        return [arg for _, args in ops for arg in args]
+
+    def _argv(self, command: list[str], marker_fd: int, shell: bool) -> list[str]:
+        """bwrap around a small bash that reports "set up" on `marker_fd`, closes it, then execs the command, so
+        that a failure of the sandbox itself is told apart from the command's own exit code."""
+        run = 'exec bash -c "$1"' if shell else 'exec "$@"'
+        inner = ["bash", "-c", f"printf x >&{marker_fd} && exec {marker_fd}>&- && {run}", "bash", *command]
+        return [self.bwrap, *self._mounts(), "--bind", str(self.cwd), self.root, "--unshare-net", "--unshare-pid",
+                "--die-with-parent", "--chdir", self.root, *inner]
 
     def run(self, command: str | list[str], timeout_s: float | None = None, stdin: str | None = None) -> CommandResult:
+        """Run `command` (a shell string, or argv); raises SandboxError when the sandbox cannot run it."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        argv = self._argv(command) if isinstance(command, str) else (
-            self._argv(subprocess.list2cmdline(command)) if self.isolate else list(command))
+        shell = isinstance(command, str)
+        read_fd, write_fd = os.pipe() if self.isolate else (-1, -1)
+        if self.isolate:
+            argv = self._argv([command] if isinstance(command, str) else list(command), write_fd, shell)
+        else:
+            argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
         start = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                start_new_session=True)
+        try:
+            proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin is not None else
+                                    subprocess.DEVNULL, start_new_session=True,
+                                    pass_fds=(write_fd,) if self.isolate else ())
+        except OSError as exc:
+            if self.isolate:
+                os.close(read_fd)
+            raise SandboxError(f"cannot start {argv[0]}: {exc}") from exc
+        finally:
+            if self.isolate:
+                os.close(write_fd)
         reader = _BoundedReader(proc, self.max_output_chars)
         if stdin is not None and proc.stdin:
             with contextlib.suppress(BrokenPipeError):
@@ -101,11 +170,32 @@ class CommandRunner:
         _kill_group(proc)  # also reaps background children the command left behind
         reader.join(timeout=5)
         text, truncated = truncate(reader.text(), self.max_output_chars)
+        if self.isolate and not _read_marker(read_fd):
+            raise SandboxError(f"bubblewrap could not set up the sandbox (exit code {proc.returncode}): "
+                               f"{text.strip()[-2000:]}")
+        if self.isolate and not shell and proc.returncode == 127 and not timed_out:
+            raise SandboxError(f"{command[0]} cannot be run inside the sandbox: {text.strip()[-2000:]}")
         truncated = truncated or reader.dropped > 0
         if timed_out:
             text += f"\n[command timed out after {timeout:g} s and was killed]"
         return CommandResult(text, -9 if timed_out else proc.returncode, timed_out, truncated,
                              time.monotonic() - start)
+
+
+def _read_marker(fd: int) -> bool:
+    """Whether the sandbox wrote its "set up" byte; never blocks (a writer may linger a moment after the kill)."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1) == b"x"
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _nested(inner: Path, outer: Path) -> bool:
+    """`inner` lies strictly inside `outer`."""
+    return inner != outer and inner.is_relative_to(outer)
 
 
 class _BoundedReader(threading.Thread):

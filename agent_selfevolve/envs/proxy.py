@@ -1,0 +1,291 @@
+"""The proxy reward: how good a patch looks using only what the agent could see, never the hidden tests.
+
+On a fresh checkout of the base commit with the patch applied, it runs three kinds of checks:
+
+- repo tests: the repository's own test files at base that are named after, or import, a module the patch
+  edits (found by reading the checkout, never from the task's `test_files`, `test_patch` or test ids, which
+  come from the hidden tests). A base test file the agent edited runs in its base version, so weakening a
+  test gains nothing. When none exists, the tests importing the module's top-level package stand in
+  ('package_tests', weaker evidence);
+- doctests of the edited modules (HumanEval's prompts carry `>>>` examples);
+- agent checks: new test files and reproduction scripts the agent wrote (left out of the patch by
+  `CodingEnvironment.outcome`, carried in `outcome["checks"]`), weaker evidence since the agent wrote them.
+
+Reward: 0 without a patch or when it does not apply; APPLY_CREDIT when it applies, PARSE_CREDIT when the changed
+Python files also compile; then PARSE_CREDIT + CHECK_SHARE * sum(weight * pass rate) / max(1, sum(weight)) over
+the groups that ran (GROUP_WEIGHTS). So 1.0 needs a full-weight group the agent did not write (repo tests or
+doctests): weak evidence alone (the package's tests, the agent's own checks) tops out lower, and with no check at
+all the reward stays at PARSE_CREDIT. `ceiling` in the result is what the attempt could have reached.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.envs.base import Evaluation
+from agent_selfevolve.envs.grading import (
+    DEFAULT_TEST_CMD,
+    PatchApplyError,
+    apply_patch,
+    is_test_file,
+    parse_test_output,
+    patch_files,
+    test_command,
+)
+from agent_selfevolve.envs.runner import CommandRunner
+from agent_selfevolve.envs.worktree import WorktreePool, git
+from agent_selfevolve.tasks import Task
+
+APPLY_CREDIT = 0.1
+PARSE_CREDIT = 0.2
+CHECK_SHARE = 1.0 - PARSE_CREDIT
+GROUP_WEIGHTS = {"repo_tests": 1.0, "doctests": 1.0, "package_tests": 0.5, "agent_checks": 0.5}
+"""Weight of each check group: how much evidence its passing is (see the module docstring)."""
+MAX_REPO_TEST_FILES = 6
+MAX_CHECK_FILES = 20
+MAX_CHECK_CHARS = 50_000
+_SCRATCH = re.compile(r"(^|/)(repro|reproduce|reproduction)[\w.-]*\.py$", re.I)
+_SOURCE_ROOTS = ("src", "lib")
+
+
+def is_scratch_script(path: str) -> bool:
+    """A reproduction script the agent wrote (e.g. reproduce_bug.py): a check, not part of the fix."""
+    return bool(_SCRATCH.search(path))
+
+
+def is_agent_check(path: str) -> bool:
+    """A new file that `outcome()` carries as a check rather than in the patch."""
+    return path.endswith(".py") and (is_test_file(path) or is_scratch_script(path))
+
+
+def runnable_test(path: str) -> bool:
+    """A file pytest collects by default (not a conftest or helper)."""
+    name = Path(path).name
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+def module_of(path: str) -> tuple[str, str] | None:
+    """(dotted module name, short name) of a Python source file, or None for a non-module path."""
+    if not path.endswith(".py"):
+        return None
+    parts = path[:-3].split("/")
+    if len(parts) > 1 and parts[0] in _SOURCE_ROOTS:
+        parts = parts[1:]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if not parts or not all(p.isidentifier() for p in parts):
+        return None
+    return ".".join(parts), parts[-1]
+
+
+def _imports(text: str, dotted: str, short: str) -> bool:
+    if re.search(rf"^\s*(?:from|import)\s+{re.escape(dotted)}\b", text, re.M):
+        return True
+    parent = dotted.rpartition(".")[0]
+    return bool(parent) and bool(re.search(rf"^\s*from\s+{re.escape(parent)}\s+import\s+[^\n]*\b{short}\b",
+                                           text, re.M))
+
+
+def _in_test_dir(path: str) -> bool:
+    return any(part in ("test", "tests", "testing") for part in Path(path).parts[:-1])
+
+
+def _test_texts(root: Path, tracked: list[str]) -> dict[str, str]:
+    """Runnable test files at base and their text, those in a test directory first (not examples or docs)."""
+    out = {}
+    for f in sorted((f for f in tracked if is_test_file(f) and runnable_test(f)),
+                    key=lambda f: (not _in_test_dir(f), f)):
+        try:
+            out[f] = (root / f).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def _modules(edited: list[str]) -> list[tuple[str, str]]:
+    return [m for m in (module_of(f) for f in edited if not is_test_file(f)) if m]
+
+
+def related_test_files(root: Path, tracked: list[str], edited: list[str],
+                       limit: int = MAX_REPO_TEST_FILES) -> list[str]:
+    """Runnable test files at base named after an edited module (first) or importing one, at most `limit`."""
+    modules = _modules(edited)
+    texts = _test_texts(root, tracked) if modules else {}
+    named = [f for f in texts if any(Path(f).stem in (f"test_{s}", f"{s}_test", f"tests_{s}") for _, s in modules)]
+    importing = [f for f in texts if f not in named and any(_imports(texts[f], d, s) for d, s in modules)]
+    return (named + importing)[:limit]
+
+
+def package_test_files(root: Path, tracked: list[str], edited: list[str],
+                       limit: int = MAX_REPO_TEST_FILES) -> list[str]:
+    """Runnable test files at base importing an edited module's top-level package (its public names)."""
+    tops = {d.split(".")[0] for d, _ in _modules(edited)}
+    texts = _test_texts(root, tracked) if tops else {}
+    return [f for f in texts if any(_imports(texts[f], top, top) for top in tops)][:limit]
+
+
+def doctest_modules(root: Path, edited: list[str]) -> list[str]:
+    """Edited source modules that hold doctest examples."""
+    out = []
+    for f in edited:
+        if not f.endswith(".py") or is_test_file(f) or not (root / f).is_file():
+            continue
+        if re.search(r"^\s*>>> ", (root / f).read_text(encoding="utf-8", errors="replace"), re.M):
+            out.append(f)
+    return out
+
+
+def carried_checks(root: Path, new_files: list[str]) -> dict[str, str]:
+    """The agent's new test files and reproduction scripts, as {path: text}, bounded in number and size."""
+    checks: dict[str, str] = {}
+    for f in sorted(new_files):
+        if len(checks) >= MAX_CHECK_FILES or not is_agent_check(f):
+            continue
+        try:
+            text = (root / f).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(text) <= MAX_CHECK_CHARS:
+            checks[f] = text
+    return checks
+
+
+@dataclass
+class ProxyRun:
+    """What one proxy evaluation ran: per group, {check id: passed?}."""
+
+    groups: dict[str, dict[str, bool]] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, group: str, files: list[str], results: dict[str, bool]) -> None:
+        self.files[group] = files
+        if results:
+            self.groups[group] = results
+
+    def score(self) -> tuple[float, float] | None:
+        """(sum(weight * pass rate), the most it could be) over the groups that ran, both divided by
+        max(1, total weight); None when nothing ran."""
+        rated = {g: sum(r.values()) / len(r) for g, r in self.groups.items() if r}
+        if not rated:
+            return None
+        total = sum(GROUP_WEIGHTS[g] for g in rated)
+        return sum(GROUP_WEIGHTS[g] * rate for g, rate in rated.items()) / max(1.0, total), min(1.0, total)
+
+    def details(self) -> dict[str, Any]:
+        return {"checks": {g: {"files": self.files.get(g, []), "passed": sum(r.values()), "total": len(r),
+                               "failed": sorted(k for k, ok in r.items() if not ok)[:10]}
+                           for g, r in self.groups.items()},
+                "skipped": sorted(g for g in self.files if g not in self.groups and self.files[g]),
+                "notes": self.notes}
+
+
+def pytest_based(task: Task) -> bool:
+    return "pytest" in (task.test_cmd or DEFAULT_TEST_CMD)
+
+
+def _statuses(output: str) -> dict[str, bool]:
+    return {k: v in ("PASSED", "XFAIL") for k, v in parse_test_output(output).items()}
+
+
+def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], checks: dict[str, str],
+               runner: CommandRunner, python: str | None = None) -> ProxyRun:
+    """Run the three groups in `root` (base + patch): repo tests and doctests first, then the agent's checks."""
+    run = ProxyRun()
+    py = python or sys.executable
+    repo_tests = related_test_files(root, tracked, edited)
+    group, files = ("repo_tests", repo_tests) if repo_tests else ("package_tests",
+                                                                   package_test_files(root, tracked, edited))
+    if files:  # a file that cannot be collected (an optional dependency missing) fails alone, not the group
+        keep_going = ["--continue-on-collection-errors"] if pytest_based(task) else []
+        run.add(group, files, _statuses(runner.run(test_command(task, [*keep_going, *files], py)).output))
+    docs = doctest_modules(root, edited)
+    if docs and pytest_based(task):
+        run.add("doctests", docs, _statuses(runner.run(test_command(task, ["--doctest-modules", *docs], py)).output))
+    elif docs:
+        run.notes.append("doctests skipped: the task's test command is not pytest")
+    new = {f: text for f, text in checks.items() if f not in set(tracked)}
+    for f, text in new.items():  # written only now, so an agent's conftest cannot touch the repo tests
+        target = root / f
+        if target.resolve().is_relative_to(root.resolve()):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+    agent_tests = [f for f in new if runnable_test(f) and is_test_file(f)]
+    scripts = [f for f in new if is_scratch_script(f) and not runnable_test(f)]
+    results: dict[str, bool] = {}
+    if agent_tests:
+        results.update(_statuses(runner.run(test_command(task, agent_tests, py)).output))
+    for script in scripts:
+        done = runner.run(f"{shlex.quote(py)} {shlex.quote(script)}")
+        results[script] = done.returncode == 0 and not done.timed_out
+    run.add("agent_checks", agent_tests + scripts, results)
+    return run
+
+
+def proxy_reward(applies: bool, parses: bool, run: ProxyRun | None) -> tuple[float, float | None]:
+    """(reward, ceiling): the ceiling is what this attempt would have got had every check passed (None: unknown,
+    since nothing could run)."""
+    if not applies:
+        return 0.0, None
+    if not parses:
+        return APPLY_CREDIT, None
+    score = run.score() if run else None
+    if score is None:
+        return PARSE_CREDIT, PARSE_CREDIT
+    return round(PARSE_CREDIT + CHECK_SHARE * score[0], 4), round(PARSE_CREDIT + CHECK_SHARE * score[1], 4)
+
+
+def _test_env(task: Task, pool: WorktreePool, path: Path, isolate: bool | None
+              ) -> tuple[str | None, dict[str, str] | None, bool | None]:
+    """(python, runner env, isolate) for the task's own venv when it asks for one (as the grader does)."""
+    from agent_selfevolve.envs import pyenv
+
+    env_dir = pyenv.test_env_for(task, pool.root, pool) if pyenv.wants_test_env(task) else None
+    if env_dir is None:
+        return None, None, isolate
+    pyenv.overlay_build_outputs(env_dir, path)
+    return str(pyenv.venv_python(env_dir)), pyenv.runner_env(env_dir, path), isolate  # its venv: bound read-only
+
+
+def evaluate_patch(task: Task, pool: WorktreePool, name: str, outcome: dict[str, Any], isolate: bool | None = None,
+                   timeout_s: float = 600, mount_at: str | None = None) -> Evaluation:
+    """The proxy reward of an attempt's outcome ({"patch", "checks"}) on a fresh checkout, sandboxed. `mount_at`:
+    where the sandbox shows the checkout (the path the agent saw, so its own scripts find their files)."""
+    from agent_selfevolve.envs.pyenv import EnvBuildError
+
+    patch, checks = outcome.get("patch", ""), dict(outcome.get("checks") or {})
+    details: dict[str, Any] = {"applies": False, "parses": False, "agent_check_files": sorted(checks)}
+    if not patch.strip():
+        return Evaluation(False, 0.0, "proxy", {**details, "ceiling": None, "error": "empty patch"})
+    path = pool.create(task, f"{name}-proxy-{uuid.uuid4().hex[:8]}")  # never a stale checkout of a resume
+    try:
+        try:
+            apply_patch(path, patch, "model patch")
+        except PatchApplyError as exc:
+            return Evaluation(False, 0.0, "proxy", {**details, "ceiling": None, "error": str(exc)})
+        details["applies"] = True
+        edited = [f for f in patch_files(patch) if (path / f).is_file()]
+        py = [f for f in edited if f.endswith(".py")]
+        compiled = CommandRunner(cwd=path, timeout_s=60, isolate=isolate).run(
+            [sys.executable, "-m", "py_compile", *py]) if py else None
+        details["parses"] = compiled is None or compiled.returncode == 0
+        run: ProxyRun | None = None
+        if details["parses"]:
+            try:
+                python, env, iso = _test_env(task, pool, path, isolate)
+                runner = CommandRunner(cwd=path, timeout_s=timeout_s, isolate=iso, env=env,
+                                       mount_at=mount_at if env is None else None)
+                run = run_checks(task, path, git("ls-files", cwd=path).splitlines(), edited, checks, runner, python)
+                details.update(run.details())
+            except EnvBuildError as exc:
+                details["error"] = f"no test environment: {str(exc).splitlines()[0][:300]}"
+        reward, ceiling = proxy_reward(True, details["parses"], run)
+        return Evaluation(False, reward, "proxy", {**details, "ceiling": ceiling})
+    finally:
+        pool.remove(path)

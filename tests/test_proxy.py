@@ -1,0 +1,247 @@
+"""The proxy reward: it ranks patches by the repo's own tests near the edited modules, their doctests and the
+agent's own checks, on a fresh sandboxed checkout, and never runs (or names) anything from the hidden tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent_selfevolve.envs.base import Evaluation, ToolCall
+from agent_selfevolve.envs.coding import CodingEnvironment
+from agent_selfevolve.envs.proxy import (
+    APPLY_CREDIT,
+    PARSE_CREDIT,
+    ProxyRun,
+    module_of,
+    package_test_files,
+    proxy_reward,
+    related_test_files,
+)
+from agent_selfevolve.humaneval import file_diff
+from agent_selfevolve.tasks import Task
+
+MARK = "HIDDEN_PROXY_MARK_4b9d"
+CALC = ('def add(a, b):\n    """Sum of a and b.\n\n    >>> add(2, 3)\n    5\n    """\n    return a - b\n\n\n'
+        'def mul(a, b):\n    return a * b\n')
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _diff(path: str, text: str, old: str, new: str) -> str:
+    return file_diff(path, text, text.replace(old, new))
+
+
+@pytest.fixture
+def task(tmp_path: Path) -> Task:
+    """pkg/calc.py (bug + doctest) with its visible test; an unrelated test file that fails at base; hidden
+    tests that would fail on every patch and that name themselves with MARK. The task's `test_files` point at the
+    failing unrelated file and the hidden one: a proxy that read them would score every patch lower."""
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "tests").mkdir()
+    (repo / "pkg" / "__init__.py").write_text("")
+    (repo / "pkg" / "calc.py").write_text(CALC)
+    (repo / "pkg" / "other.py").write_text("VALUE = 1\n")
+    (repo / "tests" / "test_calc.py").write_text("from pkg.calc import add, mul\n\n\ndef test_add():\n"
+                                                 "    assert add(1, 1) == 2\n\n\ndef test_mul():\n"
+                                                 "    assert mul(2, 3) == 6\n")
+    (repo / "tests" / "test_unrelated.py").write_text("def test_broken_elsewhere():\n    assert False\n")
+    (repo / "conftest.py").write_text("")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    hidden = f"def test_{MARK}():\n    assert False, '{MARK}'\n"
+    test_patch = (f"diff --git a/tests/test_{MARK}.py b/tests/test_{MARK}.py\nnew file mode 100644\n--- /dev/null\n"
+                  f"+++ b/tests/test_{MARK}.py\n@@ -0,0 +1,2 @@\n" + "".join(f"+{ln}\n" for ln in hidden.splitlines()))
+    return Task(instance_id="proxy-1", repo_path=str(repo), base_commit=_git(repo, "rev-parse", "HEAD"),
+                problem_statement="add() subtracts", test_patch=test_patch,
+                FAIL_TO_PASS=[f"tests/test_{MARK}.py::test_{MARK}"], PASS_TO_PASS=["tests/test_unrelated.py::x"],
+                test_files=["tests/test_unrelated.py", f"tests/test_{MARK}.py"])
+
+
+def proxy(task: Task, patch: str, checks: dict[str, str] | None = None, isolate: bool | None = False) -> Evaluation:
+    env = CodingEnvironment(task, "proxy-env", isolate=isolate)
+    return env.proxy_evaluate({"patch": patch, "checks": checks or {}})
+
+
+FIX = _diff("pkg/calc.py", CALC, "return a - b", "return a + b")
+WRONG = _diff("pkg/calc.py", CALC, "return a - b", "return a * b")
+BROKEN = _diff("pkg/calc.py", CALC, "return a - b", "return a +")
+ELSEWHERE = _diff("pkg/other.py", "VALUE = 1\n", "VALUE = 1", "VALUE = 2")
+NOTES = file_diff("notes.txt", None, "a note\n")
+
+
+def test_the_proxy_ranks_the_fix_first_and_caps_weak_evidence(task: Task) -> None:
+    fix, wrong, elsewhere, notes = proxy(task, FIX), proxy(task, WRONG), proxy(task, ELSEWHERE), proxy(task, NOTES)
+    assert fix.reward == 1.0 and fix.source == "proxy" and not fix.resolved and fix.details["ceiling"] == 1.0
+    checks = fix.details["checks"]
+    assert checks["repo_tests"] == {"files": ["tests/test_calc.py"], "passed": 2, "total": 2, "failed": []}
+    assert checks["doctests"]["files"] == ["pkg/calc.py"] and checks["doctests"]["passed"] == 1
+    # a * b: test_add (1 * 1 != 2) and the doctest (2 * 3 != 5) fail, test_mul passes
+    assert wrong.reward == pytest.approx(PARSE_CREDIT + (1 - PARSE_CREDIT) * (0.5 + 0.0) / 2)
+    # nothing tests pkg/other.py: the tests of package `pkg` stand in, as weaker evidence that tops out lower
+    assert elsewhere.details["checks"]["package_tests"]["files"] == ["tests/test_calc.py"]  # test_add still fails
+    assert elsewhere.reward == pytest.approx(PARSE_CREDIT + (1 - PARSE_CREDIT) * 0.5 * 0.5)
+    assert elsewhere.details["ceiling"] == pytest.approx(PARSE_CREDIT + (1 - PARSE_CREDIT) * 0.5)
+    assert notes.reward == notes.details["ceiling"] == PARSE_CREDIT  # nothing at all to run
+    assert fix.reward > max(wrong.reward, elsewhere.reward) and min(wrong.reward, elsewhere.reward) > notes.reward
+    assert proxy(task, BROKEN).reward == APPLY_CREDIT  # applies, does not compile
+    assert proxy(task, FIX.replace("a - b", "a // b")).reward == 0.0  # does not apply
+    assert proxy(task, "").reward == 0.0
+
+
+def test_the_proxy_never_runs_or_names_the_hidden_tests(task: Task) -> None:
+    """The hidden test fails on every patch and `test_files` names a failing unrelated file: reading either
+    would pull the fix below 1.0 or put their names in the details."""
+    fix = proxy(task, FIX)
+    assert fix.reward == 1.0
+    shown = json.dumps(fix.details)
+    assert MARK not in shown and "test_unrelated" not in shown
+    assert CodingEnvironment(task, "grade-env", isolate=False).evaluate({"patch": FIX}).resolved is False
+
+
+def test_the_agents_own_checks_count_and_run_on_the_patched_checkout(task: Task) -> None:
+    passing = {"tests/test_mine.py": "from pkg.calc import add\n\n\ndef test_mine():\n    assert add(4, 4) == 8\n",
+               "reproduce_bug.py": "from pkg.calc import add\nassert add(2, 2) == 4\nprint('ok')\n"}
+    ok = proxy(task, FIX, passing)
+    assert ok.reward == 1.0 and ok.details["checks"]["agent_checks"]["total"] == 2
+    assert ok.details["checks"]["agent_checks"]["files"] == ["tests/test_mine.py", "reproduce_bug.py"]
+    failing = {"reproduce_bug.py": "from pkg.calc import add\nassert add(2, 2) == 5\n"}
+    bad = proxy(task, FIX, failing)
+    # weights: repo tests 1, doctests 1, agent checks 0.5 -> (1 + 1 + 0) / 2.5 of the check share
+    assert bad.reward == pytest.approx(PARSE_CREDIT + (1 - PARSE_CREDIT) * 2 / 2.5)
+    assert bad.details["checks"]["agent_checks"]["failed"] == ["reproduce_bug.py"]
+
+
+def test_the_proxy_runs_sandboxed_by_default(task: Task) -> None:
+    from agent_selfevolve.envs.runner import bwrap_available
+
+    if not bwrap_available():
+        pytest.skip("bubblewrap cannot create namespaces here")
+    outside = Path(task.repo_path or "") / "escaped"
+    scripts = {"reproduce_escape.py": f"open({str(outside)!r}, 'w').write('x')\n",  # outside the checkout
+               "reproduce_here.py": "import sys\nsys.path.insert(0, '/testbed')\nfrom pkg.calc import add\n"
+                                    "assert add(2, 2) == 4\n"}  # the checkout where the agent saw it
+    result = proxy(task, FIX, scripts, isolate=None)
+    assert result.details["checks"]["agent_checks"]["failed"] == ["reproduce_escape.py"] and not outside.exists()
+    assert result.details["checks"]["agent_checks"]["passed"] == 1
+    assert result.details["checks"]["repo_tests"]["passed"] == 2  # the repo's tests still run in the sandbox
+
+
+def test_outcome_keeps_agent_checks_out_of_the_patch(task: Task) -> None:
+    env = CodingEnvironment(task, "outcome-1", isolate=False)
+    env.reset()
+    env.step(ToolCall("bash", {"command": "sed -i 's/a - b/a + b/' pkg/calc.py && echo 'print(1)' > reproduce.py && "
+                                          "printf 'def test_x():\\n    pass\\n' > tests/test_new.py && "
+                                          "echo '# weakened' >> tests/test_calc.py && echo x > pkg/new_mod.py"}))
+    out = env.outcome()
+    env.close()
+    assert out["files"] == ["pkg/calc.py", "pkg/new_mod.py"]
+    assert "reproduce.py" not in out["patch"] and "tests/" not in out["patch"]
+    assert sorted(out["checks"]) == ["reproduce.py", "tests/test_new.py"]  # an edited base test is not a check
+
+
+def test_related_test_files_by_name_then_import_then_package(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    files = {"tests/test_mathutils.py": "import os\n", "tests/test_other.py": "from boltons.mathutils import clamp\n",
+             "tests/test_misc.py": "from boltons import mathutils\n",
+             "tests/test_none.py": "import boltons.iterutils\n",
+             "tests/conftest.py": "from boltons.mathutils import x\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    found = related_test_files(tmp_path, sorted(files), ["boltons/mathutils.py"])
+    assert found == ["tests/test_mathutils.py", "tests/test_misc.py", "tests/test_other.py"]
+    assert related_test_files(tmp_path, sorted(files), ["boltons/iterutils.py"]) == ["tests/test_none.py"]
+    (tmp_path / "tests" / "test_pkg.py").write_text("import boltons\n")  # the package's public names
+    assert related_test_files(tmp_path, [*files, "tests/test_pkg.py"], ["boltons/funcutils.py"]) == []
+    assert package_test_files(tmp_path, [*files, "tests/test_pkg.py"], ["boltons/funcutils.py"]) == [
+        "tests/test_misc.py", "tests/test_none.py", "tests/test_other.py", "tests/test_pkg.py"]
+    assert module_of("src/cachetools/__init__.py") == ("cachetools", "cachetools")
+    assert module_of("README.md") is None and related_test_files(tmp_path, sorted(files), ["README.md"]) == []
+
+
+def test_reward_shape() -> None:
+    assert proxy_reward(False, False, None) == (0.0, None)  # nothing ran: the ceiling is unknown
+    assert proxy_reward(True, False, None) == (APPLY_CREDIT, None)
+    assert proxy_reward(True, True, ProxyRun()) == (PARSE_CREDIT, PARSE_CREDIT)
+    run = ProxyRun()
+    run.add("repo_tests", ["t.py"], {"a": True, "b": False})
+    assert proxy_reward(True, True, run) == (pytest.approx(PARSE_CREDIT + (1 - PARSE_CREDIT) * 0.5), 1.0)
+    own = ProxyRun()  # the agent's own checks alone: a trivial test cannot make a perfect score
+    own.add("agent_checks", ["test_mine.py"], {"test_mine.py::test_x": True})
+    assert proxy_reward(True, True, own) == (pytest.approx(0.6), pytest.approx(0.6))
+
+
+# --- bench/proxy_agreement.py -------------------------------------------------------------------------------------
+
+def _bench():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "proxy_agreement.py"
+    spec = importlib.util.spec_from_file_location("proxy_agreement", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _score(aid: str, proxy: float, resolved: bool, tokens: int = 10) -> dict[str, object]:
+    return {"attempt_id": aid, "proxy": proxy, "hidden": float(resolved), "resolved": resolved,
+            "status": "submitted", "tokens": tokens}
+
+
+def test_agreement_scoring_by_hand() -> None:
+    bench = _bench()
+    figure = bench.agreement({
+        "t1": [_score("a", 1.0, True), _score("b", 0.2, False)],  # the proxy picks the resolved one
+        "t2": [_score("c", 0.2, False, tokens=5), _score("d", 0.2, True)],  # a tie, broken to the cheaper: wrong
+        "t3": [_score("e", 0.0, False), _score("f", 0.2, False)],  # nothing resolved: any choice agrees
+        "t4": [_score("g", 1.0, True)],  # one attempt: no choice to make
+    })
+    assert figure["tasks"] == 3 and figure["agree"] == 2 and figure["agreement_rate"] == pytest.approx(2 / 3)
+    assert [r["chosen"] for r in figure["rows"]] == ["a", "c", "f"]
+    assert figure["decisive_tasks"] == 2 and figure["decisive_proxy_right"] == 1
+    assert figure["decisive_random_expected"] == pytest.approx(1.0) and figure["decisive_top_tied"] == 1
+    assert (figure["proxy_resolved"], figure["oracle_resolved"]) == (1, 2)
+    assert figure["spearman_mean"] == pytest.approx(1.0) and figure["spearman_tasks"] == 1  # t2, t3: a side is flat
+    assert bench.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert bench.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert bench.ranks([0.2, 0.2, 1.0, 0.0]) == [2.5, 2.5, 4.0, 1.0]
+
+
+def test_agreement_bench_runs_resumes_and_reads_a_store(demo_task: Task, tmp_path: Path) -> None:
+    from conftest import solving_script
+
+    from agent_selfevolve.models.fake import ScriptedFakeModel
+    from agent_selfevolve.search import SearchContext, best_of_n
+    from agent_selfevolve.store import TrajectoryStore
+
+    bench = _bench()
+    (tmp_path / "tasks.json").write_text(json.dumps([demo_task.model_dump()]))
+    args = ["--suite", str(tmp_path / "tasks.json"), "--model", "fake", "--n", "2", "--max-steps", "3",
+            "--out", str(tmp_path / "out")]
+    first = bench.main(args)
+    row = first["rows"][0]
+    assert first["tasks"] == 1 and row["attempts"] == 2 and row["chosen"] == f"pa:{demo_task.instance_id}:1"
+    assert first["agree"] == 1 and not row["any_resolved"]  # the dry run resolves nothing; its choice agrees
+    scores = tmp_path / "out" / "proxy_agreement-tasks-fake.scores.jsonl"
+    assert sorted(json.loads(x)["proxy"] for x in scores.read_text().splitlines()) == [0.0, 0.2]
+    assert bench.main(args) == first and len(scores.read_text().splitlines()) == 2  # resumed: nothing re-run
+    # attempts an oracle run chose: the bench scores them with the proxy itself, and reads their hidden verdicts
+    store = TrajectoryStore(tmp_path / "oracle.sqlite")
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(lambda m: solving_script()[
+        min(sum(x["role"] == "assistant" for x in m), 3)]), store=store, select_with="tests")
+    best_of_n(ctx, n=2, run_id="o")
+    read = bench.main(["--suite", str(tmp_path / "tasks.json"), "--store", str(store.path),
+                       "--out", str(tmp_path / "out")])
+    assert read["tasks"] == 1 and read["rows"][0]["chosen_resolved"] and read["agree"] == 1
+    assert read["source"].startswith("store")
+    cached = [json.loads(x) for x in (tmp_path / "out" / "proxy_agreement-tasks-oracle.scores.jsonl").read_text()
+              .splitlines()]
+    assert [c["proxy"] for c in cached] == [1.0, 1.0] and all(c["resolved"] for c in cached)
