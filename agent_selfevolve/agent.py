@@ -106,6 +106,12 @@ class AgentState(TypedDict, total=False):
     native_tools: bool
 
 
+def prompt_extras(strategy: str, guidance: str) -> tuple[str, str]:
+    """The strategy and guidance parts of the first user message (`train.canonical` strips them again)."""
+    return (f"Approach to take: {strategy}\n" if strategy else "",
+            f"\nGuidance from earlier attempts at this task:\n{guidance}\n" if guidance else "")
+
+
 def _emit(runtime: Runtime[AgentContext], event: dict[str, Any]) -> None:
     runtime.stream_writer(event)  # a no-op unless the caller streams "custom" events
 
@@ -118,10 +124,9 @@ def start(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     system = ctx.system_prompt
     if not native:
         system += "\n\n" + TEXT_ACTION_RULES.format(tools=describe_for_prompt(ctx.env.tool_specs()))
-    strategy = f"Approach to take: {state['strategy']}\n" if state.get("strategy") else ""
-    guidance = f"\nGuidance from earlier attempts at this task:\n{state['guidance']}\n" if state.get("guidance") else ""
+    strategy, guidance = prompt_extras(state.get("strategy", ""), state.get("guidance", ""))
     user = ctx.task_template.format(problem=state.get("problem", ""), orientation=obs.text, strategy=strategy,
-                                guidance=guidance)
+                                    guidance=guidance)
     _emit(runtime, {"event": "attempt_started", "task_id": state.get("task_id", "")})
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "status": "running", "format_errors": 0, "usage": Usage().to_dict(), "native_tools": native,
@@ -232,7 +237,7 @@ def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, An
         if status != "running":
             break
     return {"messages": messages, "steps": steps, "pending": [], "status": status, "elapsed_s": elapsed,
-            **({"exit_message": "environment failed"} if status == "env_error" else {})}
+            **({"exit_message": steps[-1]["observation"]} if status == "env_error" else {})}  # for the user
 
 
 def finish(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

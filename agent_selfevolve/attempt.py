@@ -21,14 +21,49 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agent_selfevolve.agent import AgentContext, Limits, build_agent_graph
 from agent_selfevolve.envs import Environment, make_environment
+from agent_selfevolve.envs.base import EnvironmentFailure
 from agent_selfevolve.models.base import Model
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.trajectory import Trajectory
 
 EvalMode = Literal["tests", "proxy", "none"]
+SELECTIONS = ("proxy", "judge", "tests")
+"""Selection rewards: 'proxy' and 'judge' use nothing hidden; 'tests' (hidden tests) makes a run an oracle."""
+UNFINISHED = "unfinished"
+"""Status of an attempt stopped at its `AttemptSpec.max_steps` chunk cap, to be continued by descendants."""
 Judge = Callable[[Task, "Trajectory"], dict[str, Any]]
 """An LLM judge: (task, trajectory) -> {"reward": 0..1, "source": "judge", ...}."""
+
+
+def resolve_selection(select_with: str, judge: Judge | None) -> str:
+    """'auto' -> 'judge' with a judge, else 'proxy'; 'judge' without a judge is a configuration error."""
+    if select_with == "auto":
+        return "judge" if judge is not None else "proxy"
+    if select_with not in SELECTIONS:
+        raise ValueError(f"select_with must be one of {', '.join(SELECTIONS)} or 'auto', got {select_with!r}")
+    if select_with == "judge" and judge is None:
+        raise ValueError("select_with='judge' needs a judge (e.g. search.rewards.llm_judge(model)); without one "
+                         "every attempt would score 0")
+    return select_with
+
+
+def grade_attempt(task: Task, traj: Trajectory, store: TrajectoryStore | None = None,
+                  env_options: dict[str, Any] | None = None) -> Trajectory:
+    """Grade a stored coding attempt by the hidden tests after the fact (an unfinished attempt a search chose).
+
+    Reports only: a search calls this once its choice is made, so the verdict cannot steer it."""
+    if traj.evaluation is not None or task.kind != "swe":
+        return traj
+    env = make_environment(task, f"{traj.attempt_id}-grade", **(env_options or {}))
+    try:
+        traj.evaluation = env.evaluate(traj.outcome).to_dict()
+    finally:
+        with contextlib.suppress(Exception):
+            env.close()
+    if store is not None:
+        store.record(traj)
+    return traj
 
 
 def sqlite_checkpointer(path: str | Path) -> SqliteSaver:
@@ -67,20 +102,25 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
                 store: TrajectoryStore | None = None, checkpointer: BaseCheckpointSaver | None = None,
                 evaluate: EvalMode = "tests", env_factory: Callable[[Task, str], Environment] | None = None,
                 on_event: Callable[[dict[str, Any]], None] | None = None, system_prompt: str | None = None,
-                env_options: dict[str, Any] | None = None, select_with: str = "tests",
+                env_options: dict[str, Any] | None = None, select_with: str = "auto",
                 judge: Judge | None = None) -> Trajectory:
     """Run (or resume, or reuse) the attempt `spec.attempt_id` on `task` and return its trajectory.
 
-    `evaluate` grades with the task's own check (ground truth, stored for reports and training);
-    `select_with` ('tests', 'proxy' or 'judge') is the reward a search may use to choose between attempts.
+    `select_with` ('proxy', 'judge', 'tests'; 'auto': judge when a judge is given, else proxy) is the reward a
+    search may use to choose between attempts; it is computed before the hidden tests run. 'tests' selects by
+    the hidden tests themselves: an oracle, never a held-out number. `evaluate` then grades with the task's own
+    check (ground truth, stored for reports and training). An attempt stopped by its `spec.max_steps` chunk cap
+    is 'unfinished' (a tree search continues it in its children) and is not graded by the hidden tests.
     """
+    select_with = resolve_selection(select_with, judge)
     spec = spec or AttemptSpec(task.instance_id)
     if store is not None and store.has(spec.attempt_id):
         done = store.get(spec.attempt_id)
         assert done is not None
         return done  # finished before a crash: never re-run, never duplicate
     limits = limits or Limits()
-    if spec.max_steps is not None and spec.max_steps < limits.max_steps:
+    capped = spec.max_steps is not None and spec.max_steps < limits.max_steps
+    if capped:
         limits = replace(limits, max_steps=spec.max_steps)
     env = (env_factory or (lambda t, n: make_environment(t, n, **(env_options or {}))))(task, spec.attempt_id)
     ctx = AgentContext(model=model, env=env, limits=limits, model_params=spec.model_params)
@@ -113,21 +153,26 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
                 else:
                     values = chunk
         _fill(traj, values)
-        if evaluate != "none" and traj.status not in ("env_error", "error"):
-            ev = env.evaluate(traj.outcome) if evaluate == "tests" else env.proxy_evaluate(traj.outcome)
-            traj.evaluation = ev.to_dict()
-        if select_with == "tests" and traj.evaluation is not None:
-            traj.selection = {"reward": traj.reward, "source": traj.evaluation.get("source", "tests")}
-        elif select_with == "proxy" and traj.status not in ("env_error", "error"):
-            ev = env.proxy_evaluate(traj.outcome)
-            traj.selection = {"reward": ev.reward, "source": "proxy", "details": ev.details}
-        elif select_with == "judge" and judge is not None:
+        if capped and traj.status == "step_limit":
+            traj.status = UNFINISHED
+            traj.exit_message = f"stopped at its chunk cap of {limits.max_steps} steps; continued by descendants"
+        gradable = traj.status not in ("env_error", "error")
+        proxy = env.proxy_evaluate(traj.outcome) if gradable and "proxy" in (select_with, evaluate) else None
+        if select_with == "proxy" and proxy is not None:
+            traj.selection = {"reward": proxy.reward, "source": "proxy", "ceiling": proxy.details.get("ceiling"),
+                              "details": proxy.details}
+        elif select_with == "judge" and judge is not None and gradable:
             traj.selection = judge(task, traj)
+        if evaluate != "none" and gradable and traj.status != UNFINISHED:
+            traj.evaluation = _ground_truth(env, traj.outcome) if evaluate == "tests" else \
+                proxy.to_dict() if proxy is not None else None
+        if select_with == "tests" and traj.evaluation is not None:  # the oracle: selection by hidden tests
+            traj.selection = {"reward": traj.reward, "source": traj.evaluation.get("source", "tests")}
     except Exception as exc:  # record the crash with what was checkpointed; the caller's search goes on
         if checkpointer is not None and not values:
             values = graph.get_state(config).values
         _fill(traj, values)
-        traj.status = "error"
+        traj.status = "env_error" if isinstance(exc, EnvironmentFailure) else "error"  # e.g. no sandbox at reset
         traj.exit_message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
     finally:
         traj.elapsed_s = max(traj.elapsed_s, time.monotonic() - start)
@@ -136,6 +181,16 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
     if store is not None:
         store.record(traj)
     return traj
+
+
+def _ground_truth(env: Environment, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The hidden verdict; a grader failure is recorded in the evaluation, never in the attempt's status or exit
+    message (which operator prompts read)."""
+    try:
+        return env.evaluate(outcome).to_dict()
+    except Exception as exc:  # the attempt itself is fine: only its grading failed
+        return {"resolved": False, "reward": 0.0, "source": "tests",
+                "details": {"grading_error": f"{type(exc).__name__}: {exc}"[:2000]}}
 
 
 def _fill(traj: Trajectory, values: dict[str, Any]) -> None:

@@ -30,7 +30,8 @@ class BatchConfig:
     strategy: str = "single"
     """'single' (one attempt), 'best_of_n', 'se_agent' or 'hgm'."""
     strategy_options: dict[str, Any] = field(default_factory=dict)
-    select_with: str = "tests"
+    select_with: str = "proxy"
+    """'proxy' | 'judge' (the agent's model judges) | 'tests' (hidden tests choose: an oracle run, labelled so)."""
     limits: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     """Per task: max_calls, max_tokens, max_cost, max_wall_s."""
@@ -102,8 +103,12 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
         if best is not None and best.status in ("error", "env_error"):
             return {"instance_id": task.instance_id, "ok": False, "error": best.exit_message.splitlines()[0][:500],
                     "status": best.status, "attempts": attempts, "elapsed_s": time.monotonic() - start}
+        if best is not None and report.get("grading_error"):  # the attempt ran; its grading crashed
+            return {"instance_id": task.instance_id, "ok": False, "error": f"grading failed: {report['grading_error']}",
+                    "status": best.status, "attempts": attempts, "elapsed_s": time.monotonic() - start}
         return {"instance_id": task.instance_id, "ok": True, "patch": best.patch if best else "",
                 "resolved": bool(best and best.resolved), "status": best.status if best else "no_attempt",
+                "selection": config.select_with, "oracle": config.select_with == "tests",
                 "attempt_id": best.attempt_id if best else None, "attempts": attempts, "stop_reason": stop,
                 "usage": best.usage if best else {}, "report": report, "baseline": baseline,
                 "trajectory": best.to_mini_swe_agent() if best else None, "elapsed_s": time.monotonic() - start}
@@ -126,8 +131,10 @@ def compute_matched_baseline(ctx: Any, result: Any, run_id: str) -> dict[str, An
             "attempts": base.attempts, "usage": base.usage}
 
 
-def summarize(tasks: list[Task], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """SWE-bench's run summary schema (version 2)."""
+def summarize(tasks: list[Task], results: dict[str, dict[str, Any]], select_with: str | None = None
+              ) -> dict[str, Any]:
+    """SWE-bench's run summary schema (version 2), plus how attempts were chosen: `oracle` is true when the hidden
+    tests chose (select_with 'tests'), so `resolved_instances` is then an oracle figure, not a held-out one."""
     ids = [t.instance_id for t in tasks]
     finished = [results[i] for i in ids if i in results]
     error = [r["instance_id"] for r in finished if not r.get("ok")]
@@ -144,7 +151,8 @@ def summarize(tasks: list[Task], results: dict[str, dict[str, Any]]) -> dict[str
             "completed_ids": sorted(completed), "incomplete_ids": sorted(set(ids) - set(results)),
             "empty_patch_ids": sorted(empty), "submitted_ids": sorted(submitted), "resolved_ids": sorted(resolved),
             "unresolved_ids": sorted(unresolved), "error_ids": sorted(error), "total_tokens_best_attempts": tokens,
-            **_baseline_summary(finished), "schema_version": 2}
+            **_baseline_summary(finished), "schema_version": 2,
+            **({"selection": select_with, "oracle": select_with == "tests"} if select_with else {})}
 
 
 def _baseline_summary(finished: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,7 +186,7 @@ def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, worke
         results[iid] = res
         write_preds(out, results, config.model)
         if on_result:
-            on_result(res, summarize(tasks, results))
+            on_result(res, summarize(tasks, results, config.select_with))
 
     if executor == "ray":
         from agent_selfevolve.ray_executor import run_on_ray
@@ -200,7 +208,7 @@ def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, worke
                            "error": f"worker crashed: {type(exc).__name__}: {exc}"}
                 record(res)
     write_preds(out, results, config.model)
-    summary = summarize(tasks, results)
+    summary = summarize(tasks, results, config.select_with)
     write_json_atomic(out / "summary.json", summary)
     return summary
 

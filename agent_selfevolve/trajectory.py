@@ -9,7 +9,7 @@ from typing import Any
 from agent_selfevolve.models.base import Message, Usage
 
 FINISHED_OK = "submitted"
-STATUSES = ("running", "submitted", "step_limit", "token_limit", "cost_limit", "time_limit", "format_errors",
+STATUSES = ("running", "unfinished", "submitted", "step_limit", "token_limit", "cost_limit", "time_limit", "format_errors",
             "model_error", "env_error", "error")
 
 

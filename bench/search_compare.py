@@ -7,7 +7,9 @@
 
 Each strategy gets the same per-task token budget (the compute-matched comparison SE-Agent's users asked for).
 Selection uses the proxy reward (no hidden tests), so `resolved` (hidden tests, graded afterwards) is a
-held-out number; `pass@any` counts a task when any attempt of the run resolved it. Prints one table.
+held-out number; `pass@any` counts a task when any attempt of the run resolved it. Prints one table. With
+`--select-with tests` (the default for MiniWoB++, whose page reward is the verdict) the hidden check also
+chooses, and the table and JSON say ORACLE.
 """
 
 from __future__ import annotations
@@ -87,11 +89,14 @@ def main() -> None:
                               "attempts": result.attempts, "stop": result.stop_reason}), flush=True)
         rows[name] = {"resolved": resolved, "pass_at_any": pass_any, "tasks": len(tasks), "tokens": tokens,
                       "attempts": attempts, "wall_s": time.monotonic() - start}
+    oracle = args.select_with == "tests"
     write_json_atomic(args.out / "compare.json", {"model": model.name, "budget_tokens_per_task": args.budget,
-                                                  "select_with": args.select_with, "suite": args.suite,
+                                                  "select_with": args.select_with, "oracle": oracle,
+                                                  "suite": args.suite,
                                                   "profile": args.profile, "rows": rows})
     print(f"\nmodel {model.name}; {args.suite}: {len(tasks)} tasks; {args.budget:,} tokens per task; "
-          f"selection: {args.select_with}")
+          f"selection: {args.select_with}" + (" (ORACLE: the hidden check chose; not a held-out figure)"
+                                              if oracle else ""))
     print(f"{'strategy':10s} {'resolved':>9s} {'pass@any':>9s} {'attempts':>9s} {'tokens':>10s} {'wall s':>8s}")
     for name, r in rows.items():
         print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {r['pass_at_any']:>4d}/{r['tasks']:<4d} "

@@ -1,8 +1,9 @@
 """HGM: estimators against hand-computed trees, decision rules, Beta quantiles, and the graph with FAKE models.
 
-The graph tests use a tiny git repo (a bug in calc.py plus a hidden test) and two scripted FAKE models: the
-agent fixes the bug only when its first prompt holds the word APPLY_FIX, and the operator writes that word into
-the child's guidance. So the root's attempts fail, an expansion diagnoses them, and the child succeeds.
+The graph tests use a tiny git repo (a bug in calc.py, whose docstring example the proxy reward runs, plus a
+hidden test) and two scripted FAKE models: the agent fixes the bug only when its first prompt holds the word
+APPLY_FIX, and the operator writes that word into the child's guidance. So the root's attempts fail, an
+expansion diagnoses them, and the child succeeds; attempts are chosen by the default (proxy) reward.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from agent_selfevolve.agent import Limits
 from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
 from agent_selfevolve.search.common import Budget, SearchContext
-from agent_selfevolve.search.hgm import absorb, build_hgm_graph, hgm, new_node, parse_variant, plan
+from agent_selfevolve.search.hgm import absorb, hgm, new_node, parse_variant, plan, unreachable_threshold
 from agent_selfevolve.search.hgm_math import (
     beta_quantile,
     betainc,
@@ -106,9 +107,37 @@ def test_absorb_counts_each_node_own_attempts_only() -> None:
     nodes2 = absorb(state)  # absorbing again: no duplicated child, root's own counts unchanged
     assert nodes2["n0"]["children"] == ["n1"]
     assert (nodes2["n0"]["s"], nodes2["n0"]["f"]) == (1, 1)
-    assert (nodes2["n1"]["s"], nodes2["n1"]["f"]) == (2, 1)  # 0.5 < threshold 1.0 is a failure
-    assert clade_counts(nodes2)["n0"] == (3, 2)
+    assert (nodes2["n1"]["s"], nodes2["n1"]["f"]) == (2.5, 0.5)  # fractional: 0.5 is half a success
+    assert clade_counts(nodes2)["n0"] == (3.5, 1.5)
+    binary = absorb({**state, "counts": "threshold"})
+    assert (binary["n1"]["s"], binary["n1"]["f"]) == (2, 1)  # 0.5 < threshold 1.0 is a failure
     assert state["nodes"]["n1"]["attempt_ids"] == []  # the input state is not mutated
+
+
+def test_fractional_rewards_rank_variants_that_never_reach_the_threshold() -> None:
+    """A proxy reward that tops out below 1.0 (here 0.2 vs 0.8) leaves every threshold count at zero, so Thompson
+    sampling and the final choice cannot tell the variants apart; fractional Beta updates can."""
+    recs = [{"attempt_id": f"{n}{i}", "node_id": n, "reward": r} for n, r in (("n0", 0.2), ("n1", 0.8))
+            for i in range(6)]
+    base = {"nodes": {"n0": new_node("n0", None, {}, "root", 0), "n1": new_node("n1", "n0", {}, "expand", 1)},
+            "attempts": recs, "threshold": 1.0}
+    binary = absorb({**base, "counts": "threshold"})
+    assert [binary[n]["s"] for n in ("n0", "n1")] == [0, 0] and final_selection(binary, 0.1) == "n0"  # a tie
+    frac = absorb(base)
+    assert frac["n0"]["s"] == pytest.approx(1.2) and frac["n1"]["s"] == pytest.approx(4.8)
+    assert final_selection(frac, 0.1) == "n1"
+    picks = [thompson_evaluate(frac, random.Random(seed)) for seed in range(200)]
+    assert picks.count("n1") > 170
+
+
+def test_a_threshold_no_reward_can_reach_is_reported() -> None:
+    capped = [{"reward": 0.2, "reward_ceiling": 0.2, "reward_source": "proxy"}] * 3
+    warning = unreachable_threshold(capped, 1.0)
+    assert warning is not None and "above the highest reward" in warning and "0.2" in warning
+    assert unreachable_threshold(capped, 0.2) is None and unreachable_threshold([], 1.0) is None
+    assert unreachable_threshold([*capped, {"reward": 0.2, "reward_ceiling": 1.0}], 1.0) is None
+    assert unreachable_threshold([*capped, {"reward": 0.0, "reward_ceiling": None}], 1.0) == warning  # unknown
+    assert unreachable_threshold([{"reward": 0.0, "reward_ceiling": None}], 1.0) is None
 
 
 # ------------------------------------------------------------------------------------------ decision rules
@@ -244,7 +273,7 @@ def _git(cwd: Path, *args: str) -> str:
 def make_task(root: Path) -> Task:
     repo = root / "calc"
     repo.mkdir()
-    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (repo / "calc.py").write_text('def add(a, b):\n    """\n    >>> add(2, 3)\n    5\n    """\n    return a - b\n')
     _git(repo, "init", "-q")
     _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
     _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
@@ -301,10 +330,11 @@ def test_graph_diagnoses_failures_and_child_guidance_reaches_prompt(tmp_path: Pa
     first = op.requests[0][-1]["content"]
     for aid in children[0]["parent_ids"]:  # the diagnosis read the parent's failed attempts
         assert aid in root["attempt_ids"] and f"Attempt {aid}" in first
-    assert "Failed attempts" in first and "reward=0.00" in first
-    for request in op.requests:  # never the hidden tests
+    assert "Failed attempts" in first and "reward=0.00 (proxy)" in first  # the proxy's reward, nothing hidden
+    for request in op.requests:  # never the hidden tests, nor their verdict
         text = json.dumps(request)
         assert HIDDEN_MARKER not in text and "test_add" not in text and task.test_patch not in text
+        assert "(tests)" not in text
     # the child's guidance reached its attempts' first prompt, and they succeeded
     trajs = {t.attempt_id: t for t in ctx.store.attempts(run_id="hgm-flow")}
     child_attempts = [trajs[a] for c in children for a in c["attempt_ids"]]
@@ -340,9 +370,15 @@ def test_graph_stops_at_first_success_when_asked(tmp_path: Path, task: Task) -> 
     assert res.attempts < 12 and res.resolved and res.extra["tree"][res.extra["final_node"]]["s"] >= 1
 
 
-def test_graph_builds_and_names_nodes() -> None:
-    graph = build_hgm_graph()
-    assert {"plan", "attempt", "expand", "select"} <= set(graph.nodes)
+def test_a_threshold_above_the_proxys_reach_warns_in_a_run(tmp_path: Path, task: Task) -> None:
+    """Without a docstring example nothing can check a patch, so the proxy tops out at its parse credit."""
+    calc = Path(task.repo_path or "") / "calc.py"
+    calc.write_text("def add(a, b):\n    return a - b\n")
+    _git(calc.parent, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "no doctest")
+    bare = task.model_copy(update={"base_commit": _git(calc.parent, "rev-parse", "HEAD")})
+    with pytest.warns(UserWarning, match="above the highest reward"):
+        res = hgm(make_ctx(tmp_path, bare), max_evals=4, wave_size=2, max_concurrency=2, seed=3, run_id="hgm-cap")
+    assert res.extra["warnings"] and res.best_reward == pytest.approx(0.2) and res.resolved
 
 
 RESUME_ARGS: dict[str, Any] = {"max_evals": 5, "wave_size": 2, "max_concurrency": 2, "seed": "s1"}

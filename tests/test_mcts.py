@@ -11,6 +11,7 @@ import pytest
 from conftest import kill_9_when_recorded
 
 from agent_selfevolve.agent import Limits
+from agent_selfevolve.envs.coding import CodingEnvironment
 from agent_selfevolve.models.fake import ScriptedFakeModel, bash, tool_call
 from agent_selfevolve.search import mcts
 from agent_selfevolve.search.common import Budget, SearchContext
@@ -86,6 +87,9 @@ def test_replay_then_branch_with_the_value_models_advice(tmp_path: Any, demo_tas
     assert [s["action"]["name"] for s in n3.steps] == ["bash", "bash", "str_replace", "submit"]
     assert [s["action"] for s in n3.steps[:2]] == [s["action"] for s in n1.steps]  # the prefix was replayed
     assert "EDIT-NOW" in n3.messages[1]["content"] and n3.parent_ids == ["m1:mcts:n1"] and n3.operator == "mcts"
+    # n1 stopped at its chunk cap: unfinished, never graded by the hidden tests; n3 ended and was graded
+    assert n1.status == "unfinished" and n1.evaluation is None and n3.evaluation is not None
+    assert n1.selection is not None and n1.selection["source"] == "proxy"  # the default selection
     # replayed turns cost no model calls: 2 per child of the root, 2 new per grandchild, plus 2 value calls
     model = ctx.model
     assert isinstance(model, ScriptedFakeModel)
@@ -118,10 +122,42 @@ def test_every_branch_ending_stops_the_search(tmp_path: Any, demo_task: Task) ->
     assert res.extra["value_calls"] == 0  # ended attempts are worth their reward; no value model needed
 
 
+def test_a_chosen_unfinished_attempt_is_graded_after_the_choice(tmp_path: Any, demo_task: Task,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unfinished attempt whose patch is already the fix can be the answer (by its proxy reward); the hidden
+    tests grade it only once the search has chosen, for the report."""
+
+    class EditThenLook(Agent):
+        def __call__(self, messages: list[dict[str, Any]]) -> Any:
+            if operator_kind(messages) == "value":
+                return self.value_reply
+            if not any(m["role"] == "assistant" for m in messages):
+                return tool_call("str_replace", {"path": "calc.py", "old": "return a - b", "new": "return a + b"})
+            return bash("ls")
+
+    log: list[str] = []
+    real = CodingEnvironment.evaluate
+
+    def logged(self: CodingEnvironment, outcome: Any = None) -> Any:
+        log.append(f"graded {self.name}")
+        return real(self, outcome)
+
+    monkeypatch.setattr(CodingEnvironment, "evaluate", logged)
+    ctx = make_ctx(tmp_path, demo_task, EditThenLook())
+    ctx.on_event = lambda e: log.append(e["event"]) if e["event"] in ("attempt_finished", "search_finished") else None
+    res = mcts(ctx, max_iterations=1, children=1, step_chunk=2, stop_at_success=False, run_id="m4")
+    traj = ctx.store.get("m4:mcts:n1")
+    assert traj is not None and traj.status == "unfinished" and traj.selection["reward"] == 1.0
+    assert res.best_attempt_id == "m4:mcts:n1" and res.resolved and res.pass_at_n and not res.oracle
+    assert log == ["attempt_finished", "graded m4:mcts:n1-grade", "search_finished"]  # graded after the choice
+    assert traj.evaluation is not None and traj.evaluation["source"] == "tests"
+
+
 RESUME_SCRIPT = """
 import sys
 from pathlib import Path
 from agent_selfevolve.agent import Limits
+from agent_selfevolve.envs.coding import CodingEnvironment
 from agent_selfevolve.models.fake import ScriptedFakeModel
 from agent_selfevolve.search import mcts
 from agent_selfevolve.search.common import SearchContext

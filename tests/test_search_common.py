@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import solving_script
 from typer.testing import CliRunner
 
@@ -10,6 +11,7 @@ from agent_selfevolve.agent import Limits
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
 from agent_selfevolve.batch import BatchConfig, run_batch
 from agent_selfevolve.cli import app
+from agent_selfevolve.humaneval import file_diff
 from agent_selfevolve.models.base import Usage
 from agent_selfevolve.models.fake import ScriptedFakeModel, keyed_script, tool_call
 from agent_selfevolve.search import Budget, SearchContext, best_of_n
@@ -46,10 +48,33 @@ def test_budget_clips_attempts_and_stops_between_waves(demo_task: Task, tmp_path
     assert result.stop_reason.startswith("budget: LLM calls") and result.usage["calls"] <= 8 and result.resolved
 
 
-def test_proxy_selection_never_reads_hidden_tests(demo_task: Task, tmp_path: Path) -> None:
-    traj = run_attempt(demo_task, ScriptedFakeModel(solving_script()), select_with="proxy")
+def test_proxy_selection_never_reads_hidden_tests(demo_task: Task, demo_repo: Path) -> None:
+    """The hidden tests add a failing, marked test to tests/test_calc.py, the very file the proxy runs for an
+    edit of calc.py: had the proxy applied them, the fix would score below 1.0 and the marker would show."""
+    marker = "test_hidden_marker_e41"
+    visible = (demo_repo / "tests" / "test_calc.py").read_text()
+    hidden = file_diff("tests/test_calc.py", visible, visible + f"\n\ndef {marker}():\n    assert False\n")
+    task = demo_task.model_copy(update={"test_patch": hidden, "FAIL_TO_PASS": [f"tests/test_calc.py::{marker}"],
+                                        "test_files": ["tests/test_calc.py"]})
+    traj = run_attempt(task, ScriptedFakeModel(solving_script()))  # the default selection: the proxy
     assert traj.selection["source"] == "proxy" and traj.selection["reward"] == 1.0
-    assert traj.evaluation["source"] == "tests" and traj.resolved  # ground truth is still recorded, for reports
+    assert traj.selection["details"]["checks"]["repo_tests"]["files"] == ["tests/test_calc.py"]
+    assert marker not in json.dumps(traj.selection)
+    # ground truth is still recorded, for reports: the hidden test fails, and the grader's report names it
+    assert traj.evaluation["source"] == "tests" and not traj.resolved and marker in json.dumps(traj.evaluation)
+
+
+def test_judge_selection_needs_a_judge_and_auto_picks_one(demo_task: Task, tmp_path: Path) -> None:
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    with pytest.raises(ValueError, match="needs a judge"):
+        SearchContext(task=demo_task, model=ScriptedFakeModel([]), store=store, select_with="judge")
+    with pytest.raises(ValueError, match="needs a judge"):
+        run_attempt(demo_task, ScriptedFakeModel([]), select_with="judge")
+    with pytest.raises(ValueError, match="select_with must be one of"):
+        SearchContext(task=demo_task, model=ScriptedFakeModel([]), store=store, select_with="hidden")
+    judge = llm_judge(ScriptedFakeModel([]))
+    assert SearchContext(task=demo_task, model=ScriptedFakeModel([]), store=store).select_with == "proxy"
+    assert SearchContext(task=demo_task, model=ScriptedFakeModel([]), store=store, judge=judge).select_with == "judge"
 
 
 def test_llm_judge_scores_and_never_sees_hidden_tests(demo_task: Task) -> None:
@@ -99,6 +124,37 @@ def test_search_cli_shows_progress_and_writes_summary(demo_task: Task, tmp_path:
     assert "resolved 1/1" in result.output and "best 1.00" in result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["resolved_ids"] == [demo_task.instance_id]
+
+
+def test_an_oracle_run_is_labelled_everywhere(demo_task: Task, tmp_path: Path) -> None:
+    """Selection by the hidden tests makes `resolved` an oracle figure: the result, the CLI, summary.json,
+    results.jsonl and the HTML report say so; a default (proxy) run says nothing of the kind."""
+    from agent_selfevolve.viz.report import render_run_html, run_view
+
+    (tmp_path / "tasks.json").write_text(json.dumps([demo_task.model_dump()]))
+    (tmp_path / "fake.json").write_text(json.dumps({"by_prompt": {"add()": solving_script()}}))
+    runs = {}
+    for label, extra in (("proxy", []), ("oracle", ["--select-with", "tests"])):
+        out = tmp_path / label
+        res = CliRunner().invoke(app, ["search", "--tasks", str(tmp_path / "tasks.json"), "--model",
+                                       f"fake:{tmp_path / 'fake.json'}", "--n", "1", "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((out / "summary.json").read_text())
+        line = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+        view = run_view(TrajectoryStore(out / "runs.sqlite"), f"best_of_n:{demo_task.instance_id}")
+        runs[label] = (res.output, summary, line, view)
+    output, summary, line, view = runs["oracle"]
+    assert "ORACLE" in output and summary["oracle"] is True and summary["selection"] == "tests"
+    assert line["oracle"] is True and view["header"]["oracle"] is True
+    html = render_run_html(TrajectoryStore(tmp_path / "oracle" / "runs.sqlite"), f"best_of_n:{demo_task.instance_id}")
+    assert "tests (ORACLE)" in html
+    output, summary, line, view = runs["proxy"]
+    assert "ORACLE" not in output and summary["oracle"] is False and summary["selection"] == "proxy"
+    assert line["oracle"] is False and view["header"]["oracle"] is False
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=TrajectoryStore(tmp_path / "r.db"),
+                        select_with="tests")
+    result = best_of_n(ctx, n=1, run_id="o1")
+    assert result.oracle and result.label == "oracle" and result.to_dict()["oracle"] is True
 
 
 def test_graphs_stream_typed_progress_events(demo_task: Task, tmp_path: Path) -> None:

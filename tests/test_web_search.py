@@ -83,8 +83,10 @@ def task() -> Any:
 
 
 def make_ctx(tmp: Path, task: Any, agent: WebAgent, operator: Any = None) -> SearchContext:
+    """Selection by the app's own verdict (an oracle run): the web proxy (did the agent answer?) cannot tell the
+    claim from the real purchase, which is what these tests are about."""
     return SearchContext(task=task, model=ScriptedFakeModel(agent), store=TrajectoryStore(tmp / "store.sqlite"),
-                         limits=Limits(max_steps=6), operator_model=operator)
+                         limits=Limits(max_steps=6), operator_model=operator, select_with="tests")
 
 
 def test_best_of_n_on_a_web_task_keeps_the_verified_success(tmp_path: Path, task: Any) -> None:
@@ -92,7 +94,7 @@ def test_best_of_n_on_a_web_task_keeps_the_verified_success(tmp_path: Path, task
     res = best_of_n(ctx, n=2, run_id="bon-web", max_concurrency=2)
     trajs = ctx.store.attempts(run_id="bon-web")
     assert sorted(t.resolved for t in trajs) == [False, True]  # the claim alone is not rewarded by the app
-    assert res.resolved and res.best_reward == 1.0
+    assert res.resolved and res.best_reward == 1.0 and res.oracle
     best = ctx.store.get(res.best_attempt_id)
     assert best is not None and [s["action"]["name"] for s in best.steps] == ["click", "click", "stop"]
 
@@ -105,6 +107,7 @@ def test_hgm_on_a_web_task_diagnoses_page_changes_and_its_children_solve(tmp_pat
     diagnosis = op.requests[0][-1]["content"]
     assert "Start page: Welcome - Corner Shop" in diagnosis and "answer: Done!" in diagnosis
     assert "Files changed" not in diagnosis  # a web attempt has no files
+    assert "reward=" not in diagnosis and "Failed attempts" not in diagnosis  # the app's verdict stays hidden
     children = [t for t in ctx.store.attempts(run_id="hgm-web") if t.operator == "evaluate"]
     assert children and all(t.resolved and "SOLVE" in t.messages[1]["content"] for t in children)
     assert res.resolved

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,15 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent_selfevolve.agent import Limits
-from agent_selfevolve.attempt import AttemptSpec, Judge, run_attempt, sqlite_checkpointer
+from agent_selfevolve.attempt import (
+    UNFINISHED,
+    AttemptSpec,
+    Judge,
+    grade_attempt,
+    resolve_selection,
+    run_attempt,
+    sqlite_checkpointer,
+)
 from agent_selfevolve.models.base import Model, Usage
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
@@ -69,8 +77,9 @@ class SearchContext:
     store: TrajectoryStore
     limits: Limits = field(default_factory=Limits)
     budget: Budget = field(default_factory=Budget)
-    select_with: str = "tests"
-    """'tests' (the task's own check), 'proxy' (no hidden tests) or 'judge' (an LLM judge)."""
+    select_with: str = "auto"
+    """'proxy' (no hidden tests), 'judge' (an LLM judge; needs `judge`) or 'tests' (the task's hidden tests: an
+    oracle run, labelled so). 'auto' becomes 'judge' when a judge is given, else 'proxy'."""
     judge: Judge | None = None
     attempt_checkpointer: BaseCheckpointSaver | None = None
     env_options: dict[str, Any] = field(default_factory=dict)
@@ -81,16 +90,27 @@ class SearchContext:
     started_at: float = field(default_factory=time.time)
     on_event: Callable[[dict[str, Any]], None] | None = None
 
+    def __post_init__(self) -> None:
+        self.select_with = resolve_selection(self.select_with, self.judge)
+
     @property
     def op_model(self) -> Model:
         return self.operator_model or self.model
 
+    @property
+    def oracle(self) -> bool:
+        """Selection by the hidden tests: the run's `resolved` is an oracle figure, not a held-out one."""
+        return self.select_with == "tests"
+
 
 def record_of(traj: Trajectory) -> dict[str, Any]:
-    """The slice of a trajectory a search decides on. `hidden_resolved` is for reports only, never for choices."""
+    """The slice of a trajectory a search decides on. `hidden_resolved` is for reports only, never for choices.
+
+    `reward_ceiling`: the most this attempt's reward could have been (None when unknown, e.g. an empty patch)."""
+    sel = traj.selection or {}
     return {"attempt_id": traj.attempt_id, "task_id": traj.task_id, "status": traj.status,
-            "reward": float((traj.selection or {}).get("reward", 0.0)),
-            "reward_source": (traj.selection or {}).get("source", ""),
+            "reward": float(sel.get("reward", 0.0)), "reward_source": sel.get("source", ""),
+            "reward_ceiling": sel.get("ceiling", 1.0),
             "hidden_resolved": traj.resolved, "usage": traj.usage, "parent_ids": traj.parent_ids,
             "operator": traj.operator, "node_id": traj.node_id, "steps": len(traj.steps),
             "patch_chars": len(traj.patch)}
@@ -124,6 +144,8 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
     ctx = runtime.context
     spec = AttemptSpec(**payload["spec"])
     limits = ctx.budget.clip(ctx.limits, Usage.from_dict(payload.get("used")), payload.get("share", 1))
+    if spec.replay:  # replayed turns cost no model call: the budget's share of steps comes on top of them
+        limits = replace(limits, max_steps=min(ctx.limits.max_steps, limits.max_steps + len(spec.replay)))
     traj = run_attempt(ctx.task, ctx.model, spec, limits=limits, store=ctx.store,
                        checkpointer=ctx.attempt_checkpointer, select_with=ctx.select_with, judge=ctx.judge,
                        env_options=ctx.env_options, system_prompt=ctx.system_prompt)
@@ -157,13 +179,21 @@ class SearchResult:
     best_reward: float
     selection_source: str
     resolved: bool
-    """The chosen attempt passes the task's own check (hidden tests): the reported number."""
+    """The chosen attempt passes the task's own check (hidden tests), graded after the choice. With
+    `oracle` (selection by those same tests) it is an oracle figure, not a held-out one."""
     pass_at_n: bool
     """Any attempt of the run resolved: the oracle upper bound."""
     attempts: int
     usage: dict[str, Any]
     stop_reason: str
     extra: dict[str, Any] = field(default_factory=dict)
+    oracle: bool = False
+    """True when the hidden tests chose the attempt (`selection_source == 'tests'`)."""
+
+    @property
+    def label(self) -> str:
+        """How to report `resolved`: 'oracle' when the hidden tests chose, else 'held-out'."""
+        return "oracle" if self.oracle else "held-out"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,12 +210,15 @@ def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop
     records = state.get("attempts", [])
     if best is _DEFAULT:
         best = best_record(records)
+    if best and best["status"] == UNFINISHED and not best["hidden_resolved"]:
+        best = {**best, "hidden_resolved": _grade_late(ctx, best["attempt_id"])}
     result = SearchResult(
         run_id=state.get("run_id", ""), strategy=strategy, task_id=ctx.task.instance_id,
         best_attempt_id=best["attempt_id"] if best else None, best_reward=best["reward"] if best else 0.0,
         selection_source=ctx.select_with, resolved=bool(best and best["hidden_resolved"]),
-        pass_at_n=any(r["hidden_resolved"] for r in records), attempts=len(records),
-        usage=used_usage(state).to_dict(), stop_reason=stop_reason, extra=extra or {})
+        pass_at_n=bool(best and best["hidden_resolved"]) or any(r["hidden_resolved"] for r in records),
+        attempts=len(records),
+        usage=used_usage(state).to_dict(), stop_reason=stop_reason, extra=extra or {}, oracle=ctx.oracle)
     event = {"event": "search_finished", **result.to_dict()}
     if writer is not None:
         writer(event)
@@ -194,13 +227,21 @@ def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop
     return {"result": result.to_dict()}
 
 
+def _grade_late(ctx: SearchContext, attempt_id: str) -> bool:
+    """Hidden-test verdict of a chosen unfinished attempt (never graded while the search ran), for the report."""
+    traj = ctx.store.get(attempt_id)
+    if traj is None:
+        return False
+    return grade_attempt(ctx.task, traj, ctx.store, ctx.env_options).resolved
+
+
 def run_search(graph_builder: Callable[[], Any], strategy: str, inputs: dict[str, Any], ctx: SearchContext,
                run_id: str | None = None, checkpoint_path: str | Path | None = None,
                max_concurrency: int = 4) -> SearchResult:
     """Compile with a SQLite checkpointer and run; an existing unfinished run with `run_id` is resumed."""
     run_id = run_id or f"{strategy}-{ctx.task.instance_id}-{uuid.uuid4().hex[:6]}"
     ctx.store.create_run(strategy, {"task_id": ctx.task.instance_id, "model": ctx.model.name,
-                                    "select_with": ctx.select_with, "budget": asdict(ctx.budget),
+                                    "select_with": ctx.select_with, "oracle": ctx.oracle, "budget": asdict(ctx.budget),
                                     "limits": asdict(ctx.limits), **inputs}, run_id=run_id)
     saver = sqlite_checkpointer(checkpoint_path or ctx.store.path.with_name("checkpoints.sqlite"))
     if ctx.attempt_checkpointer is None:

@@ -14,11 +14,14 @@ slot by slot for a wave of up to `wave_size` concurrent actions:
 
 An *evaluation* is one independent attempt of a node's variant on `ctx.task` (a fresh sample at the variant's
 temperature, optionally with its own `seed`): per-task search has one task, so "an unseen task" becomes "an
-unseen sample". Success means selection reward >= `threshold`. An *expansion* is one operator LLM call
-(`ctx.op_model`) that diagnoses the parent's failed attempts from `summarize_trajectory` summaries (selection
-reward only, never hidden tests) and writes the child's variant; its usage goes into `op_usage`, so the search
-budget covers it. The final variant is the one with the highest epsilon-quantile of Beta(1 + s, 1 + f); the
-answer is its best attempt by selection reward.
+unseen sample". Its outcome enters the Beta counts fractionally (`counts="fractional"`, the default: s += r,
+f += 1 - r for a reward r in [0, 1]), so a proxy reward that rarely reaches 1.0 still ranks variants; with
+`counts="threshold"` success means reward >= `threshold`. A warning says when `threshold` (also the stop rule
+of `stop_at_success` and the line between failed and other attempts) is above what the reward can reach. An
+*expansion* is one operator LLM call (`ctx.op_model`) that diagnoses the parent's failed attempts from
+`summarize_trajectory` summaries (proxy or judge reward only; an oracle run shows none) and writes the child's
+variant; its usage goes into `op_usage`, so the search budget covers it. The final variant is the one with the
+highest epsilon-quantile of Beta(1 + s, 1 + f); the answer is its best attempt by selection reward.
 
 Ids (node ids, attempt ids) and the random generator of each decision (`decision_rng(seed, counter)`) are fixed
 in checkpointed state before any work starts, so a run killed with `kill -9` resumes the same decisions and
@@ -31,6 +34,7 @@ import copy
 import json
 import operator
 import re
+import warnings
 from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -60,7 +64,7 @@ from agent_selfevolve.search.hgm_math import (
     thompson_expand,
     ucb_air_should_expand,
 )
-from agent_selfevolve.search.summary import head_tail, summarize_trajectory
+from agent_selfevolve.search.summary import VISIBLE_SOURCES, head_tail, summarize_trajectory
 
 ROOT = "n0"
 
@@ -81,6 +85,9 @@ class HGMState(TypedDict, total=False):
     alpha: float
     epsilon: float
     threshold: float
+    counts: str
+    """'fractional' (s += r, f += 1 - r) or 'threshold' (success iff reward >= threshold)."""
+    warnings: list[str]
     wave_size: int
     seed: str
     root_variant: dict[str, Any]
@@ -90,7 +97,8 @@ class HGMState(TypedDict, total=False):
     final_answer: str
     nodes: dict[str, dict[str, Any]]
     """The tree, written only by `plan`: {id: {id, parent, operator, variant, parent_ids, diagnosis, children,
-    attempt_ids, s, f, depth}}; `s`/`f` are the node's own outcomes, recomputed from `attempts`."""
+    attempt_ids, s, f, depth}}; `s`/`f` are the node's own (possibly fractional) outcomes, recomputed from
+    `attempts`."""
     next_node: int
     evals_planned: int
     decisions: int
@@ -117,7 +125,7 @@ def absorb(state: HGMState) -> dict[str, dict[str, Any]]:
     Own counts are recomputed from the node's own attempt records only, never from a child's.
     """
     nodes = copy.deepcopy(state.get("nodes") or {})
-    threshold = state.get("threshold", 1.0)
+    threshold, fractional = state.get("threshold", 1.0), state.get("counts", "fractional") == "fractional"
     for exp in state.get("expansions", []):
         child, parent = exp["node"], exp["parent"]
         if child in nodes or parent not in nodes:
@@ -133,13 +141,27 @@ def absorb(state: HGMState) -> dict[str, dict[str, Any]]:
     for nid, node in nodes.items():
         recs = by_node.get(nid, [])
         node["attempt_ids"] = [r["attempt_id"] for r in recs]
-        node["s"] = sum(1 for r in recs if r["reward"] >= threshold)
-        node["f"] = len(recs) - node["s"]
+        if fractional:
+            node["s"] = round(sum(min(1.0, max(0.0, float(r["reward"]))) for r in recs), 6)
+        else:
+            node["s"] = sum(1 for r in recs if r["reward"] >= threshold)
+        node["f"] = round(len(recs) - node["s"], 6)
     return nodes
 
 
 def _evaluated(nodes: dict[str, dict[str, Any]]) -> list[str]:
     return [nid for nid, n in nodes.items() if n["s"] + n["f"] > 0]
+
+
+def unreachable_threshold(records: list[dict[str, Any]], threshold: float) -> str | None:
+    """A warning when no attempt so far could have reached `threshold` (a proxy with nothing to run tops out at
+    its parse credit), so threshold successes and `stop_at_success` never happen; None otherwise."""
+    known = [float(c) for c in (r.get("reward_ceiling", 1.0) for r in records) if c is not None]
+    if not known or threshold <= max(known):
+        return None
+    ceiling = max(known)
+    return (f"HGM threshold {threshold:g} is above the highest reward these attempts could reach ({ceiling:g}, "
+            f"selection source '{records[0].get('reward_source', '')}'): no attempt can count as a success")
 
 
 def plan(state: HGMState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
@@ -148,6 +170,10 @@ def plan(state: HGMState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
     if not nodes:  # first call: the root variant
         nodes[ROOT] = new_node(ROOT, None, dict(state.get("root_variant") or {}), "root", 0)
     update: dict[str, Any] = {"nodes": nodes, "pending": []}
+    warning = unreachable_threshold(state.get("attempts", []), state.get("threshold", 1.0))
+    if warning and warning not in state.get("warnings", []):
+        warnings.warn(warning, stacklevel=2)
+        update["warnings"] = [*state.get("warnings", []), warning]
     max_evals, planned = state.get("max_evals", 8), state.get("evals_planned", 0)
     reason = budget_reason(state, runtime.context)
     if reason:
@@ -214,16 +240,19 @@ def route(state: HGMState) -> list[Send] | str:
         recs = [records[i] for i in parent["attempt_ids"] if i in records]
         failed = [r for r in recs if r["reward"] < threshold]
         chosen = (failed or recs)[-limit:]
+        scored = all(r.get("reward_source") in VISIBLE_SOURCES for r in chosen)  # an oracle run says nothing
         out.append(Send("expand", {"run_id": state["run_id"], "parent": parent["id"], "child": a["child"],
                                    "variant": parent["variant"], "diagnosis": parent.get("diagnosis", ""),
                                    "attempt_ids": [r["attempt_id"] for r in chosen],
-                                   "all_failed": bool(failed), "threshold": threshold}))
+                                   "all_failed": bool(failed) if scored else None, "threshold": threshold}))
     return out
 
 
 def diagnosis_messages(problem: str, variant: dict[str, Any], summaries: list[str], previous_diagnosis: str,
-                       all_failed: bool) -> list[Message]:
-    """The operator prompt: the public issue, the parent's variant and its attempt summaries; no hidden tests."""
+                       all_failed: bool | None) -> list[Message]:
+    """The operator prompt: the public issue, the parent's variant and its attempt summaries; no hidden tests.
+
+    `all_failed=None` (an oracle run: failure would be a hidden-test verdict) labels the attempts neutrally."""
     params = variant.get("model_params") or {}
     parts = [f"<issue>\n{head_tail(problem, 4000)}\n</issue>",
              "Current agent configuration:\n"
@@ -231,7 +260,8 @@ def diagnosis_messages(problem: str, variant: dict[str, Any], summaries: list[st
              f"temperature: {params.get('temperature', 'default')}"]
     if previous_diagnosis:
         parts.append(f"Diagnosis that produced this configuration:\n{previous_diagnosis}")
-    label = "Failed attempts" if all_failed else "Attempts (none failed; make the agent more reliable)"
+    label = ("Attempts" if all_failed is None else "Failed attempts" if all_failed
+             else "Attempts (none failed; make the agent more reliable)")
     parts.append(f"{label} with this configuration:\n\n" + "\n\n".join(summaries or ["(no summaries available)"]))
     parts.append(DIAGNOSIS_FORMAT)
     return [{"role": "system", "content": DIAGNOSIS_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
@@ -274,7 +304,7 @@ def expand_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> dic
         if traj is not None:
             summaries.append(summarize_trajectory(traj, limit=2500))
     messages = diagnosis_messages(ctx.task.problem_statement, payload["variant"], summaries,
-                                  payload.get("diagnosis", ""), payload.get("all_failed", True))
+                                  payload.get("diagnosis", ""), payload.get("all_failed"))
     result: dict[str, Any] = {"node": payload["child"], "parent": payload["parent"],
                               "parent_ids": list(payload["attempt_ids"])}
     usage = Usage()
@@ -321,8 +351,9 @@ def select(state: HGMState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
              "evaluations": len(records), "expansions": len(nodes) - 1,
              "best_any_attempt_id": best_any["attempt_id"] if best_any else None,
              "best_any_reward": best_any["reward"] if best_any else 0.0,
-             "params": {k: state.get(k) for k in ("max_evals", "alpha", "epsilon", "threshold", "wave_size",
-                                                  "final_answer")},
+             "params": {k: state.get(k) for k in ("max_evals", "alpha", "epsilon", "threshold", "counts",
+                                                  "wave_size", "final_answer")},
+             "warnings": state.get("warnings", []),  # plan checked the threshold after every wave
              "decisions": state.get("decision_log", [])}
     out = finish_result("hgm", state, ctx, state.get("stop_reason", ""), extra, best=best,
                         writer=runtime.stream_writer)
@@ -347,15 +378,19 @@ def hgm(ctx: SearchContext, max_evals: int = 8, alpha: float = 0.6, epsilon: flo
         wave_size: int | None = None, strategy: str = "", guidance: str = "", temperature: float | None = 0.7,
         seed: str | int | None = None, max_summaries: int = 3, seed_evaluations: bool = False,
         stop_at_success: bool = False, final_answer: Literal["variant", "any"] = "variant",
-        run_id: str | None = None, max_concurrency: int = 4) -> SearchResult:
+        run_id: str | None = None, max_concurrency: int = 4,
+        counts: Literal["fractional", "threshold"] = "fractional") -> SearchResult:
     """Run HGM on `ctx.task` with at most `max_evals` evaluations (attempts); resumes the run `run_id` if it exists.
 
     `strategy`/`guidance`/`temperature` form the root variant. `seed` (default: the run id) fixes every random
     decision. `final_answer="any"` returns the best attempt of the whole tree instead of the final variant's.
+    `counts` says how an attempt's reward enters the Beta counts (see the module docstring).
     """
+    if threshold > 1.0:
+        warnings.warn(f"HGM threshold {threshold:g} is above 1.0, the most any reward reaches", stacklevel=2)
     root = {"strategy": strategy, "guidance": guidance,
             "model_params": {"temperature": temperature} if temperature is not None else {}}
-    inputs = {"max_evals": max_evals, "alpha": alpha, "epsilon": epsilon, "threshold": threshold,
+    inputs = {"max_evals": max_evals, "alpha": alpha, "epsilon": epsilon, "threshold": threshold, "counts": counts,
               "wave_size": wave_size or max_concurrency, "root_variant": root,
               "seed": "" if seed is None else str(seed), "max_summaries": max_summaries,
               "seed_evaluations": seed_evaluations, "stop_at_success": stop_at_success, "final_answer": final_answer}

@@ -1,10 +1,12 @@
 """Pure estimators and decision rules of the Huxley-Gödel Machine (HGM, arXiv 2510.21614).
 
-Everything here works on a plain JSON tree `{node_id: {"parent": id | None, "s": int, "f": int, ...}}`
-where `s`/`f` are the node's *own* successes/failures. Nothing knows about tasks, models or LangGraph, so the
-same code serves the per-task search in `hgm.py` and a multi-task HGM (where an evaluation is a real unseen
-task) alike. Clade sums are recomputed from parent pointers into fresh numbers on every call: no list is ever
-shared between nodes, so an expansion can never leak a descendant's outcomes into an ancestor's own counts.
+Everything here works on a plain JSON tree `{node_id: {"parent": id | None, "s": float, "f": float, ...}}`
+where `s`/`f` are the node's *own* successes/failures: whole counts, or fractional ones (an evaluation with
+reward r in [0, 1] adds r to s and 1 - r to f, the Bernoulli-to-Beta update for a graded outcome). Nothing
+knows about tasks, models or LangGraph, so the same code serves the per-task search in `hgm.py` and a
+multi-task HGM (where an evaluation is a real unseen task) alike. Clade sums are recomputed from parent
+pointers into fresh numbers on every call: no list is ever shared between nodes, so an expansion can never leak
+a descendant's outcomes into an ancestor's own counts.
 
 Randomness comes only from the `random.Random` passed in; draws happen in the order of `candidates`, so a
 seeded generator reproduces every decision (see `decision_rng`).
@@ -18,11 +20,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Tree = Mapping[str, Mapping[str, Any]]
-"""{node_id: {"parent": str | None, "s": int, "f": int, ...}}; extra keys are ignored."""
+"""{node_id: {"parent": str | None, "s": float, "f": float, ...}}; extra keys are ignored."""
 
 
-def _own(node: Mapping[str, Any]) -> tuple[int, int]:
-    return int(node.get("s", 0)), int(node.get("f", 0))
+def _own(node: Mapping[str, Any]) -> tuple[float, float]:
+    return float(node.get("s", 0)), float(node.get("f", 0))
 
 
 def ancestors(tree: Tree, node_id: str) -> list[str]:
@@ -41,12 +43,12 @@ def ancestors(tree: Tree, node_id: str) -> list[str]:
     return out
 
 
-def clade_counts(tree: Tree) -> dict[str, tuple[int, int]]:
+def clade_counts(tree: Tree) -> dict[str, tuple[float, float]]:
     """(n_s^C, n_f^C) for every node: its own counts plus those of ALL its descendants.
 
     Each node adds its own counts to itself and to each ancestor; the result holds new immutable tuples.
     """
-    sums: dict[str, list[int]] = {nid: [0, 0] for nid in tree}
+    sums: dict[str, list[float]] = {nid: [0.0, 0.0] for nid in tree}
     for nid, node in tree.items():
         s, f = _own(node)
         for target in (nid, *ancestors(tree, nid)):
@@ -190,11 +192,11 @@ def final_selection(tree: Tree, epsilon: float = 0.1, min_evals: int = 1) -> str
     Only nodes with at least `min_evals` evaluations qualify (an unevaluated node has no answer to give);
     ties go to the node with more evaluations, then to the earlier node in the tree's order.
     """
-    best: tuple[float, int, int] | None = None
+    best: tuple[float, float, int] | None = None
     best_id: str | None = None
     for order, (nid, node) in enumerate(tree.items()):
         s, f = _own(node)
-        if s + f < min_evals:
+        if s + f < min_evals - 1e-9:  # fractional counts sum to the evaluations up to rounding
             continue
         key = (beta_quantile(epsilon, 1.0 + s, 1.0 + f), s + f, -order)
         if best is None or key > best:

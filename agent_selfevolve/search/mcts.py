@@ -3,10 +3,12 @@
 A tree node is an agent *state*: the actions taken so far. Expanding a node runs `children` attempts that
 replay the node's actions in fresh sandboxes (`AttemptSpec.replay`: no model calls, the tools re-execute) and
 then let the model take up to `step_chunk` more steps at a sampling temperature. Each child gets a value:
-- an attempt that ended (submitted, or stopped by format errors, the step cap or a crash) is worth its
-  selection reward (tests, proxy or judge: whatever the run selects with);
-- an unfinished one is judged by a value model, SWE-Search's hybrid value: a number (0-100) for the search and
-  an explanation that is passed to that node's own children as guidance (the qualitative half).
+- an attempt that ended (submitted, or stopped by format errors, the step limit or a crash) is worth its
+  selection reward (proxy, judge, or in an oracle run the hidden tests);
+- an unfinished one (status 'unfinished': stopped at its chunk cap, never graded by the hidden tests) is judged
+  by a value model, SWE-Search's hybrid value: a number (0-100) for the search and an explanation that is
+  passed to that node's own children as guidance (the qualitative half). Its prompt shows a proxy or judge
+  reward at most, never a hidden verdict.
 Selection descends by UCT, values are backed up to the root, and the best attempt by selection reward is the
 answer. Every child is a stored attempt whose parent is the node it branched from, so siblings share a
 prefix: exactly the pairs the DPO and recovery rows of the trainer want.
@@ -26,7 +28,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from agent_selfevolve.attempt import AttemptSpec
+from agent_selfevolve.attempt import UNFINISHED, AttemptSpec
 from agent_selfevolve.search.common import (
     SearchContext,
     SearchResult,
@@ -162,8 +164,7 @@ def evaluate(state: MCTSState, runtime: Runtime[SearchContext]) -> dict[str, Any
             continue  # valued before a resume
         traj, rec = ctx.store.get(node["attempt_id"]), records.get(node["attempt_id"])
         node["steps"] = _actions(traj) if traj else 0
-        cap_reached = node["steps"] >= ctx.limits.max_steps
-        node["terminal"] = traj is None or traj.status != "step_limit" or cap_reached
+        node["terminal"] = traj is None or traj.status != UNFINISHED
         if node["terminal"]:
             node["value"] = float(rec["reward"]) if rec else 0.0
         else:

@@ -148,9 +148,11 @@ def rating_prompt(problem: str, summary: str) -> str:
             f"only its outcome), name its blind spots and risks, and say what worked. Reply as JSON:\n{_RATE_FORMAT}")
 
 
-def revision_prompt(problem: str, summary: str, insights: str, tried: list[str]) -> str:
+def revision_prompt(problem: str, summary: str, insights: str, tried: list[str], scored: bool = True) -> str:
+    """`scored=False` (an oracle run, whose rewards are hidden-test verdicts) says nothing about the outcome."""
     tried_text = "\n".join(f"- {s}" for s in tried) or "- (none)"
-    return (f"Issue:\n{problem[:2000]}\n\nA failed or low-reward attempt:\n{summary}\n\nLessons from the whole "
+    label = "A failed or low-reward attempt" if scored else "An earlier attempt"
+    return (f"Issue:\n{problem[:2000]}\n\n{label}:\n{summary}\n\nLessons from the whole "
             f"search so far:\n{insights or '(none yet)'}\n\nStrategies already tried:\n{tried_text}\n\n"
             "Find the failure points of this attempt. Then plan a new attempt whose strategy is orthogonal to the "
             f"failed one (not a variation of it) and that avoids those failure points. Reply as JSON:\n{_PLAN_FORMAT}")
@@ -162,10 +164,13 @@ def recombination_prompt(problem: str, mode: str, summary_a: str, summary_b: str
             f"Plan one new attempt. Reply as JSON:\n{_PLAN_FORMAT}")
 
 
-def fallback_revision(parent_strategy: str, status: str, reward: float, untried: str) -> dict[str, Any]:
-    """Deterministic revision when the operator's reply is unusable: switch to an untried strategy."""
+def fallback_revision(parent_strategy: str, status: str, reward: float | None, untried: str) -> dict[str, Any]:
+    """Deterministic revision when the operator's reply is unusable: switch to an untried strategy.
+
+    `reward` is None when it must not be shown (a hidden-test verdict): this text becomes the agent's guidance."""
+    shown = f" and reward {reward:.2f}" if reward is not None else ""
     return {"strategy": untried,
-            "guidance": (f"An earlier attempt ended with status '{status}' and reward {reward:.2f} using the "
+            "guidance": (f"An earlier attempt ended with status '{status}'{shown} using the "
                          f"approach: {parent_strategy or 'unspecified'}. Do not repeat it; take a different route, "
                          "check your assumptions with a quick experiment, and test the fix before submitting."),
             "failure_points": []}

@@ -57,7 +57,7 @@ from agent_selfevolve.search.operators import (
     select_diverse,
     trajectory_features,
 )
-from agent_selfevolve.search.summary import summarize_trajectory
+from agent_selfevolve.search.summary import VISIBLE_SOURCES, reward_text, summarize_trajectory
 from agent_selfevolve.trajectory import Trajectory
 
 
@@ -107,9 +107,15 @@ def _population(state: SEAgentState, ctx: SearchContext) -> dict[str, Trajectory
 
 
 def _summary(traj: Trajectory | None, record: dict[str, Any]) -> str:
+    """The operator's view of an attempt; a reward only when its source hides nothing (summary.VISIBLE_SOURCES)."""
     if traj is None:
-        return f"Attempt {record['attempt_id']}: status={record['status']}; reward={record['reward']:.2f}"
+        shown = reward_text(record["reward"], record.get("reward_source", ""))
+        return f"Attempt {record['attempt_id']}: status={record['status']}; {shown}".rstrip("; ")
     return summarize_trajectory(traj)
+
+
+def _shown_reward(record: dict[str, Any]) -> float | None:
+    return record["reward"] if record.get("reward_source") in VISIBLE_SOURCES else None
 
 
 def _budget(state: SEAgentState, ctx: SearchContext, extra: list[dict[str, Any]]) -> str | None:
@@ -259,13 +265,13 @@ def evolve(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, An
             break
         child = f"{run_id}:g{gen}:revision:{k}"
         parent = trajs.get(pid)
-        call = call_operator(ctx.op_model, "revise",
-                             revision_prompt(problem, _summary(parent, records[pid]), insights, tried))
+        call = call_operator(ctx.op_model, "revise", revision_prompt(
+            problem, _summary(parent, records[pid]), insights, tried, scored=_shown_reward(records[pid]) is not None))
         usage.append(call.usage)
         parsed = parse_plan(call.text) if not call.error else None
         untried = next((s for s in strategies if s not in tried), strategies[(k + gen) % len(strategies)])
         plan_ = parsed or fallback_revision(parent.strategy if parent else "", records[pid]["status"],
-                                            records[pid]["reward"], untried)
+                                            _shown_reward(records[pid]), untried)
         log.append(_log(runtime, call, gen, [pid], child, parsed is not None))
         strategy = plan_["strategy"] or untried
         tried.append(strategy)

@@ -2,18 +2,42 @@
 
 Actions, key observations (errors, test results; for web attempts the page changes: title and URL when they
 move, the last action's error), files touched or the answer given, and the outcome, truncated head+tail so the
-beginning (the plan) and the end (what happened last) both survive. Hidden-test details are never included:
-only the selection reward, whose source the caller chose.
+beginning (the plan) and the end (what happened last) both survive. Nothing from the hidden evaluation is ever
+included: a reward appears only when its source uses nothing hidden (proxy or judge), so an oracle run
+(selection by hidden tests) shows operators no reward at all.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from agent_selfevolve.trajectory import Trajectory
 
+VISIBLE_SOURCES = frozenset({"proxy", "judge"})
+"""Reward sources an operator, value or judge prompt may show: neither reads the hidden tests."""
 _KEY_LINE = re.compile(r"(error|exception|traceback|failed|passed|assert|refused|not found|timed out)", re.I)
+
+
+def visible_reward(selection: dict[str, Any] | None) -> float | None:
+    """The selection reward when a prompt may show it (proxy or judge), else None (hidden tests, page verdicts)."""
+    if not selection or selection.get("source") not in VISIBLE_SOURCES:
+        return None
+    return float(selection.get("reward", 0.0))
+
+
+def reward_text(reward: float | None, source: str) -> str:
+    """'reward=0.60 (proxy)' for a shown reward; '' for a hidden one (an oracle run shows no reward)."""
+    return f"reward={reward:.2f} ({source}); " if reward is not None and source in VISIBLE_SOURCES else ""
+
+
+def checks_text(selection: dict[str, Any] | None) -> str:
+    """The proxy's own checks in one line ('repo_tests 3/4, doctests 1/1'), '' for any other source."""
+    if not selection or selection.get("source") != "proxy":
+        return ""
+    checks = (selection.get("details") or {}).get("checks") or {}
+    return ", ".join(f"{g} {c.get('passed', 0)}/{c.get('total', 0)}" for g, c in sorted(checks.items()))
 
 
 def head_tail(text: str, limit: int) -> str:
@@ -79,8 +103,10 @@ def summarize_trajectory(traj: Trajectory, limit: int = 3000) -> str:
         files = files_touched(traj.patch)
         lines.append(f"Files changed: {', '.join(files) if files else 'none'}")
     sel = traj.selection or {}
-    reward = f"{sel.get('reward', 0.0):.2f} ({sel.get('source', 'none')})" if sel else "not scored"
-    lines.append(f"Outcome: status={traj.status}; reward={reward}; steps={len(traj.steps)}")
+    lines.append(f"Outcome: status={traj.status}; {reward_text(visible_reward(sel), sel.get('source', ''))}"
+                 f"steps={len(traj.steps)}")
+    if checks_text(sel):
+        lines.append(f"Proxy checks passed: {checks_text(sel)}")
     if traj.exit_message:
         lines.append(f"Exit: {traj.exit_message.splitlines()[0][:200]}")
     return head_tail("\n".join(lines), limit)

@@ -114,6 +114,7 @@ def run_view(store: TrajectoryStore, run_id: str) -> dict[str, Any]:
     header = {"run_id": run_id, "status": run.get("status", ""), "strategy": strategy,
               "task": summary.get("task_id") or config.get("task_id", ""), "model": config.get("model", ""),
               "selection": summary.get("selection_source") or config.get("select_with", ""),
+              "oracle": _oracle(summary, config, attempts),
               "budget": {k: v for k, v in (config.get("budget") or {}).items() if v is not None},
               "tokens": total, "operator_tokens": max(0, total - attempt_tokens),
               "calls": usage.get("calls", sum(a["calls"] for a in attempts)),
@@ -127,6 +128,14 @@ def run_view(store: TrajectoryStore, run_id: str) -> dict[str, Any]:
     return {"header": header, "attempts": attempts, "tree": nodes, "final_node": extra.get("final_node"),
             "elite_ids": list(extra.get("elite_ids") or []), "scores": extra.get("scores") or {},
             "config": config, "extra": {k: v for k, v in extra.items() if k not in ("tree", "decisions")}}
+
+
+def _oracle(summary: dict[str, Any], config: dict[str, Any], attempts: list[dict[str, Any]]) -> bool:
+    """The hidden tests chose the answer: the run said so, or (no run record) its attempts were scored by them."""
+    chosen = summary.get("selection_source") or config.get("select_with")
+    if chosen:
+        return bool(summary.get("oracle")) or chosen == "tests"
+    return any(a["reward_source"] not in ("", "proxy", "judge") for a in attempts if a["reward"] is not None)
 
 
 def embed_json(data: Any) -> str:
@@ -154,8 +163,11 @@ def _header_html(h: dict[str, Any]) -> str:
                   f"{(h['best_reward'] or 0):.2f}; pass@{h['attempts']} {'yes' if h['pass_at_n'] else 'no'}")
     if h["derived"]:
         result += " (no summary: best attempt so far)"
+    if h["oracle"] and h["resolved"] is not None:
+        result += " (ORACLE: the hidden tests also chose the answer)"
     rows = [("strategy", h["strategy"]), ("task", h["task"]), ("model", h["model"]),
-            ("selection", h["selection"]), ("status", h["status"]), ("budget", budget), ("used", used),
+            ("selection", f"{h['selection']} (ORACLE)" if h["oracle"] else h["selection"]),
+            ("status", h["status"]), ("budget", budget), ("used", used),
             ("attempts", h["attempts"]), ("result", result), ("answer", h["best_attempt_id"] or "-"),
             ("stop reason", h["stop_reason"] or "-")]
     cls = "ok" if h["resolved"] else "bad" if h["resolved"] is False else "muted"
