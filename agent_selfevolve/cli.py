@@ -111,7 +111,8 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
 
         def on_result(res: dict[str, Any], summary: dict[str, Any]) -> None:
             cost["usd"] += float((res.get("usage") or {}).get("cost", 0.0))
-            info = (f"resolved {summary['resolved_instances']}  errors {summary['error_instances']}  "
+            info = (f"resolved{_oracle_tag(select_with)} {summary['resolved_instances']}  "
+                    f"errors {summary['error_instances']}  "
                     f"tokens {summary['total_tokens_best_attempts']:,}  cost ${cost['usd']:.4f}")
             progress.update(bar, advance=1, info=info)
             if not res.get("ok"):
@@ -120,22 +121,30 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
         summary = run_batch(task_list, out, config, workers=workers, executor=executor, ray_address=ray_address,
                             on_result=on_result, on_event=on_event)
     results = read_results(out)
-    table = Table("instance", "resolved", "status", "attempts", "tokens")
+    table = Table("instance", "resolved (oracle)" if select_with == "tests" else "resolved", "status", "attempts",
+                  "tokens")
     for t in task_list:
         r = results.get(t.instance_id, {})
         u = r.get("usage", {})
         table.add_row(t.instance_id, "yes" if r.get("resolved") else "no", r.get("status") or r.get("error", "")[:40],
                       str(r.get("attempts", "")), f"{u.get('prompt_tokens', 0) + u.get('completion_tokens', 0):,}")
     Console().print(table)
-    console.print(f"resolved {summary['resolved_instances']}/{summary['total_instances']}  -> {out}/summary.json")
+    console.print(f"resolved {summary['resolved_instances']}/{summary['total_instances']}{_oracle_tag(select_with)}"
+                  f"  -> {out}/summary.json")
     return summary
+
+
+def _oracle_tag(select_with: str) -> str:
+    """Said wherever `resolved` is printed for a run whose attempts the hidden tests chose."""
+    return " (ORACLE: attempts chosen by the hidden tests)" if select_with == "tests" else ""
 
 
 @app.command()
 def solve(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: BaseUrlOpt = None, ids: IdsOpt = None,
           pattern: PatternOpt = None, slice_: SliceOpt = None, out: OutOpt = Path("runs/solve"),
           max_steps: int = typer.Option(30, help="Agent steps per attempt."),
-          select_with: str = typer.Option("tests", help="tests | proxy (reward recorded for the attempt)."),
+          select_with: str = typer.Option("proxy", help="proxy | judge | tests (reward recorded for the attempt; "
+                                                          "tests = hidden tests, an oracle)."),
           profile: ProfileOpt = "auto") -> None:
     """One attempt per task with the agent graph; writes preds.jsonl, reports and a summary."""
     _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, "single", {}, {}, select_with,
@@ -151,7 +160,8 @@ def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent 
            budget_calls: int | None = typer.Option(None, help="LLM-call budget per task."),
            budget_cost: float | None = typer.Option(None, help="Cost budget per task (USD)."),
            budget_time: float | None = typer.Option(None, help="Wall-time budget per task (s)."),
-           select_with: str = typer.Option("tests", help="Selection reward: tests | proxy | judge."),
+           select_with: str = typer.Option("proxy", help="Selection reward: proxy | judge (the model judges) | "
+                                                         "tests (hidden tests choose: an ORACLE run)."),
            max_steps: int = typer.Option(20, help="Agent steps per attempt."),
            workers: int = typer.Option(1, help="Tasks in parallel (processes)."),
            baseline: bool = typer.Option(False, help="Also run best-of-N at the same token budget (compute-matched)."),
@@ -187,7 +197,7 @@ def batch(tasks: TasksOpt = "bundled", model: ModelOpt = "local", base_url: Base
             f"{'[green]valid' if r['valid'] else '[red]INVALID'}[/] {r['instance_id']}  {escape(r.get('reason', ''))}"))
         console.print(f"valid {res['valid_instances']}/{res['total_instances']}  -> {out}/validation.json")
         return
-    _run_batch(task_list, out, model, base_url, strategy, {}, {}, "tests", max_steps, workers, executor, ray_address,
+    _run_batch(task_list, out, model, base_url, strategy, {}, {}, "proxy", max_steps, workers, executor, ray_address,
                profile=profile)
 
 
@@ -209,7 +219,10 @@ def _local_base(model: str) -> tuple[str, Path]:
 @app.command()
 def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
            train_slice: Annotated[str, typer.Option(help="Training tasks (slice of --tasks).")] = "0:100",
-           held_out_slice: Annotated[str, typer.Option(help="Held-out tasks (slice of --tasks).")] = "100:150",
+           held_out_slice: Annotated[str, typer.Option(help="Gate tasks: promotion is decided on these.")] = "100:132",
+           final_slice: Annotated[str, typer.Option(help="Final test tasks: reported, never gate anything.")] =
+           "132:164",
+           alpha: Annotated[float, typer.Option(help="Gate: one-sided exact McNemar p must be below this.")] = 0.05,
            episodes: Annotated[int, typer.Option(help="Search -> train -> gate rounds.")] = 2,
            strategy: Annotated[str, typer.Option(help="best_of_n | se_agent | hgm | mcts")] = "best_of_n",
            n: Annotated[int, typer.Option(help="best_of_n attempts per training task.")] = 4,
@@ -217,7 +230,8 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
            runtime: Annotated[str, typer.Option(help="llama (GGUF LoRA) | transformers (peft)")] = "llama",
            lora_rank: int = 16, lr: float = 2e-4, epochs: int = 2, max_length: int = 4096, max_steps: int = 15,
            out: OutOpt = Path("runs/evolve"), run_id: str = "evolve", profile: ProfileOpt = "auto") -> None:
-    """Episodes of search on training tasks, LoRA on the successes, promotion gated on held-out tasks."""
+    """Episodes of search on training tasks, LoRA on the successes, promotion gated on the gate split; the final
+    split is evaluated once at the end for the base and the final policy and reported, never used to decide."""
     from agent_selfevolve.evolve import EvolveConfig, EvolveContext
     from agent_selfevolve.evolve import evolve as run_evolve
     from agent_selfevolve.serving import llama_cpp_policy, transformers_policy
@@ -226,6 +240,7 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
 
     train_tasks = resolve_tasks(tasks, None, None, train_slice)
     held_out = resolve_tasks(tasks, None, None, held_out_slice)
+    final_test = resolve_tasks(tasks, None, None, final_slice) if final_slice else []
     from agent_selfevolve.profiles import get_profile
 
     key, base_dir = _local_base(model)
@@ -236,18 +251,23 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
     config = EvolveConfig(episodes=episodes, strategy=strategy, strategy_options={"n": n} if strategy == "best_of_n"
                           else {}, limits={"max_steps": max_steps}, kinds=kinds.split(","),
                           train=_train_config(lora_rank, lr, epochs, max_length),
-                          profile=agent.name)
-    ctx = EvolveContext(train_tasks=train_tasks, held_out=held_out, store=TrajectoryStore(out / "runs.sqlite"),
+                          profile=agent.name, alpha=alpha)
+    ctx = EvolveContext(train_tasks=train_tasks, held_out=held_out, final_test=final_test,
+                        store=TrajectoryStore(out / "runs.sqlite"),
                         registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out, config=config,
                         on_event=lambda e: console.print(f"[dim]{json.dumps(e, default=str)[:200]}[/dim]"))
     summary = run_evolve(ctx, run_id=run_id)
-    table = Table("episode", "policy", "held-out before", "after", "promoted", "gained/lost", "p")
+    table = Table("episode", "policy", "gate before", "after", "promoted", "gained/lost", "p (one-sided)")
     for e in summary["episodes"]:
         paired = e.get("paired") or {}
         table.add_row(str(e["episode"]), e["policy_before"], f"{e['heldout_before']:.2f}",
                       "-" if e["heldout_after"] is None else f"{e['heldout_after']:.2f}", str(e["promoted"]),
-                      f"{paired.get('gained', '-')}/{paired.get('lost', '-')}", f"{paired.get('p_value', 1.0):.3g}")
+                      f"{paired.get('gained', '-')}/{paired.get('lost', '-')}", f"{paired.get('p_one_sided', 1.0):.3g}")
     Console().print(table)
+    final = summary.get("final_test") or {}
+    if final:
+        shown = {k: v for k, v in final.items() if k != "outcomes"}
+        console.print(f"final test split (never gated): {json.dumps(shown, default=str)[:400]}")
     console.print(f"final policy: {summary['final_policy']}  -> {out}/evolve.json, {out}/evolve.png")
 
 
@@ -266,9 +286,11 @@ def train(db: Annotated[Path, typer.Option(help="Trajectory store to learn from.
     rows, report = build_dataset(TrajectoryStore(db), run_id=run, held_out=held_out or [], kinds=kinds.split(","))
     console.print(f"dataset: {json.dumps({k: len(v) for k, v in rows.items()})} ({report.duplicates} duplicates)")
     registry = AdapterRegistry(registry_dir)
+    parent = registry.latest(name)  # the new version continues from it, so the recorded parent is the truth
+    init = registry.check_base(parent.ref, base_dir).path if parent else None
     out, metrics = train_sft_then_dpo(base_dir, rows, lambda stage: registry.staging_path(f"{name}-{stage}"),
-                                      _train_config(lora_rank, lr, epochs, max_length))
-    parent = registry.latest(name)
+                                      _train_config(lora_rank, lr, epochs, max_length), init_adapter=init)
+    metrics = {**metrics, "trained_from": parent.ref if parent else "base", "train_prompts": report.prompts}
     version = registry.register(name, out, parent=parent.ref if parent else None, metrics=metrics)
     console.print(f"registered {version.ref}: {json.dumps(metrics)}")
 

@@ -1,14 +1,17 @@
 """Does the model improve? The embedded model as a tool-using agent, before and after one round of
-search -> LoRA SFT on its own successful trajectories, paired on the same held-out tasks.
+search -> LoRA SFT on its own successful trajectories -> promotion gate, measured on a final test split.
 
-    python bench/evolve.py                                  # 100 train / 50 held-out HumanEval repo tasks
-    python bench/evolve.py --train 20 --held-out 20 --n 2   # a pilot
-    python bench/evolve.py --kinds sft,dpo                  # ablation: add DPO pairs from sibling attempts
+    python bench/evolve.py                                           # 100 train / 32 gate / 32 final test
+    python bench/evolve.py --train 20 --gate 20 --final 20 --n 2     # a pilot
+    python bench/evolve.py --kinds sft,dpo                           # ablation: add DPO pairs from siblings
 
 Tasks: HumanEval problems framed as repo tasks (implement the function in solution.py; hidden test file),
-shuffled with a fixed seed and split into disjoint train / held-out sets. Reports held-out success before and
-after, the paired difference with an exact McNemar test, and the failure causes before and after (format
-errors, no submit, wrong patch). Results go to <out>/bench.json; nothing is asserted.
+shuffled with a fixed seed and cut into three disjoint splits: training (searched, trained on), gate (decides
+promotion: net gain and one-sided McNemar p < --alpha) and final test (decides nothing; evaluated for the base and
+the final policy after the gate). The result is the final split's: base vs the policy the gate kept, paired, with
+an exact McNemar test and the failure causes on each side (format errors, no submit, wrong patch). The gate's
+numbers are reported beside it but are biased upwards by the selection the gate made. Results go to
+<out>/bench.json; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evolve  # noqa: E402
+from agent_selfevolve.evolve import EvolveConfig, EvolveContext, eval_run_id, evolve  # noqa: E402
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
@@ -45,21 +48,25 @@ def causes(store: TrajectoryStore, run_id: str) -> dict[str, int]:
     return dict(Counter(failure_cause(t) for t in store.attempts(run_id=run_id)))
 
 
-def split_tasks(seed: int, n_train: int, n_held_out: int) -> tuple[list[Task], list[Task]]:
-    """HumanEval repo tasks shuffled with `seed`, cut into disjoint train and held-out lists (shared with the
-    ablation, which must see exactly the same split)."""
+def split_tasks(seed: int, n_train: int, n_gate: int, n_final: int) -> tuple[list[Task], list[Task], list[Task]]:
+    """HumanEval repo tasks shuffled with `seed`, cut into disjoint train, gate and final test lists (shared with
+    the ablation, which must see exactly the same splits)."""
     from agent_selfevolve.humaneval import humaneval_tasks
 
     tasks = humaneval_tasks()
+    if n_train + n_gate + n_final > len(tasks):
+        raise SystemExit(f"{n_train} + {n_gate} + {n_final} tasks asked for, {len(tasks)} exist")
     random.Random(seed).shuffle(tasks)
-    return tasks[:n_train], tasks[n_train: n_train + n_held_out]
+    return tasks[:n_train], tasks[n_train: n_train + n_gate], tasks[n_train + n_gate: n_train + n_gate + n_final]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--train", type=int, default=100)
-    parser.add_argument("--held-out", type=int, default=50)
+    parser.add_argument("--gate", type=int, default=32, help="tasks that decide promotion")
+    parser.add_argument("--final", type=int, default=32, help="final test tasks: the reported result")
+    parser.add_argument("--alpha", type=float, default=0.05, help="gate: one-sided McNemar p must be below this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=4, help="best-of-N attempts per training task")
     parser.add_argument("--max-steps", type=int, default=12)
@@ -79,7 +86,7 @@ def main() -> None:
     from agent_selfevolve.serving import llama_cpp_policy, transformers_policy
     from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
 
-    train, held = split_tasks(args.seed, args.train, args.held_out)
+    train, gate, final = split_tasks(args.seed, args.train, args.gate, args.final)
     base_dir = hf_base_from_gguf(ensure_gguf(args.model))
     registry = AdapterRegistry(args.out / "registry")
     profile = get_profile(args.profile)
@@ -90,26 +97,29 @@ def main() -> None:
         policy = transformers_policy(base_dir)
     store = TrajectoryStore(args.out / "runs.sqlite")
     config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": args.n, "temperature": 0.8},
-                          limits={"max_steps": args.max_steps}, kinds=args.kinds.split(","), min_gain=-10**6,
+                          limits={"max_steps": args.max_steps}, kinds=args.kinds.split(","), alpha=args.alpha,
                           train={"rank": args.rank, "alpha": 2 * args.rank, "lr": args.lr, "epochs": args.epochs,
                                  "max_length": 4096, "threads": args.threads},
                           profile=profile.name)
-    ctx = EvolveContext(train_tasks=train, held_out=held, store=store, registry=registry, base_hf_dir=base_dir,
-                        policy=policy, out_dir=args.out, config=config,
+    ctx = EvolveContext(train_tasks=train, held_out=gate, final_test=final, store=store, registry=registry,
+                        base_hf_dir=base_dir, policy=policy, out_dir=args.out, config=config,
                         on_event=lambda e: print(json.dumps(e, default=str)[:160], flush=True))
-    run_id = args.run_id or (f"bench-{args.profile}-s{args.seed}-t{args.train}-h{args.held_out}-n{args.n}-"
-              f"{args.kinds.replace(',', '+')}")
+    run_id = args.run_id or (f"bench-{args.profile}-s{args.seed}-t{args.train}-g{args.gate}-f{args.final}-"
+                             f"n{args.n}-{args.kinds.replace(',', '+')}")
     summary = evolve(ctx, run_id=run_id)
-    episode = summary["episodes"][0]
+    episode, held = summary["episodes"][0], summary["final_test"]
     result = {"run_id": run_id, "model": args.model, "profile": args.profile,
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "train": len(train), "held_out": len(held),
-              "heldout_before": episode["heldout_before"], "heldout_after": episode["heldout_after"],
-              "paired": episode["paired"], "data": episode["data"], "train_metrics": episode["train"],
-              "search_usage": episode["search_usage"],
-              "causes_before": causes(store, f"{run_id}:eval:base"),
-              "causes_after": causes(store, f"{run_id}:eval:{episode['candidate']}") if episode["candidate"] else {},
-              "search_causes": Counter()}
+              "splits": {"train": len(train), "gate": len(gate), "final": len(final)},
+              "result": {"split": "final test", "base": held["base"], "final_policy": held["policy"],
+                         "after": held["final"], "paired": held["paired"],
+                         "causes_base": causes(store, eval_run_id(run_id, "final", "base")),
+                         "causes_after": causes(store, eval_run_id(run_id, "final", held["policy"]))},
+              "gate": {"candidate": episode["candidate"], "promoted": episode["promoted"],
+                       "decision": episode["gate"], "before": episode["heldout_before"],
+                       "after": episode["heldout_after"], "note": "selected on: biased upwards"},
+              "data": episode["data"], "data_warnings": episode["data_warnings"], "train_metrics": episode["train"],
+              "search_usage": episode["search_usage"], "search_causes": Counter()}
     for t in store.attempts():
         if t.run_id.startswith(f"{run_id}:ep0:"):
             result["search_causes"][failure_cause(t)] += 1

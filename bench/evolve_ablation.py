@@ -1,14 +1,16 @@
 """Ablation of `bench/evolve.py`: does adding DPO pairs and recovery rows to the SFT data help?
 
-    python bench/evolve.py --n 1 ... --run-id small-t100-h50          # first: base and SFT arms
-    python bench/evolve_ablation.py --run-id small-t100-h50 --threads 2 # then this, on the same --out
+    python bench/evolve.py --n 1 ... --run-id small-t100           # first: base and SFT arms
+    python bench/evolve_ablation.py --run-id small-t100 --threads 2  # then this, on the same --out
 
 DPO pairs and recovery rows need siblings (a success and a failure on one task). The SFT run sampled each
 training task once, so this samples each once more, as `<search run>:sample:1` (the id best-of-N with n=2 would
 have used). Arm B then trains from the base model on exactly arm A's SFT rows (first samples only) plus the
-recovery rows, continues with DPO on the sibling pairs, and is evaluated greedily on the same held-out tasks.
-Reported: held-out success of base, A (SFT) and B (SFT + recovery, then DPO), each pair tested with McNemar.
-Resumable: attempts have fixed ids, and the trained adapter is recorded in <out>/ablation-state.json.
+recovery rows, continues with DPO on the sibling pairs. Base, A and B are evaluated greedily on the run's final
+test split (the same tasks, set-up and attempt ids as bench/evolve.py's final evaluation, so the base and a
+promoted A are reused): three arms fixed in advance, nothing selected on that split. Reported: final-split success
+of base, A (SFT) and B (SFT + recovery, then DPO), each pair tested with McNemar. Resumable: attempts have fixed
+ids, and the trained adapter is recorded in <out>/ablation-state.json.
 """
 
 from __future__ import annotations
@@ -23,16 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent_selfevolve.agent import Limits  # noqa: E402
 from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
-from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evaluate_policy, mcnemar  # noqa: E402
+from agent_selfevolve.evolve import EvolveConfig, EvolveContext, eval_run_id, evaluate_policy, mcnemar  # noqa: E402
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evolve import causes, split_tasks  # noqa: E402
-
-
-def outcomes(store: TrajectoryStore, run_id: str) -> dict[str, bool]:
-    return {t.task_id: t.resolved for t in store.attempts(run_id=run_id)}
 
 
 def main() -> None:
@@ -61,8 +59,10 @@ def main() -> None:
     if first.get("run_id") != args.run_id or evolved.get("run_id") != args.run_id:
         sys.exit(f"{args.out} holds run {first.get('run_id')!r}, not {args.run_id!r}: run bench/evolve.py first")
     arm_a_ref = evolved["episodes"][0]["candidate"]
+    if not arm_a_ref:
+        sys.exit(f"run {args.run_id} trained no adapter (nothing succeeded in training): no arm A to compare")
     opts = first["args"]
-    train, held = split_tasks(opts["seed"], opts["train"], opts["held_out"])
+    train, gate, final = split_tasks(opts["seed"], opts["train"], opts["gate"], opts["final"])
     store = TrajectoryStore(args.out / "runs.sqlite")
     registry = AdapterRegistry(args.out / "registry")
     base_dir = hf_base_from_gguf(ensure_gguf(opts["model"]))
@@ -85,7 +85,7 @@ def main() -> None:
 
     # 2. Data: arm A's SFT rows (first samples only) + recovery rows and DPO pairs from both samples.
     searched = [t for t in store.attempts() if t.run_id.startswith(f"{args.run_id}:ep0:")]
-    held_ids = [t.instance_id for t in held]
+    held_ids = [t.instance_id for t in [*gate, *final]]
     first_samples = [t for t in searched if t.attempt_id.endswith(":sample:0")]
     sft = build_dataset(first_samples, held_out=held_ids, kinds=("sft",))[0]["sft"]
     extra, report = build_dataset(searched, held_out=held_ids, kinds=("recovery", "dpo"))
@@ -113,26 +113,25 @@ def main() -> None:
         write_json_atomic(state_path, state)
     ref = state["adapter"]
 
-    # 4. Held-out, greedy, same tasks and set-up as arms base and A.
-    ctx = EvolveContext(train_tasks=train, held_out=held, store=store, registry=registry, base_hf_dir=base_dir,
-                        policy=policy, out_dir=args.out,
+    # 4. The final test split, greedy, same tasks, set-up and attempt ids as bench/evolve.py's final evaluation.
+    ctx = EvolveContext(train_tasks=train, held_out=gate, final_test=final, store=store, registry=registry,
+                        base_hf_dir=base_dir, policy=policy, out_dir=args.out,
                         config=EvolveConfig(limits={"max_steps": opts["max_steps"]}, profile=opts["profile"]),
                         on_event=lambda e: print(json.dumps(e), flush=True))
-    arm_b = evaluate_policy(ctx, ref, ref, args.run_id)
-    base = outcomes(store, f"{args.run_id}:eval:base")
-    arm_a = outcomes(store, f"{args.run_id}:eval:{arm_a_ref}")
-    n = len(held)
-    result = {"run_id": args.run_id, "data": sizes, "dataset_report": report.__dict__,
-              "arm_a": {"adapter": arm_a_ref, "kinds": "sft", "heldout": sum(arm_a.values()) / n,
+    runs = {label: eval_run_id(args.run_id, "final", label) for label in ("base", arm_a_ref, ref)}
+    base, arm_a, arm_b = (evaluate_policy(ctx, None if label == "base" else label, final, run, "final")
+                          for label, run in runs.items())
+    n = len(final)
+    result = {"run_id": args.run_id, "split": "final test", "data": sizes, "dataset_report": report.__dict__,
+              "arm_a": {"adapter": arm_a_ref, "kinds": "sft", "final": sum(arm_a.values()) / n,
                         "train": a_metrics},
-              "arm_b": {"adapter": ref, "kinds": "sft+recovery, then dpo", "heldout": sum(arm_b.values()) / n,
+              "arm_b": {"adapter": ref, "kinds": "sft+recovery, then dpo", "final": sum(arm_b.values()) / n,
                         "train": state["metrics"]},
-              "base": sum(base.values()) / n, "held_out": n,
+              "base": sum(base.values()) / n, "final_n": n,
               "paired": {"a_vs_base": mcnemar(base, arm_a), "b_vs_base": mcnemar(base, arm_b),
                          "b_vs_a": mcnemar(arm_a, arm_b)},
-              "causes": {"base": causes(store, f"{args.run_id}:eval:base"),
-                         "a": causes(store, f"{args.run_id}:eval:{arm_a_ref}"),
-                         "b": causes(store, f"{args.run_id}:eval:{ref}")}}
+              "causes": {"base": causes(store, runs["base"]), "a": causes(store, runs[arm_a_ref]),
+                         "b": causes(store, runs[ref])}}
     write_json_atomic(args.out / "ablation.json", result)
     print(json.dumps(result, indent=2, default=str))
 

@@ -174,6 +174,89 @@ def test_dataset_from_store(tmp_path: Path) -> None:
     assert {r["meta"]["attempt_ids"][0] for r in out["sft"]} == {"s1", "s3"}
 
 
+def test_unfinished_and_broken_siblings_are_never_rejected_or_failed_paths(caplog: pytest.LogCaptureFixture) -> None:
+    """A tree search stops attempts at their step chunk ('unfinished') and goes on in their children, which may
+    succeed: such an attempt is not a failure, even if something graded it. Nor is one the sandbox broke."""
+    from agent_selfevolve.attempt import UNFINISHED
+    from agent_selfevolve.train.dataset import UNFINISHED as NOT_ENDED
+
+    assert UNFINISHED in NOT_ENDED  # the status the tree search gives an attempt stopped at its chunk
+    win = _traj("win", "t1", GOOD, True, run="mcts")
+    cut = _traj("cut", "t1", BAD[:2], False, run="mcts")
+    cut.status = UNFINISHED  # graded anyway (as an older store would have it): the status alone must decide
+    crashed = _traj("crashed", "t1", BAD, False, run="mcts")
+    crashed.status = "error"
+    lucky_cut = _traj("lucky", "t2", GOOD, True, run="mcts")
+    lucky_cut.status = UNFINISHED
+    with caplog.at_level(logging.WARNING, logger="agent_selfevolve.train.dataset"):
+        out, report = build_dataset([win, cut, crashed, lucky_cut], kinds=("sft", "dpo", "recovery"))
+    assert [r["meta"]["attempt_ids"] for r in out["sft"]] == [["win"]]  # no row from an unfinished attempt
+    assert out["dpo"] == [] and out["recovery"] == [] and report.unfinished_skipped == 2
+    assert "no task has both" in report.empty["dpo"] and "2 unfinished" in report.empty["dpo"]
+    assert "no recovery rows" in caplog.text
+    failed = _traj("failed", "t1", BAD, False, run="mcts")  # a finished sibling does pair
+    out, report = build_dataset([win, cut, crashed, failed], kinds=("dpo", "recovery"))
+    ids = {a for rows in out.values() for r in rows for a in r["meta"]["attempt_ids"]}
+    assert len(out["dpo"]) == len(out["recovery"]) == 1 and ids == {"win", "failed"} and not report.empty
+
+
+def _guided(aid: str, turns: list[tuple[str, str, str, bool]], resolved: bool, strategy: str,
+            guidance: str) -> Trajectory:
+    """A sibling whose first prompt carries search strategy/guidance, appended as the agent appends it."""
+    from agent_selfevolve.agent import prompt_extras
+
+    traj = _traj(aid, "t1", turns, resolved)
+    traj.messages[1]["content"] += "".join(prompt_extras(strategy, guidance))
+    traj.strategy, traj.guidance = strategy, guidance
+    return traj
+
+
+def test_empty_kinds_warn_with_the_reason_and_canonical_prompts_let_guided_siblings_pair(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """SE-Agent gives every sibling its own strategy/guidance, so as served no two share a prompt: DPO and
+    recovery come out empty, which must be said (log and report), not silent."""
+    siblings = [_guided("a", GOOD, True, "STRATEGY-A", ""), _guided("b", BAD, False, "STRATEGY-B", "GUIDANCE-B")]
+    with caplog.at_level(logging.WARNING, logger="agent_selfevolve.train.dataset"):
+        out, report = build_dataset(siblings, kinds=("dpo", "recovery"), prompts="as_run")
+    assert out == {"dpo": [], "recovery": []} and report.prompts == "as_run"
+    for kind in ("dpo", "recovery"):
+        assert "first messages" in report.empty[kind] and "prompts='canonical'" in report.empty[kind]
+        assert f"no {kind} rows" in caplog.text and any(kind in n for n in report.notes)
+    out, report = build_dataset(siblings, kinds=("sft", "dpo", "recovery"))
+    assert report.prompts == "canonical" and not report.empty
+    assert len(out["dpo"]) == 1 and len(out["recovery"]) == 1 and len(out["sft"]) == 1
+    text = json.dumps(out)
+    assert "STRATEGY" not in text and "GUIDANCE" not in text and "Approach to take" not in text
+    assert out["dpo"][0]["prompt"][1]["content"] == "Fix t1."
+    _, report = build_dataset([_traj("f", "t1", BAD, False)], kinds=("sft", "dpo"))
+    assert "none of 1 attempts resolved" in report.empty["sft"] and "no task has both" in report.empty["dpo"]
+    with pytest.raises(ValueError, match="prompts"):
+        build_dataset(siblings, prompts="guided")
+
+
+def test_canonical_rows_rebuild_the_prompt_an_unguided_attempt_sees(demo_task: Any, tmp_path: Path) -> None:
+    """Through the real agent: a guided attempt's SFT row starts with exactly the first messages of an unguided
+    attempt at the same task (up to the sandbox path), and carries no trace of the guidance."""
+    from conftest import solving_script
+
+    from agent_selfevolve.attempt import AttemptSpec, run_attempt
+    from agent_selfevolve.models.fake import ScriptedFakeModel
+
+    def attempt(aid: str, **extra: str) -> Trajectory:
+        spec = AttemptSpec(demo_task.instance_id, attempt_id=aid, run_id="r", **extra)
+        return run_attempt(demo_task, ScriptedFakeModel(solving_script()), spec)
+
+    guided = attempt("att-g1", strategy="STRATEGY-MARKER plan", guidance="GUIDANCE-MARKER: value 40/100")
+    plain = attempt("att-u1")
+    assert guided.resolved and "GUIDANCE-MARKER" in guided.messages[1]["content"]
+    rows, report = build_dataset([guided], kinds=("sft",))
+    (row,) = rows["sft"]
+    assert report.prompts == "canonical" and "MARKER" not in json.dumps(row)
+    assert row["messages"][:2] == json.loads(json.dumps(plain.messages[:2]).replace("att-u1", "att-g1"))
+    as_run = build_dataset([guided], kinds=("sft",), prompts="as_run")[0]["sft"][0]
+    assert "STRATEGY-MARKER" in as_run["messages"][1]["content"]
+
+
 # -- masking ------------------------------------------------------------------------------------------------------
 def _assistant_text(row: Any, tok: Any) -> str:
     return tok.decode([i for i, lab in zip(row.input_ids, row.labels, strict=True) if lab != IGNORE_INDEX])

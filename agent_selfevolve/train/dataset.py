@@ -6,8 +6,11 @@ carries a "meta" dict (kind, task_id, attempt ids) that the trainers ignore; it 
 prove that no held-out task leaked into a dataset. An assistant message with "weight": 0 (OpenAI's fine-tuning
 convention) is context, not a target: the masker gives it no loss.
 
-Siblings are the attempts at one task within one run (same run_id and task_id); they share the system and user
-messages, and often a longer prefix when a search branched from a common state.
+Siblings are the *finished* attempts at one task within one run (same run_id and task_id); they share the system
+and user messages, and often a longer prefix when a search branched from a common state. An attempt a tree search
+stopped at its step chunk ('unfinished') goes on in its descendants, and one the sandbox or provider broke says
+nothing about the policy: neither is ever a "rejected" side or a failed path. First user messages are rebuilt
+unguided by default (`canonical.py`); the report says so, and why any requested kind came out empty.
 
 Recovery rows (after Agent-R, arXiv 2501.11425), defined simply here: take a failed attempt F and its successful
 sibling S. Let k be the first message where they differ (moved back to an assistant turn). F's *first wrong
@@ -29,17 +32,20 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.fileio import write_text_atomic
 from agent_selfevolve.models.base import Message
 from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.train.canonical import PROMPT_MODES, canonical_trajectory
+from agent_selfevolve.train.jsonl import Row, data_hash, read_jsonl, rows_to_jsonl, write_jsonl
 from agent_selfevolve.trajectory import Trajectory, used_native_tools
 
-log = logging.getLogger(__name__)
+__all__ = ["DatasetReport", "HeldOutLeakError", "Row", "assert_no_held_out", "build_dataset", "data_hash",
+           "dedup_rows", "dpo_pairs", "read_jsonl", "recovery_rows", "rows_to_jsonl", "sft_rows", "why_empty",
+           "write_jsonl"]
+"""The file helpers live in `jsonl.py` and are re-exported here, where callers have always found them."""
 
-Row = dict[str, Any]
+log = logging.getLogger(__name__)
 
 REFLECTION = ("Looking back: my previous step was wrong{why}. That approach does not work, so I will go back to "
               "where I was before it and take a different path.")
@@ -56,6 +62,14 @@ class DatasetReport:
     recovery: int = 0
     duplicates: int = 0
     held_out_skipped: int = 0
+    prompts: str = "canonical"
+    """How the first user message was built: 'canonical' (unguided) or 'as_run'."""
+    unfinished_skipped: int = 0
+    """Attempts stopped at a tree search's step chunk: continued by descendants, never paired."""
+    not_canonical: int = 0
+    """Attempts whose guided prompt could not be rebuilt unguided (left out in 'canonical' mode)."""
+    empty: dict[str, str] = field(default_factory=dict)
+    """Requested kind -> why it produced no rows."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -169,13 +183,22 @@ def _with_tools(row: Row, traj: Trajectory) -> Row:
 
 INFRA_FAILURES = ("model_error", "env_error", "error")
 """Attempts that ended because the provider or sandbox broke say nothing about the policy: never 'rejected'."""
+UNFINISHED = ("unfinished", "running")
+"""Attempts that did not end: a tree search stopped them at a step chunk (`attempt.UNFINISHED`) and went on in
+their children, or they never finished."""
+
+
+def _finished(t: Trajectory) -> bool:
+    return t.status not in UNFINISHED
 
 
 def _siblings(trajs: Iterable[Trajectory]) -> dict[tuple[str, str], list[Trajectory]]:
-    """Graded attempts grouped by (run_id, task_id), infrastructure failures left out."""
+    """Finished, graded attempts grouped by (run_id, task_id); unfinished ones and infrastructure failures left
+    out, so neither ever becomes a 'rejected' side or a failed path."""
     groups: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
     for t in trajs:
-        if t.evaluation is not None and t.messages and (t.resolved or t.status not in INFRA_FAILURES):
+        if _finished(t) and t.evaluation is not None and t.messages \
+                and (t.resolved or t.status not in INFRA_FAILURES):
             groups[(t.run_id, t.task_id)].append(t)
     return groups
 
@@ -211,7 +234,7 @@ def sft_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), min_rewa
     imitate a malformed reply."""
     rows = []
     for t in _visible(trajs, set(held_out), report):
-        if not t.resolved or (min_reward is not None and t.reward < min_reward):
+        if not t.resolved or not _finished(t) or (min_reward is not None and t.reward < min_reward):
             continue
         errors = _turn_errors(t)
         messages = copy.deepcopy(t.messages)
@@ -281,19 +304,29 @@ def recovery_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
 
 def build_dataset(source: TrajectoryStore | Iterable[Trajectory], *, run_id: str | None = None,
                   held_out: Iterable[str] = (), kinds: Sequence[str] = ("sft",), min_reward: float | None = None,
-                  max_pairs_per_task: int | None = None) -> tuple[dict[str, list[Row]], DatasetReport]:
+                  max_pairs_per_task: int | None = None, prompts: str = "canonical",
+                  ) -> tuple[dict[str, list[Row]], DatasetReport]:
     """Rows of each requested kind ('sft', 'dpo', 'recovery'), deduplicated, with held-out tasks excluded.
 
-    Returns {kind: rows} and a report; held-out exclusion is checked again on the output, not just assumed."""
+    `prompts`: 'canonical' (default) rebuilds each first user message without search strategy/guidance, as
+    evaluation prompts are; 'as_run' keeps it as served. Returns {kind: rows} and a report (which prompts, and why
+    any requested kind is empty, also logged); held-out exclusion is checked again on the output, not assumed."""
+    if prompts not in PROMPT_MODES:
+        raise ValueError(f"unknown prompts '{prompts}': {' or '.join(PROMPT_MODES)}")
     trajs = source.attempts(run_id=run_id) if isinstance(source, TrajectoryStore) else list(source)
     if run_id is not None:
         trajs = [t for t in trajs if t.run_id == run_id]
     held = set(held_out)
-    report = DatasetReport()
-    visible_count = len(_visible(trajs, held, report))
-    builders = {"sft": lambda: sft_rows(trajs, held, min_reward),
-                "dpo": lambda: dpo_pairs(trajs, held, max_pairs_per_task),
-                "recovery": lambda: recovery_rows(trajs, held)}
+    report = DatasetReport(prompts=prompts)
+    visible = _visible(trajs, held, report)
+    report.unfinished_skipped = sum(not _finished(t) for t in visible)
+    if prompts == "canonical":
+        rebuilt = [canonical_trajectory(t) for t in visible]
+        report.not_canonical = sum(t is None for t in rebuilt)
+        visible = [t for t in rebuilt if t is not None]
+    builders = {"sft": lambda: sft_rows(visible, held, min_reward),
+                "dpo": lambda: dpo_pairs(visible, held, max_pairs_per_task),
+                "recovery": lambda: recovery_rows(visible, held)}
     out: dict[str, list[Row]] = {}
     for kind in kinds:
         if kind not in builders:
@@ -303,9 +336,39 @@ def build_dataset(source: TrajectoryStore | Iterable[Trajectory], *, run_id: str
         report.duplicates += dropped
         setattr(report, kind, len(rows))
         out[kind] = rows
-    if not visible_count:
-        report.notes.append("no trajectories outside the held-out set")
+        if not rows:
+            report.empty[kind] = why_empty(kind, visible, report)
+            log.warning("no %s rows: %s", kind, report.empty[kind])
+            report.notes.append(f"no {kind} rows: {report.empty[kind]}")
     return out, report
+
+
+def why_empty(kind: str, trajs: Sequence[Trajectory], report: DatasetReport) -> str:
+    """A reason a requested kind produced no rows from `trajs` (the held-out-free, prompt-rebuilt trajectories)."""
+    skipped = []
+    if report.unfinished_skipped:
+        skipped.append(f"{report.unfinished_skipped} unfinished attempt(s) skipped")
+    if report.not_canonical:
+        skipped.append(f"{report.not_canonical} whose prompt could not be made canonical")
+    tail = f" ({'; '.join(skipped)})" if skipped else ""
+    if not trajs:
+        return "no trajectories outside the held-out set" + tail
+    if kind == "sft":
+        if not any(t.resolved and _finished(t) for t in trajs):
+            return f"none of {len(trajs)} attempts resolved its task" + tail
+        return "every resolved attempt was below min_reward" + tail
+    groups = _siblings(trajs)
+    both = [g for g in groups.values() if any(t.resolved for t in g) and any(not t.resolved for t in g)]
+    if not both:
+        return ("no task has both a resolved and a failed finished attempt in one run (these rows need siblings: "
+                "a search with several attempts per task)" + tail)
+    pairs = [(f, _best_partner(f, [t for t in g if t.resolved])) for g in both for f in g if not f.resolved]
+    if all(branch_point(s.messages, seen_from(f, s)) is None for f, s in pairs):
+        hint = ("a guided search such as SE-Agent gives each attempt its own strategy/guidance; prompts='canonical' "
+                "removes it" if report.prompts == "as_run" else "their prompts were built differently")
+        return (f"{len(both)} task(s) have a resolved and a failed sibling, but no pair shares its first messages "
+                f"({hint})" + tail)
+    return f"{len(both)} task(s) have a resolved and a failed sibling, but no pair differs after its prompt" + tail
 
 
 def dedup_rows(rows: Iterable[Row]) -> tuple[list[Row], int]:
@@ -334,31 +397,3 @@ def assert_no_held_out(rows: Iterable[Row], held_out: Iterable[str]) -> None:
             raise HeldOutLeakError(f"row {i} has no meta.task_id, so held-out exclusion cannot be checked")
         if meta.get("task_id") in held:
             raise HeldOutLeakError(f"row {i} comes from held-out task '{meta['task_id']}'")
-
-
-# -- files --------------------------------------------------------------------------------------------------------
-def rows_to_jsonl(rows: Iterable[Row]) -> str:
-    return "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Row]) -> str:
-    """Write rows atomically; returns the sha256 of the file's text (the data hash the registry records)."""
-    text = rows_to_jsonl(rows)
-    write_text_atomic(path, text)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def read_jsonl(path: str | Path) -> list[Row]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON row ({exc})") from exc
-    return rows
-
-
-def data_hash(rows: Iterable[Row]) -> str:
-    return hashlib.sha256(rows_to_jsonl(rows).encode()).hexdigest()

@@ -1,7 +1,9 @@
 """The training recipe shared by `selfevolve train` and the episode loop: SFT, then (optionally) DPO.
 
 Recovery rows are chat transcripts with weighted assistant turns, like SFT rows, so they join the SFT stage.
-DPO pairs, when there are any, continue from the SFT adapter, which is also DPO's reference policy.
+DPO pairs, when there are any, continue from the SFT adapter, which is also DPO's reference policy. With
+`init_adapter` the SFT stage continues an existing adapter instead of a fresh LoRA on the base (the episode loop
+builds on the promoted policy, so its recorded parent is what it was really trained from).
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ from agent_selfevolve.train.lora import EmptyDatasetError, TrainConfig, train_lo
 
 def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]], staging: Callable[[str], Path],
                        config: Mapping[str, Any], dpo_overrides: Mapping[str, Any] | None = None,
-                       ) -> tuple[Path, dict[str, Any]]:
+                       init_adapter: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Train on `rows` by kind ('sft', 'recovery', 'dpo'); returns the final adapter dir and its metrics.
 
     `staging(stage)` gives a fresh directory per stage (e.g. `AdapterRegistry.staging_path`); `dpo_overrides`
-    changes TrainConfig fields for the DPO stage only (e.g. fewer epochs, `dpo_beta`)."""
+    changes TrainConfig fields for the DPO stage only (e.g. fewer epochs, `dpo_beta`); `init_adapter` is the
+    adapter the SFT stage starts from (None: a fresh LoRA on the base model)."""
     sft_stage = [*rows.get("sft", []), *rows.get("recovery", [])]
     if not sft_stage:
         raise EmptyDatasetError("no SFT or recovery rows: nothing succeeded, so there is nothing to imitate")
     out = staging("sft")
-    sft = train_lora(base_model_dir, sft_stage, out, TrainConfig(**{**config, "objective": "sft"}))
+    sft = train_lora(base_model_dir, sft_stage, out, TrainConfig(**{**config, "objective": "sft"}),
+                     init_adapter=init_adapter)
     metrics: dict[str, Any] = {"sft_loss_first": sft.losses[0] if sft.losses else None,
                                "sft_loss_last": sft.losses[-1] if sft.losses else None,
                                "steps": sft.steps, "time_s": sft.time_s, "rows": sft.rows,
-                               "recovery_rows": len(rows.get("recovery", []))}
+                               "recovery_rows": len(rows.get("recovery", [])),
+                               "init_adapter": str(init_adapter) if init_adapter else None}
     if rows.get("dpo"):
         dpo_out = staging("dpo")
         dpo_config = TrainConfig(**{**config, **(dpo_overrides or {}), "objective": "dpo"})
