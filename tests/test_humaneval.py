@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,11 +52,64 @@ def test_tasks_shape(tasks: list[Task]) -> None:
         assert t.test_patch.startswith("diff --git a/test_solution.py b/test_solution.py\nnew file mode 100644\n")
 
 
-def test_every_stub_and_solution_parses(cache: Path) -> None:
-    for problem in humaneval.load_problems(cache):
-        ast.parse(humaneval.stub_source(problem))
-        ast.parse(humaneval.solution_source(problem))
-        ast.parse(humaneval.test_source(problem))
+# Runs each problem's test file against a solution module the way pytest would import it, in one child process
+# (the problems' code stays out of the test process); prints {n: "pass" | exception type} as JSON.
+RUN_CHECKS = """
+import json, sys, types
+results = {}
+for item in json.load(sys.stdin):
+    module = types.ModuleType("solution")
+    try:
+        exec(compile(item["solution"], "solution.py", "exec"), module.__dict__)
+        sys.modules["solution"] = module
+        test_ns = {"__name__": "test_solution"}
+        exec(compile(item["test"], "test_solution.py", "exec"), test_ns)
+        test_ns["test_check"]()
+        results[item["n"]] = "pass"
+    except BaseException as exc:
+        results[item["n"]] = type(exc).__name__
+    finally:
+        sys.modules.pop("solution", None)
+print(json.dumps(results))
+"""
+
+
+def _run_checks(items: list[dict[str, Any]]) -> dict[str, str]:
+    proc = subprocess.run([sys.executable, "-c", RUN_CHECKS], input=json.dumps(items), capture_output=True,
+                          text=True, timeout=300, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _entry_point_body(source: str, name: str) -> list[ast.stmt]:
+    funcs = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == name]
+    assert len(funcs) == 1, f"{name} defined {len(funcs)} times at top level"
+    return funcs[0].body
+
+
+def test_every_stub_fails_and_every_solution_passes_its_check(cache: Path) -> None:
+    """All 164: the stub is the prompt plus `raise NotImplementedError`, so the hidden check fails on it; the gold
+    solution passes the same check. (validate_task runs the full grader on a few; this covers every problem.)"""
+    problems = humaneval.load_problems(cache)
+    for p in problems:
+        stub_body = _entry_point_body(humaneval.stub_source(p), p["entry_point"])
+        assert ast.unparse(stub_body[-1]) == "raise NotImplementedError", p["task_id"]
+        prompt_body = _entry_point_body(p["prompt"], p["entry_point"])  # the docstring (and what else it has)
+        assert [ast.dump(s) for s in stub_body[:-1]] == [ast.dump(s) for s in prompt_body], p["task_id"]
+        assert ast.unparse(_entry_point_body(humaneval.solution_source(p), p["entry_point"])[-1]) != \
+            "raise NotImplementedError", p["task_id"]
+        assert "def test_check():" in humaneval.test_source(p)
+    tests = {str(_n(p)): humaneval.test_source(p) for p in problems}
+    stubs = _run_checks([{"n": str(_n(p)), "solution": humaneval.stub_source(p), "test": tests[str(_n(p))]}
+                         for p in problems])
+    gold = _run_checks([{"n": str(_n(p)), "solution": humaneval.solution_source(p), "test": tests[str(_n(p))]}
+                        for p in problems])
+    assert len(stubs) == len(gold) == 164
+    assert {n: r for n, r in gold.items() if r != "pass"} == {}
+    assert {n: r for n, r in stubs.items() if r != "NotImplementedError"} == {}
+
+
+def _n(problem: dict[str, Any]) -> int:
+    return int(problem["task_id"].split("/")[1])
 
 
 def test_repo_is_deterministic(cache: Path, tasks: list[Task], tmp_path: Path) -> None:

@@ -53,20 +53,90 @@ def test_vllm_loads_new_name_per_version_and_unloads_old() -> None:
     fake.server.shutdown()
 
 
-def test_transformers_backend_runs_the_trained_weights(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("peft")
-    from test_train import FAST, MEMO, _tiny_model
+def _random_adapter(base_dir: Path, out: Path, seed: int | None) -> Path:
+    """A peft LoRA adapter on the tiny model: random A and B (seed), or peft's own init (B = 0) when seed is None."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
-    from agent_selfevolve.models.transformers_backend import TransformersModel
-    from agent_selfevolve.train import TrainConfig, train_lora
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                      target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    model.save_pretrained(out)
+    return out
+
+
+def _merged_reference(base_dir: Path, adapter_dir: Path | None) -> Any:
+    """The base with W += (alpha / r) * B @ A added by hand from the adapter's files: no peft involved."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    if adapter_dir is None:
+        return model
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    scale = cfg["lora_alpha"] / cfg["r"]
+    lora = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    params = dict(model.named_parameters())
+    merged = 0
+    with torch.no_grad():
+        for key, a in lora.items():
+            if ".lora_A." not in key:
+                continue
+            b = lora[key.replace(".lora_A.", ".lora_B.")]
+            target = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+            params[target] += scale * (b @ a)
+            merged += 1
+    assert merged == 2 * 4  # 2 layers x 4 target modules
+    return model
+
+
+def test_transformers_policy_serves_the_requested_adapter(tmp_path: Path) -> None:
+    """The episode loop's factory, given registry versions, runs exactly that version's weights: each adapter's
+    logits and greedy reply match a reference merged by hand; a zero adapter is the base; two adapters differ."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from test_train import _tiny_model
+
+    from agent_selfevolve.models.llama_cpp import to_text_messages
+    from agent_selfevolve.serving import transformers_policy
+    from agent_selfevolve.train import AdapterRegistry, base_model_identity
 
     tiny = _tiny_model(tmp_path / "tiny", seed=0)
-    adapter = tmp_path / "adapter"
-    train_lora(tiny, MEMO, adapter, TrainConfig(epochs=10, grad_accum=1, lr=1e-2, **FAST), spawn_process=False)
-    messages = [{"role": "user", "content": MEMO[0]["messages"][0]["content"]}]
-    base = TransformersModel(tiny, max_new_tokens=8, dtype="fp32").chat(messages)
-    tuned_model = TransformersModel(tiny, adapter, max_new_tokens=8, dtype="fp32")
-    tuned = tuned_model.chat(messages)
-    assert base.usage.completion_tokens > 0 and tuned.usage.prompt_tokens == base.usage.prompt_tokens
-    assert tuned.message["content"] != base.message["content"] and "+lora:adapter" in tuned_model.name
+    reg = AdapterRegistry(tmp_path / "reg")
+    base_id = base_model_identity(tiny)
+    sources = {"a": _random_adapter(tiny, tmp_path / "a", seed=1), "b": _random_adapter(tiny, tmp_path / "b", seed=2),
+               "zero": _random_adapter(tiny, tmp_path / "zero", seed=None)}
+    versions = {k: reg.register("policy", path, base_model=base_id) for k, path in sources.items()}
+    assert [v.version for v in versions.values()] == [1, 2, 3]
+
+    factory = transformers_policy(tiny, max_new_tokens=12, dtype="fp32")
+    messages = [{"role": "user", "content": "fix the bug in calc add"}]
+    replies, logits = {}, {}
+    for key, version in [("base", None), *versions.items()]:
+        served = factory(version)
+        replies[key] = served.chat(messages).message["content"]
+        prompt = served._tok.apply_chat_template(to_text_messages(messages), tokenize=False, add_generation_prompt=True)
+        ids = served._tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits[key] = served._model(input_ids=ids).logits
+        ref = _merged_reference(tiny, None if version is None else sources[key])
+        with torch.no_grad():
+            ref_logits = ref(input_ids=ids).logits
+            ref_out = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                   pad_token_id=served._tok.pad_token_id)
+        assert torch.allclose(logits[key], ref_logits, atol=1e-4), key
+        assert replies[key] == served._tok.decode(ref_out[0, ids.shape[1]:], skip_special_tokens=True), key
+        if version is not None:
+            assert served.name.endswith(f"+lora:{version.version}")  # the registry's directory for that version
+    assert torch.equal(logits["zero"], logits["base"]) and replies["zero"] == replies["base"]
+    assert not torch.allclose(logits["a"], logits["b"], atol=1e-2)
+    assert not torch.allclose(logits["a"], logits["base"], atol=1e-2)
+    assert len({replies["a"], replies["b"], replies["base"]}) == 3

@@ -61,9 +61,12 @@ class TransformersModel:
             if ids.shape[1] >= self.max_context:
                 raise ModelError(f"prompt of {ids.shape[1]} tokens exceeds the context of {self.max_context}")
             temperature = float(params.get("temperature", self.temperature))
+            pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else self._tok.eos_token_id
+            # an explicit mask: left to infer one, generate() masks every prompt token equal to the pad id, which
+            # is the end-of-turn token whenever pad falls back to eos (the model then never sees a turn end)
             gen: dict[str, Any] = {"max_new_tokens": int(params.get("max_tokens", self.max_new_tokens)),
-                                   "do_sample": temperature > 0, "pad_token_id": self._tok.pad_token_id
-                                   or self._tok.eos_token_id}
+                                   "do_sample": temperature > 0, "pad_token_id": pad,
+                                   "attention_mask": torch.ones_like(ids)}
             stop = [params["stop"]] if isinstance(params.get("stop"), str) else list(params.get("stop") or [])
             if stop:
                 gen.update(stop_strings=stop, tokenizer=self._tok)
