@@ -7,7 +7,8 @@ On a fresh checkout of the base commit with the patch applied, it runs three kin
   come from the hidden tests). A base test file the agent edited runs in its base version, so weakening a
   test gains nothing. When none exists, the tests importing the module's top-level package stand in
   ('package_tests', weaker evidence);
-- doctests of the edited modules (HumanEval's prompts carry `>>>` examples);
+- doctests of the edited modules, and their one-line docstring examples (`f(2) == 4`, envs/examples.py): the
+  specification as the issue's reader sees it (HumanEval's prompts carry one or the other);
 - agent checks: new test files and reproduction scripts the agent wrote (left out of the patch by
   `CodingEnvironment.outcome`, carried in `outcome["checks"]`), weaker evidence since the agent wrote them.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.envs.base import Evaluation
+from agent_selfevolve.envs.examples import check_script, find_examples
 from agent_selfevolve.envs.grading import (
     DEFAULT_TEST_CMD,
     PatchApplyError,
@@ -45,7 +47,7 @@ from agent_selfevolve.tasks import Task
 APPLY_CREDIT = 0.1
 PARSE_CREDIT = 0.2
 CHECK_SHARE = 1.0 - PARSE_CREDIT
-GROUP_WEIGHTS = {"repo_tests": 1.0, "doctests": 1.0, "package_tests": 0.5, "agent_checks": 0.5}
+GROUP_WEIGHTS = {"repo_tests": 1.0, "doctests": 1.0, "examples": 1.0, "package_tests": 0.5, "agent_checks": 0.5}
 """Weight of each check group: how much evidence its passing is (see the module docstring)."""
 MAX_REPO_TEST_FILES = 6
 MAX_CHECK_FILES = 20
@@ -210,6 +212,10 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
         run.add("doctests", docs, _statuses(runner.run(test_command(task, ["--doctest-modules", *docs], py)).output))
     elif docs:
         run.notes.append("doctests skipped: the task's test command is not pytest")
+    examples = find_examples(root, edited)
+    if examples:
+        run.add("examples", sorted({e.file for e in examples}),
+                _statuses(runner.run([py, "-c", check_script(examples)]).output))
     new = {f: text for f, text in checks.items() if f not in set(tracked)}
     for f, text in new.items():  # written only now, so an agent's conftest cannot touch the repo tests
         target = root / f
