@@ -9,8 +9,8 @@ from typing import Any
 from agent_selfevolve.models.base import Message, Usage
 
 FINISHED_OK = "submitted"
-STATUSES = ("running", "unfinished", "submitted", "step_limit", "token_limit", "cost_limit", "time_limit", "format_errors",
-            "model_error", "env_error", "error")
+STATUSES = ("running", "unfinished", "submitted", "step_limit", "token_limit", "cost_limit", "time_limit",
+            "format_errors", "model_error", "env_error", "error")
 
 
 def used_native_tools(messages: list[Message]) -> bool:
