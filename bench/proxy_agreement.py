@@ -111,8 +111,8 @@ def agreement(scores_by_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]
 class Scores:
     """Each attempt's proxy and hidden scores, cached in a JSONL file (one line per attempt: resumable)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, rescore: bool = False):
+        self.path, self.rescore = path, rescore
         self.cache: dict[str, dict[str, Any]] = {}
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -126,9 +126,9 @@ class Scores:
         if traj.attempt_id in self.cache:
             return self.cache[traj.attempt_id]
         sel = traj.selection or {}
-        if sel.get("source") == "proxy":
+        if sel.get("source") == "proxy" and not self.rescore:
             proxy = float(sel.get("reward", 0.0))
-        else:  # chosen by something else when it ran: score it now, on a fresh checkout
+        else:  # chosen by something else when it ran (or --rescore): score it now, on a fresh checkout
             env = CodingEnvironment(task, f"pa-{re.sub(r'[^A-Za-z0-9_.-]', '_', traj.attempt_id)}")
             proxy = env.proxy_evaluate(traj.outcome).reward
         graded = traj if traj.evaluation is not None else grade_attempt(task, traj)  # the store stays as it was
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-steps", type=int, default=12)
     parser.add_argument("--tag", default=None, help="name of the output files (default: suite and model)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the proxy anew (current code), not the reward stored with the attempt")
     args = parser.parse_args(argv)
 
     from agent_selfevolve.cli import resolve_tasks
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.store is None:
         model, options = make_agent_model(args.model, args.profile)
         run_attempts(tasks, model, args.n, store, args.max_steps, options)
-    figure = agreement(collect(tasks, store, Scores(args.out / f"proxy_agreement-{tag}.scores.jsonl")))
+    figure = agreement(collect(tasks, store, Scores(args.out / f"proxy_agreement-{tag}.scores.jsonl", args.rescore)))
     result = {"suite": args.suite, "slice": args.tasks, "source": source, "tag": tag, **figure}
     write_json_atomic(args.out / f"proxy_agreement-{tag}.json", result)
     print(report(figure, source))
