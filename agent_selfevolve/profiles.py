@@ -5,6 +5,9 @@ embedded 0.5B/1.5B models, measured to fail the default set-up (they loop on one
 inside JSON strings, and narrate several steps per reply): it shows the repo's files up front when they are small,
 writes code as code (the raw `write_file` block), uses the plain-text action format, and gives one worked
 example. The example is about a different function, so it teaches the format, not an answer.
+`selfcheck` is `small` without the worked example (the 0.5B copied it) and with self-correction: every edit is
+followed by the checks the repository offers (tests near the file, doctests, docstring examples; never the hidden
+tests), the model revises on a failure, and the attempt ends when they all pass.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ The output is 3, as the docstring says.
 ```'''
 
 
+SELF_CHECK_PROMPT = """You are a software engineer fixing an issue in a small git repository whose files are shown \
+to you. One action per reply:
+- To change a file, write its complete new content in a `write_file` block: every line, with the code fully \
+implemented. The repository's checks for that file (its tests, doctests and docstring examples) then run, and you \
+see what passed and what failed.
+- If a check failed, read what the code gave and what was expected, and write the corrected file again.
+- When your change is right, `submit`."""
+
+
 @dataclass(frozen=True)
 class AgentProfile:
     name: str
@@ -77,6 +89,10 @@ PROFILES: dict[str, AgentProfile] = {
     "small": AgentProfile("small", SMALL_MODEL_PROMPT, {"tools": ["write_file", "bash", "submit"],
                                                         "preview_chars": 4000},
                           local_model_options={"tool_mode": "text", "max_tokens": 768}),
+    "selfcheck": AgentProfile("selfcheck", SELF_CHECK_PROMPT, {"tools": ["write_file", "bash", "submit"],
+                                                               "preview_chars": 4000, "check_on_write": True,
+                                                               "submit_when_checks_pass": True},
+                              local_model_options={"tool_mode": "text", "max_tokens": 768}),
 }
 
 

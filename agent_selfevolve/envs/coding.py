@@ -12,12 +12,13 @@ from typing import Any
 
 from agent_selfevolve.envs.base import Evaluation, Observation, ToolCall
 from agent_selfevolve.envs.grading import grade, is_test_file
-from agent_selfevolve.envs.proxy import carried_checks, evaluate_patch, is_scratch_script
+from agent_selfevolve.envs.proxy import carried_checks, evaluate_patch, is_scratch_script, run_checks
 from agent_selfevolve.envs.runner import CommandRunner, SandboxError, python_prefixes
 from agent_selfevolve.envs.tools import DEFAULT_TOOLS, ToolBundle, load_bundles, tools_dir
 from agent_selfevolve.envs.worktree import WorktreePool, git
 from agent_selfevolve.tasks import Task
 
+EDIT_TOOLS = ("write_file", "str_replace")
 SANDBOX_ROOT = "/testbed"
 """Where every attempt finds its working copy inside the sandbox (as in SWE-bench's images): siblings see the same
 path, and none learns where the cache is."""
@@ -45,7 +46,8 @@ class CodingEnvironment:
     def __init__(self, task: Task, name: str, pool: WorktreePool | None = None,
                  tools: tuple[str, ...] | list[str] = DEFAULT_TOOLS, command_timeout_s: float = 60,
                  test_timeout_s: float = 600, isolate: bool | None = None, keep: bool = False,
-                 preview_chars: int = 0, python: str | None = None, readonly: Sequence[str | Path] = ()):
+                 preview_chars: int = 0, python: str | None = None, readonly: Sequence[str | Path] = (),
+                 check_on_write: bool = False, submit_when_checks_pass: bool = False):
         if task.kind != "swe":
             raise ValueError(f"task {task.instance_id} is a {task.kind} task, not a coding task")
         self.task, self.name = task, name
@@ -59,6 +61,11 @@ class CodingEnvironment:
         self.preview_chars = preview_chars
         """Show the repo's files in the first observation when they fit in this many characters (0: never).
         Spares a small model the exploration it is worst at, on one- or two-file repos."""
+        self.check_on_write = check_on_write
+        """After each successful edit, run the visible checks (the `check` tool) and show their result with it:
+        the act-check-revise loop of Self-Debugging without spending a step on asking for it."""
+        self.submit_when_checks_pass = submit_when_checks_pass
+        """End the attempt (as `submit`) when an edit makes every visible check pass; never when none exists."""
         self.path: Path | None = None
         self.runner: CommandRunner | None = None
         self.submitted = False
@@ -126,6 +133,8 @@ class CodingEnvironment:
             summary = f"Submitted a patch touching {patch.count('diff --git')} file(s)." if patch else \
                 "Submitted with no changes to the repository."
             return Observation(summary, done=True, info={"patch_chars": len(patch)})
+        if bundle.builtin == "check":
+            return self._check()
         if bundle.builtin == "bash":
             command = call.arguments.get("command")
             if not isinstance(command, str) or not command.strip():
@@ -137,9 +146,27 @@ class CodingEnvironment:
         text = result.output if result.output.strip() else f"(no output, exit code {result.returncode})"
         if result.returncode != 0 and bundle.builtin == "bash":
             text += f"\n[exit code {result.returncode}]"
+        info = {"returncode": result.returncode, "duration_s": round(result.duration_s, 4),
+                "truncated": result.truncated, "timed_out": result.timed_out}
+        edited = bundle.name in EDIT_TOOLS and result.returncode == 0
+        if edited and self.check_on_write:
+            checked = self._check()
+            text, info["checks"] = f"{text.rstrip()}\n\n{checked.text}", checked.info
+            if self.submit_when_checks_pass and checked.info.get("all_passed"):
+                self.submitted = True
+                return Observation(text + "\nEvery check passes: submitted.", done=True, info=info)
         return Observation(text, error=(result.returncode != 0 and bundle.builtin != "bash") or result.timed_out,
-                           info={"returncode": result.returncode, "duration_s": round(result.duration_s, 4),
-                                 "truncated": result.truncated, "timed_out": result.timed_out})
+                           info=info)
+
+    def _check(self) -> Observation:
+        """The visible checks (envs/proxy.py's, never the hidden tests) on the attempt's own repository."""
+        assert self.runner is not None and self.path is not None
+        out = self.outcome()
+        run = run_checks(self.task, self.path, git("ls-files", cwd=self.path).splitlines(), out["files"],
+                         out["checks"], self.runner, self.python)
+        counts = {g: [sum(r.values()), len(r)] for g, r in run.groups.items()}
+        passed = bool(counts) and all(p == n for p, n in counts.values())
+        return Observation(run.report(), info={"counts": counts, "all_passed": passed})
 
     def outcome(self) -> dict[str, Any]:
         """The patch: every change against the base commit (new files included), test files left out.

@@ -165,11 +165,32 @@ class ProxyRun:
     groups: dict[str, dict[str, bool]] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    """What each group printed (for an agent checking its own work; never stored in a reward's details)."""
 
-    def add(self, group: str, files: list[str], results: dict[str, bool]) -> None:
+    def add(self, group: str, files: list[str], results: dict[str, bool], output: str = "") -> None:
         self.files[group] = files
+        self.outputs[group] = output
         if results:
             self.groups[group] = results
+
+    def report(self, max_chars: int = 3000) -> str:
+        """A short account for the agent: pass counts per group, then each failure with what it printed."""
+        if not self.groups:
+            return ("No checks found for your changes (no tests, doctests or docstring examples near the edited "
+                    "files). Check your change yourself.")
+        lines = ["Checks: " + ", ".join(f"{g} {sum(r.values())}/{len(r)} passed" for g, r in self.groups.items())]
+        for group, results in self.groups.items():
+            failed = {k for k, ok in results.items() if not ok}
+            if not failed:
+                continue
+            out = self.outputs.get(group, "").splitlines()
+            for i, line in enumerate(out):  # a failure line and the indented detail lines under it
+                if any(line.strip().endswith(k) or f" {k} " in f" {line} " for k in failed):
+                    lines.append(line.strip())
+                    lines += [d.rstrip() for d in out[i + 1:i + 4] if d.startswith("    ")]
+        text = "\n".join(lines)
+        return text if len(text) <= max_chars else text[:max_chars] + "\n[... cut ...]"
 
     def score(self) -> tuple[float, float] | None:
         """(sum(weight * pass rate), the most it could be) over the groups that ran, both divided by
@@ -206,16 +227,18 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
                                                                    package_test_files(root, tracked, edited))
     if files:  # a file that cannot be collected (an optional dependency missing) fails alone, not the group
         keep_going = ["--continue-on-collection-errors"] if pytest_based(task) else []
-        run.add(group, files, _statuses(runner.run(test_command(task, [*keep_going, *files], py)).output))
+        out = runner.run(test_command(task, [*keep_going, *files], py)).output
+        run.add(group, files, _statuses(out), out)
     docs = doctest_modules(root, edited)
     if docs and pytest_based(task):
-        run.add("doctests", docs, _statuses(runner.run(test_command(task, ["--doctest-modules", *docs], py)).output))
+        out = runner.run(test_command(task, ["--doctest-modules", *docs], py)).output
+        run.add("doctests", docs, _statuses(out), out)
     elif docs:
         run.notes.append("doctests skipped: the task's test command is not pytest")
     examples = find_examples(root, edited)
     if examples:
-        run.add("examples", sorted({e.file for e in examples}),
-                _statuses(runner.run([py, "-c", check_script(examples)]).output))
+        out = runner.run([py, "-c", check_script(examples)]).output
+        run.add("examples", sorted({e.file for e in examples}), _statuses(out), out)
     new = {f: text for f, text in checks.items() if f not in set(tracked)}
     for f, text in new.items():  # written only now, so an agent's conftest cannot touch the repo tests
         target = root / f
@@ -225,12 +248,16 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
     agent_tests = [f for f in new if runnable_test(f) and is_test_file(f)]
     scripts = [f for f in new if is_scratch_script(f) and not runnable_test(f)]
     results: dict[str, bool] = {}
+    printed = []
     if agent_tests:
-        results.update(_statuses(runner.run(test_command(task, agent_tests, py)).output))
+        printed.append(runner.run(test_command(task, agent_tests, py)).output)
+        results.update(_statuses(printed[-1]))
     for script in scripts:
         done = runner.run(f"{shlex.quote(py)} {shlex.quote(script)}")
         results[script] = done.returncode == 0 and not done.timed_out
-    run.add("agent_checks", agent_tests + scripts, results)
+        printed.append(f"{'PASSED' if results[script] else 'FAILED'} {script}\n" +
+                       "".join(f"    {ln}\n" for ln in done.output.strip().splitlines()[-3:]))
+    run.add("agent_checks", agent_tests + scripts, results, "\n".join(printed))
     return run
 
 

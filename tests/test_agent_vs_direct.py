@@ -1,0 +1,78 @@
+"""bench/agent_vs_direct.py: the direct answer is graded as the file it stands for, pairs are counted right, and
+a run resumes. FAKE models only (scripted replies, not an LLM)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from agent_selfevolve.humaneval import load_problems
+from agent_selfevolve.models.fake import ScriptedFakeModel
+
+
+def _bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "bench" / "agent_vs_direct.py"
+    spec = importlib.util.spec_from_file_location("agent_vs_direct", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["agent_vs_direct"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PROMPT = 'from typing import List\n\n\ndef helper(x):\n    return x * 2\n\n\ndef twice(xs: List[int]) -> List[int]:\n' \
+         '    """Each doubled."""\n'
+
+
+def test_program_keeps_the_prompts_imports_and_helpers_the_reply_left_out() -> None:
+    avd = _bench()
+    reply = "Sure:\n```python\ndef twice(xs: List[int]) -> List[int]:\n    return [helper(x) for x in xs]\n```"
+    program = avd.program_from_reply(reply, PROMPT, "twice")
+    namespace: dict = {}
+    exec(program, namespace)  # noqa: S102 (our own test program)
+    assert namespace["twice"]([1, 2]) == [2, 4]
+    redefined = avd.program_from_reply("```python\ndef helper(x):\n    return 0\ndef twice(xs):\n    return xs\n```",
+                                       PROMPT, "twice")
+    assert redefined.count("def helper") == 1  # the reply's own helper wins
+    assert avd.program_from_reply("no code here", PROMPT, "twice") is None
+    assert avd.program_from_reply("```python\ndef other():\n    pass\n```", PROMPT, "twice") is None
+
+
+def test_exact_mcnemar_and_the_paired_table() -> None:
+    avd = _bench()
+    assert avd.mcnemar_exact(6, 0) == pytest.approx(2 / 64)  # the issue's 6 vs 0: p = 0.03
+    assert avd.mcnemar_exact(3, 3) == 1.0 and avd.mcnemar_exact(0, 0) == 1.0
+    rows = [{"arm": "direct", "task_id": "a", "resolved": True, "status": "answered", "tokens": 10, "seconds": 1},
+            {"arm": "direct", "task_id": "b", "resolved": False, "status": "answered", "tokens": 10, "seconds": 1},
+            {"arm": "agent:x", "task_id": "a", "resolved": False, "status": "step_limit", "tokens": 30, "seconds": 3},
+            {"arm": "agent:x", "task_id": "b", "resolved": True, "status": "submitted", "tokens": 50, "seconds": 5}]
+    out = avd.table(rows, ["direct", "agent:x"], ["a", "b"])
+    assert out["direct"]["resolved"] == 1 and "vs_direct" not in out["direct"]
+    assert out["agent:x"]["vs_direct"] == {"paired": 2, "only_direct": 1, "only_arm": 1, "both": 0,
+                                           "mcnemar_p": 1.0}
+    assert out["agent:x"]["tokens_per_task"] == 40
+
+
+def test_direct_arm_grades_the_answer_with_the_hidden_tests_and_resumes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    avd = _bench()
+    gold = {p["entry_point"]: p["prompt"] + p["canonical_solution"] for p in load_problems()[:2]}
+    calls = []
+
+    def respond(messages: list[dict]) -> str:
+        calls.append(1)
+        name = next(n for n in gold if f"def {n}(" in messages[-1]["content"])
+        return f"```python\n{gold[name] if name == 'has_close_elements' else 'def ' + name + '(x):  return []'}\n```"
+
+    monkeypatch.setattr(avd, "fake_model", lambda: ScriptedFakeModel(respond, supports_tools=False))
+    summary = avd.main(["--model", "fake", "--tasks", "0:2", "--arms", "direct", "--out", str(tmp_path)])
+    assert summary["arms"]["direct"]["resolved"] == 1  # the gold answer to 0 passes, the wrong one to 1 fails
+    again = avd.main(["--model", "fake", "--tasks", "0:2", "--arms", "direct", "--out", str(tmp_path)])
+    assert len(calls) == 2 and again["arms"] == summary["arms"]  # resumed: nothing asked twice
+    lines = (tmp_path / "agent_vs_direct-fake-0-2.jsonl").read_text().splitlines()
+    assert [json.loads(line)["task_id"] for line in lines] == ["humaneval__0", "humaneval__1"]
