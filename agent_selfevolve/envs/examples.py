@@ -1,9 +1,10 @@
 """Usage examples written in docstrings as plain lines become checks.
 
 Doctest examples (`>>> f(2)` then `4`) run as doctests. Many docstrings (about a third of HumanEval's, and much
-library code) write them as one line instead: `f(2) == 4`, `f(2) ➞ 4`, `f(2) => 4`, `f(2) -> 4`. Each such line
-whose call names a function of the module, and whose two sides parse as Python expressions, is one check: the
-call's value must equal the expected value. They are read from the edited source only, never from hidden tests.
+library code) write them as one line instead: `f(2) == 4`, `f(2) ➞ 4`, `f(2) ==> 4`, `f(2) = 4`, `for f(2) == 4`,
+or `>>> f(2) == 4` with no output line (a doctest that fails on right code). Each line whose call names a function
+of the module, and whose two sides parse as Python expressions, is one check: the call's value must equal the
+expected value. They are read from the edited source only, never from hidden tests.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from agent_selfevolve.envs.grading import is_test_file
 
 MAX_EXAMPLES = 50
 EXAMPLE_TIMEOUT_S = 5
-_EXAMPLE = re.compile(r"^\s*(?P<call>[A-Za-z_][\w.]*\(.*\))\s*(?:==|➞|=>|->|→)\s*(?P<expected>.+?)[\s.,;]*$")
+_EXAMPLE = re.compile(r"^\s*(?:(?:for|e\.g\.|example:?)\s+)?(?P<call>[A-Za-z_][\w.]*\(.*\))\s*"
+                      r"(?:==>|==|=>|=|➞|->|→)\s*(?P<expected>.+?)[\s.,;]*$", re.I)
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,31 @@ def examples_in(source: str, file: str) -> list[Example]:
                                              if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
     found: dict[tuple[str, str], Example] = {}
     for doc in docs:
-        for line in doc.splitlines():
+        lines = doc.splitlines()
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith(">>>"):  # a doctest line counts only when it shows no output to compare
+                line = line.lstrip()[3:] if _unanswered(lines, i) else ""
             m = _EXAMPLE.match(line)
-            if not m or line.lstrip().startswith(">>>"):
+            if not m:
                 continue
             call, expected = m.group("call"), m.group("expected")
             if call.split("(", 1)[0] in names and _parses(call) and _parses(expected):
                 found.setdefault((call, expected), Example(file, module, call, expected))
     return list(found.values())
+
+
+def _unanswered(lines: list[str], i: int) -> bool:
+    """Doctest line `i` has no expected output under it (so as a doctest it fails even on right code)."""
+    after = lines[i + 1].strip() if i + 1 < len(lines) else ""
+    return not after or after.startswith(">>>")
+
+
+def unanswered_doctest_comparisons(source: str) -> bool:
+    """Whether `source` writes examples as `>>> f(x) == y` with no output line (HumanEval does): pytest's doctest
+    runner would fail them on right code, so they run as examples instead."""
+    lines = source.splitlines()
+    return any(ln.lstrip().startswith(">>>") and _unanswered(lines, i) and _EXAMPLE.match(ln.lstrip()[3:])
+               for i, ln in enumerate(lines))
 
 
 def find_examples(root: Path, edited: list[str], limit: int = MAX_EXAMPLES) -> list[Example]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.envs.base import Evaluation
-from agent_selfevolve.envs.examples import check_script, find_examples
+from agent_selfevolve.envs.examples import check_script, find_examples, unanswered_doctest_comparisons
 from agent_selfevolve.envs.grading import (
     DEFAULT_TEST_CMD,
     PatchApplyError,
@@ -133,12 +133,14 @@ def package_test_files(root: Path, tracked: list[str], edited: list[str],
 
 
 def doctest_modules(root: Path, edited: list[str]) -> list[str]:
-    """Edited source modules that hold doctest examples."""
+    """Edited source modules that hold doctest examples (not those whose `>>> f(x) == y` lines show no output:
+    those run as docstring examples, see envs/examples.py)."""
     out = []
     for f in edited:
         if not f.endswith(".py") or is_test_file(f) or not (root / f).is_file():
             continue
-        if re.search(r"^\s*>>> ", (root / f).read_text(encoding="utf-8", errors="replace"), re.M):
+        text = (root / f).read_text(encoding="utf-8", errors="replace")
+        if re.search(r"^\s*>>> ", text, re.M) and not unanswered_doctest_comparisons(text):
             out.append(f)
     return out
 
