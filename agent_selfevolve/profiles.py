@@ -57,10 +57,10 @@ The output is 3, as the docstring says.
 
 SELF_CHECK_PROMPT = """You are a software engineer fixing an issue in a small git repository whose files are shown \
 to you. One action per reply:
-- To change a file, write its complete new content in a `write_file` block: every line, with the code fully \
-implemented. The repository's checks for that file (its tests, doctests and docstring examples) then run, and you \
-see what passed and what failed.
-- If a check failed, read what the code gave and what was expected, and write the corrected file again.
+- To change code, reply with the complete new function (or class) in a ```python block, fully implemented: it \
+replaces the one of the same name in the repository. The repository's checks for that file (its tests, doctests \
+and docstring examples) then run, and you see what passed and what failed.
+- If a check failed, read what the code gave and what was expected, and write the corrected function again.
 - When your change is right, `submit`."""
 
 
@@ -89,7 +89,7 @@ PROFILES: dict[str, AgentProfile] = {
     "small": AgentProfile("small", SMALL_MODEL_PROMPT, {"tools": ["write_file", "bash", "submit"],
                                                         "preview_chars": 4000},
                           local_model_options={"tool_mode": "text", "max_tokens": 768}),
-    "selfcheck": AgentProfile("selfcheck", SELF_CHECK_PROMPT, {"tools": ["write_file", "bash", "submit"],
+    "selfcheck": AgentProfile("selfcheck", SELF_CHECK_PROMPT, {"tools": ["python", "write_file", "bash", "submit"],
                                                                "preview_chars": 4000, "check_on_write": True,
                                                                "submit_when_checks_pass": True},
                               local_model_options={"tool_mode": "text", "max_tokens": 768}),

@@ -64,7 +64,7 @@ def test_selfcheck_attempt_revises_on_failure_and_ends_when_checks_pass(task: Ta
     def respond(messages: list[dict]) -> str:
         seen.extend(str(m.get("content")) for m in messages)
         turn = sum(m["role"] == "assistant" for m in messages)
-        return f"```write_file solution.py\n{WRONG if turn == 0 else RIGHT}```"
+        return f"Here is the function.\n```python\n{WRONG if turn == 0 else RIGHT}```"  # as asked directly
 
     model = ScriptedFakeModel(respond, supports_tools=False)
     traj = run_attempt(task, model, AttemptSpec(task.instance_id), **profile.attempt_options("swe"))

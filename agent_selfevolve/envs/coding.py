@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.envs.base import Evaluation, Observation, ToolCall
+from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions
 from agent_selfevolve.envs.grading import grade, is_test_file
 from agent_selfevolve.envs.proxy import carried_checks, evaluate_patch, is_scratch_script, run_checks
 from agent_selfevolve.envs.runner import CommandRunner, SandboxError, python_prefixes
@@ -18,7 +19,7 @@ from agent_selfevolve.envs.tools import DEFAULT_TOOLS, ToolBundle, load_bundles,
 from agent_selfevolve.envs.worktree import WorktreePool, git
 from agent_selfevolve.tasks import Task
 
-EDIT_TOOLS = ("write_file", "str_replace")
+EDIT_TOOLS = ("write_file", "str_replace", "python")
 SANDBOX_ROOT = "/testbed"
 """Where every attempt finds its working copy inside the sandbox (as in SWE-bench's images): siblings see the same
 path, and none learns where the cache is."""
@@ -135,6 +136,8 @@ class CodingEnvironment:
             return Observation(summary, done=True, info={"patch_chars": len(patch)})
         if bundle.builtin == "check":
             return self._check()
+        if bundle.builtin == "define":
+            return self._after_edit(self._define(call.arguments.get("code")))
         if bundle.builtin == "bash":
             command = call.arguments.get("command")
             if not isinstance(command, str) or not command.strip():
@@ -146,17 +149,38 @@ class CodingEnvironment:
         text = result.output if result.output.strip() else f"(no output, exit code {result.returncode})"
         if result.returncode != 0 and bundle.builtin == "bash":
             text += f"\n[exit code {result.returncode}]"
-        info = {"returncode": result.returncode, "duration_s": round(result.duration_s, 4),
-                "truncated": result.truncated, "timed_out": result.timed_out}
-        edited = bundle.name in EDIT_TOOLS and result.returncode == 0
-        if edited and self.check_on_write:
-            checked = self._check()
-            text, info["checks"] = f"{text.rstrip()}\n\n{checked.text}", checked.info
-            if self.submit_when_checks_pass and checked.info.get("all_passed"):
-                self.submitted = True
-                return Observation(text + "\nEvery check passes: submitted.", done=True, info=info)
-        return Observation(text, error=(result.returncode != 0 and bundle.builtin != "bash") or result.timed_out,
-                           info=info)
+        obs = Observation(text, error=(result.returncode != 0 and bundle.builtin != "bash") or result.timed_out,
+                          info={"returncode": result.returncode, "duration_s": round(result.duration_s, 4),
+                                "truncated": result.truncated, "timed_out": result.timed_out})
+        return self._after_edit(obs) if bundle.name in EDIT_TOOLS else obs
+
+    def _after_edit(self, obs: Observation) -> Observation:
+        """With `check_on_write`, a successful edit shows the visible checks' result (and may end the attempt)."""
+        if obs.error or not self.check_on_write:
+            return obs
+        checked = self._check()
+        text, info = f"{obs.text.rstrip()}\n\n{checked.text}", {**obs.info, "checks": checked.info}
+        if self.submit_when_checks_pass and checked.info.get("all_passed"):
+            self.submitted = True
+            return Observation(text + "\nEvery check passes: submitted.", done=True, info=info)
+        return Observation(text, info=info)
+
+    def _define(self, code: Any) -> Observation:
+        """The `python` tool: merge top-level definitions into the file that holds them (envs/definitions.py)."""
+        assert self.path is not None
+        if not isinstance(code, str) or not code.strip():
+            return Observation("Error: python needs the code: complete top-level definitions.", error=True)
+        tracked = [f for f in git("ls-files", cwd=self.path).splitlines() if f.endswith(".py") and not is_test_file(f)]
+        files = {f: (self.path / f).read_text(encoding="utf-8", errors="replace") for f in tracked
+                 if (self.path / f).is_file()}
+        try:
+            merged = merge_definitions(code, files)
+        except DefinitionError as exc:
+            return Observation(f"Error: {exc}", error=True)
+        (self.path / merged.path).write_text(merged.text, encoding="utf-8")
+        said = [f"replaced {', '.join(merged.replaced)}" if merged.replaced else "",
+                f"added {', '.join(merged.added)}" if merged.added else ""]
+        return Observation(f"Wrote {merged.path}: {'; '.join(s for s in said if s)}.", info={"path": merged.path})
 
     def _check(self) -> Observation:
         """The visible checks (envs/proxy.py's, never the hidden tests) on the attempt's own repository."""
