@@ -12,7 +12,8 @@ graded by the same hidden tests. Every arm is greedy. Per task and arm: resolved
 paired against `direct`: both / only direct / only the arm, and the exact two-sided McNemar p.
 
 Resumable: each (arm, task) outcome is one line of `<out>/agent_vs_direct-<tag>.jsonl` (a rerun skips those);
-the table goes to stdout and `<out>/agent_vs_direct-<tag>.json`.
+the table goes to stdout and `<out>/agent_vs_direct-<tag>.json`; the agent's trajectories to
+`<out>/agent_vs_direct-<tag>.sqlite` (not committed: `selfevolve viz run` or the store API reads them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
 from agent_selfevolve.humaneval import file_diff, humaneval_tasks, load_problems, stub_source  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
 from agent_selfevolve.profiles import PROFILES, get_profile  # noqa: E402
+from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,11 +87,13 @@ def run_direct(task: Task, problem: dict[str, Any], model: Model) -> dict[str, A
             "tokens": reply.usage.total_tokens, "seconds": round(time.monotonic() - start, 2)}
 
 
-def run_agent(task: Task, profile: str, model: Model, max_steps: int, tag: str) -> dict[str, Any]:
+def run_agent(task: Task, profile: str, model: Model, max_steps: int, tag: str,
+              store: TrajectoryStore | None = None) -> dict[str, Any]:
     start = time.monotonic()
     options = get_profile(profile).attempt_options("swe")
     spec = AttemptSpec(task.instance_id, attempt_id=f"avd:{tag}:{profile}:{task.instance_id}")
-    traj = run_attempt(task, model, spec, limits=Limits(max_steps=max_steps), select_with="proxy", **options)
+    traj = run_attempt(task, model, spec, limits=Limits(max_steps=max_steps), select_with="proxy", store=store,
+                       **options)
     return {"resolved": traj.resolved, "status": traj.status, "tokens": traj.total_usage.total_tokens,
             "steps": len(traj.steps), "seconds": round(time.monotonic() - start, 2)}
 
@@ -160,12 +164,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return models[key]
 
     args.out.mkdir(parents=True, exist_ok=True)
+    store = TrajectoryStore(args.out / f"agent_vs_direct-{tag}.sqlite")
     for i, task in enumerate(tasks):
         for arm in arms:
             if (arm, task.instance_id) in done:
                 continue
             outcome = run_direct(task, problems[task.instance_id], model_for(arm)) if arm == "direct" else \
-                run_agent(task, arm.split(":", 1)[1], model_for(arm), args.max_steps, tag)
+                run_agent(task, arm.split(":", 1)[1], model_for(arm), args.max_steps, tag, store)
             row = {"arm": arm, "task_id": task.instance_id, **outcome}
             with open(log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
