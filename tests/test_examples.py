@@ -41,7 +41,7 @@ def test_examples_are_read_from_docstrings_only_when_both_sides_parse() -> None:
 
 
 def _run(tmp_path: Path, source: str) -> dict[str, str]:
-    (tmp_path / "solution.py").write_text(source)
+    (tmp_path / "solution.py").write_text(source)  # not a git checkout: examples come from the file as it is
     examples = find_examples(tmp_path, ["solution.py"])
     out = subprocess.run([sys.executable, "-c", check_script(examples, timeout_s=2)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60).stdout
@@ -75,3 +75,15 @@ def test_the_proxy_scores_right_above_wrong_by_the_examples(tmp_path: Path) -> N
         scores[name] = ev.reward
         assert ev.details["checks"]["examples"]["total"] == 2
     assert scores["right"] == 1.0 and PARSE_CREDIT < scores["wrong"] < scores["right"]
+
+
+def test_examples_come_from_the_base_version_so_dropping_the_docstring_drops_no_check(tmp_path: Path) -> None:
+    (tmp_path / "solution.py").write_text(STUB)
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
+                   cwd=tmp_path, check=True)
+    (tmp_path / "solution.py").write_text("def words(s):\n    return s.split()\n")  # docstring gone
+    examples = find_examples(tmp_path, ["solution.py"])
+    assert len(examples) == 2
+    out = subprocess.run([sys.executable, "-c", check_script(examples, timeout_s=2)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert sorted(parse_test_output(out).values()) == ["FAILED", "FAILED"]

@@ -13,6 +13,7 @@ import ast
 import hashlib
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,12 +97,17 @@ def unanswered_doctest_comparisons(source: str) -> bool:
 
 
 def find_examples(root: Path, edited: list[str], limit: int = MAX_EXAMPLES) -> list[Example]:
-    """Examples in the edited (non-test) Python files under `root`."""
+    """Examples of the edited (non-test) Python files of the git checkout `root`, read from their base version (the
+    specification as given: an edit that drops a docstring must not drop its checks), else from the file as it is."""
     out: list[Example] = []
     for f in edited:
-        path = root / f
-        if f.endswith(".py") and not is_test_file(f) and path.is_file():
-            out += examples_in(path.read_text(encoding="utf-8", errors="replace"), f)
+        if not f.endswith(".py") or is_test_file(f):
+            continue
+        base = subprocess.run(["git", "show", f"HEAD:{f}"], cwd=root, capture_output=True, timeout=60)
+        if base.returncode == 0:
+            out += examples_in(base.stdout.decode("utf-8", errors="replace"), f)
+        elif (root / f).is_file():
+            out += examples_in((root / f).read_text(encoding="utf-8", errors="replace"), f)
     return out[:limit]
 
 
