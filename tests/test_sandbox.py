@@ -20,12 +20,13 @@ from agent_selfevolve.tasks import Task
 def test_hung_command_is_killed_with_its_children(tmp_path: Path) -> None:
     runner = CommandRunner(tmp_path, timeout_s=1, isolate=False)
     start = time.monotonic()
-    result = runner.run("sleep 300 & echo started; sleep 300")
+    nap = f"sleep 300.{time.time_ns() % 10**9:09d}"  # a unique command line: no other process can match it
+    result = runner.run(f"{nap} & echo started; {nap}")
     assert result.timed_out and result.returncode == -9 and "timed out after 1 s" in result.output
     assert time.monotonic() - start < 10
     assert "started" in result.output
     deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: allow the group a moment to vanish
-    while subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 0:
+    while subprocess.run(["pgrep", "-f", nap], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "a child of the timed-out command survived"
         time.sleep(0.1)
 
