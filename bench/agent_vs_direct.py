@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import re
 import sys
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent_selfevolve.agent import Limits  # noqa: E402
 from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
 from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
+from agent_selfevolve.evolve import mcnemar  # noqa: E402
 from agent_selfevolve.humaneval import file_diff, humaneval_tasks, load_problems, stub_source  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
 from agent_selfevolve.profiles import PROFILES, get_profile  # noqa: E402
@@ -63,15 +63,6 @@ def program_from_reply(reply: str, prompt: str, entry_point: str) -> str | None:
             if isinstance(n, ast.Import | ast.ImportFrom)
             or (isinstance(n, ast.FunctionDef) and n.name != entry_point and n.name not in given)]
     return "\n".join([*kept, code]).strip() + "\n"
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p: binomial on the discordant pairs."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 def run_direct(task: Task, problem: dict[str, Any], model: Model) -> dict[str, Any]:
@@ -111,12 +102,12 @@ def table(rows: list[dict[str, Any]], arms: list[str], task_ids: list[str]) -> d
             "statuses": {s: sum(r["status"] == s for r in done) for s in sorted({r["status"] for r in done})}}
         paired = [t for t in task_ids if (arm, t) in by and ("direct", t) in by]
         if arm != "direct" and paired:
-            only_direct = sum(by[("direct", t)]["resolved"] and not by[(arm, t)]["resolved"] for t in paired)
-            only_arm = sum(by[(arm, t)]["resolved"] and not by[("direct", t)]["resolved"] for t in paired)
-            entry["vs_direct"] = {"paired": len(paired), "only_direct": only_direct, "only_arm": only_arm,
+            test = mcnemar({t: by[("direct", t)]["resolved"] for t in paired},
+                           {t: by[(arm, t)]["resolved"] for t in paired})
+            entry["vs_direct"] = {"paired": len(paired), "only_direct": test["lost"], "only_arm": test["gained"],
                                   "both": sum(by[("direct", t)]["resolved"] and by[(arm, t)]["resolved"]
                                               for t in paired),
-                                  "mcnemar_p": round(mcnemar_exact(only_direct, only_arm), 4)}
+                                  "mcnemar_p": round(test["p_value"], 4)}
         out[arm] = entry
     return out
 

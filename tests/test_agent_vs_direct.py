@@ -45,8 +45,10 @@ def test_program_keeps_the_prompts_imports_and_helpers_the_reply_left_out() -> N
 
 def test_exact_mcnemar_and_the_paired_table() -> None:
     avd = _bench()
-    assert avd.mcnemar_exact(6, 0) == pytest.approx(2 / 64)  # the 6 vs 0: p = 0.03
-    assert avd.mcnemar_exact(3, 3) == 1.0 and avd.mcnemar_exact(0, 0) == 1.0
+    six_to_none = [{"arm": arm, "task_id": str(i), "resolved": arm == "direct", "status": "x", "tokens": 1,
+                    "seconds": 1} for i in range(6) for arm in ("direct", "agent:x")]
+    vs = avd.table(six_to_none, ["direct", "agent:x"], [str(i) for i in range(6)])["agent:x"]["vs_direct"]
+    assert vs["only_direct"] == 6 and vs["only_arm"] == 0 and vs["mcnemar_p"] == pytest.approx(0.0312, abs=1e-4)
     rows = [{"arm": "direct", "task_id": "a", "resolved": True, "status": "answered", "tokens": 10, "seconds": 1},
             {"arm": "direct", "task_id": "b", "resolved": False, "status": "answered", "tokens": 10, "seconds": 1},
             {"arm": "agent:x", "task_id": "a", "resolved": False, "status": "step_limit", "tokens": 30, "seconds": 3},
