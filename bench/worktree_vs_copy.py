@@ -1,4 +1,4 @@
-"""Creating an attempt sandbox: a git worktree of the cached mirror vs copying the repository.
+"""Creating an attempt sandbox: the base-only repository copied from the cached depth-1 base vs copying the repository.
 
 Uses a real project: this repository by default, or any git checkout given with --repo (for example a bundled
 PyPI project under ~/.cache/agent-selfevolve/repos/).
