@@ -499,6 +499,23 @@ def test_cli_train_runs_sft_with_recovery_then_dpo(tmp_path: Path, monkeypatch: 
     version = AdapterRegistry(tmp_path / "reg").get("policy@1")
     assert version.metrics["rows"] == 2 + 2 and version.metrics["recovery_rows"] == 2  # s1, s3 + a recovery each
     assert version.metrics["dpo_rows"] == 2 and version.metrics["dpo_steps"] >= 1
+    assert version.parent is None and version.metrics["trained_from"] == "base"
+    import agent_selfevolve.train as train_pkg
+
+    starts: list[object] = []
+    real = train_pkg.train_sft_then_dpo
+
+    def spy(*args: object, **kwargs: object) -> object:
+        starts.append(kwargs.get("init_adapter"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_pkg, "train_sft_then_dpo", spy)
+    again = CliRunner().invoke(cli.app, ["train", "--db", str(store.path), "--run", "r1", "--held-out", "held",
+                                         "--kinds", "sft", "--registry", str(tmp_path / "reg")])
+    assert again.exit_code == 0, again.output
+    second = AdapterRegistry(tmp_path / "reg").get("policy@2")
+    assert starts == [version.path]  # it continues from policy@1, so recording policy@1 as parent is the truth
+    assert second.parent == "policy@1" and second.metrics["trained_from"] == "policy@1"
 
 
 def test_dpo_overrides_reach_the_dpo_stage_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
