@@ -27,6 +27,7 @@ from langgraph.runtime import Runtime
 from agent_selfevolve.agent import Limits
 from agent_selfevolve.attempt import AttemptSpec, run_attempt, sqlite_checkpointer
 from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Model, Usage
 from agent_selfevolve.profiles import get_profile
 from agent_selfevolve.search import strategies
@@ -109,11 +110,6 @@ class EvolveState(TypedDict, total=False):
     """Base vs final policy on the final test split (None without one)."""
 
 
-def _emit(ctx: EvolveContext, event: dict[str, Any]) -> None:
-    if ctx.on_event:
-        ctx.on_event(event)
-
-
 def eval_run_id(run_id: str, split: str, label: str, episode: int | None = None) -> str:
     """The store run of one policy's evaluation: on the gate split once per episode (so an incumbent is measured
     afresh, never credited with the score that got it selected), on the final split once."""
@@ -134,8 +130,8 @@ def evaluate_policy(ctx: EvolveContext, adapter_ref: str | None, tasks: list[Tas
         traj = run_attempt(task, model, spec, limits=Limits(**ctx.config.limits), store=ctx.store,
                            **get_profile(ctx.config.profile).attempt_options(task.kind))
         results[task.instance_id] = traj.resolved
-        _emit(ctx, {"event": "eval", "split": split, "policy": label, "task_id": task.instance_id,
-                    "resolved": traj.resolved})
+        emit({"event": "eval", "split": split, "policy": label, "task_id": task.instance_id,
+              "resolved": traj.resolved}, on_event=ctx.on_event)
     return results
 
 
@@ -158,8 +154,8 @@ def search_train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[st
         result = search(sctx, run_id=f"{state['run_id']}:ep{state['episode']}:{task.instance_id}",
                         **ctx.config.strategy_options)
         used = used + Usage.from_dict(result.usage)
-        _emit(ctx, {"event": "search", "episode": state["episode"], "task_id": task.instance_id,
-                    "resolved": result.resolved, "attempts": result.attempts})
+        emit({"event": "search", "episode": state["episode"], "task_id": task.instance_id,
+              "resolved": result.resolved, "attempts": result.attempts}, on_event=ctx.on_event)
     return {"search_usage": used.to_dict()}
 
 
@@ -178,7 +174,7 @@ def build_data(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str,
     hashes = {kind: write_jsonl(files[kind], kind_rows) for kind, kind_rows in rows.items()}
     sizes = {kind: len(kind_rows) for kind, kind_rows in rows.items()}
     if report.empty:
-        _emit(ctx, {"event": "data_warning", "episode": state["episode"], "empty": report.empty})
+        emit({"event": "data_warning", "episode": state["episode"], "empty": report.empty}, on_event=ctx.on_event)
     return {"data": {"files": files, "hashes": hashes, "sizes": sizes, "trajectories": len(trajs),
                      "successes": sum(t.resolved for t in trajs), "report": asdict(report)}}
 
@@ -210,7 +206,7 @@ def train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]
                "kinds": list(ctx.config.kinds), "episode": state["episode"], "run_id": state["run_id"]}
     version = ctx.registry.register(ctx.config.adapter_name, out, parent=current,
                                     data_hashes=list(data["hashes"].values()), metrics=metrics)
-    _emit(ctx, {"event": "trained", "episode": state["episode"], "adapter": version.ref, **metrics})
+    emit({"event": "trained", "episode": state["episode"], "adapter": version.ref, **metrics}, on_event=ctx.on_event)
     return {"candidate": version.ref, "train_metrics": metrics}
 
 
@@ -266,7 +262,7 @@ def gate(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]:
               "data_prompts": dataset.get("prompts"), "data_warnings": dataset.get("empty", {}),
               "train": state.get("train_metrics", {}), "wall_s": time.time() - state.get("started_at", time.time())}
     write_json_atomic(ctx.out_dir / f"episode-{state['episode']}" / "report.json", report)
-    _emit(ctx, {"event": "episode_finished", **report})
+    emit({"event": "episode_finished", **report}, on_event=ctx.on_event)
     update: dict[str, Any] = {"episodes": [report], "episode": state["episode"] + 1, "candidate": None,
                               "candidate_eval": {}, "current_eval": {}, "started_at": time.time()}
     if promote:

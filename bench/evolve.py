@@ -51,9 +51,10 @@ def causes(store: TrajectoryStore, run_id: str) -> dict[str, int]:
 def split_tasks(seed: int, n_train: int, n_gate: int, n_final: int) -> tuple[list[Task], list[Task], list[Task]]:
     """HumanEval repo tasks shuffled with `seed`, cut into disjoint train, gate and final test lists (shared with
     the ablation, which must see exactly the same splits)."""
-    from agent_selfevolve.humaneval import humaneval_tasks
+    from agent_selfevolve.sources import locate_tasks
+    from agent_selfevolve.sources.humaneval import humaneval_tasks
 
-    tasks = humaneval_tasks()
+    tasks = locate_tasks(humaneval_tasks())
     if n_train + n_gate + n_final > len(tasks):
         raise SystemExit(f"{n_train} + {n_gate} + {n_final} tasks asked for, {len(tasks)} exist")
     random.Random(seed).shuffle(tasks)

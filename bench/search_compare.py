@@ -27,7 +27,7 @@ from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.models import make_model  # noqa: E402
 from agent_selfevolve.search import Budget, SearchContext, strategies  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
-from agent_selfevolve.tasks import Task, load_tasks, select_tasks  # noqa: E402
+from agent_selfevolve.tasks import Task, select_tasks  # noqa: E402
 
 MINIWOB_SUBSET = ["click-link", "click-button", "focus-text", "click-dialog", "enter-text", "click-checkboxes",
                   "click-tab", "login-user", "choose-list", "click-option"]
@@ -108,13 +108,9 @@ def suite_tasks(suite: str, slice_: str | None, seeds: list[int]) -> list[Task]:
         from agent_selfevolve.web_tasks import miniwob_tasks
 
         return select_tasks(miniwob_tasks(MINIWOB_SUBSET, seeds=seeds), slice_=slice_)
-    if suite == "humaneval":
-        from agent_selfevolve.humaneval import humaneval_tasks
+    from agent_selfevolve.sources import resolve_tasks
 
-        return select_tasks(humaneval_tasks(), slice_=slice_)
-    from agent_selfevolve.bundled import bundled_task_file
-
-    return load_tasks(bundled_task_file(), slice_=slice_)
+    return resolve_tasks(suite, slice_=slice_)  # "humaneval" or "bundled", with their repositories built
 
 
 if __name__ == "__main__":

@@ -11,18 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from agent_selfevolve import bundled
-from agent_selfevolve.bundled import BundledError, bundled_repo, bundled_task_file, bundled_tasks, validate_task
+from agent_selfevolve.infra import cache_root
+from agent_selfevolve.sources import bundled
+from agent_selfevolve.sources.build import BundledError, fetch_dist
+from agent_selfevolve.sources.bundled import bundled_repo, bundled_task_file, bundled_tasks
+from agent_selfevolve.sources.check import validate_task
 
 # Captured before conftest's autouse fixture points AGENT_SELFEVOLVE_CACHE at a fresh tmp dir for every test.
-SDIST_STORE = bundled.cache_root()
+SDIST_STORE = cache_root()
 
 
 def seed(cache: Path, *projects: str) -> Path:
     """A cache whose sdists/ holds the projects' pinned files (downloaded once into the real cache)."""
     (cache / "sdists").mkdir(parents=True, exist_ok=True)
     for project in projects:
-        src = bundled.fetch_dist(bundled.recipe(project), SDIST_STORE)
+        src = fetch_dist(bundled.recipe(project), SDIST_STORE)
         if not (cache / "sdists" / src.name).exists():
             shutil.copy2(src, cache / "sdists" / src.name)
     return cache
@@ -39,7 +42,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_task_file_is_complete() -> None:
     tasks = bundled_tasks()
     projects = {t.repo for t in tasks}
-    assert bundled_task_file() == Path(bundled.__file__).parents[1] / "sandboxes" / "swe" / "tasks.jsonl"
+    assert bundled_task_file() == Path(__file__).resolve().parents[1] / "sandboxes" / "swe" / "tasks.jsonl"
     assert len(tasks) >= 10 and len(projects) >= 6
     for t in tasks:
         project = t.repo.removeprefix("bundled/")
@@ -99,7 +102,7 @@ def test_unknown_project_and_missing_registry(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
     with pytest.raises(BundledError, match="registry .*is needed once"):
-        bundled.fetch_dist(bundled.recipe("toolz"), tmp_path / "fresh")
+        fetch_dist(bundled.recipe("toolz"), tmp_path / "fresh")
     assert not list((tmp_path / "fresh" / "sdists").iterdir())
 
 

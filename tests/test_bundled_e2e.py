@@ -9,9 +9,9 @@ import re
 import pytest
 
 from agent_selfevolve.attempt import run_attempt
-from agent_selfevolve.bundled import bundled_task_file
 from agent_selfevolve.models.fake import ScriptedFakeModel, bash, tool_call
-from agent_selfevolve.tasks import Task, load_tasks
+from agent_selfevolve.sources import locate_tasks, resolve_tasks
+from agent_selfevolve.tasks import Task
 
 
 def edits_from_patch(patch: str) -> list[tuple[str, str, str]]:
@@ -35,7 +35,7 @@ def edits_from_patch(patch: str) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def bundled() -> list[Task]:
-    return load_tasks(bundled_task_file())
+    return resolve_tasks("bundled", locate=False)  # each test builds (locates) only the repository it runs
 
 
 def test_bundled_tasks_are_many_real_and_hide_their_tests(bundled: list[Task]) -> None:
@@ -46,7 +46,7 @@ def test_bundled_tasks_are_many_real_and_hide_their_tests(bundled: list[Task]) -
 
 
 def test_fake_model_resolves_a_bundled_task_end_to_end(bundled: list[Task]) -> None:
-    task = bundled[0]
+    task = locate_tasks([bundled[0]])[0]
     script = [bash("git status --short && ls", "Look around.")]
     for path, old, new in edits_from_patch(task.patch):
         script += [tool_call("view", {"path": path}), tool_call("str_replace", {"path": path, "old": old, "new": new})]
@@ -61,7 +61,7 @@ def test_fake_model_resolves_a_bundled_task_end_to_end(bundled: list[Task]) -> N
 
 
 def test_empty_attempt_on_a_bundled_task_is_not_resolved(bundled: list[Task]) -> None:
-    traj = run_attempt(bundled[1], ScriptedFakeModel([tool_call("submit", {})]))
+    traj = run_attempt(locate_tasks([bundled[1]])[0], ScriptedFakeModel([tool_call("submit", {})]))
     assert traj.status == "submitted" and not traj.resolved
 
 
@@ -69,7 +69,7 @@ def test_bundled_sandbox_hides_the_bug_commit(bundled: list[Task]) -> None:
     from agent_selfevolve.envs.base import ToolCall
     from agent_selfevolve.envs.coding import CodingEnvironment
 
-    env = CodingEnvironment(bundled[0], "history-1")
+    env = CodingEnvironment(locate_tasks([bundled[0]])[0], "history-1")
     env.reset()
     log = env.step(ToolCall("bash", {"command": "git log --oneline --all | wc -l; git diff HEAD~1 --stat"}))
     assert log.text.split()[0] == "1" and "unknown revision" in log.text

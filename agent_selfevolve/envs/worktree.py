@@ -11,41 +11,26 @@ that does not point into the cache, which its sandbox hides.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from agent_selfevolve.fileio import file_lock
+from agent_selfevolve.infra import GitError, cache_root, git
 from agent_selfevolve.tasks import Task
 
 
-class RepoError(RuntimeError):
+class RepoError(GitError):
     """The task's repository cannot be found, cloned or checked out."""
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("AGENT_SELFEVOLVE_CACHE", Path.home() / ".cache" / "agent-selfevolve"))
-
-
-def git(*args: str, cwd: Path | None = None, check: bool = True, timeout: float = 300) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"}
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise RepoError(f"git {' '.join(args[:3])} failed in {cwd}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
-
-
 def source_of(task: Task, mirror_dir: Path | None = None) -> str:
-    """Where the task's code comes from: a local path, a bundled repo, a mirror directory, or a git URL."""
+    """Where the task's code comes from: its `repo_path` (a clone, or a repository a task source built and
+    located when it loaded the task), a mirror directory, or a git URL."""
     if task.repo_path:
         return task.repo_path
     repo = task.repo
-    if repo.startswith("bundled/"):
-        from agent_selfevolve.bundled import bundled_repo
-
-        return str(bundled_repo(repo.split("/", 1)[1]))
     if mirror_dir:
         for name in (repo.replace("/", "__"), repo.split("/")[-1], repo):
             if (Path(mirror_dir) / name).exists():
@@ -73,10 +58,12 @@ class WorktreePool:
                 shutil.rmtree(tmp, ignore_errors=True)
                 try:
                     git("clone", "--quiet", "--mirror", src, str(tmp), timeout=1800)
-                except (RepoError, subprocess.TimeoutExpired) as exc:
+                except (GitError, subprocess.TimeoutExpired) as exc:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise RepoError(f"cannot clone {src} for task {task.instance_id}: {exc}. Give the task a "
-                                    f"'repo_path' or pass a mirror directory holding a clone.") from exc
+                                    f"'repo_path' or pass a mirror directory holding a clone (tasks of a named "
+                                    f"source such as bundled/... get theirs from agent_selfevolve.sources."
+                                    f"locate_tasks).") from exc
                 tmp.rename(mirror)
             if task.base_commit and not _has_commit(mirror, task.base_commit):
                 git("fetch", "--quiet", src, "+refs/*:refs/*", cwd=mirror, check=False, timeout=1800)

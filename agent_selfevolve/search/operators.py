@@ -7,13 +7,13 @@ and the caller falls back to a deterministic text, recording that it did.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
 from agent_selfevolve.agent import Limits
+from agent_selfevolve.infra import parse_json_object
 from agent_selfevolve.models.base import Message, Model, Usage
 from agent_selfevolve.search.summary import files_touched
 from agent_selfevolve.trajectory import Trajectory
@@ -88,23 +88,6 @@ def operator_kind(messages: list[Message]) -> str | None:
     """Which operator a request is for ('rate', 'revise', 'recombine'), or None for an agent call."""
     system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
     return next((k for k, s in _SYSTEMS.items() if system == s), None)
-
-
-def parse_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in a reply: a fenced block, the whole text, or the outermost braces."""
-    candidates = re.findall(r"```(?:json)?\s*(\{.*?\})\s*```", text, re.S)
-    candidates.append(text.strip())
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        candidates.append(text[start:end + 1])
-    for cand in candidates:
-        try:
-            data = json.loads(cand)
-        except (json.JSONDecodeError, ValueError):
-            continue
-        if isinstance(data, dict):
-            return data
-    return None
 
 
 def _text_list(value: Any, limit: int = 5) -> list[str]:

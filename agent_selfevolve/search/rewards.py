@@ -7,10 +7,10 @@ Neither ever sees `patch`, `test_patch` or the FAIL_TO_PASS lists.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from agent_selfevolve.infra import parse_json_object
 from agent_selfevolve.models.base import Model, ModelError
 from agent_selfevolve.search.summary import head_tail, summarize_trajectory
 from agent_selfevolve.tasks import Task
@@ -35,14 +35,9 @@ Reply with JSON only: {{"score": <0-10>, "reason": "<one sentence>"}}.
 
 def parse_score(text: str) -> float | None:
     """Score 0..10 from a JSON reply, or from the first 'score: N' / bare number as a fallback."""
-    match = re.search(r"\{.*\}", text or "", re.S)
-    if match:
-        try:
-            value = json.loads(match.group(0)).get("score")
-            if isinstance(value, int | float):
-                return max(0.0, min(10.0, float(value)))
-        except (json.JSONDecodeError, AttributeError):
-            pass
+    value = (parse_json_object(text or "") or {}).get("score")
+    if isinstance(value, int | float):
+        return max(0.0, min(10.0, float(value)))
     found = re.search(r"score\D{0,5}(\d+(?:\.\d+)?)", text or "", re.I) or re.search(r"\b(\d+(?:\.\d+)?)\b", text or "")
     return max(0.0, min(10.0, float(found.group(1)))) if found else None
 

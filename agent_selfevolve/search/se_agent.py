@@ -26,6 +26,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent_selfevolve.attempt import AttemptSpec
+from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Usage
 from agent_selfevolve.search.common import (
     SearchContext,
@@ -133,9 +134,7 @@ def _log(runtime: Runtime[SearchContext], call: OperatorCall, generation: int, p
              "ok": ok, "error": call.error or ("" if ok else "unparseable reply: used the fallback"),
              "reply": call.text[:800]}
     event = {"event": "operator", **{k: v for k, v in entry.items() if k != "reply"}}
-    runtime.stream_writer(event)
-    if runtime.context.on_event:
-        runtime.context.on_event(event)
+    emit(event, runtime.stream_writer, runtime.context.on_event)
     return entry
 
 

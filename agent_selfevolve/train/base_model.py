@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.infra import cache_root
 from agent_selfevolve.train._subprocess import spawn
 
 BASE_META = "base.json"
@@ -69,12 +70,6 @@ def _convert(gguf_path: str, out_dir: str, model_id: str, gguf_hash: str) -> dic
     write_json_atomic(Path(out_dir) / BASE_META, {"id": model_id, "hash": gguf_hash, "source": str(src),
                                                    "dtype": "bfloat16"})
     return {"params": sum(p.numel() for p in model.parameters())}
-
-
-def cache_root() -> Path:
-    """`$AGENT_SELFEVOLVE_CACHE` or ~/.cache/agent-selfevolve: the root the model and worktree caches use."""
-    root = os.environ.get("AGENT_SELFEVOLVE_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "agent-selfevolve"
 
 
 def hf_base_from_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None, model_id: str | None = None,

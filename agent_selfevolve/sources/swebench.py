@@ -20,6 +20,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
+from agent_selfevolve.infra import cache_root
+from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task
 
 Split = Literal["lite", "verified"]
@@ -38,8 +40,6 @@ class SWEBenchDataError(RuntimeError):
 
 
 def data_dir(cache_dir: str | Path | None = None) -> Path:
-    from agent_selfevolve.envs.worktree import cache_root
-
     return Path(cache_dir) if cache_dir else cache_root() / "swebench"
 
 
@@ -154,3 +154,10 @@ def swebench_task_file(split: Split = "lite", cache_dir: str | Path | None = Non
         tmp.write_text("".join(t.model_dump_json(exclude_defaults=True) + "\n" for t in tasks), encoding="utf-8")
         tmp.replace(path)
     return path
+
+
+
+register_task_source(TaskSource("swebench-lite", lambda: swebench_task_file("lite"),
+                                "SWE-bench Lite (300); repositories from a mirror dir or GitHub"))
+register_task_source(TaskSource("swebench-verified", lambda: swebench_task_file("verified"),
+                                "SWE-bench Verified (500); repositories from a mirror dir or GitHub"))
