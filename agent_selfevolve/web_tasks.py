@@ -22,6 +22,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from agent_selfevolve.envs.web_rewards import (
+    Check,
+    HttpCheck,
+    SpecError,
+    is_loopback_url,
+    iter_checks,
+    join_url,
+    parse_reward,
+)
+from agent_selfevolve.envs.webapp import WebAppSpec, leased, parse_webapp
+from agent_selfevolve.infra import data_dir
 from agent_selfevolve.tasks import Task, load_tasks
 
 MINIWOB = "miniwob://"
@@ -47,7 +58,7 @@ def miniwob_task_names() -> list[str]:
 def apps_dir() -> Path:
     """The bundled apps: `$AGENT_SELFEVOLVE_WEB_APPS`, else `sandboxes/web/` at the repository root."""
     env = os.environ.get("AGENT_SELFEVOLVE_WEB_APPS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "sandboxes" / "web"
+    return Path(env) if env else data_dir("sandboxes") / "web"
 
 
 def app_names() -> list[str]:
@@ -139,6 +150,45 @@ def app_call(app: str, path: str, params: dict[str, Any], body: dict[str, Any] |
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return {"error": f"HTTP {exc.code}", **json.loads(exc.read() or b"{}")}
+
+
+def check_web_task(task: Task, base_dir: Path | None = None) -> tuple[Check | None, WebAppSpec | None]:
+    """A web task's reward checks and app life cycle, parsed at load time (SpecError naming the field). The app's
+    `cwd` becomes absolute against `base_dir`, the task file's folder, and is written back into the task."""
+    from agent_selfevolve.browsergym_tasks import is_browsergym_task, parse_browsergym
+
+    if is_browsergym_task(task):  # BrowserGym's own env runs and grades it
+        parse_browsergym(task)
+        return None, None
+    check = parse_reward(task.reward)
+    raw = (task.model_extra or {}).get("webapp")
+    app = parse_webapp(raw, base_dir) if raw is not None else None
+    if app is not None and task.model_extra is not None:
+        task.model_extra["webapp"] = {**raw, "cwd": app.cwd}
+    start = task.start_url or ""
+    if "://" not in start and (app is None or not start.startswith("/")):
+        raise SpecError("start_url", "a path ('/...') needs a 'webapp' to say where the app runs; else give a URL")
+    local = app is not None or start.startswith((APP, MINIWOB)) or is_loopback_url(start)
+    for path, leaf in iter_checks(check) if check is not None else ():
+        if isinstance(leaf, HttpCheck) and "://" not in leaf.url and not local:
+            raise SpecError(f"{path}.url", f"a path resolves against the start URL {start}, which is not on this "
+                                           "machine: give a 'webapp' or a loopback URL")
+    return check, app
+
+
+def web_task_urls(task: Task, base: str = "") -> tuple[str, frozenset[str]]:
+    """The start URL and the allowed origins; with the user's app running at `base`, paths resolve there and its
+    origin is always allowed."""
+    start_spec = task.start_url or ""
+    start = join_url(base, start_spec) if base and "://" not in start_spec else resolve_url(start_spec)
+    allowed = {resolve_origin(o) for o in (task.allowed_origins or ([] if base else [start_spec]))}
+    return start, frozenset(allowed | ({origin_of(base)} if base else set()))
+
+
+def reward_base_url(task: Task, name: str) -> str:
+    """Where the reward's HTTP paths resolve: attempt `name`'s app, else the start URL's origin."""
+    lease = leased(name)
+    return lease.base_url if lease is not None else origin_of(resolve_url(task.start_url or ""))
 
 
 def miniwob_tasks(names: Iterable[str] | None = None, seeds: Iterable[int] = (0,)) -> list[Task]:

@@ -13,6 +13,12 @@ __all__ = ["Environment", "Evaluation", "Observation", "ToolCall", "make_environ
 def make_environment(task: Task, name: str, **options: Any) -> Environment:
     """A fresh environment for one attempt named `name` (a resumed attempt passes the same name)."""
     if task.kind == "web":
+        from agent_selfevolve.browsergym_tasks import is_browsergym_task
+
+        if is_browsergym_task(task):
+            from agent_selfevolve.envs.browsergym_env import BrowserGymEnvironment
+
+            return BrowserGymEnvironment(task, name, **options)
         from agent_selfevolve.envs.web import BrowserEnvironment
 
         return BrowserEnvironment(task, name, **options)

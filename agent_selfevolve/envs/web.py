@@ -2,8 +2,9 @@
 
 The model sees the page's accessibility tree (Playwright's `aria_snapshot(mode="ai")`, whose refs stay valid
 until the page changes) with `[id=...]` on every element it can act on, plus the URL, the focused element and
-the last action's error. Rewards come from the page itself (MiniWoB++ globals) or the bundled app's server-side
-state, never from what the agent claims.
+the last action's error. Rewards come from the page itself (MiniWoB++ globals), the bundled app's server-side
+state or the task's declared checks (web_rewards; the user's own app runs per the task's `webapp`, webapp.py), never
+from what the agent claims.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+from agent_selfevolve.envs import webapp
 from agent_selfevolve.envs.base import Evaluation, Observation, ToolCall
 from agent_selfevolve.envs.browser import (
     MARK_CLICKABLES_JS,
@@ -26,8 +28,9 @@ from agent_selfevolve.envs.browser import (
     render_page,
     shared_pool,
 )
+from agent_selfevolve.envs.web_rewards import GonePage, PlaywrightProbe, SpecError, reward_evaluation
 from agent_selfevolve.tasks import Task
-from agent_selfevolve.web_tasks import app_call, resolve_origin, resolve_url
+from agent_selfevolve.web_tasks import app_call, check_web_task, resolve_url, reward_base_url, web_task_urls
 
 WEB_SYSTEM_PROMPT = """You are an autonomous web agent operating a browser. Each observation shows the page as an \
 accessibility tree; act on elements through their [id=...] with click, fill and select_option. Ids change when \
@@ -81,6 +84,10 @@ class BrowserEnvironment:
         if task.kind != "web":
             raise ValueError(f"task {task.instance_id} is a {task.kind} task, not a web task")
         self.task, self.name = task, name
+        try:
+            self.checks, self.app_spec = check_web_task(task)
+        except SpecError as exc:
+            raise ValueError(f"task {task.instance_id}: {exc}") from None
         self.pool = pool or shared_pool(executable_path=executable_path, headless=headless)
         self.char_budget, self.viewport = char_budget, viewport
         self.action_timeout_s, self.navigation_timeout_s = action_timeout_s, navigation_timeout_s
@@ -106,8 +113,8 @@ class BrowserEnvironment:
             self.data, self._opened = session.data, True
             return self.pool.run(self._observe(session, note="(re-attached to the running attempt)"),
                                  self.step_timeout_s)
-        allowed = frozenset(resolve_origin(o) for o in (self.task.allowed_origins or [self.task.start_url or ""]))
-        start = resolve_url(self.task.start_url or "")
+        base = webapp.acquire(self.app_spec, self.name).base_url if self.app_spec is not None else ""
+        start, allowed = web_task_urls(self.task, base)
         cookies = []
         if self.is_app:
             assert self.task.app
@@ -370,6 +377,11 @@ class BrowserEnvironment:
             if "error" in res:
                 return Evaluation(False, 0.0, "app", {"error": res["error"]})
             return Evaluation(bool(res["resolved"]), float(res["reward"]), "app", dict(res.get("details", {})))
+        if self.checks is not None:
+            session = self.pool.get(self.name)
+            probe = PlaywrightProbe(self.pool, session, self.action_timeout_s + 5) if session and not session.crashed \
+                else GonePage(str(outcome.get("url") or ""))
+            return reward_evaluation(self.checks, probe, reward_base_url(self.task, self.name))
         if "answer" in spec:
             got = " ".join(str(outcome.get("answer") or "").lower().split())
             want = " ".join(str(spec["answer"]).lower().split())
@@ -389,3 +401,4 @@ class BrowserEnvironment:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.pool.run(self.pool.close(self.name), self.action_timeout_s + 5)
+        webapp.release(self.name)
