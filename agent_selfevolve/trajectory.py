@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from agent_selfevolve.models.base import Message, Usage
+from agent_selfevolve.models.base import Message, Usage, prompt_messages
 
 FINISHED_OK = "submitted"
 STATUSES = ("running", "unfinished", "submitted", "step_limit", "token_limit", "cost_limit", "time_limit",
@@ -92,8 +92,9 @@ class Trajectory:
                          "attempt_id": self.attempt_id, "evaluation": self.evaluation}}
 
     def to_openai_finetune(self) -> dict[str, Any]:
-        """OpenAI chat fine-tuning format: {"messages", "tools"} (tool schemas only when tools were native)."""
-        row: dict[str, Any] = {"messages": self.messages}
+        """OpenAI chat fine-tuning format: {"messages", "tools"} (tool schemas only when tools were native; no
+        recorded token ids, which that format has no field for)."""
+        row: dict[str, Any] = {"messages": prompt_messages(self.messages)}
         if self.tools and used_native_tools(self.messages):
             row["tools"] = self.tools
         return row

@@ -41,12 +41,44 @@ class Usage:
         return cls(**{k: data.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cost", "calls")})
 
 
+EXTRA_KEY = "extra"
+"""Assistant-message key for what the engine recorded about a reply ({"token_ids", "logprobs"}): kept in the
+trajectory for the trainer, stripped from every prompt by `prompt_messages` (mini-swe-agent's trajectories use
+the same key the same way)."""
+
+
 @dataclass
 class ModelReply:
     message: Message
     """The assistant message: {"role": "assistant", "content": str | None, "tool_calls": [...]?}."""
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
+    token_ids: list[int] | None = None
+    """The completion's token ids as the engine sampled them; None when the backend cannot say. Training on these
+    instead of a re-tokenization of the text avoids rollout/training token drift."""
+    logprobs: list[float] | None = None
+    """Per-token log-probabilities of `token_ids`, where the engine gives them cheaply."""
+
+    def recorded_message(self) -> Message:
+        """The assistant message as a trajectory keeps it: with the token ids/logprobs under EXTRA_KEY."""
+        message = dict(self.message)
+        if self.token_ids:
+            extra: dict[str, Any] = {"token_ids": [int(t) for t in self.token_ids]}
+            if self.logprobs and len(self.logprobs) == len(self.token_ids):
+                extra["logprobs"] = [float(x) for x in self.logprobs]
+            message[EXTRA_KEY] = {**(message.get(EXTRA_KEY) or {}), **extra}
+        return message
+
+
+def prompt_messages(messages: list[Message]) -> list[Message]:
+    """Messages as a model may see them: without the recorded EXTRA_KEY (copies only where it was present)."""
+    return [{k: v for k, v in m.items() if k != EXTRA_KEY} if EXTRA_KEY in m else m for m in messages]
+
+
+def recorded_token_ids(message: Message) -> list[int] | None:
+    """The token ids recorded with an assistant message, or None."""
+    ids = (message.get(EXTRA_KEY) or {}).get("token_ids") if isinstance(message.get(EXTRA_KEY), dict) else None
+    return list(ids) if isinstance(ids, list) and ids else None
 
 
 class ModelError(RuntimeError):

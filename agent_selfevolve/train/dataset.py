@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_selfevolve.models.base import Message
+from agent_selfevolve.models.base import EXTRA_KEY, Message
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.train.canonical import PROMPT_MODES, canonical_trajectory
 from agent_selfevolve.train.jsonl import Row, data_hash, read_jsonl, rows_to_jsonl, write_jsonl
@@ -296,6 +296,7 @@ def recovery_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
             why = errors.get(wrong, "").splitlines()[0][:200] if errors.get(wrong) else ""
             reflection = REFLECTION.format(why=f" ({why})" if why else "")
             good[0]["content"] = reflection + ("\n\n" + good[0]["content"] if good[0].get("content") else "")
+            good[0].pop(EXTRA_KEY, None)  # its recorded token ids spell the text without the reflection
             messages = copy.deepcopy(s.messages[:k]) + bad + _trim_tail(good)
             rows.append(_with_tools({"messages": messages, "meta": {**_meta("recovery", task_id, f, s),
                                                                      "wrong_step": wrong, "branch": k}}, s))

@@ -8,6 +8,14 @@ token). Spans are character ranges in the full render, mapped to tokens with the
 BPE merges across a boundary cannot shift them. Templates with generation markers are used as a fallback when a
 template re-renders earlier turns (the prefix property fails).
 
+Assistant turns that carry the token ids the engine sampled (`models.base.EXTRA_KEY`, recorded at rollout) are
+trained on exactly those ids, spliced in place of the tokenization of their rendered text: re-tokenizing
+generated text does not give back what was generated (measured with the embedded Qwen 0.5B: grammar-constrained
+decoding spells `<tool_call>` as four tokens `<`,`tool`,`_call`,`>\n`, which the tokenizer turns into one
+special token; and the template re-serializes tool-call JSON). The context around them is tokenized as rendered.
+Recorded ids are checked first (inside this tokenizer's vocabulary, decoding to text that holds the message's
+words and tool names); ids that fail, and rows on the generation-marker fallback, are re-tokenized and counted.
+
 Every row is checked: at least one trainable token, and each trained assistant turn's end-of-turn token inside
 the mask (a model never trained on `<|im_end|>` never learns to stop). Long rows are cut from the left at an
 assistant-turn boundary keeping the system+first user messages; a row that still cannot keep a trainable token
@@ -23,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent_selfevolve.models.base import Message
+from agent_selfevolve.models.base import EXTRA_KEY, Message, recorded_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,11 @@ class MaskStats:
     dropped_no_target: int = 0
     tokens: int = 0
     trainable_tokens: int = 0
+    exact_turns: int = 0
+    """Assistant turns trained on the token ids recorded at rollout."""
+    ids_rejected: int = 0
+    """Turns whose recorded ids did not fit this tokenizer or their text, or met a marker-only template:
+    re-tokenized."""
 
     def add(self, row: TokenizedRow) -> None:
         self.kept += 1
@@ -64,10 +77,11 @@ class MaskStats:
 
 
 def template_messages(messages: Sequence[Message]) -> list[Message]:
-    """Messages as chat templates expect them: tool-call arguments as dicts, no None content, no 'weight'."""
+    """Messages as chat templates expect them: tool-call arguments as dicts, no None content, no 'weight' and no
+    recorded token ids."""
     out = []
     for m in messages:
-        m = {k: v for k, v in copy.deepcopy(m).items() if k != "weight"}
+        m = {k: v for k, v in copy.deepcopy(m).items() if k not in ("weight", EXTRA_KEY)}
         if m.get("content") is None:
             m["content"] = ""
         calls = []
@@ -196,6 +210,71 @@ def _labels_from_markers(tokenizer: Any, messages: Sequence[Message], tools: lis
     return ids, labels
 
 
+def usable_ids(message: Message, tokenizer: Any) -> list[int] | None:
+    """The ids recorded with an assistant message if they can stand for it under `tokenizer`, else None: every id
+    inside the vocabulary, and their decoding holding each word of the content and each tool call's name (a
+    sanity check for ids from another tokenizer or for text edited after the rollout; drift in how the text is
+    split into tokens passes, which is the point)."""
+    ids = recorded_token_ids(message)
+    if ids is None:
+        return None
+    if not all(isinstance(t, int) and 0 <= t < len(tokenizer) for t in ids):
+        return None
+    decoded = tokenizer.decode(ids)
+    words = str(message.get("content") or "").split()
+    names = [str((c.get("function") or c).get("name", "")) for c in message.get("tool_calls") or []]
+    return ids if all(w in decoded for w in words + names) else None
+
+
+def _splice_recorded(ids: list[int], offsets: list[tuple[int, int]], layout: _Layout, recorded: dict[int, list[int]],
+                     eot: set[int], tokenizer: Any) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Ids, labels and offsets with each span in `recorded` replaced by its recorded ids (plus the template's
+    end-of-turn tokens); other spans are labelled as tokenized. Spliced tokens get their span as offset, so
+    `_truncate` still finds turn boundaries."""
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    out_offsets: list[tuple[int, int]] = []
+
+    def put(tokens: list[int], offs: list[tuple[int, int]], train: bool) -> None:
+        out_ids.extend(tokens)
+        out_offsets.extend(offs)
+        out_labels.extend(tokens if train else [IGNORE_INDEX] * len(tokens))
+
+    def text_tokens(lo: int, hi: int) -> list[int]:
+        return list(tokenizer(layout.text[lo:hi], add_special_tokens=False)["input_ids"]) if hi > lo else []
+
+    eot_in_text = any(t in eot for t in ids)
+    pos = 0
+    for start, end, i in layout.spans:
+        hit = [t for t, (s, e) in enumerate(offsets) if s < end and e > start]
+        if not hit:
+            raise EmptyMaskError(f"assistant message {i} renders to no tokens (span {start}:{end} of the "
+                                 "template's text); the chat template drops assistant content")
+        first, last = hit[0], hit[-1]
+        put(ids[pos:first], offsets[pos:first], False)
+        pos = last + 1
+        if i not in recorded:
+            if eot_in_text and ids[last] not in eot:
+                raise EmptyMaskError(f"assistant message {i}: its end-of-turn token is outside the loss mask")
+            put(ids[first:last + 1], offsets[first:last + 1], True)
+            continue
+        tail = last + 1
+        while tail > first and ids[tail - 1] in eot:
+            tail -= 1
+        if eot_in_text and tail == last + 1:
+            raise EmptyMaskError(f"assistant message {i}: its end-of-turn token is outside the loss mask")
+        lead = text_tokens(offsets[first][0], start)  # a token that began in the turn's header
+        put(lead, [(offsets[first][0], start)] * len(lead), False)
+        own = list(recorded[i])
+        while own and own[-1] in eot:
+            own.pop()
+        put(own + ids[tail:last + 1], [(start, end)] * len(own) + offsets[tail:last + 1], True)
+        trail = text_tokens(end, offsets[last][1])  # a token that ran past the turn's end
+        put(trail, [(end, offsets[last][1])] * len(trail), False)
+    put(ids[pos:], offsets[pos:], False)
+    return out_ids, out_labels, out_offsets
+
+
 def _truncate(ids: list[int], labels: list[int], offsets: list[tuple[int, int]], layout: _Layout,
               max_length: int) -> tuple[list[int], list[int]] | None:
     """Keep the head (system + first user) and the longest tail starting at an assistant turn that fits."""
@@ -231,6 +310,7 @@ def tokenize_chat(messages: Sequence[Message], tokenizer: Any, tools: list[dict[
             raise EmptyMaskError(f"cannot locate assistant turns: {exc}, and the template has no "
                                  "{% generation %} markers to fall back on") from exc
         ids, labels = _labels_from_markers(tokenizer, messages, tools, train_from)
+        stats.ids_rejected += sum(recorded_token_ids(messages[i]) is not None for i in wanted)
         if not any(x != IGNORE_INDEX for x in labels):
             raise EmptyMaskError("the template's generation markers select no tokens") from exc
         if len(ids) > max_length:
@@ -241,7 +321,13 @@ def tokenize_chat(messages: Sequence[Message], tokenizer: Any, tools: list[dict[
         return row
     enc = tokenizer(layout.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    labels = _labels_from_spans(offsets, ids, layout.spans, _eot_ids(tokenizer), layout.text)
+    recorded = {i: found for _, _, i in layout.spans if (found := usable_ids(messages[i], tokenizer)) is not None}
+    stats.ids_rejected += sum(recorded_token_ids(messages[i]) is not None for _, _, i in layout.spans) - len(recorded)
+    if recorded:
+        ids, labels, offsets = _splice_recorded(ids, offsets, layout, recorded, _eot_ids(tokenizer), tokenizer)
+        stats.exact_turns += len(recorded)
+    else:
+        labels = _labels_from_spans(offsets, ids, layout.spans, _eot_ids(tokenizer), layout.text)
     truncated = False
     if len(ids) > max_length:
         cut = _truncate(ids, labels, offsets, layout, max_length)
@@ -256,6 +342,10 @@ def tokenize_chat(messages: Sequence[Message], tokenizer: Any, tools: list[dict[
 
 
 def _warn(stats: MaskStats, what: str) -> None:
+    if stats.ids_rejected:
+        log.warning("%s: %d assistant turn(s) had recorded token ids that do not fit this tokenizer or their text; "
+                    "they were re-tokenized (%d turn(s) trained on their recorded ids)", what, stats.ids_rejected,
+                    stats.exact_turns)
     if stats.dropped_too_long:
         log.warning("%s: dropped %d of %d rows longer than max_length with no assistant turn that fits after "
                     "keeping the system+user head", what, stats.dropped_too_long, stats.rows)
