@@ -15,14 +15,14 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from agent_selfevolve.envs.base import Environment, Observation, ToolCall
+from agent_selfevolve.envs.base import INITIAL_STATE, Environment, Observation, ToolCall
 from agent_selfevolve.envs.tools import (
     ActionFormatError,
     describe_for_prompt,
     parse_text_action,
     parse_tool_call,
 )
-from agent_selfevolve.models.base import Model, ModelError, ModelReply, Usage
+from agent_selfevolve.models.base import Model, ModelError, ModelReply, Usage, prompt_messages
 
 SYSTEM_PROMPT = """You are an autonomous software engineer working in a git repository. Fix the issue you are \
 given by editing the source code. Work in small steps: explore, reproduce, edit, test. Do not edit the tests \
@@ -81,6 +81,13 @@ class AgentContext:
     system_prompt: str = SYSTEM_PROMPT
     task_template: str = TASK_TEMPLATE
     model_params: dict[str, Any] = field(default_factory=dict)
+    action_rules: str | None = None
+    """Text action format only: the rules appended to the system prompt (None: TEXT_ACTION_RULES listing every
+    tool; "": none, when the set-up's own prompt says how to act)."""
+    repeat_retries: int = 0
+    """When a reply repeats the action just executed (a small greedy model does, after a failed check), ask again
+    this many times at `retry_temperature` before counting it as a format error."""
+    retry_temperature: float = 0.8
 
 
 class AgentState(TypedDict, total=False):
@@ -122,8 +129,10 @@ def start(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     obs = ctx.env.reset()
     native = bool(ctx.model.supports_tools)
     system = ctx.system_prompt
-    if not native:
+    if not native and ctx.action_rules is None:
         system += "\n\n" + TEXT_ACTION_RULES.format(tools=describe_for_prompt(ctx.env.tool_specs()))
+    elif not native and ctx.action_rules:
+        system += "\n\n" + ctx.action_rules
     strategy, guidance = prompt_extras(state.get("strategy", ""), state.get("guidance", ""))
     user = ctx.task_template.format(problem=state.get("problem", ""), orientation=obs.text, strategy=strategy,
                                     guidance=guidance)
@@ -147,40 +156,41 @@ def _limit_hit(state: AgentState, limits: Limits) -> tuple[str, str] | None:
 
 
 def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """One turn: stop at a limit, else query the model (or replay a known turn) and parse its action."""
     ctx = runtime.context
     hit = _limit_hit(state, ctx.limits)
     if hit:
         return {"status": hit[0], "exit_message": hit[1], "pending": []}
     native = state.get("native_tools", True)
     t0 = time.monotonic()
-    replay = state.get("replay") or []
     turn = sum(1 for m in state["messages"] if m.get("role") == "assistant")
-    replayed = turn < len(replay)
-    try:
-        if replayed:
-            reply = ModelReply(dict(replay[turn]), Usage())  # no model call: the action is already known
-        else:
-            params = ctx.model_params if native else {"stop": list(TEXT_STOP), **ctx.model_params}
-            reply = ctx.model.chat(state["messages"], ctx.env.tool_specs() if native else None, **params)
-    except ModelError as exc:
-        return {"status": "model_error", "exit_message": str(exc), "pending": [],
-                "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}
+    params = ctx.model_params if native else {"stop": list(TEXT_STOP), **ctx.model_params}
+    spent = Usage()
+    for retry in range(ctx.repeat_retries + 1):
+        if retry:  # the same context gives the same greedy reply: sample a different one
+            params = {**params, "temperature": ctx.retry_temperature, "seed": 1000 * turn + retry}
+        try:
+            reply, replayed = _query(state, ctx, native, params, turn)
+        except ModelError as exc:
+            return {"status": "model_error", "exit_message": str(exc), "pending": [],
+                    "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}
+        spent = spent + Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.cost,
+                              0 if replayed else 1)
+        try:
+            calls = _parse(reply.message, ctx, native)
+            repeated = _repeats(calls, state.get("steps", []))
+        except ActionFormatError:
+            calls, repeated = [], False
+        if not repeated or replayed:
+            break
     model_s = time.monotonic() - t0
-    usage = (Usage.from_dict(state.get("usage")) + Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens,
-                                                         reply.usage.cost, 0 if replayed else 1)).to_dict()
-    message = reply.message
+    usage = (Usage.from_dict(state.get("usage")) + spent).to_dict()
+    message = reply.recorded_message()  # with the sampled token ids, for training; prompts never see them
     update: dict[str, Any] = {"usage": usage, "elapsed_s": state.get("elapsed_s", 0.0) + model_s,
                               "thought": message.get("content") or ""}
+    reply_usage = Usage(spent.prompt_tokens, spent.completion_tokens, spent.cost, spent.calls)
     try:
-        specs = ctx.env.tool_specs()
-        if native:
-            raw_calls = message.get("tool_calls") or []
-            if not raw_calls:
-                raise ActionFormatError("Your reply did not call a tool. Call exactly one tool (for example "
-                                        "`bash`), or `submit` when you are done.")
-            calls = [parse_tool_call(c, specs) for c in raw_calls]
-        else:
-            calls = [parse_text_action(message.get("content") or "", specs)]
+        calls = _parse(message, ctx, native)
         _refuse_repeat(calls, state.get("steps", []))
     except ActionFormatError as exc:
         errors = state.get("format_errors", 0) + 1
@@ -188,23 +198,68 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         # Native mode: tool calls must be answered before another user turn, so keep only the text.
         kept = {"role": "assistant", "content": message.get("content") or ""}
         step = {"index": len(state.get("steps", [])), "thought": message.get("content") or "", "action": None,
-                "format_error": str(exc), "usage": reply.usage.to_dict(), "model_s": model_s}
+                "format_error": str(exc), "usage": reply_usage.to_dict(), "model_s": model_s}
         update.update(messages=[kept, feedback], steps=[step], format_errors=errors, pending=[])
         if errors >= ctx.limits.max_format_errors:
             update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
         return update
     update.update(messages=[message], format_errors=0, pending=[
-        {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply.usage.to_dict(), "model_s": model_s}
+        {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply_usage.to_dict(), "model_s": model_s}
         for c in calls])
     return update
 
 
+def _query(state: AgentState, ctx: AgentContext, native: bool, params: dict[str, Any],
+           turn: int) -> tuple[ModelReply, bool]:
+    """The model's reply for this turn, or the replayed one (no model call) while a replay lasts."""
+    replay = state.get("replay") or []
+    if turn < len(replay):
+        return ModelReply(dict(replay[turn]), Usage()), True
+    return ctx.model.chat(prompt_messages(state["messages"]), ctx.env.tool_specs() if native else None,
+                          **params), False
+
+
+def _parse(message: dict[str, Any], ctx: AgentContext, native: bool) -> list[ToolCall]:
+    """The reply's tool calls; ActionFormatError (shown to the model) when it holds no valid action."""
+    specs = ctx.env.tool_specs()
+    if not native:
+        return [parse_text_action(message.get("content") or "", specs)]
+    raw_calls = message.get("tool_calls") or []
+    if not raw_calls:
+        raise ActionFormatError("Your reply did not call a tool. Call exactly one tool (for example "
+                                "`bash`), or `submit` when you are done.")
+    return [parse_tool_call(c, specs) for c in raw_calls]
+
+
+def _repeated(calls: list[ToolCall], steps: list[dict[str, Any]]) -> int | None:
+    """The index of an earlier step whose action this repeats with nothing new to show: the action just executed,
+    or one taken from the same state (small models loop, also as A, B, A, B). States are compared where the
+    environment reports `info["state"]` (a key of the repository's contents)."""
+    if len(calls) != 1:
+        return None
+    action = {"name": calls[0].name, "arguments": calls[0].arguments}
+    acted = [s for s in steps if s.get("action")]
+    if not acted:
+        return None
+    if acted[-1]["action"] == action:  # twice in a row: nothing happened in between
+        return acted[-1].get("index")
+    now = (acted[-1].get("info") or {}).get("state")
+    if now is None:
+        return None
+    before = [INITIAL_STATE] + [(s.get("info") or {}).get("state") for s in acted[:-1]]
+    return next((s.get("index") for s, was in zip(acted, before, strict=True) if s["action"] == action and was == now),
+                None)
+
+
+def _repeats(calls: list[ToolCall], steps: list[dict[str, Any]]) -> bool:
+    return _repeated(calls, steps) is not None
+
+
 def _refuse_repeat(calls: list[ToolCall], steps: list[dict[str, Any]]) -> None:
-    """An action identical to the one just executed cannot show anything new (small models loop on it)."""
-    last = next((s for s in reversed(steps) if s.get("action")), None)
-    if last and len(calls) == 1 and last["action"] == {"name": calls[0].name, "arguments": calls[0].arguments}:
-        raise ActionFormatError(f"You just ran this exact `{calls[0].name}` action and saw its result. Repeating it "
-                                "gives the same output: take a different action.")
+    if _repeated(calls, steps) is not None:
+        raise ActionFormatError(f"You already ran this exact `{calls[0].name}` action on the repository as it is "
+                                "now, and saw its result. Repeating it gives the same output: take a different "
+                                "action.")
 
 
 def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
                 evaluate: EvalMode = "tests", env_factory: Callable[[Task, str], Environment] | None = None,
                 on_event: Callable[[dict[str, Any]], None] | None = None, system_prompt: str | None = None,
                 env_options: dict[str, Any] | None = None, select_with: str = "auto",
-                judge: Judge | None = None) -> Trajectory:
+                judge: Judge | None = None, agent_options: dict[str, Any] | None = None) -> Trajectory:
     """Run (or resume, or reuse) the attempt `spec.attempt_id` on `task` and return its trajectory.
 
     `select_with` ('proxy', 'judge', 'tests'; 'auto': judge when a judge is given, else proxy) is the reward a
@@ -111,6 +111,7 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
     the hidden tests themselves: an oracle, never a held-out number. `evaluate` then grades with the task's own
     check (ground truth, stored for reports and training). An attempt stopped by its `spec.max_steps` chunk cap
     is 'unfinished' (a tree search continues it in its children) and is not graded by the hidden tests.
+    `agent_options` sets AgentContext fields of a set-up (`action_rules`, `repeat_retries`, ...).
     """
     select_with = resolve_selection(select_with, judge)
     spec = spec or AttemptSpec(task.instance_id)
@@ -123,7 +124,7 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
     if capped:
         limits = replace(limits, max_steps=spec.max_steps)
     env = (env_factory or (lambda t, n: make_environment(t, n, **(env_options or {}))))(task, spec.attempt_id)
-    ctx = AgentContext(model=model, env=env, limits=limits, model_params=spec.model_params)
+    ctx = AgentContext(model=model, env=env, limits=limits, model_params=spec.model_params, **(agent_options or {}))
     if task.kind == "web":
         from agent_selfevolve.agent import WEB_TASK_TEMPLATE
         from agent_selfevolve.envs.web import WEB_SYSTEM_PROMPT

@@ -5,9 +5,13 @@ embedded 0.5B/1.5B models, measured to fail the default set-up (they loop on one
 inside JSON strings, and narrate several steps per reply): it shows the repo's files up front when they are small,
 writes code as code (the raw `write_file` block), uses the plain-text action format, and gives one worked
 example. The example is about a different function, so it teaches the format, not an answer.
-`selfcheck` is `small` without the worked example (the 0.5B copied it) and with self-correction: every edit is
-followed by the checks the repository offers (tests near the file, doctests, docstring examples; never the hidden
-tests), the model revises on a failure, and the attempt ends when they all pass.
+`selfcheck` is self-correction for the embedded models: its first turn is kept close to asking the model
+directly (a short prompt with its own three-line action rules, no tool list, no worked example, code files only in
+the preview: bench/first_turn_ablation.py), the model answers with the function in a ```python block, every edit
+is followed by the checks the repository offers (tests near the file, doctests, docstring examples; never the
+hidden tests) with what the code gave against what was expected, the model revises on a failure, and the attempt
+ends when they all pass. A reply that repeats an action from the same state (greedy decoding does, after a failed
+check) is asked again at a temperature before it counts as a format error.
 """
 
 from __future__ import annotations
@@ -56,12 +60,12 @@ The output is 3, as the docstring says.
 
 
 SELF_CHECK_PROMPT = """You are a software engineer fixing an issue in a small git repository whose files are shown \
-to you. One action per reply:
-- To change code, reply with the complete new function (or class) in a ```python block, fully implemented: it \
-replaces the one of the same name in the repository. The repository's checks for that file (its tests, doctests \
-and docstring examples) then run, and you see what passed and what failed.
-- If a check failed, read what the code gave and what was expected, and write the corrected function again.
-- When your change is right, `submit`."""
+to you.
+Reply with the complete fixed function (or class) in one ```python block. It replaces the one of the same name in \
+the repository, and the repository's checks for it (tests, doctests, docstring examples) run: you see what passed \
+and what failed. If a check fails, reply with the corrected function in a ```python block.
+To run a shell command instead, reply with a ```bash block. When your change is done and no check is left to run, \
+reply with an empty ```submit block."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,15 @@ class AgentProfile:
     local_model_options: dict[str, Any] = field(default_factory=dict)
     """Options for the embedded llama.cpp model: tool_mode ('native' calls or the 'text' fenced-block format),
     max_tokens (a cap, so a reply that never closes its block cannot run for minutes)."""
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    """AgentContext fields: action_rules (text mode), repeat_retries, retry_temperature."""
 
     def attempt_options(self, task_kind: str) -> dict[str, Any]:
         """run_attempt keyword arguments for a task; web tasks keep the browser's own prompt and tools."""
         if task_kind != "swe":
-            return {"env_options": {}, "system_prompt": None}
-        return {"env_options": dict(self.env_options), "system_prompt": self.system_prompt}
+            return {"env_options": {}, "system_prompt": None, "agent_options": {}}
+        return {"env_options": dict(self.env_options), "system_prompt": self.system_prompt,
+                "agent_options": dict(self.agent_options)}
 
     def model_options(self, model_spec: str) -> dict[str, Any]:
         return dict(self.local_model_options) if model_spec.startswith("local") else {}
@@ -90,9 +97,11 @@ PROFILES: dict[str, AgentProfile] = {
                                                         "preview_chars": 4000},
                           local_model_options={"tool_mode": "text", "max_tokens": 768}),
     "selfcheck": AgentProfile("selfcheck", SELF_CHECK_PROMPT, {"tools": ["python", "write_file", "bash", "submit"],
-                                                               "preview_chars": 4000, "check_on_write": True,
+                                                               "preview_chars": 4000, "preview_docs": False,
+                                                               "check_on_write": True,
                                                                "submit_when_checks_pass": True},
-                              local_model_options={"tool_mode": "text", "max_tokens": 768}),
+                              local_model_options={"tool_mode": "text", "max_tokens": 768},
+                              agent_options={"action_rules": "", "repeat_retries": 2}),
 }
 
 

@@ -32,12 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent_selfevolve.agent import Limits  # noqa: E402
 from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
 from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
+from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions  # noqa: E402
 from agent_selfevolve.evolve import mcnemar  # noqa: E402
-from agent_selfevolve.humaneval import file_diff, humaneval_tasks, load_problems, stub_source  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
 from agent_selfevolve.profiles import PROFILES, get_profile  # noqa: E402
+from agent_selfevolve.sources import locate_tasks  # noqa: E402
+from agent_selfevolve.sources.humaneval import file_diff, humaneval_tasks, load_problems, stub_source  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
+from agent_selfevolve.trajectory import Trajectory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIRECT_PROMPT = """Complete this Python function. Reply with the complete function in one ```python code block.
@@ -107,7 +110,72 @@ def table(rows: list[dict[str, Any]], arms: list[str], task_ids: list[str]) -> d
             entry["vs_direct"] = {"paired": len(paired), "only_direct": test["lost"], "only_arm": test["gained"],
                                   "both": sum(by[("direct", t)]["resolved"] and by[(arm, t)]["resolved"]
                                               for t in paired),
-                                  "mcnemar_p": round(test["p_value"], 4)}
+                                  "mcnemar_p": round(test["p_value"], 4),
+                                  "one_sided_p": round(test["p_one_sided"], 4)}
+        out[arm] = entry
+    return out
+
+
+def first_edit(traj: Trajectory, stub: str) -> str | None:
+    """solution.py after the attempt's first edit that took effect (None: it never edited): the agent's answer
+    before any self-correction."""
+    for step in traj.steps:
+        action = step.get("action") or {}
+        if step.get("observation_error") or action.get("name") not in ("python", "write_file"):
+            continue
+        args = action.get("arguments") or {}
+        if action["name"] == "write_file":
+            return str(args.get("content")) if args.get("path") == "solution.py" else None
+        try:
+            return merge_definitions(str(args.get("code")), {"solution.py": stub}).text
+        except DefinitionError:
+            return None
+    return None
+
+
+def ingredients(rows: list[dict[str, Any]], arms: list[str], tasks: list[Task], problems: dict[str, Any],
+                store: TrajectoryStore, tag: str, cache: Path) -> dict[str, Any]:
+    """What each part of a self-correcting set-up adds, from the stored attempts: the first edit graded alone
+    (the set-up's first turn, no revision), what revising gained and lost against it, and how many resolved
+    attempts went through a resampled turn (a repeat asked again at a temperature)."""
+    done = {(r["arm"], r["task_id"]): r for r in rows}
+    seen = {(r["arm"], r["task_id"]): r for r in map(json.loads, cache.read_text().splitlines())} \
+        if cache.exists() else {}
+    out: dict[str, Any] = {}
+    for arm in (a for a in arms if a.startswith("agent:")):
+        profile = arm.split(":", 1)[1]
+        for task in tasks:
+            key = (arm, task.instance_id)
+            if key in seen or key not in done:
+                continue
+            traj = store.get(f"avd:{tag}:{profile}:{task.instance_id}")
+            if traj is None:
+                continue
+            stub = stub_source(problems[task.instance_id])
+            text = first_edit(traj, stub)
+            first = text is not None and CodingEnvironment(task, f"avd-first-{task.instance_id}").evaluate(
+                {"patch": file_diff("solution.py", stub, text)}).resolved
+            seen[key] = {"arm": arm, "task_id": task.instance_id, "first_edit_resolved": first,
+                         "edits": sum((s.get("action") or {}).get("name") in ("python", "write_file")
+                                      for s in traj.steps),
+                         "resampled": any((s.get("usage") or {}).get("calls", 1) > 1 for s in traj.steps)}
+            with open(cache, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(seen[key]) + "\n")
+        keys = [(arm, t.instance_id) for t in tasks if (arm, t.instance_id) in seen]
+        if not keys:
+            continue
+        final = {k[1]: bool(done[k]["resolved"]) for k in keys}
+        first = {k[1]: bool(seen[k]["first_edit_resolved"]) for k in keys}
+        revise = mcnemar(first, final)
+        entry: dict[str, Any] = {"tasks": len(keys), "first_edit_resolved": sum(first.values()),
+                                 "revision_gained": revise["gained"], "revision_lost": revise["lost"],
+                                 "resolved_after_a_resample": sum(final[k[1]] and seen[k]["resampled"]
+                                                                  for k in keys)}
+        direct = {k[1]: bool(done[("direct", k[1])]["resolved"]) for k in keys if ("direct", k[1]) in done}
+        if direct:
+            test = mcnemar(direct, {t: first[t] for t in direct})
+            entry["first_edit_vs_direct"] = {"only_direct": test["lost"], "only_first_edit": test["gained"],
+                                             "mcnemar_p": round(test["p_value"], 4)}
         out[arm] = entry
     return out
 
@@ -136,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     lo, _, hi = args.tasks.partition(":")
-    tasks = humaneval_tasks()[int(lo or 0):int(hi) if hi else None]
+    tasks = locate_tasks(humaneval_tasks()[int(lo or 0):int(hi) if hi else None])
     problems = {f"humaneval__{p['task_id'].split('/')[1]}": p for p in load_problems()}
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     tag = args.tag or f"{args.model.replace(':', '-')}-{args.tasks.replace(':', '-')}"
@@ -169,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[{i + 1}/{len(tasks)}] {task.instance_id} {arm}: resolved={row['resolved']} "
                   f"({row['status']}, {row['tokens']} tokens, {row['seconds']} s)", flush=True)
     summary = {"model": args.model, "tasks": args.tasks, "max_steps": args.max_steps,
-               "arms": table(rows, arms, [t.instance_id for t in tasks])}
+               "arms": table(rows, arms, [t.instance_id for t in tasks]),
+               "ingredients": ingredients(rows, arms, tasks, problems, store, tag,
+                                          args.out / f"agent_vs_direct-{tag}.ingredients.jsonl")}
     (args.out / f"agent_vs_direct-{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for arm, entry in summary["arms"].items():
         vs = entry.get("vs_direct")
@@ -177,6 +247,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if vs else ""
         print(f"{arm:18s} {entry['resolved']}/{entry['tasks']}  {entry['tokens_per_task']} tokens/task  "
               f"{entry['seconds_per_task']} s/task{pair}")
+    for arm, entry in summary["ingredients"].items():
+        vs = entry.get("first_edit_vs_direct", {})
+        print(f"{arm}: first edit alone {entry['first_edit_resolved']}/{entry['tasks']} (vs direct: only direct "
+              f"{vs.get('only_direct')}, only first edit {vs.get('only_first_edit')}); revising gained "
+              f"{entry['revision_gained']}, lost {entry['revision_lost']}; resolved after a resample "
+              f"{entry['resolved_after_a_resample']}")
     return summary
 
 

@@ -11,8 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from agent_selfevolve.humaneval import load_problems
 from agent_selfevolve.models.fake import ScriptedFakeModel
+from agent_selfevolve.sources.humaneval import load_problems
 
 
 def _bench() -> ModuleType:
@@ -56,7 +56,7 @@ def test_exact_mcnemar_and_the_paired_table() -> None:
     out = avd.table(rows, ["direct", "agent:x"], ["a", "b"])
     assert out["direct"]["resolved"] == 1 and "vs_direct" not in out["direct"]
     assert out["agent:x"]["vs_direct"] == {"paired": 2, "only_direct": 1, "only_arm": 1, "both": 0,
-                                           "mcnemar_p": 1.0}
+                                           "mcnemar_p": 1.0, "one_sided_p": 0.75}
     assert out["agent:x"]["tokens_per_task"] == 40
 
 
@@ -78,3 +78,29 @@ def test_direct_arm_grades_the_answer_with_the_hidden_tests_and_resumes(tmp_path
     assert len(calls) == 2 and again["arms"] == summary["arms"]  # resumed: nothing asked twice
     lines = (tmp_path / "agent_vs_direct-fake-0-2.jsonl").read_text().splitlines()
     assert [json.loads(line)["task_id"] for line in lines] == ["humaneval__0", "humaneval__1"]
+
+
+def test_ingredients_grade_the_first_edit_alone_and_count_what_revising_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAKE model: on problem 0 the selfcheck agent first writes a wrong function, then the gold one; on problem 1 a
+    wrong one only. The first edit alone resolves nothing; revising gained problem 0."""
+    avd = _bench()
+    problems = load_problems()[:2]
+    gold = {p["entry_point"]: p["prompt"] + p["canonical_solution"] for p in problems}
+
+    def respond(messages: list[dict]) -> str:
+        name = next(n for n in gold if f"def {n}(" in messages[1 if len(messages) > 1 else 0]["content"])
+        if len(messages) == 1:
+            return f"```python\ndef {name}(*a):\n    return None\n```"
+        edits = sum(m["role"] == "assistant" for m in messages)
+        if name == "has_close_elements" and edits >= 1:
+            return f"```python\n{gold[name]}\n```"
+        return f"```python\ndef {name}(*a):\n    return {edits}\n```"
+
+    monkeypatch.setattr(avd, "fake_model", lambda: ScriptedFakeModel(respond, supports_tools=False))
+    summary = avd.main(["--model", "fake", "--tasks", "0:2", "--arms", "direct,agent:selfcheck", "--max-steps", "3",
+                        "--out", str(tmp_path)])
+    assert summary["arms"]["agent:selfcheck"]["resolved"] == 1
+    got = summary["ingredients"]["agent:selfcheck"]
+    assert got["first_edit_resolved"] == 0 and got["revision_gained"] == 1 and got["revision_lost"] == 0
+    assert got["first_edit_vs_direct"] == {"only_direct": 0, "only_first_edit": 0, "mcnemar_p": 1.0}

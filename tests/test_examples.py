@@ -11,7 +11,7 @@ from agent_selfevolve.envs.examples import check_script, examples_in, find_examp
 from agent_selfevolve.envs.grading import parse_test_output
 from agent_selfevolve.envs.proxy import PARSE_CREDIT
 from agent_selfevolve.envs.worktree import WorktreePool
-from agent_selfevolve.humaneval import file_diff
+from agent_selfevolve.sources.humaneval import file_diff
 from agent_selfevolve.tasks import Task
 
 STUB = '''
@@ -87,3 +87,63 @@ def test_examples_come_from_the_base_version_so_dropping_the_docstring_drops_no_
     out = subprocess.run([sys.executable, "-c", check_script(examples, timeout_s=2)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60).stdout
     assert sorted(parse_test_output(out).values()) == ["FAILED", "FAILED"]
+
+
+LEETCODE_STYLE = '''
+N_MAX = 10
+
+
+def pairs(arr, k):
+    """Count pairs.
+
+    Example 1:
+        Input: arr = [1, 2, 3], k = 3
+        Output: 1
+    Example 2:
+        Input: [4], 1
+        Output: 0
+    For arr = [1, 1], k = 2 the output should be 1.
+    pairs([2, 2], 4) returns 1
+    pairs([5], 5)   # => 0
+    * pairs([], 0) -> 0
+    pairs(x, N_MAX) = pairs(x, 10)
+    pairs(n) = pairs(n - 1) + 1
+    pairs([1], 1) == true
+    """
+    raise NotImplementedError
+
+
+def solve(n):
+    """For N = 4 the output should be "100"."""
+'''
+
+
+def test_named_arguments_returns_and_comment_forms_become_calls_of_the_docstrings_function() -> None:
+    found = {(e.call, e.expected) for e in examples_in(LEETCODE_STYLE, "solution.py")}
+    assert found == {("pairs(arr=[1, 2, 3], k=3)", "1"), ("pairs([4], 1)", "0"), ("pairs(arr=[1, 1], k=2)", "1"),
+                     ("pairs([2, 2], 4)", "1"), ("pairs([5], 5)", "0"), ("pairs([], 0)", "0"),
+                     ("solve(4)", '"100"')}  # `N = 4` names no parameter: one argument, so it is positional
+    # `x`, `n` and `true` are no names of the module: definitions and typos are no runnable examples
+
+
+def test_humaneval_canonical_solutions_pass_nearly_every_example_found() -> None:
+    """The examples steer revisions: the reference solutions must pass them (3 HumanEval docstrings contradict
+    their own tests: 116, 130, 148)."""
+    import tempfile
+
+    from agent_selfevolve.sources.humaneval import load_problems, solution_source, stub_source
+
+    failing, with_examples = [], 0
+    for problem in load_problems():
+        examples = examples_in(stub_source(problem), "solution.py")
+        if not examples:
+            continue
+        with_examples += 1
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "solution.py").write_text(solution_source(problem))
+            out = subprocess.run([sys.executable, "-c", check_script(examples)], cwd=d, capture_output=True,
+                                 text=True, timeout=120).stdout
+        if "FAILED" in out:
+            failing.append(problem["task_id"])
+    assert with_examples >= 80
+    assert failing == ["HumanEval/116", "HumanEval/130", "HumanEval/148"]

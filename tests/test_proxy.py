@@ -20,7 +20,7 @@ from agent_selfevolve.envs.proxy import (
     proxy_reward,
     related_test_files,
 )
-from agent_selfevolve.humaneval import file_diff
+from agent_selfevolve.sources.humaneval import file_diff
 from agent_selfevolve.tasks import Task
 
 MARK = "HIDDEN_PROXY_MARK_4b9d"
@@ -245,3 +245,24 @@ def test_agreement_bench_runs_resumes_and_reads_a_store(demo_task: Task, tmp_pat
     cached = [json.loads(x) for x in (tmp_path / "out" / "proxy_agreement-tasks-oracle.scores.jsonl").read_text()
               .splitlines()]
     assert [c["proxy"] for c in cached] == [1.0, 1.0] and all(c["resolved"] for c in cached)
+
+
+def test_the_check_report_shows_what_a_failing_doctest_or_test_got(tmp_path: Path) -> None:
+    """A failure line alone ("FAILED solution.py::solution.f") gives a model nothing to revise by: the `check`
+    tool's report carries pytest's Expected/Got (doctests) and the failing assertion (tests)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "solution.py").write_text('def f(x):\n    """\n    >>> f(1)\n    2\n    """\n    raise NotImplementedError\n')
+    (repo / "test_solution.py").write_text("from solution import f\n\n\ndef test_f():\n    assert f(2) == 3\n")
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
+                   cwd=repo, check=True)
+    task = Task(instance_id="proxy__report-1", repo="local/report", repo_path=str(repo), base_commit="HEAD",
+                problem_statement="Implement f.")
+    env = CodingEnvironment(task, "proxy-report", tools=["python", "check", "submit"])
+    env.reset()
+    env.step(ToolCall("python", {"code": 'def f(x):\n    """\n    >>> f(1)\n    2\n    """\n    return x + 41\n'}))
+    report = env.step(ToolCall("check", {})).text
+    env.close()
+    assert "doctests 0/1 passed" in report and "repo_tests 0/1 passed" in report, report
+    assert "Expected:" in report and "42" in report, report
+    assert "assert 43 == 3" in report, report

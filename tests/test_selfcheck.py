@@ -83,3 +83,71 @@ def test_no_visible_check_means_no_automatic_submit(task: Task, tmp_path: Path) 
     obs = env.step(ToolCall("write_file", {"path": "notes.py", "content": "X = 1\n"}))
     assert not obs.done and "No checks found" in obs.text
     env.close()
+
+
+def test_a_repeated_edit_after_a_failed_check_is_resampled_not_counted_as_a_format_error(task: Task) -> None:
+    """A greedy model repeats its failing function; the set-up asks again at a temperature and goes on."""
+    profile = get_profile("selfcheck")
+
+    def respond(messages: list[dict]) -> str:
+        sampled = model.params[-1].get("temperature", 0) > 0
+        return f"```python\n{RIGHT if sampled else WRONG}```"  # FAKE: greedy = WRONG forever, sampled = RIGHT
+
+    model = ScriptedFakeModel(respond, supports_tools=False)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), **profile.attempt_options("swe"))
+    assert traj.status == "submitted" and traj.resolved, (traj.status, traj.exit_message)
+    assert [s.get("format_error") for s in traj.steps] == [None, None]
+    assert len(model.requests) == 3 and traj.total_usage.calls == 3  # the repeat's call is counted, not hidden
+    assert model.params[2]["temperature"] == profile.agent_options.get("retry_temperature", 0.8)
+    no_retry = {**profile.attempt_options("swe"), "agent_options": {"action_rules": "", "repeat_retries": 0}}
+    model = ScriptedFakeModel(respond, supports_tools=False)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="no-retry"), **no_retry)
+    assert traj.status == "format_errors" and not traj.resolved
+
+
+def test_an_edit_that_changes_only_the_docstring_is_refused(task: Task) -> None:
+    """Shown `f(5) gave X, expected Y`, a small model rewrites the docstring's example instead of the code."""
+    env = CodingEnvironment(task, "sc-docstring", tools=["python", "check", "submit"], check_on_write=True)
+    env.reset()
+    env.step(ToolCall("python", {"code": WRONG}))
+    doctored = WRONG.replace('["Hi", "my", "name"]', "['Hi', ' my name']")
+    obs = env.step(ToolCall("python", {"code": doctored}))
+    assert obs.error and "only docstrings or comments differ" in obs.text
+    assert (env.path / "solution.py").read_text().strip() == WRONG.strip()  # type: ignore[operator]
+    assert "examples 1/2 passed" in env.step(ToolCall("check", {})).text  # the base version's examples still rule
+    restored = env.step(ToolCall("python", {"code": STUB}))  # giving up: the stub the task started with
+    assert restored.error and "started with" in restored.text
+    assert (env.path / "solution.py").read_text().strip() == WRONG.strip()  # type: ignore[operator]
+    env.close()
+
+
+def test_the_selfcheck_first_turn_is_short_and_shows_code_not_docs(task: Task) -> None:
+    """The 0.5B answers worse the longer the first turn (bench/first_turn_ablation.py): no tool list, no README."""
+    (Path(task.repo_path) / "README.md").write_text("README_MARK_9f3\n")
+    subprocess.run("git add -A && git -c user.name=t -c user.email=t@t commit -qm readme", shell=True,
+                   cwd=task.repo_path, check=True)
+    model = ScriptedFakeModel(["```python\n" + RIGHT + "```"], supports_tools=False)
+    run_attempt(task, model, AttemptSpec(task.instance_id), **get_profile("selfcheck").attempt_options("swe"))
+    system, user = model.requests[0][0]["content"], model.requests[0][1]["content"]
+    assert "You can use these tools" not in system and "```python" in system and "```submit" in system
+    assert "README_MARK_9f3" not in user and "def words(s):" in user
+    model = ScriptedFakeModel(["```submit\n```"], supports_tools=False)
+    run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="small"),
+                **get_profile("small").attempt_options("swe"))
+    assert "You can use these tools" in model.requests[0][0]["content"]
+    assert "README_MARK_9f3" in model.requests[0][1]["content"]
+
+
+def test_alternating_between_two_edits_is_a_repeat_of_the_same_state(task: Task) -> None:
+    """A, B, A: the third action was already taken from this very repository state, so it can show nothing new;
+    with no retries left it is a format error, never a third write."""
+    other = WRONG.replace("s.split(',')", "s.split(' ')")
+    replies = [f"```python\n{code}```" for code in (WRONG, other, WRONG, other)]
+    env_options = {**get_profile("selfcheck").env_options}
+    model = ScriptedFakeModel(replies, supports_tools=False)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), env_options=env_options,
+                       system_prompt="FAKE", agent_options={"action_rules": "", "repeat_retries": 0})
+    states = [s.get("info", {}).get("state") for s in traj.steps]
+    assert states[0] != states[1] and states[0] != "base"
+    assert traj.steps[2]["action"] is not None  # WRONG again, but from B's state: a real change back
+    assert traj.steps[3]["action"] is None and "already ran this exact" in traj.steps[3]["format_error"]

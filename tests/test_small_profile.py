@@ -104,7 +104,7 @@ def test_auto_profile_picks_small_for_embedded_models_and_leaves_web_tasks_alone
     small = get_profile("small")
     assert small.model_options("local") == {"tool_mode": "text", "max_tokens": 768}
     assert small.model_options("litellm:x") == {}  # API models keep native tool calls
-    assert small.attempt_options("web") == {"env_options": {}, "system_prompt": None}  # the browser's own set-up
+    assert small.attempt_options("web") == {"env_options": {}, "system_prompt": None, "agent_options": {}}  # the browser's own set-up
     assert small.attempt_options("swe")["env_options"]["tools"] == ["write_file", "bash", "submit"]
 
 

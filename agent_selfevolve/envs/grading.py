@@ -8,6 +8,7 @@ agent left behind (caches, stray files) cannot influence the grade.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -123,6 +124,30 @@ def test_files_of(task: Task) -> list[str]:
     return task.test_files or [f for f in patch_files(task.test_patch) if f.endswith(".py")]
 
 
+SCRATCH = ".scratch-"
+
+
+def scratch_checkout(task: Task, pool: WorktreePool, prefix: str) -> Path:
+    """A throwaway checkout (grading, proxy reward) named with its owner's pid. Those whose owner is gone (killed
+    mid-grading: its `finally` never ran) are removed first, so a crash never leaves one in the cache for good."""
+    root = pool.root / "worktrees"
+    for stale in root.glob(f"*{SCRATCH}*") if root.exists() else []:
+        owner = stale.name.rsplit(SCRATCH, 1)[1].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            pool.remove(stale)
+    return pool.create(task, f"{prefix}{SCRATCH}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeout_s: float = 600,
           with_test_patch: bool = True, python: str | None = None) -> GradeReport:
     """Grade `model_patch` against the task's hidden tests in a fresh worktree.
@@ -143,7 +168,7 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
             report.test_output = str(exc)
             return report
         python = str(pyenv.venv_python(env_dir)) if env_dir else None
-    path = pool.create(task, f"grade-{task.instance_id}-{uuid.uuid4().hex[:8]}")
+    path = scratch_checkout(task, pool, f"grade-{task.instance_id}")
     try:
         if report.patch_exists:
             try:

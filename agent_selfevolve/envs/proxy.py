@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from agent_selfevolve.envs.grading import (
     is_test_file,
     parse_test_output,
     patch_files,
+    scratch_checkout,
     test_command,
 )
 from agent_selfevolve.envs.runner import CommandRunner
@@ -47,6 +47,9 @@ from agent_selfevolve.tasks import Task
 APPLY_CREDIT = 0.1
 PARSE_CREDIT = 0.2
 CHECK_SHARE = 1.0 - PARSE_CREDIT
+SHOW_FAILURES = ["--tb=short"]
+"""pytest shows each failure's assertion or doctest Expected/Got (the grading command says --tb=no): what an agent
+checking its own work revises by."""
 GROUP_WEIGHTS = {"repo_tests": 1.0, "doctests": 1.0, "examples": 1.0, "package_tests": 0.5, "agent_checks": 0.5}
 """Weight of each check group: how much evidence its passing is (see the module docstring)."""
 MAX_REPO_TEST_FILES = 6
@@ -160,6 +163,30 @@ def carried_checks(root: Path, new_files: list[str]) -> dict[str, str]:
     return checks
 
 
+_SECTION = re.compile(r"^_{3,} (?:\[doctest\] )?(?P<name>.+?) _{3,}$")
+
+
+def _failure_sections(out: list[str], keep: int = 12) -> dict[str, list[str]]:
+    """pytest's failure sections by title (`test_x[1]`, `TestX.test_y`, a doctest's `module.func`): the last lines
+    of each, where pytest shows the failing assertion or the doctest's Expected/Got."""
+    found: dict[str, list[str]] = {}
+    title: str | None = None
+    for line in out:
+        m = _SECTION.match(line.strip())
+        if m or line.startswith("=") or line.startswith("---"):
+            title = m.group("name") if m else None
+            if title is not None:
+                found[title] = []
+        elif title is not None and line.strip():
+            found[title].append("    " + line.rstrip())
+    return {t: body[-keep:] for t, body in found.items()}
+
+
+def _section_for(check_id: str, sections: dict[str, list[str]]) -> list[str]:
+    last = check_id.rsplit("::", 1)[-1]
+    return next((body for t, body in sections.items() if t == last or t.endswith("." + last)), [])
+
+
 @dataclass
 class ProxyRun:
     """What one proxy evaluation ran: per group, {check id: passed?}."""
@@ -187,10 +214,14 @@ class ProxyRun:
             if not failed:
                 continue
             out = self.outputs.get(group, "").splitlines()
+            sections = _failure_sections(out)
             for i, line in enumerate(out):  # a failure line and the indented detail lines under it
-                if any(line.strip().endswith(k) or f" {k} " in f" {line} " for k in failed):
-                    lines.append(line.strip())
-                    lines += [d.rstrip() for d in out[i + 1:i + 4] if d.startswith("    ")]
+                hit = next((k for k in failed if line.strip().endswith(k) or f" {k} " in f" {line} "), None)
+                if hit is None:
+                    continue
+                lines.append(line.strip())
+                detail = [d.rstrip() for d in out[i + 1:i + 4] if d.startswith("    ")]
+                lines += detail or _section_for(hit, sections)
         text = "\n".join(lines)
         return text if len(text) <= max_chars else text[:max_chars] + "\n[... cut ...]"
 
@@ -228,12 +259,12 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
     group, files = ("repo_tests", repo_tests) if repo_tests else ("package_tests",
                                                                    package_test_files(root, tracked, edited))
     if files:  # a file that cannot be collected (an optional dependency missing) fails alone, not the group
-        keep_going = ["--continue-on-collection-errors"] if pytest_based(task) else []
+        keep_going = ["--continue-on-collection-errors", *SHOW_FAILURES] if pytest_based(task) else []
         out = runner.run(test_command(task, [*keep_going, *files], py)).output
         run.add(group, files, _statuses(out), out)
     docs = doctest_modules(root, edited)
     if docs and pytest_based(task):
-        out = runner.run(test_command(task, ["--doctest-modules", *docs], py)).output
+        out = runner.run(test_command(task, [*SHOW_FAILURES, "--doctest-modules", *docs], py)).output
         run.add("doctests", docs, _statuses(out), out)
     elif docs:
         run.notes.append("doctests skipped: the task's test command is not pytest")
@@ -298,7 +329,7 @@ def evaluate_patch(task: Task, pool: WorktreePool, name: str, outcome: dict[str,
     details: dict[str, Any] = {"applies": False, "parses": False, "agent_check_files": sorted(checks)}
     if not patch.strip():
         return Evaluation(False, 0.0, "proxy", {**details, "ceiling": None, "error": "empty patch"})
-    path = pool.create(task, f"{name}-proxy-{uuid.uuid4().hex[:8]}")  # never a stale checkout of a resume
+    path = scratch_checkout(task, pool, f"{name}-proxy")  # never a stale checkout of a resume
     try:
         try:
             apply_patch(path, patch, "model patch")

@@ -28,6 +28,7 @@ from agent_selfevolve.attempt import (
     run_attempt,
     sqlite_checkpointer,
 )
+from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Model, Usage
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
@@ -85,6 +86,8 @@ class SearchContext:
     env_options: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
     """The agent's system prompt (None: the environment's default)."""
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    """AgentContext fields of the set-up (see `profiles.AgentProfile.agent_options`)."""
     operator_model: Model | None = None
     """Model for search operators (reflection, diagnosis); defaults to `model`."""
     started_at: float = field(default_factory=time.time)
@@ -148,7 +151,8 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
         limits = replace(limits, max_steps=min(ctx.limits.max_steps, limits.max_steps + len(spec.replay)))
     traj = run_attempt(ctx.task, ctx.model, spec, limits=limits, store=ctx.store,
                        checkpointer=ctx.attempt_checkpointer, select_with=ctx.select_with, judge=ctx.judge,
-                       env_options=ctx.env_options, system_prompt=ctx.system_prompt)
+                       env_options=ctx.env_options, system_prompt=ctx.system_prompt,
+                       agent_options=ctx.agent_options)
     rec = record_of(traj)
     used = Usage.from_dict(payload.get("used")) + traj.total_usage
     event = {"event": "attempt_finished", "task_id": traj.task_id, "attempt_id": traj.attempt_id,
@@ -156,9 +160,7 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
              "budget_used": {"tokens": used.total_tokens, "calls": used.calls, "cost": used.cost,
                              "wall_s": time.time() - ctx.started_at},
              "budget": {k: v for k, v in asdict(ctx.budget).items() if v is not None}}
-    runtime.stream_writer(event)
-    if ctx.on_event:
-        ctx.on_event(event)
+    emit(event, runtime.stream_writer, ctx.on_event)
     return {"attempts": [rec]}
 
 
@@ -220,10 +222,7 @@ def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop
         attempts=len(records),
         usage=used_usage(state).to_dict(), stop_reason=stop_reason, extra=extra or {}, oracle=ctx.oracle)
     event = {"event": "search_finished", **result.to_dict()}
-    if writer is not None:
-        writer(event)
-    if ctx.on_event:
-        ctx.on_event(event)
+    emit(event, writer, ctx.on_event)
     return {"result": result.to_dict()}
 
 
