@@ -202,6 +202,9 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         update.update(messages=[kept, feedback], steps=[step], format_errors=errors, pending=[])
         if errors >= ctx.limits.max_format_errors:
             update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
+        elif ctx.repeat_retries and repeated and not replayed:  # resampling found nothing else: it is stuck
+            update.update(status="format_errors", exit_message=f"repeated one action {ctx.repeat_retries + 1} "
+                                                               f"times, also when sampled: {exc}")
         return update
     update.update(messages=[message], format_errors=0, pending=[
         {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply_usage.to_dict(), "model_s": model_s}

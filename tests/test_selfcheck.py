@@ -151,3 +151,13 @@ def test_alternating_between_two_edits_is_a_repeat_of_the_same_state(task: Task)
     assert states[0] != states[1] and states[0] != "base"
     assert traj.steps[2]["action"] is not None  # WRONG again, but from B's state: a real change back
     assert traj.steps[3]["action"] is None and "already ran this exact" in traj.steps[3]["format_error"]
+
+
+def test_an_attempt_whose_resamples_repeat_too_ends_at_once(task: Task) -> None:
+    """FAKE model stuck on one wrong function, greedy or sampled: one round of resampling shows it is stuck, so the
+    attempt ends there instead of spending the format-error limit's rounds of calls."""
+    model = ScriptedFakeModel(lambda messages: f"```python\n{WRONG}```", supports_tools=False)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), **get_profile("selfcheck").attempt_options("swe"))
+    retries = get_profile("selfcheck").agent_options["repeat_retries"]
+    assert traj.status == "format_errors" and "also when sampled" in traj.exit_message
+    assert len(model.requests) == 1 + (1 + retries)  # the first write, then one round of greedy + resamples
