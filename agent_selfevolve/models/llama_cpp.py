@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -30,12 +29,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent_selfevolve.models.base import Message, ModelError, ModelReply, Usage
+from agent_selfevolve.models.llama_messages import (  # noqa: F401  (re-exported)
+    assistant_message,
+    parse_qwen_tool_calls,
+    to_template_messages,
+    to_text_messages,
+    tool_call_grammar_text,
+)
 from agent_selfevolve.models.weights import DEFAULT_MODEL, MODELS, WeightsError, ensure_gguf
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
+    from agent_selfevolve.models.llama_batched import ChatEngine
+
 ToolMode = Literal["native", "text"]
+EngineKind = Literal["batched", "simple"]
 TOOL_MODE_DEFAULT: ToolMode = "native"
 """Chosen by the experiment in the module docstring."""
 
@@ -119,128 +128,6 @@ def _import_llama() -> type[Llama]:
     return Llama
 
 
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_FENCED_JSON = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.S)
-
-
-def tool_call_grammar_text(tools: list[dict[str, Any]], thought: bool = False) -> str:
-    """GBNF for exactly one `<tool_call>{"name": <known tool>, "arguments": <its schema>}</tool_call>`.
-
-    A 0.5B model asked for tool calls freely invents tool names (`ops.py`, `slugify`) or falls back to prose;
-    constrained decoding makes every reply a well-formed call of a real tool, the model still picks which.
-    With `thought`, one line of prose (no code) may precede the call.
-    """
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    alternatives = []
-    for tool in tools:
-        fn = tool.get("function", tool)
-        params = fn.get("parameters") or {"type": "object", "properties": {}}
-        alternatives.append({"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
-                             "required": ["name", "arguments"], "additionalProperties": False})
-    call = json_schema_to_gbnf(json.dumps({"oneOf": alternatives}, sort_keys=True), prop_order=["name", "arguments"])
-    call = re.sub(r"^root ::=", "call ::=", call, flags=re.M)
-    head = 'thought? ' if thought else ""
-    rules = f'root ::= {head}"<tool_call>\\n" call "\\n</tool_call>"\n'
-    if thought:
-        rules += 'thought ::= [^<`\\n] [^<`\\n]* "\\n"\n'
-    return rules + call
-
-
-def _loads_call(text: str) -> dict[str, Any] | None:
-    """A {"name": ..., "arguments": {...}} object from `text`, tolerating code fences; None if it is not one."""
-    text = text.strip()
-    fenced = _FENCED_JSON.match(text)
-    if fenced:
-        text = fenced.group(1).strip()
-    try:
-        data = json.loads(text, strict=False)  # small models put raw newlines inside strings
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    args = data.get("arguments", data.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            return None
-    return {"name": data["name"], "arguments": args if isinstance(args, dict) else {}}
-
-
-def parse_qwen_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
-    """Split Qwen output into (content, OpenAI tool_calls). Also accepts a bare JSON call without the tags."""
-    calls: list[dict[str, Any]] = []
-    for raw in _TOOL_CALL.findall(text):
-        call = _loads_call(raw)
-        if call is not None:
-            calls.append(call)
-    content = _TOOL_CALL.sub("", text).strip() if calls else text.strip()
-    if not calls:
-        call = _loads_call(text)
-        if call is not None:
-            calls, content = [call], ""
-    tool_calls = [{"id": f"call_{i}", "type": "function",
-                   "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-                  for i, c in enumerate(calls)]
-    return content, tool_calls
-
-
-def _text_action(call: dict[str, Any]) -> str:
-    """An earlier native tool call, rewritten in the fenced text format so the history is in one format."""
-    fn = call.get("function", {})
-    name, args = fn.get("name", ""), fn.get("arguments") or "{}"
-    try:
-        parsed = json.loads(args) if isinstance(args, str) else args
-    except json.JSONDecodeError:
-        parsed = None
-    if name == "bash" and isinstance(parsed, dict) and isinstance(parsed.get("command"), str):
-        body = parsed["command"]
-    else:
-        body = json.dumps(parsed) if parsed is not None else str(args)
-    return f"```{name}\n{body}\n```"
-
-
-def to_text_messages(messages: list[Message]) -> list[dict[str, str]]:
-    """Messages for text mode: tool results become user 'Observation:' turns, tool calls become fenced blocks."""
-    out: list[dict[str, str]] = []
-    for m in messages:
-        role, content = m.get("role", "user"), m.get("content") or ""
-        if not isinstance(content, str):  # OpenAI content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if role == "tool":
-            out.append({"role": "user", "content": f"Observation:\n{content}"})
-        elif role == "assistant" and m.get("tool_calls"):
-            blocks = "\n".join(_text_action(c) for c in m["tool_calls"])
-            out.append({"role": "assistant", "content": f"{content}\n{blocks}".strip()})
-        elif role in ("system", "user", "assistant"):
-            out.append({"role": role, "content": content})
-        else:
-            out.append({"role": "user", "content": content})
-    return out
-
-
-def to_template_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Messages for native mode: the Qwen template wants tool-call arguments as objects and content as str."""
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        msg: dict[str, Any] = {"role": m.get("role", "user"), "content": m.get("content") or ""}
-        if m.get("tool_calls"):
-            calls = []
-            for c in m["tool_calls"]:
-                fn = c.get("function", {})
-                args = fn.get("arguments") or "{}"
-                with contextlib.suppress(json.JSONDecodeError):  # keep the raw string; the template shows it
-                    args = json.loads(args) if isinstance(args, str) else args
-                calls.append({"id": c.get("id", ""), "type": "function",
-                              "function": {"name": fn.get("name", ""), "arguments": args}})
-            msg["tool_calls"] = calls
-        if m.get("tool_call_id"):
-            msg["tool_call_id"] = m["tool_call_id"]
-        out.append(msg)
-    return out
-
-
 class LlamaCppModel:
     """`Model` backed by llama-cpp-python. Loads lazily and serializes calls (one llama.cpp context per model).
 
@@ -252,9 +139,17 @@ class LlamaCppModel:
                  lora_path: str | os.PathLike[str] | None = None, tool_mode: ToolMode = TOOL_MODE_DEFAULT,
                  cache_dir: str | os.PathLike[str] | None = None, repeat_penalty: float = 1.0, n_batch: int = 512,
                  constrained: bool = True, thought: bool = False, extra_bufts: bool | None = None,
-                 verbose: bool = False):
+                 verbose: bool = False, engine: EngineKind = "batched", slots: int = 4, kv_cache_mb: float = 512):
         if tool_mode not in ("native", "text"):
             raise ValueError(f"tool_mode must be 'native' or 'text', not {tool_mode!r}")
+        if engine not in ("batched", "simple"):
+            raise ValueError(f"engine must be 'batched' or 'simple', not {engine!r}")
+        self.engine: EngineKind = engine
+        """'batched' (default): concurrent calls share one context, decoded together, with prefix KV reuse
+        (`llama_engine`). 'simple': llama-cpp-python's chat completion, one call at a time behind a lock."""
+        self.slots, self.kv_cache_mb = slots, kv_cache_mb
+        self._chat_engine: ChatEngine | None = None
+        self._simple_counts = {"requests": 0, "prompt_tokens": 0, "prefill_tokens": 0}
         self.key = str(model)
         self.spec = MODELS.get(self.key)
         if self.spec is None and not str(model).endswith(".gguf") and not Path(model).is_file():
@@ -299,24 +194,49 @@ class LlamaCppModel:
             raise ModelError(f"LoRA adapter not found: {self.lora_path}")
         start = time.monotonic()
         extra = self.extra_bufts if self.extra_bufts is not None else not amx_hazard()
+        batched = self.engine == "batched"
+        extra = extra and not batched  # repacked weights make a batch of 4 differ from decoding alone (measured)
         try:
-            with _model_params_patch(extra):
-                self._llm = llama_cls(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+            with _model_params_patch(extra):  # batched: this context only tokenizes; the engine makes its own
+                self._llm = llama_cls(model_path=str(self.path), n_ctx=512 if batched else self.n_ctx,
+                                      n_threads=self.n_threads,
                                       n_threads_batch=self.n_threads, n_batch=self.n_batch, seed=self.seed,
                                       lora_path=str(self.lora_path) if self.lora_path else None,
                                       verbose=self.verbose)
         except (ValueError, RuntimeError, OSError) as exc:
             what = f"{self.path}" + (f" with LoRA adapter {self.lora_path}" if self.lora_path else "")
             raise ModelError(f"llama.cpp could not load {what}: {exc}") from exc
+        if batched:
+            from agent_selfevolve.models.llama_batched import ChatEngine
+
+            try:
+                self._chat_engine = ChatEngine(self._llm, slots=self.slots, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                               cache_mb=self.kv_cache_mb)
+            except (ValueError, ModelError) as exc:
+                self._llm.close()
+                self._llm = None
+                raise ModelError(f"llama.cpp could not start the batch engine for {self.path}: {exc}") from exc
         self.load_s = time.monotonic() - start
         return self._llm
 
     def close(self) -> None:
         """Free the llama.cpp context now instead of at garbage collection (it holds n_ctx worth of KV cache)."""
         with self._lock:
+            if self._chat_engine is not None:
+                self._chat_engine.close()
+                self._chat_engine = None
             if self._llm is not None:
                 self._llm.close()
                 self._llm = None
+
+    def stats(self) -> dict[str, Any]:
+        """Prefill work and prefix reuse so far: prompt tokens sent vs computed, hits and misses by source."""
+        if self._chat_engine is not None:
+            return {"engine": "batched", **self._chat_engine.engine.stats_dict()}
+        counts = dict(self._simple_counts)
+        sent = counts["prompt_tokens"]
+        return {"engine": self.engine, **counts,
+                "prefill_saved": round(1 - counts["prefill_tokens"] / sent, 3) if sent else 0.0}
 
     # ------------------------------------------------------------------------------------------------- chat
 
@@ -328,10 +248,13 @@ class LlamaCppModel:
         sampling: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
                                     "repeat_penalty": self.repeat_penalty}
         sampling.update({k: v for k, v in params.items() if k in _SAMPLING_PARAMS and v is not None})
+        if self.engine == "batched":
+            return self._chat_batched(prompt, tools if native else None, sampling, start)
         with self._lock:
             llm = self._load()
             if native and self.constrained:
                 sampling["grammar"] = self._grammar(tools or [])
+            before = llm.input_ids[:llm.n_tokens].copy()  # what the context holds: its prefix is reused
             try:
                 response = llm.create_chat_completion(messages=prompt,  # type: ignore[arg-type]
                                                       tools=tools if native else None,  # type: ignore[arg-type]
@@ -344,20 +267,50 @@ class LlamaCppModel:
                 raise ModelError(f"{self.name}: llama.cpp rejected the request: {exc}") from exc
             except Exception as exc:  # jinja template errors, llama_decode failures (KV cache full), ...
                 raise ModelError(f"{self.name}: llama.cpp failed: {type(exc).__name__}: {exc}") from exc
+            from agent_selfevolve.models.generated import llama_completion_ids  # read while the context is ours
+
+            n_prompt = int((response.get("usage") or {}).get("prompt_tokens", 0))  # type: ignore[union-attr]
+            raw_text = response["choices"][0]["message"].get("content") or ""  # type: ignore[index]
+            token_ids = llama_completion_ids(llm, n_prompt, raw_text)
+            self._count_simple(before, llm.input_ids[:n_prompt])
         choice = response["choices"][0]  # type: ignore[index]
         text = choice["message"].get("content") or ""
-        message: Message = {"role": "assistant", "content": text}
-        if native:
-            content, tool_calls = parse_qwen_tool_calls(text)
-            message = {"role": "assistant", "content": content or None}
-            if tool_calls:
-                stamp = int(time.time() * 1000) % 10**8
-                for i, call in enumerate(tool_calls):
-                    call["id"] = f"call_{stamp}_{i}"
-                message["tool_calls"] = tool_calls
+        message = assistant_message(text, native)
         raw_usage = response.get("usage") or {}  # type: ignore[union-attr]
         usage = Usage(int(raw_usage.get("prompt_tokens", 0)), int(raw_usage.get("completion_tokens", 0)), 0.0, 1)
-        return ModelReply(message, usage, time.monotonic() - start)
+        return ModelReply(message, usage, time.monotonic() - start, token_ids=token_ids)
+
+    def _chat_batched(self, prompt: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                      sampling: dict[str, Any], start: float) -> ModelReply:
+        with self._lock:  # loading only; generation runs unlocked, beside other calls
+            self._load()
+            grammar = self._grammar(tools) if tools and self.constrained else None
+            engine = self._chat_engine
+        assert engine is not None
+        try:
+            gen = engine.complete(prompt, tools, sampling, grammar)
+        except ModelError as exc:
+            if "exceed context window" in str(exc):
+                raise ModelError(f"{self.name}: the conversation does not fit the context window ({exc}); "
+                                 f"shorten the history or load the model with a larger n_ctx "
+                                 f"(now {self.n_ctx})", transient=False) from exc
+            raise ModelError(f"{self.name}: {exc}") from exc
+        except Exception as exc:  # jinja template errors
+            raise ModelError(f"{self.name}: llama.cpp failed: {type(exc).__name__}: {exc}") from exc
+        usage = Usage(gen.prompt_tokens, len(gen.token_ids), 0.0, 1)
+        return ModelReply(assistant_message(gen.text, bool(tools)), usage, time.monotonic() - start,
+                          token_ids=gen.token_ids)
+
+    def _count_simple(self, before: Any, prompt: Any) -> None:
+        """llama-cpp-python reuses the longest common prefix with the last sequence, and re-evaluates at least the
+        last prompt token (it needs fresh logits)."""
+        n = len(prompt)
+        common = next((i for i, (a, b) in enumerate(zip(before, prompt, strict=False)) if a != b),
+                      min(len(before), n))
+        counts = self._simple_counts
+        counts["requests"] += 1
+        counts["prompt_tokens"] += n
+        counts["prefill_tokens"] += n - min(common, n - 1) if n else 0
 
     def _grammar(self, tools: list[dict[str, Any]]) -> Any:
         key = json.dumps(tools, sort_keys=True) + str(self.thought)
