@@ -1,0 +1,303 @@
+"""The task factory's projects and git side: project specs (`sandboxes/factory/projects.json`, a pinned sdist,
+a local repository), one local repository per project, task files, splits by project, and the task source.
+
+`<cache>/repos/factory__<project>` holds the project's pristine tree as branch `upstream` (an sdist unpacked, or a
+local repository's commit exported) and one tag per task, `factory__<project>-<hash>`: a child of `upstream` whose
+tree has the mutated file and lacks the hidden test files. Commits are written with a fixed author, committer and
+date and a neutral message (`<project> <version>`, the same for every task), so the same inputs give the same
+hashes on every machine, and the agent's one-commit checkout says nothing about the bug. The repository can be
+rebuilt from the recipe and the task file alone: each base tree is upstream with `test_patch` and `patch` reversed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.fileio import write_text_atomic
+from agent_selfevolve.infra import cache_root, data_dir, git
+from agent_selfevolve.sources.build import BundledError, build_atomically, fetch_dist, has_commits, locked, sha256
+from agent_selfevolve.sources.registry import TaskSource, register_task_source
+from agent_selfevolve.tasks import Task, load_tasks
+
+PREFIX = "factory/"
+AUTOLOAD_OFF = "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
+SPLIT_SEEDS = (0, 1)
+HELD_OUT_FRACTION = 0.3
+
+
+class FactoryError(BundledError):
+    """A factory project cannot be fetched, built or tested as its recipe says."""
+
+
+@dataclass
+class ProjectSpec:
+    """Where a project's code comes from (a pinned sdist or a local git repository) and how its tests run."""
+
+    name: str
+    version: str = ""
+    pip_name: str = ""
+    file: str = ""
+    sha256: str = ""
+    root: str = ""
+    repo: str = ""
+    commit: str = ""
+    tests: list[str] = field(default_factory=lambda: ["."])
+    pytest_args: list[str] = field(default_factory=list)
+    import_name: str = ""
+    exclude: list[str] = field(default_factory=list)
+    """Path prefixes never mutated (vendored code, docs, build scripts)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProjectSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def dist(self) -> dict[str, str]:
+        return {"name": self.pip_name or self.name, "version": self.version, "file": self.file,
+                "sha256": self.sha256}
+
+    def test_cmd(self) -> str:
+        """The grader's command for this project's tasks: pytest -rA as by default, with the project's options and
+        without the host's auto-loaded plugins (they cost seconds per run here and are not the project's)."""
+        extra = "".join(f"{shlex.quote(a)} " for a in self.pytest_args)
+        return f"{AUTOLOAD_OFF}=1 {{python}} -m pytest --no-header -rA --tb=no -p no:cacheprovider {extra}{{tests}}"
+
+
+def known_projects() -> dict[str, dict[str, Any]]:
+    """`sandboxes/factory/projects.json`: the pinned projects `selfevolve tasks make NAME` knows."""
+    return json.loads((data_dir("sandboxes") / "factory" / "projects.json").read_text())
+
+
+def resolve_spec(project: str | None, sdist: str | None = None, sha: str | None = None, repo: Path | None = None,
+                 tests: list[str] | None = None, pytest_args: list[str] | None = None, cache_dir: Path | None = None
+                 ) -> ProjectSpec:
+    """A project from `projects.json`, a local repository (its HEAD), or `name==version` from PyPI (pinned: the
+    sha256 given, or the one the first download has, recorded in the recipe)."""
+    if repo is not None:
+        repo = repo.resolve()
+        commit = git("rev-parse", "HEAD", cwd=repo).strip()
+        spec = ProjectSpec(name=project or repo.name, version=commit[:12], repo=str(repo), commit=commit)
+    elif sdist:
+        name, _, version = sdist.partition("==")
+        if not version:
+            raise FactoryError(f"--sdist needs name==version, got {sdist!r}")
+        file = _sdist_file(name, version, cache_dir)
+        spec = ProjectSpec(name=project or name.replace("-", "_"), version=version, pip_name=name, file=file.name,
+                           sha256=sha or sha256(file), root=file.name.removesuffix(".tar.gz").removesuffix(".zip"))
+        fetch_dist(spec.dist(), cache_dir)  # checks the pin
+    else:
+        known = known_projects()
+        if project not in known:
+            raise FactoryError(f"unknown factory project {project!r}; known: {', '.join(sorted(known))} (or give "
+                               "--sdist name==version or --repo PATH)")
+        spec = ProjectSpec.from_dict({"name": project, **known[project]})
+    if tests:
+        spec.tests = tests
+    if pytest_args:
+        spec.pytest_args = pytest_args
+    return spec
+
+
+def _sdist_file(name: str, version: str, cache_dir: Path | None) -> Path:
+    dest = cache_root(cache_dir) / "sdists"
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", name,
+                           "-d", str(dest), f"{name}=={version}"], capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        raise FactoryError(f"pip download {name}=={version}: {proc.stderr.strip()[-500:]}")
+    stem = f"{name.replace('-', '_').lower()}-{version}"
+    found = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(stem.replace("-", "_"))]
+    if not found:
+        raise FactoryError(f"pip download {name}=={version} left no sdist in {dest}")
+    return found[0]
+
+
+def factory_dir(name: str, cache_dir: Path | None = None) -> Path:
+    return cache_root(cache_dir) / "factory" / name
+
+
+def repo_dir(name: str, cache_dir: Path | None = None) -> Path:
+    return cache_root(cache_dir) / "repos" / f"factory__{name}"
+
+
+def tasks_dir(cache_dir: Path | None = None) -> Path:
+    return cache_root(cache_dir) / "tasks" / "factory"
+
+
+def task_file(name: str, cache_dir: Path | None = None) -> Path:
+    return tasks_dir(cache_dir) / f"{name}.jsonl"
+
+
+def read_recipe(name: str, cache_dir: Path | None = None) -> dict[str, Any] | None:
+    path = factory_dir(name, cache_dir) / "recipe.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _hermetic_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", **(extra or {})}
+
+
+def unpack(spec: ProjectSpec, dest: Path, cache_dir: Path | None = None) -> None:
+    """The project's files in `dest` (which must not exist): the sdist's `root` folder, or the repo's commit."""
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+    try:
+        if spec.repo:
+            proc = subprocess.run(["git", "archive", "--format=tar", spec.commit], cwd=spec.repo,
+                                  capture_output=True, env=_hermetic_env(), timeout=600)
+            if proc.returncode:
+                raise FactoryError(f"git archive {spec.commit} in {spec.repo}: {proc.stderr.decode().strip()}")
+            with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+                tar.extractall(tmp / "src", filter="data")
+            os.rename(tmp / "src", dest)
+        else:
+            sdist = fetch_dist(spec.dist(), cache_dir)
+            if sdist.name.endswith(".zip"):
+                with zipfile.ZipFile(sdist) as zf:
+                    zf.extractall(tmp)
+            else:
+                with tarfile.open(sdist) as tar:
+                    tar.extractall(tmp, filter="data")
+            os.rename(tmp / spec.root, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def commit_upstream(spec: ProjectSpec, repo: Path) -> str:
+    """Commit everything in `repo` (freshly unpacked) as branch `upstream`; deterministic."""
+    git("init", "--quiet", "--initial-branch=upstream", cwd=repo, hermetic=True)
+    git("add", "--all", "--force", cwd=repo, hermetic=True)
+    tree = git("write-tree", cwd=repo, hermetic=True).strip()
+    commit = git("commit-tree", tree, "-m", message(spec), cwd=repo, hermetic=True).strip()
+    git("update-ref", "refs/heads/upstream", commit, cwd=repo, hermetic=True)
+    return commit
+
+
+def message(spec: ProjectSpec) -> str:
+    return f"{spec.name} {spec.version}".strip()
+
+
+def commit_task(repo: Path, upstream: str, path: str, mutant: bytes, hidden: list[str], text: str) -> str:
+    """A child of `upstream` with `path` replaced by `mutant` and the `hidden` test files removed."""
+    env = {"GIT_INDEX_FILE": str(repo / ".git" / f"factory-index-{os.getpid()}")}
+    try:
+        git("read-tree", upstream, cwd=repo, env=env, hermetic=True)
+        mode = git("ls-tree", upstream, "--", path, cwd=repo, hermetic=True).split()[0]
+        blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input=mutant, capture_output=True,
+                              check=True, env=_hermetic_env()).stdout.decode().strip()
+        git("update-index", "--cacheinfo", f"{mode},{blob},{path}", cwd=repo, env=env, hermetic=True)
+        if hidden:
+            git("update-index", "--force-remove", "--", *hidden, cwd=repo, env=env, hermetic=True)
+        tree = git("write-tree", cwd=repo, env=env, hermetic=True).strip()
+        return git("commit-tree", tree, "-p", upstream, "-m", text, cwd=repo, hermetic=True).strip()
+    finally:
+        Path(env["GIT_INDEX_FILE"]).unlink(missing_ok=True)
+
+
+def diff(repo: Path, old: str, new: str, paths: list[str]) -> str:
+    return git("diff", "--no-color", "--no-ext-diff", "--no-renames", old, new, "--", *paths, cwd=repo,
+               hermetic=True)
+
+
+def tag(repo: Path, name: str, commit: str) -> None:
+    git("tag", "--force", name, commit, cwd=repo, hermetic=True)
+
+
+def _rebuild(spec: ProjectSpec, upstream: str, tasks: list[Task], repo: Path, cache_dir: Path | None) -> None:
+    unpack(spec, repo, cache_dir)
+    got = commit_upstream(spec, repo)
+    if got != upstream:
+        raise FactoryError(f"{spec.name}: the unpacked source gives commit {got}, the recipe says {upstream}")
+    env = {"GIT_INDEX_FILE": str(repo / ".git" / "rebuild-index")}
+    for task in tasks:
+        git("read-tree", upstream, cwd=repo, env=env, hermetic=True)
+        for patch in (task.test_patch, task.patch):
+            if patch:
+                git("apply", "--cached", "-R", "-", cwd=repo, env=env, input=patch, hermetic=True)
+        tree = git("write-tree", cwd=repo, env=env, hermetic=True).strip()
+        commit = git("commit-tree", tree, "-p", upstream, "-m", message(spec), cwd=repo, hermetic=True).strip()
+        if commit != task.base_commit:
+            raise FactoryError(f"{task.instance_id}: rebuilding gives {commit}, the task says {task.base_commit}")
+        tag(repo, task.instance_id, commit)
+
+
+def factory_repo(name: str, cache_dir: Path | None = None) -> Path:
+    """The project's repository with every task of its task file, rebuilt (atomically) when something is missing."""
+    final = repo_dir(name, cache_dir)
+    recipe = read_recipe(name, cache_dir)
+    if recipe is None:
+        raise FactoryError(f"no factory project {name!r} in {factory_dir(name, cache_dir)}: run "
+                           f"`selfevolve tasks make {name}` first")
+    tasks = load_tasks(task_file(name, cache_dir)) if task_file(name, cache_dir).is_file() else []
+    with locked(final.name, cache_dir):
+        if not has_commits(final, [recipe["upstream"], *(t.base_commit for t in tasks)]):
+            spec = ProjectSpec.from_dict(recipe["spec"])
+            build_atomically(final, lambda tmp: _rebuild(spec, recipe["upstream"], tasks, tmp, cache_dir))
+    return final
+
+
+def write_tasks(name: str, tasks: list[Task], cache_dir: Path | None = None) -> Path:
+    return write_text_atomic(task_file(name, cache_dir),
+                             "".join(json.dumps(t.model_dump(exclude_defaults=True)) + "\n" for t in tasks))
+
+
+def projects_made(cache_dir: Path | None = None) -> list[str]:
+    folder = tasks_dir(cache_dir)
+    return sorted(p.stem for p in folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+def split_projects(projects: list[str], seed: int, held_out_fraction: float = HELD_OUT_FRACTION
+                   ) -> tuple[list[str], list[str]]:
+    """(train, held_out) projects: ranked by a seeded hash, the first ~30% held out (at least one when there are
+    two or more), so a model is measured on code it never trained on. Depends only on the seed and the names."""
+    ranked = sorted(projects, key=lambda p: hashlib.sha256(f"factory-split:{seed}:{p}".encode()).hexdigest())
+    k = max(1, round(len(ranked) * held_out_fraction)) if len(ranked) > 1 else 0
+    return sorted(ranked[k:]), sorted(ranked[:k])
+
+
+def split_task_file(seed: int, part: str, cache_dir: Path | None = None) -> Path:
+    """`<cache>/tasks/factory-splits/s<seed>-<part>.jsonl`: the tasks of that part's projects, rewritten per call."""
+    train, held_out = split_projects(projects_made(cache_dir), seed)
+    chosen = train if part == "train" else held_out
+    lines = [line for p in chosen for line in task_file(p, cache_dir).read_text().splitlines() if line.strip()]
+    return write_text_atomic(cache_root(cache_dir) / "tasks" / "factory-splits" / f"s{seed}-{part}.jsonl",
+                             "".join(line + "\n" for line in lines))
+
+
+def _all_tasks_dir() -> Path:
+    tasks_dir().mkdir(parents=True, exist_ok=True)
+    return tasks_dir()
+
+
+def register_project(name: str) -> None:
+    """`--tasks factory:<name>`: one project's tasks."""
+    register_task_source(TaskSource(f"factory:{name}", lambda: task_file(name),
+                                    f"factory tasks of {name} (selfevolve tasks make)"), replace=True)
+
+
+register_task_source(TaskSource(
+    "factory", _all_tasks_dir, "tasks made by `selfevolve tasks make` from real projects' test suites",
+    owns=lambda repo: repo.startswith(PREFIX),
+    locate=lambda repo, cache_dir: factory_repo(repo.removeprefix(PREFIX), cache_dir)))
+for _seed in SPLIT_SEEDS:
+    for _part in ("train", "held-out"):
+        register_task_source(TaskSource(
+            f"factory-{_part}-s{_seed}", lambda s=_seed, p=_part: split_task_file(s, p),
+            f"factory tasks of the {_part} projects of split seed {_seed}"))
+for _name in projects_made():
+    register_project(_name)
