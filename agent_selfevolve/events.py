@@ -32,6 +32,13 @@ class AgentFinished(TypedDict):
     steps: int
 
 
+class BudgetUsed(TypedDict):
+    tokens: int
+    calls: int
+    cost: float
+    wall_s: float
+
+
 class AttemptFinished(TypedDict):
     """A search's attempt was run and scored; budget_used counts the whole search so far."""
 
@@ -41,8 +48,9 @@ class AttemptFinished(TypedDict):
     reward: float
     status: str
     tokens: int
-    budget_used: dict[str, Any]
+    budget_used: BudgetUsed
     budget: dict[str, Any]
+    """The search budget's set limits (None ones left out)."""
 
 
 class SearchFinished(TypedDict, total=False):
@@ -54,21 +62,48 @@ class SearchFinished(TypedDict, total=False):
     task_id: str
     best_attempt_id: str | None
     best_reward: float
+    selection_source: str
     resolved: bool
     pass_at_n: bool
     attempts: int
     usage: dict[str, Any]
     stop_reason: str
+    extra: dict[str, Any]
+    oracle: bool
 
 
-class OperatorEvent(TypedDict, total=False):
-    """SE-Agent operator call (rate, revise, recombine): ok, error, usage."""
+class OperatorEvent(TypedDict):
+    """SE-Agent operator call (rate, revise, recombine); `ok` is False when the reply was unusable and the
+    operator's fallback was used."""
 
     event: Literal["operator"]
+    generation: int
+    operator: str
+    parent_ids: list[str]
+    child_id: str
+    ok: bool
+    error: str
 
 
-class HGMExpanded(TypedDict, total=False):
+class HGMExpanded(TypedDict):
     event: Literal["hgm_expanded"]
+    task_id: str
+    run_id: str
+    parent: str
+    node: str
+    error: str
+
+
+class MCTSNodeValued(TypedDict):
+    """MCTS: a new child was valued (its reward if it ended, else the value model's) and backed up."""
+
+    event: Literal["mcts_node"]
+    task_id: str
+    run_id: str
+    node: str
+    parent: str | None
+    value: float | None
+    terminal: bool
 
 
 class EpisodeFinished(TypedDict, total=False):
@@ -78,4 +113,4 @@ class EpisodeFinished(TypedDict, total=False):
 
 
 Event = (AttemptStarted | StepEvent | AgentFinished | AttemptFinished | SearchFinished | OperatorEvent | HGMExpanded
-         | EpisodeFinished)
+         | MCTSNodeValued | EpisodeFinished)

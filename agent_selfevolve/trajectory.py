@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from agent_selfevolve.models.base import Message, Usage, prompt_messages
 
-FINISHED_OK = "submitted"
-STATUSES = ("running", "unfinished", "submitted", "step_limit", "token_limit", "cost_limit", "time_limit",
-            "format_errors", "model_error", "env_error", "error")
+
+class Status(StrEnum):
+    """How an attempt ended. Members are `str`s equal to their stored values, so old trajectories still load."""
+
+    RUNNING = "running"
+    UNFINISHED = "unfinished"
+    """Stopped on purpose before it ended (a tree search's step chunk); never graded by the hidden tests."""
+    SUBMITTED = "submitted"
+    STEP_LIMIT = "step_limit"
+    TOKEN_LIMIT = "token_limit"
+    COST_LIMIT = "cost_limit"
+    TIME_LIMIT = "time_limit"
+    FORMAT_ERRORS = "format_errors"
+    MODEL_ERROR = "model_error"
+    ENV_ERROR = "env_error"
+    ERROR = "error"
+
+
+FINISHED_OK = Status.SUBMITTED
+STATUSES = tuple(s.value for s in Status)
+CRASHES = (Status.ENV_ERROR, Status.ERROR)
+"""The sandbox or the harness broke: the attempt says nothing about the policy and is not graded."""
+INFRA_FAILURES = (Status.MODEL_ERROR, *CRASHES)
+"""Ended because the provider or the sandbox broke."""
 
 
 def used_native_tools(messages: list[Message]) -> bool:
@@ -35,17 +57,27 @@ class Step:
     tool_s: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        """A stored step (a plain dict in `Trajectory.steps`); keys it does not know are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass
 class Trajectory:
     attempt_id: str
     task_id: str
     model: str = ""
-    status: str = "running"
+    status: str = Status.RUNNING.value
     exit_message: str = ""
     messages: list[Message] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    """Plain dicts with `Step`'s fields (JSON as stored); read them typed with `step_records()`."""
     usage: dict[str, Any] = field(default_factory=dict)
     patch: str = ""
     outcome: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +105,9 @@ class Trajectory:
     @property
     def total_usage(self) -> Usage:
         return Usage.from_dict(self.usage)
+
+    def step_records(self) -> list[Step]:
+        return [Step.from_dict(s) for s in self.steps]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -166,8 +166,9 @@ def test_graphs_stream_typed_progress_events(demo_task: Task, tmp_path: Path) ->
                         budget=Budget(max_tokens=10**6))
     graph = build_best_of_n_graph().compile(checkpointer=sqlite_checkpointer(tmp_path / "ck.sqlite"))
     config = {"configurable": {"thread_id": "ev"}}
-    events = [chunk for chunk in graph.stream({"run_id": "ev", "task_id": demo_task.instance_id, "n": 2,
-                                               "wave_size": 2}, config, context=ctx, stream_mode="custom")]
+    events = [chunk for chunk in graph.stream({"run_id": "ev", "task_id": demo_task.instance_id,
+                                               "config": {"n": 2, "wave_size": 2}}, config, context=ctx,
+                                              stream_mode="custom")]
     kinds = [e["event"] for e in events]
     assert kinds.count("attempt_finished") == 2 and kinds[-1] == "search_finished"
     finished = [e for e in events if e["event"] == "attempt_finished"]

@@ -148,6 +148,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _apply_hidden_tests(path: Path, test_patch: str) -> None:
+    """Apply the hidden test patch; the hidden tests win over whatever the model wrote at those paths."""
+    touched = patch_files(test_patch)
+    at_base = set(git("ls-tree", "-r", "--name-only", "HEAD", "--", *touched, cwd=path).split())
+    for f in touched:
+        if f in at_base:
+            git("checkout", "HEAD", "--", f, cwd=path)
+        else:
+            (path / f).unlink(missing_ok=True)
+    apply_patch(path, test_patch, "test_patch")
+
+
+def _buckets(task: Task, status: dict[str, str]) -> dict[str, dict[str, list[str]]]:
+    """SWE-bench's tests_status: which FAIL_TO_PASS and PASS_TO_PASS tests passed."""
+    buckets: dict[str, dict[str, list[str]]] = {}
+    for group, expected in (("FAIL_TO_PASS", task.FAIL_TO_PASS), ("PASS_TO_PASS", task.PASS_TO_PASS)):
+        ok = [t for t in expected if _passed(status.get(t))]
+        buckets[group] = {"success": ok, "failure": [t for t in expected if t not in ok]}
+    buckets["FAIL_TO_FAIL"] = {"success": [], "failure": []}
+    buckets["PASS_TO_FAIL"] = {"success": [], "failure": []}
+    return buckets
+
+
 def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeout_s: float = 600,
           with_test_patch: bool = True, python: str | None = None) -> GradeReport:
     """Grade `model_patch` against the task's hidden tests in a fresh worktree.
@@ -179,14 +202,7 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
                 return report
         tests = test_files_of(task)
         if with_test_patch and task.test_patch:
-            touched = patch_files(task.test_patch)
-            at_base = set(git("ls-tree", "-r", "--name-only", "HEAD", "--", *touched, cwd=path).split())
-            for f in touched:  # the hidden tests win over whatever the model wrote at those paths
-                if f in at_base:
-                    git("checkout", "HEAD", "--", f, cwd=path)
-                else:
-                    (path / f).unlink(missing_ok=True)
-            apply_patch(path, task.test_patch, "test_patch")
+            _apply_hidden_tests(path, task.test_patch)
         cmd = test_command(task, tests, python)
         run_env = None
         if env_dir is not None:  # the sandbox binds the env's venv read-only, wherever the cache lies
@@ -198,13 +214,7 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
         status = parse_test_output(result.output)
         if result.timed_out:
             report.error = f"tests timed out after {timeout_s:g} s"
-        buckets: dict[str, dict[str, list[str]]] = {}
-        for group, expected in (("FAIL_TO_PASS", task.FAIL_TO_PASS), ("PASS_TO_PASS", task.PASS_TO_PASS)):
-            ok = [t for t in expected if _passed(status.get(t))]
-            buckets[group] = {"success": ok, "failure": [t for t in expected if t not in ok]}
-        buckets["FAIL_TO_FAIL"] = {"success": [], "failure": []}
-        buckets["PASS_TO_FAIL"] = {"success": [], "failure": []}
-        report.tests_status = buckets
+        report.tests_status = buckets = _buckets(task, status)
         report.resolved = (report.patch_exists or not task.FAIL_TO_PASS) and not buckets["FAIL_TO_PASS"]["failure"] \
             and not buckets["PASS_TO_PASS"]["failure"] and not result.timed_out
         return report

@@ -199,54 +199,22 @@ class BrowserEnvironment:
 
     async def _act(self, s: Session, call: ToolCall) -> tuple[str, bool]:
         """Perform one action; return (a note for the model, whether the attempt is over)."""
-        a, page, ms = call.arguments, s.page, self.action_timeout_s * 1000
+        a, ms = call.arguments, self.action_timeout_s * 1000
         if call.name == "click":
             await (await self._locate(s, a)).click(timeout=ms)
             await self._settle(s)
         elif call.name == "fill":
             await (await self._locate(s, a)).fill(str(a.get("text", "")), timeout=ms)
         elif call.name == "select_option":
-            loc = await self._locate(s, a)
-            try:
-                await loc.select_option(str(a.get("value", "")), timeout=ms)
-            except Exception as exc:
-                options = await loc.evaluate("el => Array.from(el.options || []).map(o => o.label).join(', ')")
-                raise ActionError(f"select_option failed: {_first_line(exc)}. Options: {options or 'none'}") from None
-            await self._settle(s)
+            await self._select_option(s, a)
         elif call.name == "press":
-            key = str(a.get("key", ""))
-            focused = page.locator("*:focus")
-            if await page.evaluate("() => !!document.activeElement && document.activeElement !== document.body") \
-                    and await focused.count() == 1:
-                await focused.press(key, timeout=ms)  # unlike keyboard.press, waits for a navigation it starts
-            else:
-                await page.keyboard.press(key)
-            await self._settle(s)
+            await self._press(s, str(a.get("key", "")))
         elif call.name == "scroll":
-            dx, dy = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}.get(
-                str(a.get("direction", "down")), (0, 1))
-            await page.mouse.move(self.viewport[0] / 2, self.viewport[1] / 2)
-            await page.mouse.wheel(dx * self.viewport[0] * 0.8, dy * self.viewport[1] * 0.8)
-            await asyncio.sleep(0.1)
+            await self._scroll(s, str(a.get("direction", "down")))
         elif call.name == "goto":
-            url = resolve_url(str(a.get("url", "")).strip())
-            if page.url.startswith("http"):
-                url = urljoin(page.url, url)
-            if origin_of(url) not in s.allowed:
-                raise ActionError(f"goto refused: {url} is outside this task's allowed origins "
-                                  f"({', '.join(sorted(s.allowed))}).")
-            if not s.allows(url):
-                raise ActionError(f"goto refused: {url} is not reachable from the browser.")
-            error = await self._navigate(s, url)
-            if error:
-                raise ActionError(error)
+            await self._goto(s, str(a.get("url", "")))
         elif call.name == "go_back":
-            response = await page.go_back(timeout=self.navigation_timeout_s * 1000)
-            if page.url == "about:blank":  # the blank page every context starts on is not the agent's history
-                await page.go_forward(timeout=self.navigation_timeout_s * 1000)
-                raise ActionError("go_back: there is no previous page.")
-            if response is None and page.url == s.data.get("url"):
-                raise ActionError("go_back: there is no previous page.")
+            await self._go_back(s)
         elif call.name == "send_msg_to_user":
             self.data["messages"].append(str(a.get("text", "")))
             return "Message sent to the user.", False
@@ -257,6 +225,55 @@ class BrowserEnvironment:
             raise ActionError(f"Unknown tool '{call.name}'. Available: "
                               + ", ".join(t["function"]["name"] for t in WEB_TOOLS))
         return "", False
+
+    async def _select_option(self, s: Session, a: dict[str, Any]) -> None:
+        """A failed selection lists the element's options, so the model can pick an existing one."""
+        loc = await self._locate(s, a)
+        try:
+            await loc.select_option(str(a.get("value", "")), timeout=self.action_timeout_s * 1000)
+        except Exception as exc:
+            options = await loc.evaluate("el => Array.from(el.options || []).map(o => o.label).join(', ')")
+            raise ActionError(f"select_option failed: {_first_line(exc)}. Options: {options or 'none'}") from None
+        await self._settle(s)
+
+    async def _press(self, s: Session, key: str) -> None:
+        page, focused = s.page, s.page.locator("*:focus")
+        if await page.evaluate("() => !!document.activeElement && document.activeElement !== document.body") \
+                and await focused.count() == 1:
+            # unlike keyboard.press, waits for a navigation it starts
+            await focused.press(key, timeout=self.action_timeout_s * 1000)
+        else:
+            await page.keyboard.press(key)
+        await self._settle(s)
+
+    async def _scroll(self, s: Session, direction: str) -> None:
+        dx, dy = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}.get(direction, (0, 1))
+        await s.page.mouse.move(self.viewport[0] / 2, self.viewport[1] / 2)
+        await s.page.mouse.wheel(dx * self.viewport[0] * 0.8, dy * self.viewport[1] * 0.8)
+        await asyncio.sleep(0.1)
+
+    async def _goto(self, s: Session, raw: str) -> None:
+        """Navigate within the task's allowed origins only."""
+        url = resolve_url(raw.strip())
+        if s.page.url.startswith("http"):
+            url = urljoin(s.page.url, url)
+        if origin_of(url) not in s.allowed:
+            raise ActionError(f"goto refused: {url} is outside this task's allowed origins "
+                              f"({', '.join(sorted(s.allowed))}).")
+        if not s.allows(url):
+            raise ActionError(f"goto refused: {url} is not reachable from the browser.")
+        error = await self._navigate(s, url)
+        if error:
+            raise ActionError(error)
+
+    async def _go_back(self, s: Session) -> None:
+        page = s.page
+        response = await page.go_back(timeout=self.navigation_timeout_s * 1000)
+        if page.url == "about:blank":  # the blank page every context starts on is not the agent's history
+            await page.go_forward(timeout=self.navigation_timeout_s * 1000)
+            raise ActionError("go_back: there is no previous page.")
+        if response is None and page.url == s.data.get("url"):
+            raise ActionError("go_back: there is no previous page.")
 
     async def _locate(self, s: Session, args: dict[str, Any]) -> Any:
         raw = str(args.get("id", "")).strip()

@@ -22,10 +22,10 @@ import sys
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -256,6 +256,45 @@ def _progress(enabled: bool) -> Progress:
                     TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
 
 
+def _culprit(name: str, parts: Sequence[Part], i: int, exc: CorruptPartError) -> CorruptPartError:
+    """`exc` restated to name part `i` (1-based) of `parts`."""
+    return CorruptPartError(f"{name}: part {i} of {len(parts)} ({parts[i - 1]}): {exc}", exc.expected, exc.got, i)
+
+
+def _part_sizes(parts: Sequence[Part], name: str) -> list[int]:
+    """Each part's size, checked before anything is written: a missing or unreadable part is named."""
+    sizes = []
+    for i, part in enumerate(parts, start=1):
+        if isinstance(part, Path) and not part.is_file():
+            raise MissingPartError(f"{name}: part {i} of {len(parts)} is missing: {part} does not exist")
+        try:
+            sizes.append(_part_size(part))
+        except CorruptPartError as exc:
+            raise _culprit(name, parts, i, exc) from exc
+    return sizes
+
+
+def _copy_part(parts: Sequence[Part], i: int, dst: IO[bytes], digest: Any, advance: Callable[[int], None],
+               expected: str | None, name: str) -> None:
+    """Stream part `i` (1-based) into `dst` and `digest`; check its own sha256 when `expected` is given."""
+    part, count = parts[i - 1], len(parts)
+    part_digest = hashlib.sha256()
+    try:
+        with _open_part(part) as src:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+                digest.update(chunk)
+                part_digest.update(chunk)
+                advance(len(chunk))
+    except CorruptPartError as exc:
+        raise _culprit(name, parts, i, exc) from exc
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # zip CRC errors surface while reading
+        raise CorruptPartError(f"{name}: part {i} of {count} ({part}) is damaged: {exc}", "", "", i) from exc
+    if expected and part_digest.hexdigest() != expected:
+        raise CorruptPartError(f"{name}: part {i} of {count} ({part}) is corrupt: sha256 expected {expected}, "
+                               f"got {part_digest.hexdigest()}", expected, part_digest.hexdigest(), i)
+
+
 def assemble(parts: Sequence[Part], out: Path, sha256: str, *, part_sha256: Sequence[str | None] | None = None,
              size: int | None = None, name: str = "", progress: bool = True) -> Path:
     """Join `parts` in order into `out`, verifying sha256 (and size) before an atomic rename.
@@ -270,18 +309,7 @@ def assemble(parts: Sequence[Part], out: Path, sha256: str, *, part_sha256: Sequ
         raise ValueError(f"{count} parts but {len(part_sha256)} part digests")
     if not parts:
         raise ValueError("no parts to assemble")
-
-    def culprit(i: int, exc: CorruptPartError) -> CorruptPartError:
-        return CorruptPartError(f"{name}: part {i} of {count} ({parts[i - 1]}): {exc}", exc.expected, exc.got, i)
-
-    sizes = []
-    for i, part in enumerate(parts, start=1):
-        if isinstance(part, Path) and not part.is_file():
-            raise MissingPartError(f"{name}: part {i} of {count} is missing: {part} does not exist")
-        try:
-            sizes.append(_part_size(part))
-        except CorruptPartError as exc:
-            raise culprit(i, exc) from exc
+    sizes = _part_sizes(parts, name)
     total = sum(sizes)
     if size is not None and total != size:
         raise CorruptPartError(f"{name}: the {count} parts hold {total} bytes but the model has {size} "
@@ -293,25 +321,9 @@ def assemble(parts: Sequence[Part], out: Path, sha256: str, *, part_sha256: Sequ
     try:
         with open(tmp, "wb") as dst, _progress(progress) as bar:
             task = bar.add_task(f"assembling {name}", total=total)
-            for i, part in enumerate(parts, start=1):
-                part_digest = hashlib.sha256()
-                try:
-                    with _open_part(part) as src:
-                        while chunk := src.read(CHUNK):
-                            dst.write(chunk)
-                            digest.update(chunk)
-                            part_digest.update(chunk)
-                            bar.advance(task, len(chunk))
-                except CorruptPartError as exc:
-                    raise culprit(i, exc) from exc
-                except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # zip CRC errors surface while reading
-                    raise CorruptPartError(f"{name}: part {i} of {count} ({part}) is damaged: {exc}", "", "",
-                                           i) from exc
-                expected_part = part_sha256[i - 1] if part_sha256 is not None else None
-                if expected_part and part_digest.hexdigest() != expected_part:
-                    raise CorruptPartError(
-                        f"{name}: part {i} of {count} ({part}) is corrupt: sha256 expected {expected_part}, "
-                        f"got {part_digest.hexdigest()}", expected_part, part_digest.hexdigest(), i)
+            for i in range(1, count + 1):
+                _copy_part(parts, i, dst, digest, lambda n: bar.advance(task, n),
+                           part_sha256[i - 1] if part_sha256 is not None else None, name)
             dst.flush()
             os.fsync(dst.fileno())
         got = digest.hexdigest()

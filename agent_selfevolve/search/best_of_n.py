@@ -7,6 +7,7 @@ budget be checked between them, so the search stops cleanly with the best result
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -24,36 +25,49 @@ from agent_selfevolve.search.common import (
     run_search,
     sends,
 )
+from agent_selfevolve.search.records import AttemptRecord
+from agent_selfevolve.search.registry import StrategyConfig, register_strategy
+
+
+@dataclass(frozen=True)
+class BestOfNConfig(StrategyConfig):
+    n: int = 4
+    wave_size: int | None = None
+    """Attempts per wave (the budget is checked between waves); None: `max_concurrency`."""
+    temperature: float | None = 0.7
+
+    def resolve(self, max_concurrency: int) -> BestOfNConfig:
+        return replace(self, wave_size=self.wave_size or max_concurrency)
 
 
 class BestOfNState(TypedDict, total=False):
     run_id: str
     task_id: str
-    n: int
-    wave_size: int
-    temperature: float
+    config: dict[str, Any]
+    """`BestOfNConfig` as JSON."""
     planned: int
-    attempts: Annotated[list[dict[str, Any]], operator.add]
+    attempts: Annotated[list[AttemptRecord], operator.add]
     stop_reason: str
     result: dict[str, Any]
 
 
 def plan(state: BestOfNState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
     """Decide the next wave (or none); ids are fixed here so a resume re-runs exactly the same attempts."""
-    n, planned = state.get("n", 4), state.get("planned", 0)
+    config, planned = BestOfNConfig.of(state), state.get("planned", 0)
+    n = config.n
     reason = budget_reason(state, runtime.context)
     if reason:
         return {"stop_reason": f"budget: {reason}"}
     if planned >= n:
         return {"stop_reason": f"completed {n} attempts"}
-    return {"planned": min(n, planned + state.get("wave_size", n))}
+    return {"planned": min(n, planned + (config.wave_size or n))}
 
 
 def route(state: BestOfNState) -> list[Send] | str:
     if state.get("stop_reason"):
         return "select"
-    done = len(state.get("attempts", []))
-    params = {"temperature": state["temperature"]} if state.get("temperature") is not None else {}
+    done, temperature = len(state.get("attempts", [])), BestOfNConfig.of(state).temperature
+    params = {"temperature": temperature} if temperature is not None else {}
     specs = [AttemptSpec(state["task_id"], attempt_id=f"{state['run_id']}:sample:{i}", run_id=state["run_id"],
                          operator="sample", model_params=params) for i in range(done, state["planned"])]
     return sends(specs, state)
@@ -76,11 +90,14 @@ def build_best_of_n_graph() -> StateGraph:
     return graph
 
 
-def best_of_n(ctx: SearchContext, n: int = 4, wave_size: int | None = None, temperature: float | None = 0.7,
-              run_id: str | None = None, max_concurrency: int = 4) -> SearchResult:
-    """Run best-of-N on `ctx.task`; resumes the run `run_id` if it exists."""
-    inputs = {"n": n, "wave_size": wave_size or max_concurrency, "temperature": temperature}
-    return run_search(build_best_of_n_graph, "best_of_n", inputs, ctx, run_id=run_id, max_concurrency=max_concurrency)
+def best_of_n(ctx: SearchContext, config: BestOfNConfig | None = None, *, run_id: str | None = None,
+              max_concurrency: int = 4, **options: Any) -> SearchResult:
+    """Run best-of-N on `ctx.task` (options: `BestOfNConfig` fields); resumes the run `run_id` if it exists."""
+    resolved = BestOfNConfig.build(config, options, max_concurrency)
+    return run_search(build_best_of_n_graph, "best_of_n", resolved, ctx, run_id=run_id,
+                      max_concurrency=max_concurrency)
 
 
-__all__ = ["best_of_n", "build_best_of_n_graph", "new_attempt_id"]
+register_strategy("best_of_n", best_of_n, BestOfNConfig)
+
+__all__ = ["BestOfNConfig", "best_of_n", "build_best_of_n_graph", "new_attempt_id"]

@@ -20,7 +20,6 @@ from langgraph.types import Send
 
 from agent_selfevolve.agent import Limits
 from agent_selfevolve.attempt import (
-    UNFINISHED,
     AttemptSpec,
     Judge,
     grade_attempt,
@@ -28,11 +27,14 @@ from agent_selfevolve.attempt import (
     run_attempt,
     sqlite_checkpointer,
 )
+from agent_selfevolve.events import AttemptFinished, SearchFinished
 from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Model, Usage
+from agent_selfevolve.search.records import AttemptRecord
+from agent_selfevolve.search.registry import CONFIG_KEY, StrategyConfig
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
-from agent_selfevolve.trajectory import Trajectory
+from agent_selfevolve.trajectory import Status, Trajectory
 
 
 @dataclass
@@ -106,17 +108,14 @@ class SearchContext:
         return self.select_with == "tests"
 
 
-def record_of(traj: Trajectory) -> dict[str, Any]:
-    """The slice of a trajectory a search decides on. `hidden_resolved` is for reports only, never for choices.
-
-    `reward_ceiling`: the most this attempt's reward could have been (None when unknown, e.g. an empty patch)."""
+def record_of(traj: Trajectory) -> AttemptRecord:
+    """The slice of a trajectory a search decides on (see `AttemptRecord`)."""
     sel = traj.selection or {}
-    return {"attempt_id": traj.attempt_id, "task_id": traj.task_id, "status": traj.status,
-            "reward": float(sel.get("reward", 0.0)), "reward_source": sel.get("source", ""),
-            "reward_ceiling": sel.get("ceiling", 1.0),
-            "hidden_resolved": traj.resolved, "usage": traj.usage, "parent_ids": traj.parent_ids,
-            "operator": traj.operator, "node_id": traj.node_id, "steps": len(traj.steps),
-            "patch_chars": len(traj.patch)}
+    return AttemptRecord(attempt_id=traj.attempt_id, task_id=traj.task_id, status=traj.status,
+                         reward=float(sel.get("reward", 0.0)), reward_source=sel.get("source", ""),
+                         reward_ceiling=sel.get("ceiling", 1.0), hidden_resolved=traj.resolved, usage=traj.usage,
+                         parent_ids=traj.parent_ids, operator=traj.operator, node_id=traj.node_id,
+                         steps=len(traj.steps), patch_chars=len(traj.patch))
 
 
 def used_usage(state: dict[str, Any]) -> Usage:
@@ -155,20 +154,20 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
                        agent_options=ctx.agent_options)
     rec = record_of(traj)
     used = Usage.from_dict(payload.get("used")) + traj.total_usage
-    event = {"event": "attempt_finished", "task_id": traj.task_id, "attempt_id": traj.attempt_id,
-             "reward": rec["reward"], "status": traj.status, "tokens": traj.total_usage.total_tokens,
-             "budget_used": {"tokens": used.total_tokens, "calls": used.calls, "cost": used.cost,
-                             "wall_s": time.time() - ctx.started_at},
-             "budget": {k: v for k, v in asdict(ctx.budget).items() if v is not None}}
-    emit(event, runtime.stream_writer, ctx.on_event)
+    event = AttemptFinished(event="attempt_finished", task_id=traj.task_id, attempt_id=traj.attempt_id,
+                            reward=rec["reward"], status=traj.status, tokens=traj.total_usage.total_tokens,
+                            budget_used={"tokens": used.total_tokens, "calls": used.calls, "cost": used.cost,
+                                         "wall_s": time.time() - ctx.started_at},
+                            budget={k: v for k, v in asdict(ctx.budget).items() if v is not None})
+    emit(dict(event), runtime.stream_writer, ctx.on_event)
     return {"attempts": [rec]}
 
 
-def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_record(records: list[AttemptRecord]) -> AttemptRecord | None:
     """Highest selection reward; ties go to a submitted attempt, then to the cheaper one."""
     if not records:
         return None
-    return max(records, key=lambda r: (r["reward"], r["status"] == "submitted",
+    return max(records, key=lambda r: (r["reward"], r["status"] == Status.SUBMITTED,
                                        -Usage.from_dict(r["usage"]).total_tokens))
 
 
@@ -212,7 +211,7 @@ def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop
     records = state.get("attempts", [])
     if best is _DEFAULT:
         best = best_record(records)
-    if best and best["status"] == UNFINISHED and not best["hidden_resolved"]:
+    if best and best["status"] == Status.UNFINISHED and not best["hidden_resolved"]:
         best = {**best, "hidden_resolved": _grade_late(ctx, best["attempt_id"])}
     result = SearchResult(
         run_id=state.get("run_id", ""), strategy=strategy, task_id=ctx.task.instance_id,
@@ -221,8 +220,8 @@ def finish_result(strategy: str, state: dict[str, Any], ctx: SearchContext, stop
         pass_at_n=bool(best and best["hidden_resolved"]) or any(r["hidden_resolved"] for r in records),
         attempts=len(records),
         usage=used_usage(state).to_dict(), stop_reason=stop_reason, extra=extra or {}, oracle=ctx.oracle)
-    event = {"event": "search_finished", **result.to_dict()}
-    emit(event, writer, ctx.on_event)
+    event = SearchFinished(event="search_finished", **result.to_dict())
+    emit(dict(event), writer, ctx.on_event)
     return {"result": result.to_dict()}
 
 
@@ -234,14 +233,16 @@ def _grade_late(ctx: SearchContext, attempt_id: str) -> bool:
     return grade_attempt(ctx.task, traj, ctx.store, ctx.env_options).resolved
 
 
-def run_search(graph_builder: Callable[[], Any], strategy: str, inputs: dict[str, Any], ctx: SearchContext,
+def run_search(graph_builder: Callable[[], Any], strategy: str, config: StrategyConfig, ctx: SearchContext,
                run_id: str | None = None, checkpoint_path: str | Path | None = None,
                max_concurrency: int = 4) -> SearchResult:
-    """Compile with a SQLite checkpointer and run; an existing unfinished run with `run_id` is resumed."""
+    """Compile with a SQLite checkpointer and run; an existing unfinished run with `run_id` is resumed (with the
+    config it was started with, kept in its checkpointed state under `CONFIG_KEY`)."""
     run_id = run_id or f"{strategy}-{ctx.task.instance_id}-{uuid.uuid4().hex[:6]}"
+    options = config.to_state()
     ctx.store.create_run(strategy, {"task_id": ctx.task.instance_id, "model": ctx.model.name,
                                     "select_with": ctx.select_with, "oracle": ctx.oracle, "budget": asdict(ctx.budget),
-                                    "limits": asdict(ctx.limits), **inputs}, run_id=run_id)
+                                    "limits": asdict(ctx.limits), **options}, run_id=run_id)
     saver = sqlite_checkpointer(checkpoint_path or ctx.store.path.with_name("checkpoints.sqlite"))
     if ctx.attempt_checkpointer is None:
         ctx.attempt_checkpointer = saver
@@ -252,7 +253,7 @@ def run_search(graph_builder: Callable[[], Any], strategy: str, inputs: dict[str
     if snapshot.values and not snapshot.next and snapshot.values.get("result"):
         values = snapshot.values  # already finished: nothing to run
     else:
-        start = None if snapshot.values else {**inputs, "run_id": run_id, "task_id": ctx.task.instance_id}
+        start = None if snapshot.values else {CONFIG_KEY: options, "run_id": run_id, "task_id": ctx.task.instance_id}
         values = graph.invoke(start, config, context=ctx)
     result = SearchResult(**values["result"])
     ctx.store.finish_run(run_id, result.to_dict())

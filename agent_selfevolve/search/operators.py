@@ -15,8 +15,9 @@ from typing import Any
 from agent_selfevolve.agent import Limits
 from agent_selfevolve.infra import parse_json_object
 from agent_selfevolve.models.base import Message, Model, Usage
+from agent_selfevolve.search.records import AttemptRecord
 from agent_selfevolve.search.summary import files_touched
-from agent_selfevolve.trajectory import Trajectory
+from agent_selfevolve.trajectory import CRASHES, Trajectory
 
 DEFAULT_STRATEGIES: tuple[str, ...] = (
     "Reproduce first: write a tiny script that triggers the reported bug, run it, fix the code, run it again.",
@@ -182,8 +183,8 @@ def trajectory_features(traj: Trajectory | None) -> frozenset[str]:
     if traj is None:
         return frozenset()
     feats = {f"file:{f}" for f in files_touched(traj.patch)}
-    for step in traj.steps:
-        action = step.get("action") or {}
+    for step in traj.step_records():
+        action = step.action or {}
         name, args = action.get("name"), action.get("arguments") or {}
         if not name:
             continue
@@ -205,9 +206,9 @@ def jaccard_distance(a: frozenset[str], b: frozenset[str]) -> float:
     return 1.0 - len(a & b) / len(union) if union else 0.0
 
 
-def efficiency(record: dict[str, Any], limits: Limits) -> float:
+def efficiency(record: AttemptRecord, limits: Limits) -> float:
     """1 for an attempt that used no steps or tokens, 0 at the per-attempt limits (or for a crash)."""
-    if record.get("status") in ("error", "env_error"):
+    if record.get("status") in CRASHES:
         return 0.0
     steps = 1.0 - min(1.0, record.get("steps", 0) / max(1, limits.max_steps))
     tokens = 1.0 - min(1.0, Usage.from_dict(record.get("usage")).total_tokens / max(1, limits.max_tokens))

@@ -18,7 +18,7 @@ Only attempts of this run and task are ever read. The returned attempt has the h
 from __future__ import annotations
 
 import operator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -26,7 +26,6 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent_selfevolve.attempt import AttemptSpec
-from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Usage
 from agent_selfevolve.search.common import (
     SearchContext,
@@ -41,54 +40,75 @@ from agent_selfevolve.search.operators import (
     DEFAULT_STRATEGIES,
     MUTATION_TWISTS,
     NEUTRAL_QUALITY,
-    RECOMBINATION_MODES,
-    OperatorCall,
-    best_pairs,
     call_operator,
     combined_score,
     efficiency,
-    fallback_recombination,
-    fallback_revision,
-    insights_text,
-    parse_plan,
     parse_rating,
     rating_prompt,
-    recombination_prompt,
-    revision_prompt,
     select_diverse,
     trajectory_features,
 )
-from agent_selfevolve.search.summary import VISIBLE_SOURCES, reward_text, summarize_trajectory
-from agent_selfevolve.trajectory import Trajectory
+from agent_selfevolve.search.records import AttemptRecord
+from agent_selfevolve.search.registry import StrategyConfig, register_strategy
+from agent_selfevolve.search.se_agent_ops import (
+    Generation,
+    budget_with,
+    log_call,
+    plan_recombinations,
+    plan_revisions,
+    population,
+    sampling_params,
+    summary_of,
+)
+from agent_selfevolve.trajectory import Status
 
 
 def _merge(old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, Any]:
     return {**(old or {}), **(new or {})}
 
 
+@dataclass(frozen=True)
+class SEAgentConfig(StrategyConfig):
+    pool_size: int = 10
+    """Size of the initial pool: one attempt per strategy, then mutations of them."""
+    generations: int = 3
+    elites: int = 4
+    revisions: int = 2
+    """Revised children planned per generation."""
+    recombinations: int = 2
+    """Recombined children planned per generation."""
+    strategies: tuple[str, ...] | None = None
+    """Planning strategies of the initial pool; None: `operators.DEFAULT_STRATEGIES`."""
+    temperature: float | None = 0.7
+    mutation_temperature: float | None = 1.0
+    patience: int = 2
+    """Stop when the best refinement score has not improved for this many generations."""
+    diversity_weight: float = 0.5
+    revise_below: float = 1.0
+    """Revise live trajectories whose reward is below this."""
+    stop_on_perfect: bool = True
+    rate_with_llm: bool = True
+    wave_size: int | None = None
+    """Attempts per wave; None: `max_concurrency`."""
+
+    def resolve(self, max_concurrency: int) -> SEAgentConfig:
+        return replace(self, strategies=tuple(self.pool_strategies()), wave_size=self.wave_size or max_concurrency)
+
+    def pool_strategies(self) -> list[str]:
+        return list(self.strategies or DEFAULT_STRATEGIES)
+
+
 class SEAgentState(TypedDict, total=False):
     run_id: str
     task_id: str
-    pool_size: int
-    generations: int
-    elites: int
-    revisions: int
-    recombinations: int
-    wave_size: int
-    temperature: float | None
-    mutation_temperature: float | None
-    patience: int
-    diversity_weight: float
-    revise_below: float
-    stop_on_perfect: bool
-    rate_with_llm: bool
-    strategies: list[str]
+    config: dict[str, Any]
+    """`SEAgentConfig` as JSON."""
     generation: int
     queue: list[dict[str, Any]]
     """Planned attempt specs (ids fixed) not yet sent."""
     wave: list[dict[str, Any]]
     """The specs sent in the current wave."""
-    attempts: Annotated[list[dict[str, Any]], operator.add]
+    attempts: Annotated[list[AttemptRecord], operator.add]
     op_usage: Annotated[list[dict[str, Any]], operator.add]
     op_log: Annotated[list[dict[str, Any]], operator.add]
     scores: Annotated[dict[str, dict[str, Any]], _merge]
@@ -98,65 +118,26 @@ class SEAgentState(TypedDict, total=False):
     result: dict[str, Any]
 
 
-# --- helpers that read the run ----------------------------------------------------------------------------------
-
-def _population(state: SEAgentState, ctx: SearchContext) -> dict[str, Trajectory]:
-    """This run's and this task's attempts only (never another run's or task's history)."""
-    ids = {r["attempt_id"] for r in state.get("attempts", [])}
-    trajs = ctx.store.attempts(run_id=state["run_id"], task_id=state["task_id"])
-    return {t.attempt_id: t for t in trajs if t.attempt_id in ids}
-
-
-def _summary(traj: Trajectory | None, record: dict[str, Any]) -> str:
-    """The operator's view of an attempt; a reward only when its source hides nothing (summary.VISIBLE_SOURCES)."""
-    if traj is None:
-        shown = reward_text(record["reward"], record.get("reward_source", ""))
-        return f"Attempt {record['attempt_id']}: status={record['status']}; {shown}".rstrip("; ")
-    return summarize_trajectory(traj)
-
-
-def _shown_reward(record: dict[str, Any]) -> float | None:
-    return record["reward"] if record.get("reward_source") in VISIBLE_SOURCES else None
-
-
-def _budget(state: SEAgentState, ctx: SearchContext, extra: list[dict[str, Any]]) -> str | None:
-    return budget_reason({**state, "op_usage": list(state.get("op_usage", [])) + extra}, ctx)
-
-
-def _params(temperature: float | None) -> dict[str, Any]:
-    return {"temperature": temperature} if temperature is not None else {}
-
-
-def _log(runtime: Runtime[SearchContext], call: OperatorCall, generation: int, parents: list[str], child: str,
-         ok: bool) -> dict[str, Any]:
-    """Record one operator call (a fallback keeps the malformed reply for inspection) and emit it as an event."""
-    entry = {"generation": generation, "operator": call.kind, "parent_ids": parents, "child_id": child,
-             "ok": ok, "error": call.error or ("" if ok else "unparseable reply: used the fallback"),
-             "reply": call.text[:800]}
-    event = {"event": "operator", **{k: v for k, v in entry.items() if k != "reply"}}
-    emit(event, runtime.stream_writer, runtime.context.on_event)
-    return entry
-
-
 # --- nodes ------------------------------------------------------------------------------------------------------
 
 def seed(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
     """The initial pool: one attempt per strategy, then mutations of them (strategy twist + temperature)."""
-    run_id, n = state["run_id"], state.get("pool_size", 10)
-    strategies = state.get("strategies") or list(DEFAULT_STRATEGIES)
+    config = SEAgentConfig.of(state)
+    run_id, n = state["run_id"], config.pool_size
+    strategies = config.pool_strategies()
     specs: list[AttemptSpec] = []
     for i in range(n):
         base, round_ = i % len(strategies), i // len(strategies)
         if round_ == 0:
             specs.append(AttemptSpec(state["task_id"], attempt_id=f"{run_id}:g0:initial:{i}", run_id=run_id,
                                      strategy=strategies[base], operator="initial", node_id="g0",
-                                     model_params=_params(state.get("temperature"))))
+                                     model_params=sampling_params(config.temperature)))
         else:
             twist = MUTATION_TWISTS[(round_ - 1 + base) % len(MUTATION_TWISTS)]
             specs.append(AttemptSpec(state["task_id"], attempt_id=f"{run_id}:g0:mutation:{i}", run_id=run_id,
                                      strategy=f"{strategies[base]} {twist}", operator="mutation", node_id="g0",
                                      parent_ids=[f"{run_id}:g0:initial:{base}"],
-                                     model_params=_params(state.get("mutation_temperature"))))
+                                     model_params=sampling_params(config.mutation_temperature)))
     return {"generation": 0, "queue": [asdict(s) for s in specs], "wave": []}
 
 
@@ -170,7 +151,7 @@ def plan(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]
     reason = budget_reason(state, runtime.context)
     if reason:
         return {"stop_reason": f"budget: {reason}", "wave": [], "queue": []}
-    size = max(1, state.get("wave_size", 4))
+    size = max(1, SEAgentConfig.of(state).wave_size or 1)  # a resolved config always sets it
     return {"wave": queue[:size], "queue": queue[size:]}
 
 
@@ -184,9 +165,9 @@ def route_plan(state: SEAgentState) -> list[Send] | str:
 
 def refine(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
     """Refinement: score the unscored trajectories, extract their lessons, keep diverse elites, test stopping."""
-    ctx = runtime.context
+    ctx, config = runtime.context, SEAgentConfig.of(state)
     gen, scores = state.get("generation", 0), dict(state.get("scores", {}))
-    trajs = _population(state, ctx)
+    trajs = population(state, ctx)
     usage: list[dict[str, Any]] = []
     log: list[dict[str, Any]] = []
     new: dict[str, dict[str, Any]] = {}
@@ -196,15 +177,15 @@ def refine(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, An
         if aid in scores or aid in new:
             continue
         rating = None
-        reason = _budget(state, ctx, usage) if state.get("rate_with_llm", True) else None
+        reason = budget_with(state, ctx, usage) if config.rate_with_llm else None
         if reason:
             stop = stop or f"budget: {reason}"
-        elif state.get("rate_with_llm", True):
+        elif config.rate_with_llm:
             call = call_operator(ctx.op_model, "rate", rating_prompt(ctx.task.problem_statement,
-                                                                     _summary(trajs.get(aid), rec)))
+                                                                     summary_of(trajs.get(aid), rec)))
             usage.append(call.usage)
             rating = parse_rating(call.text) if not call.error else None
-            log.append(_log(runtime, call, gen, [aid], "", rating is not None))
+            log.append(log_call(runtime, call, gen, [aid], "", rating is not None))
         quality = rating["quality"] if rating else NEUTRAL_QUALITY
         eff = efficiency(rec, ctx.limits)
         new[aid] = {"score": combined_score(rec["reward"], quality, eff), "reward": rec["reward"],
@@ -214,15 +195,15 @@ def refine(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, An
     scores.update(new)
     score = {i: s["score"] for i, s in scores.items()}
     feats = {i: trajectory_features(trajs.get(i)) for i in scores}
-    elites = select_diverse(list(scores), score, feats, state.get("elites", 4), state.get("diversity_weight", 0.5))
+    elites = select_diverse(list(scores), score, feats, config.elites, config.diversity_weight)
     best = max(score.values(), default=0.0)
     best_reward = max((s["reward"] for s in scores.values()), default=0.0)
     history = [*state.get("history", []), {"generation": gen, "best_score": best, "best_reward": best_reward,
                                            "elite_ids": elites, "scored": len(scores)}]
-    patience = state.get("patience", 2)
-    if not stop and best_reward >= 1.0 and state.get("stop_on_perfect", True):
+    patience = config.patience
+    if not stop and best_reward >= 1.0 and config.stop_on_perfect:
         stop = f"perfect reward after generation {gen}"
-    elif not stop and gen >= state.get("generations", 3):
+    elif not stop and gen >= config.generations:
         stop = f"completed {gen} generations"
     elif not stop and len(history) > patience and best <= history[-1 - patience]["best_score"] + 1e-9:
         stop = f"converged: best score {best:.3f} not improved in {patience} generations"
@@ -237,86 +218,31 @@ def route_refine(state: SEAgentState) -> str:
 
 def evolve(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
     """Revision and recombination: one operator call per child; the child ids are fixed here."""
-    ctx = runtime.context
-    run_id, task_id, gen = state["run_id"], state["task_id"], state.get("generation", 0) + 1
-    scores, records = state.get("scores", {}), {r["attempt_id"]: r for r in state.get("attempts", [])}
-    trajs = _population(state, ctx)
-    score = {i: s["score"] for i, s in scores.items()}
-    feats = {i: trajectory_features(trajs.get(i)) for i in scores}
-    weight, problem, insights = state.get("diversity_weight", 0.5), ctx.task.problem_statement, insights_text(scores)
-    strategies = state.get("strategies") or list(DEFAULT_STRATEGIES)
-    tried = list(dict.fromkeys(t.strategy for t in trajs.values() if t.strategy))
-    params = _params(state.get("temperature"))
-    usage: list[dict[str, Any]] = []
-    log: list[dict[str, Any]] = []
-    specs: list[AttemptSpec] = []
-    stop = ""
-
-    revised = {p for r in records.values() if r.get("operator") == "revision" for p in r.get("parent_ids", [])}
-    # the live population: the elites plus the generation just scored (the other trajectories are retired)
-    live = set(state.get("elite_ids", [])) | {i for i, s in scores.items() if s["generation"] == gen - 1}
-    failing = [i for i in scores if i in live and scores[i]["reward"] < state.get("revise_below", 1.0)
-               and i not in revised]
-    for k, pid in enumerate(select_diverse(failing, score, feats, state.get("revisions", 2), weight)):
-        reason = _budget(state, ctx, usage)
-        if reason:
-            stop = f"budget: {reason}"
-            break
-        child = f"{run_id}:g{gen}:revision:{k}"
-        parent = trajs.get(pid)
-        call = call_operator(ctx.op_model, "revise", revision_prompt(
-            problem, _summary(parent, records[pid]), insights, tried, scored=_shown_reward(records[pid]) is not None))
-        usage.append(call.usage)
-        parsed = parse_plan(call.text) if not call.error else None
-        untried = next((s for s in strategies if s not in tried), strategies[(k + gen) % len(strategies)])
-        plan_ = parsed or fallback_revision(parent.strategy if parent else "", records[pid]["status"],
-                                            _shown_reward(records[pid]), untried)
-        log.append(_log(runtime, call, gen, [pid], child, parsed is not None))
-        strategy = plan_["strategy"] or untried
-        tried.append(strategy)
-        specs.append(AttemptSpec(task_id, attempt_id=child, run_id=run_id, guidance=plan_["guidance"],
-                                 strategy=strategy, operator="revision", parent_ids=[pid], node_id=f"g{gen}",
-                                 model_params=params))
-
-    done_pairs = {frozenset(r.get("parent_ids", [])) for r in records.values() if r.get("operator") == "recombination"}
-    pairs = [] if stop else best_pairs(state.get("elite_ids", []), score, feats, state.get("recombinations", 2),
-                                       weight, done_pairs)
-    modes = list(RECOMBINATION_MODES)
-    for k, (a, b) in enumerate(pairs):
-        reason = _budget(state, ctx, usage)
-        if reason:
-            stop = f"budget: {reason}"
-            break
-        child, mode = f"{run_id}:g{gen}:recombination:{k}", modes[(gen + k) % len(modes)]
-        ta, tb = trajs.get(a), trajs.get(b)
-        call = call_operator(ctx.op_model, "recombine", recombination_prompt(
-            problem, mode, _summary(ta, records[a]), _summary(tb, records[b]), insights))
-        usage.append(call.usage)
-        parsed = parse_plan(call.text) if not call.error else None
-        plan_ = parsed or fallback_recombination(mode, ta.strategy if ta else "", tb.strategy if tb else "",
-                                                 [scores[a].get("worked", ""), scores[b].get("worked", "")])
-        log.append(_log(runtime, call, gen, [a, b], child, parsed is not None))
-        specs.append(AttemptSpec(task_id, attempt_id=child, run_id=run_id, guidance=plan_["guidance"],
-                                 strategy=plan_["strategy"], operator="recombination", parent_ids=[a, b],
-                                 node_id=f"g{gen}", model_params=params))
-
-    update: dict[str, Any] = {"op_usage": usage, "op_log": log}
+    trajs = population(state, runtime.context)
+    g = Generation(state, runtime, SEAgentConfig.of(state), state.get("generation", 0) + 1,
+                    state.get("scores", {}), {r["attempt_id"]: r for r in state.get("attempts", [])}, trajs,
+                    tried=list(dict.fromkeys(t.strategy for t in trajs.values() if t.strategy)))
+    specs, stop = plan_revisions(g)
+    if not stop:
+        more, stop = plan_recombinations(g)
+        specs += more
+    update: dict[str, Any] = {"op_usage": g.usage, "op_log": g.log}
     if stop or not specs:
-        return {**update, "stop_reason": stop or f"nothing left to evolve in generation {gen}", "queue": []}
-    return {**update, "generation": gen, "queue": [asdict(s) for s in specs]}
+        return {**update, "stop_reason": stop or f"nothing left to evolve in generation {g.gen}", "queue": []}
+    return {**update, "generation": g.gen, "queue": [asdict(s) for s in specs]}
 
 
 def route_evolve(state: SEAgentState) -> str:
     return "select" if state.get("stop_reason") else "plan"
 
 
-def choose(records: list[dict[str, Any]], scores: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def choose(records: list[AttemptRecord], scores: dict[str, dict[str, Any]]) -> AttemptRecord | None:
     """The returned attempt: highest selection reward; among equal rewards the best refinement score, then a
     submitted one, then the cheaper one. Hidden-test results never enter the choice."""
     if not records:
         return None
     return max(records, key=lambda r: (r["reward"], scores.get(r["attempt_id"], {}).get("score", -1.0),
-                                       r["status"] == "submitted", -Usage.from_dict(r["usage"]).total_tokens))
+                                       r["status"] == Status.SUBMITTED, -Usage.from_dict(r["usage"]).total_tokens))
 
 
 def select(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
@@ -350,23 +276,18 @@ def build_se_agent_graph() -> StateGraph:
     return graph
 
 
-def se_agent(ctx: SearchContext, pool_size: int = 10, generations: int = 3, elites: int = 4, revisions: int = 2,
-             recombinations: int = 2, strategies: list[str] | None = None, temperature: float | None = 0.7,
-             mutation_temperature: float | None = 1.0, patience: int = 2, diversity_weight: float = 0.5,
-             revise_below: float = 1.0, stop_on_perfect: bool = True, rate_with_llm: bool = True,
-             wave_size: int | None = None, run_id: str | None = None, max_concurrency: int = 4) -> SearchResult:
-    """Run SE-Agent evolution on `ctx.task`; resumes the run `run_id` if it exists.
+def se_agent(ctx: SearchContext, config: SEAgentConfig | None = None, *, run_id: str | None = None,
+             max_concurrency: int = 4, **options: Any) -> SearchResult:
+    """Run SE-Agent evolution on `ctx.task` (options: `SEAgentConfig` fields); resumes the run `run_id` if it exists.
 
     Each generation plans `revisions` revised and `recombinations` recombined children of the elites; the
     search stops at the budget, after `generations`, at a perfect reward (`stop_on_perfect`) or when the
     best refinement score has not improved for `patience` generations.
     """
-    inputs = {"pool_size": pool_size, "generations": generations, "elites": elites, "revisions": revisions,
-              "recombinations": recombinations, "strategies": list(strategies or DEFAULT_STRATEGIES),
-              "temperature": temperature, "mutation_temperature": mutation_temperature, "patience": patience,
-              "diversity_weight": diversity_weight, "revise_below": revise_below, "stop_on_perfect": stop_on_perfect,
-              "rate_with_llm": rate_with_llm, "wave_size": wave_size or max_concurrency}
-    return run_search(build_se_agent_graph, "se_agent", inputs, ctx, run_id=run_id, max_concurrency=max_concurrency)
+    resolved = SEAgentConfig.build(config, options, max_concurrency)
+    return run_search(build_se_agent_graph, "se_agent", resolved, ctx, run_id=run_id, max_concurrency=max_concurrency)
 
 
-__all__ = ["SEAgentState", "build_se_agent_graph", "choose", "se_agent"]
+register_strategy("se_agent", se_agent, SEAgentConfig)
+
+__all__ = ["SEAgentConfig", "SEAgentState", "build_se_agent_graph", "choose", "se_agent"]

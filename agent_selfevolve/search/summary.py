@@ -84,18 +84,17 @@ def summarize_trajectory(traj: Trajectory, limit: int = 3000) -> str:
         lines.append(f"Start {start}")
     if traj.strategy:
         lines.append(f"Strategy: {traj.strategy}")
-    for step in traj.steps:
-        if step.get("format_error"):
-            lines.append(f"{step['index']}. [format error] {step['format_error'][:120]}")
+    for step in traj.step_records():
+        if step.format_error:
+            lines.append(f"{step.index}. [format error] {step.format_error[:120]}")
             continue
-        action = step.get("action") or {}
+        action = step.action or {}
         args = action.get("arguments", {})
         shown = args.get("command") if action.get("name") == "bash" else json.dumps(args)[:200]
-        text = step.get("observation", "")
-        change = page_change(text, page)
-        obs = change if change is not None else key_observation(text)
-        err = " (error)" if step.get("observation_error") else ""
-        lines.append(f"{step['index']}. {action.get('name')}: {shown}{err}" + (f"\n   -> {obs}" if obs else ""))
+        change = page_change(step.observation, page)
+        obs = change if change is not None else key_observation(step.observation)
+        err = " (error)" if step.observation_error else ""
+        lines.append(f"{step.index}. {action.get('name')}: {shown}{err}" + (f"\n   -> {obs}" if obs else ""))
     if "url" in traj.outcome or "answer" in traj.outcome:  # a web attempt
         lines.append(f"Final page: {str(traj.outcome.get('url', ''))[:120]}; answer: "
                      f"{str(traj.outcome.get('answer') or 'none')[:200]}")

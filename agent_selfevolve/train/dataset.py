@@ -38,7 +38,7 @@ from agent_selfevolve.models.base import EXTRA_KEY, Message
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.train.canonical import PROMPT_MODES, canonical_trajectory
 from agent_selfevolve.train.jsonl import Row, data_hash, read_jsonl, rows_to_jsonl, write_jsonl
-from agent_selfevolve.trajectory import Trajectory, used_native_tools
+from agent_selfevolve.trajectory import INFRA_FAILURES, Status, Trajectory, used_native_tools
 
 __all__ = ["DatasetReport", "HeldOutLeakError", "Row", "assert_no_held_out", "build_dataset", "data_hash",
            "dedup_rows", "dpo_pairs", "read_jsonl", "recovery_rows", "rows_to_jsonl", "sft_rows", "why_empty",
@@ -181,9 +181,7 @@ def _with_tools(row: Row, traj: Trajectory) -> Row:
     return row
 
 
-INFRA_FAILURES = ("model_error", "env_error", "error")
-"""Attempts that ended because the provider or sandbox broke say nothing about the policy: never 'rejected'."""
-UNFINISHED = ("unfinished", "running")
+UNFINISHED = (Status.UNFINISHED, Status.RUNNING)
 """Attempts that did not end: a tree search stopped them at a step chunk (`attempt.UNFINISHED`) and went on in
 their children, or they never finished."""
 
@@ -194,7 +192,8 @@ def _finished(t: Trajectory) -> bool:
 
 def _siblings(trajs: Iterable[Trajectory]) -> dict[tuple[str, str], list[Trajectory]]:
     """Finished, graded attempts grouped by (run_id, task_id); unfinished ones and infrastructure failures left
-    out, so neither ever becomes a 'rejected' side or a failed path."""
+    out (an infrastructure failure says nothing about the policy), so neither ever becomes a 'rejected' side or
+    a failed path."""
     groups: dict[tuple[str, str], list[Trajectory]] = defaultdict(list)
     for t in trajs:
         if _finished(t) and t.evaluation is not None and t.messages \

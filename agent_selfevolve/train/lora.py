@@ -145,21 +145,8 @@ def _progress(enabled: bool, total: int) -> Any:
     return bar, bar.add_task("train", total=total, loss="-")
 
 
-def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, config: dict[str, Any],
-                 init_adapter: str | None = None) -> dict[str, Any]:
-    """Child-process body. Trains, saves into `staging/adapter`, renames it to `out_dir`; returns the metrics."""
-    import torch
-    from transformers import AutoTokenizer
-
-    cfg = TrainConfig(**config)
-    device, dtype = _pick(cfg)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) // 2))
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    check_template(tokenizer)
-    rows = read_jsonl(data_path)
+def _tokenized(rows: list[dict[str, Any]], tokenizer: Any, cfg: TrainConfig) -> list[Any]:
+    """The rows as training items for the objective; raises when none is left to train on."""
     items: list[Any]
     if cfg.objective == "sft":
         items, stats = tokenize_rows(rows, tokenizer, cfg.max_length)
@@ -171,30 +158,41 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
         raise EmptyDatasetError(f"all {len(rows)} rows were dropped: {stats.dropped_too_long} longer than "
                                 f"max_length={cfg.max_length}, {stats.dropped_no_target} without a trainable "
                                 "assistant turn")
-    model = _load(base_dir, cfg, init_adapter, device, dtype)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = math.ceil(len(items) / cfg.batch_size)
+    return items
+
+
+def _total_steps(n_items: int, cfg: TrainConfig) -> int:
+    per_epoch = math.ceil(n_items / cfg.batch_size)
     total = math.ceil(per_epoch * cfg.epochs / cfg.grad_accum)
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
+    return min(total, cfg.max_steps) if cfg.max_steps else total
 
-    def lr_factor(s: int) -> float:  # linear warm-up, then linear decay
-        warm = min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        return warm * max(0.0, 1 - s / max(1, total))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+def _batches(items: list[Any], cfg: TrainConfig) -> list[list[Any]]:
+    """Every epoch's batches, each epoch in its own seeded shuffle order."""
     batches: list[list[Any]] = []
     rng = random.Random(cfg.seed)
     for _ in range(cfg.epochs):
         order = list(range(len(items)))
         rng.shuffle(order)
         batches += [[items[i] for i in order[j:j + cfg.batch_size]] for j in range(0, len(order), cfg.batch_size)]
-    ref = reference_logps(model, items, pad, device, cfg.batch_size, not init_adapter) \
-        if cfg.objective == "dpo" else {}
+    return batches
+
+
+def _optimise(model: Any, batches: list[list[Any]], total: int, cfg: TrainConfig, pad: int, device: Any,
+              ref: dict[Any, Any], progress_path: Path) -> tuple[list[float], dict[str, list[float]], float]:
+    """The optimisation loop: (losses, per-step DPO metrics, seconds). Each step's loss goes to `progress_path`."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_factor(s: int) -> float:  # linear warm-up, then linear decay
+        warm = min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        return warm * max(0.0, 1 - s / max(1, total))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     losses: list[float] = []
     extra: dict[str, list[float]] = {"reward_accuracy": [], "reward_margin": []}
-    progress_path = Path(staging) / "progress.jsonl"
     bar, task = _progress(cfg.progress, total)
     t0 = time.monotonic()
     model.train()
@@ -216,7 +214,33 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
             plog.write(json.dumps({"step": step + 1, "loss": step_loss, "t": time.monotonic() - t0}) + "\n")
             plog.flush()
             bar.update(task, advance=1, loss=f"{step_loss:.4f}")
-    elapsed = time.monotonic() - t0
+    return losses, extra, time.monotonic() - t0
+
+
+def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, config: dict[str, Any],
+                 init_adapter: str | None = None) -> dict[str, Any]:
+    """Child-process body. Trains, saves into `staging/adapter`, renames it to `out_dir`; returns the metrics."""
+    import torch
+    from transformers import AutoTokenizer
+
+    cfg = TrainConfig(**config)
+    device, dtype = _pick(cfg)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) // 2))
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    check_template(tokenizer)
+    rows = read_jsonl(data_path)
+    items = _tokenized(rows, tokenizer, cfg)
+    model = _load(base_dir, cfg, init_adapter, device, dtype)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total = _total_steps(len(items), cfg)
+    batches = _batches(items, cfg)
+    ref = reference_logps(model, items, pad, device, cfg.batch_size, not init_adapter) \
+        if cfg.objective == "dpo" else {}
+    losses, extra, elapsed = _optimise(model, batches, total, cfg, pad, device, ref,
+                                       Path(staging) / "progress.jsonl")
     adapter = Path(staging) / "adapter"
     model.save_pretrained(adapter)
     seen = [r for b in batches[:total * cfg.grad_accum] for r in b]
