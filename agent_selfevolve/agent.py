@@ -15,50 +15,12 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from agent_selfevolve import action_format
+from agent_selfevolve.action_format import ActionFormat
 from agent_selfevolve.envs.base import INITIAL_STATE, Environment, Observation, ToolCall
-from agent_selfevolve.envs.tools import (
-    ActionFormatError,
-    describe_for_prompt,
-    parse_text_action,
-    parse_tool_call,
-)
-from agent_selfevolve.models.base import Model, ModelError, ModelReply, Usage, prompt_messages
-
-SYSTEM_PROMPT = """You are an autonomous software engineer working in a git repository. Fix the issue you are \
-given by editing the source code. Work in small steps: explore, reproduce, edit, test. Do not edit the tests \
-to make them pass. When the fix is done and tested, call the `submit` tool."""
-
-TEXT_ACTION_RULES = """You can use these tools:
-{tools}
-
-Every reply must be a short thought followed by exactly ONE fenced code block whose language is the tool name.
-For bash, the block holds the command; for other tools, a JSON object of arguments. Examples:
-```bash
-grep -rn "def parse" src/
-```
-```str_replace
-{{"path": "src/mod.py", "old": "return a - b", "new": "return a + b"}}
-```
-```submit
-{{}}
-```"""
-
-TEXT_STOP = ("\nObservation:",)
-"""Text mode stops where the model starts inventing the tool's answer (and acting on it), as ReAct agents do."""
-
-TASK_TEMPLATE = """<issue>
-{problem}
-</issue>
-
-{orientation}
-{strategy}{guidance}"""
-
-WEB_TASK_TEMPLATE = """<goal>
-{problem}
-</goal>
-
-{orientation}
-{strategy}{guidance}"""
+from agent_selfevolve.envs.tools import ActionFormatError
+from agent_selfevolve.models.base import Model, ModelError, ModelReply, Usage
+from agent_selfevolve.setups import AgentSetup, get_setup
 
 
 @dataclass
@@ -78,16 +40,10 @@ class AgentContext:
     model: Model
     env: Environment
     limits: Limits = field(default_factory=Limits)
-    system_prompt: str = SYSTEM_PROMPT
-    task_template: str = TASK_TEMPLATE
+    setup: AgentSetup = field(default_factory=lambda: get_setup("default"))
+    """Prompts, action format and retry options (`setups`); its environment options were applied by whoever
+    made `env`."""
     model_params: dict[str, Any] = field(default_factory=dict)
-    action_rules: str | None = None
-    """Text action format only: the rules appended to the system prompt (None: TEXT_ACTION_RULES listing every
-    tool; "": none, when the set-up's own prompt says how to act)."""
-    repeat_retries: int = 0
-    """When a reply repeats the action just executed (a small greedy model does, after a failed check), ask again
-    this many times at `retry_temperature` before counting it as a format error."""
-    retry_temperature: float = 0.8
 
 
 class AgentState(TypedDict, total=False):
@@ -127,18 +83,17 @@ def start(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
     t0 = time.monotonic()
     obs = ctx.env.reset()
-    native = bool(ctx.model.supports_tools)
-    system = ctx.system_prompt
-    if not native and ctx.action_rules is None:
-        system += "\n\n" + TEXT_ACTION_RULES.format(tools=describe_for_prompt(ctx.env.tool_specs()))
-    elif not native and ctx.action_rules:
-        system += "\n\n" + ctx.action_rules
+    fmt = action_format.choose(ctx.setup.action_format, ctx.model)
+    system = ctx.setup.system_prompt
+    rules = fmt.describe(ctx.env.tool_specs(), ctx.setup.action_rules)
+    if rules:
+        system += "\n\n" + rules
     strategy, guidance = prompt_extras(state.get("strategy", ""), state.get("guidance", ""))
-    user = ctx.task_template.format(problem=state.get("problem", ""), orientation=obs.text, strategy=strategy,
-                                    guidance=guidance)
+    user = ctx.setup.task_template.format(problem=state.get("problem", ""), orientation=obs.text,
+                                          strategy=strategy, guidance=guidance)
     _emit(runtime, {"event": "attempt_started", "task_id": state.get("task_id", "")})
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "status": "running", "format_errors": 0, "usage": Usage().to_dict(), "native_tools": native,
+            "status": "running", "format_errors": 0, "usage": Usage().to_dict(), "native_tools": fmt.native,
             "elapsed_s": time.monotonic() - t0, "pending": []}
 
 
@@ -161,23 +116,24 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     hit = _limit_hit(state, ctx.limits)
     if hit:
         return {"status": hit[0], "exit_message": hit[1], "pending": []}
-    native = state.get("native_tools", True)
+    fmt = action_format.of_state(state.get("native_tools", True))
+    retries = ctx.setup.repeat_retries
     t0 = time.monotonic()
     turn = sum(1 for m in state["messages"] if m.get("role") == "assistant")
-    params = ctx.model_params if native else {"stop": list(TEXT_STOP), **ctx.model_params}
+    params = {"stop": list(fmt.stop), **ctx.model_params} if fmt.stop else ctx.model_params
     spent = Usage()
-    for retry in range(ctx.repeat_retries + 1):
+    for retry in range(retries + 1):
         if retry:  # the same context gives the same greedy reply: sample a different one
-            params = {**params, "temperature": ctx.retry_temperature, "seed": 1000 * turn + retry}
+            params = {**params, "temperature": ctx.setup.retry_temperature, "seed": 1000 * turn + retry}
         try:
-            reply, replayed = _query(state, ctx, native, params, turn)
+            reply, replayed = _query(state, ctx, fmt, params, turn)
         except ModelError as exc:
             return {"status": "model_error", "exit_message": str(exc), "pending": [],
                     "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}
         spent = spent + Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.cost,
                               0 if replayed else 1)
         try:
-            calls = _parse(reply.message, ctx, native)
+            calls = fmt.parse(reply.message, ctx.env.tool_specs())
             repeated = _repeats(calls, state.get("steps", []))
         except ActionFormatError:
             calls, repeated = [], False
@@ -190,7 +146,7 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
                               "thought": message.get("content") or ""}
     reply_usage = Usage(spent.prompt_tokens, spent.completion_tokens, spent.cost, spent.calls)
     try:
-        calls = _parse(message, ctx, native)
+        calls = fmt.parse(message, ctx.env.tool_specs())
         _refuse_repeat(calls, state.get("steps", []))
     except ActionFormatError as exc:
         errors = state.get("format_errors", 0) + 1
@@ -202,8 +158,8 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         update.update(messages=[kept, feedback], steps=[step], format_errors=errors, pending=[])
         if errors >= ctx.limits.max_format_errors:
             update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
-        elif ctx.repeat_retries and repeated and not replayed:  # resampling found nothing else: it is stuck
-            update.update(status="format_errors", exit_message=f"repeated one action {ctx.repeat_retries + 1} "
+        elif retries and repeated and not replayed:  # resampling found nothing else: it is stuck
+            update.update(status="format_errors", exit_message=f"repeated one action {retries + 1} "
                                                                f"times, also when sampled: {exc}")
         return update
     update.update(messages=[message], format_errors=0, pending=[
@@ -212,26 +168,14 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     return update
 
 
-def _query(state: AgentState, ctx: AgentContext, native: bool, params: dict[str, Any],
+def _query(state: AgentState, ctx: AgentContext, fmt: ActionFormat, params: dict[str, Any],
            turn: int) -> tuple[ModelReply, bool]:
     """The model's reply for this turn, or the replayed one (no model call) while a replay lasts."""
     replay = state.get("replay") or []
     if turn < len(replay):
         return ModelReply(dict(replay[turn]), Usage()), True
-    return ctx.model.chat(prompt_messages(state["messages"]), ctx.env.tool_specs() if native else None,
-                          **params), False
-
-
-def _parse(message: dict[str, Any], ctx: AgentContext, native: bool) -> list[ToolCall]:
-    """The reply's tool calls; ActionFormatError (shown to the model) when it holds no valid action."""
     specs = ctx.env.tool_specs()
-    if not native:
-        return [parse_text_action(message.get("content") or "", specs)]
-    raw_calls = message.get("tool_calls") or []
-    if not raw_calls:
-        raise ActionFormatError("Your reply did not call a tool. Call exactly one tool (for example "
-                                "`bash`), or `submit` when you are done.")
-    return [parse_tool_call(c, specs) for c in raw_calls]
+    return ctx.model.chat(fmt.render_history(state["messages"]), fmt.model_tools(specs), **params), False
 
 
 def _repeated(calls: list[ToolCall], steps: list[dict[str, Any]]) -> int | None:
@@ -267,7 +211,7 @@ def _refuse_repeat(calls: list[ToolCall], steps: list[dict[str, Any]]) -> None:
 
 def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     ctx = runtime.context
-    native = state.get("native_tools", True)
+    fmt = action_format.of_state(state.get("native_tools", True))
     messages: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
     status, elapsed = state.get("status", "running"), state.get("elapsed_s", 0.0)
@@ -280,10 +224,7 @@ def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, An
             status = "env_error"
         tool_s = time.monotonic() - t0
         elapsed += tool_s
-        if native:
-            messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": obs.text})
-        else:
-            messages.append({"role": "user", "content": f"Observation:\n{obs.text}"})
+        messages.append(fmt.observation(call.get("id", ""), obs.text))
         steps.append({"index": len(state.get("steps", [])) + i, "thought": state.get("thought", "") if i == 0 else "",
                       "action": {"name": call["name"], "arguments": call["arguments"]}, "observation": obs.text,
                       "observation_error": obs.error, "usage": call.get("usage", {}) if i == 0 else {},

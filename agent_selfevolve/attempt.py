@@ -23,6 +23,7 @@ from agent_selfevolve.agent import AgentContext, Limits, build_agent_graph
 from agent_selfevolve.envs import Environment, make_environment
 from agent_selfevolve.envs.base import EnvironmentFailure
 from agent_selfevolve.models.base import Model
+from agent_selfevolve.setups import AgentSetup, resolve_setup
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.trajectory import Trajectory
@@ -98,12 +99,13 @@ class AttemptSpec:
     """A cap on this attempt's steps below the limits' (a tree search grows attempts a few steps at a time)."""
 
 
-def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, limits: Limits | None = None,
-                store: TrajectoryStore | None = None, checkpointer: BaseCheckpointSaver | None = None,
-                evaluate: EvalMode = "tests", env_factory: Callable[[Task, str], Environment] | None = None,
-                on_event: Callable[[dict[str, Any]], None] | None = None, system_prompt: str | None = None,
-                env_options: dict[str, Any] | None = None, select_with: str = "auto",
-                judge: Judge | None = None, agent_options: dict[str, Any] | None = None) -> Trajectory:
+def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, agent: AgentSetup | str | None = None,
+                limits: Limits | None = None, store: TrajectoryStore | None = None,
+                checkpointer: BaseCheckpointSaver | None = None, evaluate: EvalMode = "tests",
+                env_factory: Callable[[Task, str], Environment] | None = None,
+                on_event: Callable[[dict[str, Any]], None] | None = None, env_options: dict[str, Any] | None = None,
+                select_with: str = "auto", judge: Judge | None = None, system_prompt: str | None = None,
+                agent_options: dict[str, Any] | None = None) -> Trajectory:
     """Run (or resume, or reuse) the attempt `spec.attempt_id` on `task` and return its trajectory.
 
     `select_with` ('proxy', 'judge', 'tests'; 'auto': judge when a judge is given, else proxy) is the reward a
@@ -111,7 +113,10 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
     the hidden tests themselves: an oracle, never a held-out number. `evaluate` then grades with the task's own
     check (ground truth, stored for reports and training). An attempt stopped by its `spec.max_steps` chunk cap
     is 'unfinished' (a tree search continues it in its children) and is not graded by the hidden tests.
-    `agent_options` sets AgentContext fields of a set-up (`action_rules`, `repeat_retries`, ...).
+    `agent` is the set-up (`setups`; a name or an AgentSetup; None: the shipped one for the task's kind; one not
+    for the task's kind gives way to the shipped one for it). `env_options` add run-time environment options
+    (a worktree pool, `isolate`) to the set-up's. `system_prompt` and `agent_options` (set-up fields, and "agent":
+    the set-up itself) are how a `SearchContext`, which has no `agent` field yet, passes its set-up on.
     """
     select_with = resolve_selection(select_with, judge)
     spec = spec or AttemptSpec(task.instance_id)
@@ -119,19 +124,14 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
         done = store.get(spec.attempt_id)
         assert done is not None
         return done  # finished before a crash: never re-run, never duplicate
-    limits = limits or Limits()
+    setup = attempt_setup(task.kind, agent, system_prompt, agent_options)
+    limits = limits or setup.limits.apply(Limits())
     capped = spec.max_steps is not None and spec.max_steps < limits.max_steps
     if capped:
         limits = replace(limits, max_steps=spec.max_steps)
-    env = (env_factory or (lambda t, n: make_environment(t, n, **(env_options or {}))))(task, spec.attempt_id)
-    ctx = AgentContext(model=model, env=env, limits=limits, model_params=spec.model_params, **(agent_options or {}))
-    if task.kind == "web":
-        from agent_selfevolve.agent import WEB_TASK_TEMPLATE
-        from agent_selfevolve.envs.web import WEB_SYSTEM_PROMPT
-
-        ctx.system_prompt, ctx.task_template = WEB_SYSTEM_PROMPT, WEB_TASK_TEMPLATE
-    if system_prompt:
-        ctx.system_prompt = system_prompt
+    options = {**setup.env_options(), **(env_options or {})}
+    env = (env_factory or (lambda t, n: make_environment(t, n, **options)))(task, spec.attempt_id)
+    ctx = AgentContext(model=model, env=env, limits=limits, setup=setup, model_params=spec.model_params)
     graph = compiled_agent(checkpointer)
     config: dict[str, Any] = {"configurable": {"thread_id": spec.attempt_id},
                               "recursion_limit": 4 * limits.max_steps + 4 * limits.max_format_errors + 20}
@@ -182,6 +182,18 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, li
     if store is not None:
         store.record(traj)
     return traj
+
+
+def attempt_setup(task_kind: str, agent: AgentSetup | str | None = None, system_prompt: str | None = None,
+                  agent_options: dict[str, Any] | None = None) -> AgentSetup:
+    """The set-up an attempt runs with: `agent` (or `agent_options["agent"]`) for the task's kind, with the
+    other `agent_options` (set-up fields) and a non-empty `system_prompt` replacing its own."""
+    fields = dict(agent_options or {})
+    setup = resolve_setup(agent if agent is not None else fields.pop("agent", None), task_kind)
+    fields.pop("agent", None)
+    if system_prompt:
+        fields["system_prompt"] = system_prompt
+    return setup.with_overrides(**fields)
 
 
 def _ground_truth(env: Environment, outcome: dict[str, Any]) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from agent_selfevolve.attempt import AttemptSpec, run_attempt, sqlite_checkpoint
 from agent_selfevolve.fileio import write_json_atomic
 from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Model, Usage
-from agent_selfevolve.profiles import get_profile
 from agent_selfevolve.search import strategies
 from agent_selfevolve.search.common import Budget, SearchContext
+from agent_selfevolve.setups import get_setup
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 
@@ -70,7 +70,7 @@ class EvolveConfig:
     is p = 0.5 however large the gate split; 5 gained, 0 lost is 0.031."""
     adapter_name: str = "policy"
     profile: str = "default"
-    """Agent set-up (`profiles`), applied per task: web tasks keep the browser's own prompt and tools."""
+    """Agent set-up (`setups`: a shipped name or a .yaml path); web tasks get the `web` set-up."""
 
 
 @dataclass
@@ -128,7 +128,7 @@ def evaluate_policy(ctx: EvolveContext, adapter_ref: str | None, tasks: list[Tas
         spec = AttemptSpec(task.instance_id, attempt_id=f"{eval_run}:{task.instance_id}", run_id=eval_run,
                            operator="eval", model_params=ctx.config.eval_params)
         traj = run_attempt(task, model, spec, limits=Limits(**ctx.config.limits), store=ctx.store,
-                           **get_profile(ctx.config.profile).attempt_options(task.kind))
+                           agent=ctx.config.profile)
         results[task.instance_id] = traj.resolved
         emit({"event": "eval", "split": split, "policy": label, "task_id": task.instance_id,
               "resolved": traj.resolved}, on_event=ctx.on_event)
@@ -150,7 +150,7 @@ def search_train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[st
     for task in ctx.train_tasks:
         sctx = SearchContext(task=task, model=model, store=ctx.store, limits=Limits(**ctx.config.limits),
                              budget=Budget(**ctx.config.budget), select_with=SELECT_WITH,
-                             **get_profile(ctx.config.profile).attempt_options(task.kind))
+                             agent=get_setup(ctx.config.profile))
         result = search(sctx, run_id=f"{state['run_id']}:ep{state['episode']}:{task.instance_id}",
                         **ctx.config.strategy_options)
         used = used + Usage.from_dict(result.usage)

@@ -35,7 +35,7 @@ from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
 from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions  # noqa: E402
 from agent_selfevolve.evolve import mcnemar  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
-from agent_selfevolve.profiles import PROFILES, get_profile  # noqa: E402
+from agent_selfevolve.setups import SHIPPED, get_setup  # noqa: E402
 from agent_selfevolve.sources import locate_tasks  # noqa: E402
 from agent_selfevolve.sources.humaneval import file_diff, humaneval_tasks, load_problems, stub_source  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
@@ -84,10 +84,9 @@ def run_direct(task: Task, problem: dict[str, Any], model: Model) -> dict[str, A
 def run_agent(task: Task, profile: str, model: Model, max_steps: int, tag: str,
               store: TrajectoryStore | None = None) -> dict[str, Any]:
     start = time.monotonic()
-    options = get_profile(profile).attempt_options("swe")
     spec = AttemptSpec(task.instance_id, attempt_id=f"avd:{tag}:{profile}:{task.instance_id}")
     traj = run_attempt(task, model, spec, limits=Limits(max_steps=max_steps), select_with="proxy", store=store,
-                       **options)
+                       agent=profile)
     return {"resolved": traj.resolved, "status": traj.status, "tokens": traj.total_usage.total_tokens,
             "steps": len(traj.steps), "seconds": round(time.monotonic() - start, 2)}
 
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="local", help="local[:key] | openai:<m> | ... | fake (a dry run)")
     parser.add_argument("--tasks", default="100:116", help="slice of HumanEval's 164 problems")
-    parser.add_argument("--arms", default=",".join(["direct", *(f"agent:{p}" for p in PROFILES)]))
+    parser.add_argument("--arms", default=",".join(["direct", *(f"agent:{p}" for p in SHIPPED if p != "web")]))
     parser.add_argument("--max-steps", type=int, default=6)
     parser.add_argument("--tag", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def model_for(arm: str) -> Model:
         from agent_selfevolve.models import make_model
 
-        options = {} if arm == "direct" else get_profile(arm.split(":", 1)[1]).model_options(args.model)
+        options = {} if arm == "direct" else get_setup(arm.split(":", 1)[1]).model_options(args.model)
         key = json.dumps(options, sort_keys=True)
         if key not in models:
             models[key] = fake_model() if args.model == "fake" else make_model(args.model, **options)

@@ -76,21 +76,21 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--runtime", choices=["llama", "transformers"], default="llama")
-    parser.add_argument("--profile", default="small", help="agent set-up (agent_selfevolve.profiles)")
+    parser.add_argument("--profile", default="small", help="agent set-up (agent_selfevolve.setups)")
     parser.add_argument("--run-id", default=None, help="name of the run in the store (default: from the options)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp and torch threads (default: free cores)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-evolve"))
     args = parser.parse_args()
 
     from agent_selfevolve.models.weights import ensure_gguf
-    from agent_selfevolve.profiles import get_profile
     from agent_selfevolve.serving import llama_cpp_policy, transformers_policy
+    from agent_selfevolve.setups import get_setup
     from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
 
     train, gate, final = split_tasks(args.seed, args.train, args.gate, args.final)
     base_dir = hf_base_from_gguf(ensure_gguf(args.model))
     registry = AdapterRegistry(args.out / "registry")
-    profile = get_profile(args.profile)
+    profile = get_setup(args.profile)
     if args.runtime == "llama":
         policy = llama_cpp_policy(args.model, registry, base_dir, n_threads=args.threads,
                                   **profile.model_options("local"))

@@ -44,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from agent_selfevolve.models.weights import ensure_gguf
-    from agent_selfevolve.profiles import get_profile
     from agent_selfevolve.serving import llama_cpp_policy
+    from agent_selfevolve.setups import get_setup
     from agent_selfevolve.train import (
         AdapterRegistry,
         build_dataset,
@@ -66,7 +66,7 @@ def main() -> None:
     store = TrajectoryStore(args.out / "runs.sqlite")
     registry = AdapterRegistry(args.out / "registry")
     base_dir = hf_base_from_gguf(ensure_gguf(opts["model"]))
-    profile = get_profile(opts["profile"])
+    profile = get_setup(opts["profile"])
     policy = llama_cpp_policy(opts["model"], registry, base_dir, n_threads=args.threads,
                               **profile.model_options("local"))
     limits = Limits(max_steps=opts["max_steps"])
@@ -79,7 +79,7 @@ def main() -> None:
         run_id = f"{args.run_id}:ep0:{task.instance_id}"
         spec = AttemptSpec(task.instance_id, attempt_id=f"{run_id}:sample:1", run_id=run_id, operator="sample",
                            model_params={"temperature": 0.8})
-        traj = run_attempt(task, model, spec, limits=limits, store=store, **profile.attempt_options(task.kind))
+        traj = run_attempt(task, model, spec, limits=limits, store=store, agent=profile)
         print(json.dumps({"event": "sample", "i": i, "task_id": task.instance_id, "resolved": traj.resolved}),
               flush=True)
 

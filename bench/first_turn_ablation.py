@@ -29,13 +29,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent_selfevolve.agent import TASK_TEMPLATE, TEXT_ACTION_RULES  # noqa: E402
+from agent_selfevolve.action_format import TEXT_ACTION_RULES  # noqa: E402
 from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
 from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions  # noqa: E402
 from agent_selfevolve.envs.tools import describe_for_prompt  # noqa: E402
 from agent_selfevolve.evolve import mcnemar  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
-from agent_selfevolve.profiles import get_profile  # noqa: E402
+from agent_selfevolve.setups import get_setup  # noqa: E402
 from agent_selfevolve.sources import locate_tasks  # noqa: E402
 from agent_selfevolve.sources.humaneval import file_diff, humaneval_tasks, load_problems, stub_source  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
@@ -58,11 +58,11 @@ def first_turn(variant: str, task: Task, problem: dict[str, Any]) -> list[dict[s
     """The first messages of `variant` for one task."""
     if variant == "direct":
         return [{"role": "user", "content": DIRECT_PROMPT.format(prompt=problem["prompt"])}]
-    profile = get_profile("selfcheck")
+    profile = get_setup("selfcheck")
     code = {"solution.py": stub_source(problem)}
     if variant == "user_only":
         return [{"role": "user", "content": f"<issue>\n{task.problem_statement}\n</issue>{_preview(code)}\n\n{ASK}"}]
-    env = CodingEnvironment(task, f"first-turn-{task.instance_id}", **profile.env_options)
+    env = CodingEnvironment(task, f"first-turn-{task.instance_id}", **profile.env_options())
     try:
         orientation = env.reset().text
         specs = env.tool_specs()
@@ -73,7 +73,8 @@ def first_turn(variant: str, task: Task, problem: dict[str, Any]) -> list[dict[s
         system += "\n\n" + TEXT_ACTION_RULES.format(tools=describe_for_prompt(specs))
     if variant == "code_only":
         orientation = _preview(code).lstrip("\n")
-    user = TASK_TEMPLATE.format(problem=task.problem_statement, orientation=orientation, strategy="", guidance="")
+    user = profile.task_template.format(problem=task.problem_statement, orientation=orientation, strategy="",
+                                        guidance="")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log = args.out / f"first_turn-{tag}.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     done = {(r["variant"], r["task_id"]) for r in rows}
-    model: Model = make_model(args.model, **get_profile("selfcheck").model_options(args.model))
+    model: Model = make_model(args.model, **get_setup("selfcheck").model_options(args.model))
     args.out.mkdir(parents=True, exist_ok=True)
     for i, task in enumerate(tasks):
         for variant in variants:

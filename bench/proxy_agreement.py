@@ -163,13 +163,13 @@ def dry_run_model() -> Model:
 
 
 def make_agent_model(spec: str, profile: str) -> tuple[Model, dict[str, Any]]:
-    """The model as `selfevolve` resolves it (profile options for the embedded models), and run_attempt options."""
+    """The model as `selfevolve` resolves it (set-up options for the embedded models), and run_attempt options."""
     from agent_selfevolve.models import make_model
-    from agent_selfevolve.profiles import get_profile
+    from agent_selfevolve.setups import get_setup
 
-    prof = get_profile(profile, spec)
+    prof = get_setup(profile, spec)
     model = dry_run_model() if spec == "fake" else make_model(spec, **prof.model_options(spec))
-    return model, prof.attempt_options("swe")
+    return model, {"agent": prof}
 
 
 def run_attempts(tasks: list[Task], model: Model, n: int, store: TrajectoryStore, max_steps: int,

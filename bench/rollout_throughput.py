@@ -31,7 +31,7 @@ from agent_selfevolve.agent import Limits  # noqa: E402
 from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
 from agent_selfevolve.models.base import Message, ModelReply  # noqa: E402
 from agent_selfevolve.models.llama_cpp import LlamaCppModel  # noqa: E402
-from agent_selfevolve.profiles import get_profile  # noqa: E402
+from agent_selfevolve.setups import get_setup  # noqa: E402
 from agent_selfevolve.sources import locate_tasks  # noqa: E402
 from agent_selfevolve.sources.humaneval import humaneval_tasks  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
@@ -55,11 +55,10 @@ class TimedModel:
 
 def run_arm(arm: str, model: TimedModel, tasks: list[Task], max_steps: int) -> dict[str, Any]:
     concurrency = int(arm.split("@")[1])
-    options = get_profile("small").attempt_options("swe")
 
     def one(task: Task) -> dict[str, Any]:
         spec = AttemptSpec(task.instance_id, attempt_id=f"rt:{arm}:{task.instance_id}")
-        traj = run_attempt(task, model, spec, limits=Limits(max_steps=max_steps), select_with="proxy", **options)
+        traj = run_attempt(task, model, spec, limits=Limits(max_steps=max_steps), select_with="proxy", agent="small")
         replies = [m.get("content") or "" for m in traj.messages if m.get("role") == "assistant"]
         return {"task_id": task.instance_id, "steps": len(traj.steps), "status": traj.status,
                 "resolved": bool(traj.resolved), "replies": replies, "exit": (traj.exit_message or "")[:300]}
@@ -101,7 +100,7 @@ def main() -> None:
     arms = args.arms.split(",")
     round_size = max(int(a.split("@")[1]) for a in arms)
     rounds = [tasks[i:i + round_size] for i in range(0, len(tasks), round_size)]
-    options = {**get_profile("small").model_options("local"), "n_threads": args.threads}
+    options = {**get_setup("small").model_options("local"), "n_threads": args.threads}
     models = {arm: TimedModel(LlamaCppModel(args.model, engine="simple" if arm.startswith("today") else "batched",
                                             **options)) for arm in arms}
     parts: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}

@@ -51,15 +51,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="1 for a local CPU model")
     parser.add_argument("--suite", choices=["bundled", "humaneval", "miniwob"], default="bundled")
     parser.add_argument("--seeds", default="0", help="MiniWoB++ seeds, comma-separated")
-    parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see profiles)")
+    parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see agent_selfevolve/setups)")
     parser.add_argument("--pool-size", type=int, default=4, help="SE-Agent's initial pool (small budgets: 2)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
     args = parser.parse_args()
 
-    from agent_selfevolve.profiles import get_profile
+    from agent_selfevolve.setups import get_setup
 
-    profile = get_profile(args.profile, args.model)
+    profile = get_setup(args.profile, args.model)
     tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")])
     web = args.suite == "miniwob"
     args.select_with = args.select_with or ("tests" if web else "proxy")
@@ -76,7 +76,7 @@ def main() -> None:
         for task in tasks:
             ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=args.max_steps),
                                 budget=Budget(max_tokens=args.budget), select_with=args.select_with,
-                                **profile.attempt_options(task.kind))
+                                agent=profile)
             opts = {**OPTIONS[name], "max_concurrency": args.concurrency}
             if name == "se_agent":
                 opts["pool_size"] = args.pool_size

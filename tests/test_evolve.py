@@ -216,7 +216,7 @@ def test_the_final_split_never_reaches_the_gate(demo_task: Task, tmp_path: Path)
 def test_the_profile_reaches_every_held_out_attempt(demo_task: Task, tmp_path: Path) -> None:
     """EvolveConfig.profile sets each attempt's prompt and tools (here `small`: write_file, the worked example)."""
     from agent_selfevolve.evolve import evaluate_policy
-    from agent_selfevolve.profiles import SMALL_MODEL_PROMPT
+    from agent_selfevolve.setups import get_setup
 
     model = ScriptedFakeModel(keyed_script({"": [tool_call("submit", {})]}))
     tasks = copies(demo_task, "held", 2)
@@ -224,7 +224,7 @@ def test_the_profile_reaches_every_held_out_attempt(demo_task: Task, tmp_path: P
         tmp_path / "runs.sqlite"), registry=None, base_hf_dir=tmp_path, policy=lambda version: model,
         out_dir=tmp_path, config=EvolveConfig(profile="small"))
     assert evaluate_policy(ctx, None, tasks, "p:gate") == {"held-0": False, "held-1": False}
-    assert len(model.requests) == 2 and all(r[0]["content"] == SMALL_MODEL_PROMPT for r in model.requests)
+    assert len(model.requests) == 2 and all(r[0]["content"] == get_setup("small").system_prompt for r in model.requests)
     for traj in ctx.store.attempts(run_id="p:gate"):
         assert [t["function"]["name"] for t in traj.tools] == ["write_file", "bash", "submit"]
 

@@ -40,13 +40,13 @@ def test_local_model_with_the_small_profile_writes_code_it_can_run(tmp_path) -> 
     pytest.importorskip("llama_cpp", reason="needs the [local] extra (llama-cpp-python)")
     from agent_selfevolve.attempt import AttemptSpec, run_attempt
     from agent_selfevolve.models import make_model
-    from agent_selfevolve.profiles import get_profile
+    from agent_selfevolve.setups import get_setup
 
     task = locate_tasks([t for t in humaneval_tasks() if t.instance_id == "humaneval__30"])[0]  # get_positive
-    profile = get_profile("auto", "local")
+    profile = get_setup("auto", "local")
     model = make_model("local", cache_dir=REAL_MODEL_CACHE, **profile.model_options("local"))
     traj = run_attempt(task, model, AttemptSpec(task.instance_id), limits=Limits(max_steps=2),
-                       **profile.attempt_options(task.kind))
+                       agent=profile)
     first = traj.steps[0]
     assert first["action"] is not None, first.get("format_error")
     assert first["action"]["name"] == "write_file" and first["action"]["arguments"]["path"] == "solution.py"

@@ -252,7 +252,8 @@ def test_the_check_report_shows_what_a_failing_doctest_or_test_got(tmp_path: Pat
     tool's report carries pytest's Expected/Got (doctests) and the failing assertion (tests)."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "solution.py").write_text('def f(x):\n    """\n    >>> f(1)\n    2\n    """\n    raise NotImplementedError\n')
+    doc = '    """\n    >>> f(1)\n    2\n    """\n'
+    (repo / "solution.py").write_text(f"def f(x):\n{doc}    raise NotImplementedError\n")
     (repo / "test_solution.py").write_text("from solution import f\n\n\ndef test_f():\n    assert f(2) == 3\n")
     subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
                    cwd=repo, check=True)

@@ -12,7 +12,7 @@ from agent_selfevolve.attempt import AttemptSpec, run_attempt
 from agent_selfevolve.envs.base import ToolCall
 from agent_selfevolve.envs.coding import CodingEnvironment
 from agent_selfevolve.models.fake import ScriptedFakeModel
-from agent_selfevolve.profiles import get_profile
+from agent_selfevolve.setups import get_setup
 from agent_selfevolve.tasks import Task
 
 MARK = "HIDDEN_SELFCHECK_MARK_71c2"
@@ -58,7 +58,7 @@ def test_check_tool_reports_visible_failures_with_what_the_code_gave(task: Task)
 
 
 def test_selfcheck_attempt_revises_on_failure_and_ends_when_checks_pass(task: Task) -> None:
-    profile = get_profile("selfcheck")
+    profile = get_setup("selfcheck")
     seen: list[str] = []
 
     def respond(messages: list[dict]) -> str:
@@ -67,7 +67,7 @@ def test_selfcheck_attempt_revises_on_failure_and_ends_when_checks_pass(task: Ta
         return f"Here is the function.\n```python\n{WRONG if turn == 0 else RIGHT}```"  # as asked directly
 
     model = ScriptedFakeModel(respond, supports_tools=False)
-    traj = run_attempt(task, model, AttemptSpec(task.instance_id), **profile.attempt_options("swe"))
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent=profile)
     assert traj.status == "submitted" and len(traj.steps) == 2, (traj.status, traj.exit_message)
     assert "examples 1/2 passed" in traj.steps[0]["observation"]
     assert "Every check passes: submitted." in traj.steps[1]["observation"]
@@ -87,19 +87,19 @@ def test_no_visible_check_means_no_automatic_submit(task: Task, tmp_path: Path) 
 
 def test_a_repeated_edit_after_a_failed_check_is_resampled_not_counted_as_a_format_error(task: Task) -> None:
     """A greedy model repeats its failing function; the set-up asks again at a temperature and goes on."""
-    profile = get_profile("selfcheck")
+    profile = get_setup("selfcheck")
 
     def respond(messages: list[dict]) -> str:
         sampled = model.params[-1].get("temperature", 0) > 0
         return f"```python\n{RIGHT if sampled else WRONG}```"  # FAKE: greedy = WRONG forever, sampled = RIGHT
 
     model = ScriptedFakeModel(respond, supports_tools=False)
-    traj = run_attempt(task, model, AttemptSpec(task.instance_id), **profile.attempt_options("swe"))
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent=profile)
     assert traj.status == "submitted" and traj.resolved, (traj.status, traj.exit_message)
     assert [s.get("format_error") for s in traj.steps] == [None, None]
     assert len(model.requests) == 3 and traj.total_usage.calls == 3  # the repeat's call is counted, not hidden
-    assert model.params[2]["temperature"] == profile.agent_options.get("retry_temperature", 0.8)
-    no_retry = {**profile.attempt_options("swe"), "agent_options": {"action_rules": "", "repeat_retries": 0}}
+    assert model.params[2]["temperature"] == profile.retry_temperature
+    no_retry = {"agent": profile.with_overrides(repeat_retries=0)}
     model = ScriptedFakeModel(respond, supports_tools=False)
     traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="no-retry"), **no_retry)
     assert traj.status == "format_errors" and not traj.resolved
@@ -122,18 +122,19 @@ def test_an_edit_that_changes_only_the_docstring_is_refused(task: Task) -> None:
 
 
 def test_the_selfcheck_first_turn_is_short_and_shows_code_not_docs(task: Task) -> None:
-    """The 0.5B answers worse the longer the first turn (bench/first_turn_ablation.py): no tool list, no README."""
+    """Kept close to the direct question (bench/first_turn_ablation.py): no tool list, no README, the ask last."""
     (Path(task.repo_path) / "README.md").write_text("README_MARK_9f3\n")
     subprocess.run("git add -A && git -c user.name=t -c user.email=t@t commit -qm readme", shell=True,
                    cwd=task.repo_path, check=True)
     model = ScriptedFakeModel(["```python\n" + RIGHT + "```"], supports_tools=False)
-    run_attempt(task, model, AttemptSpec(task.instance_id), **get_profile("selfcheck").attempt_options("swe"))
+    run_attempt(task, model, AttemptSpec(task.instance_id), agent="selfcheck")
     system, user = model.requests[0][0]["content"], model.requests[0][1]["content"]
-    assert "You can use these tools" not in system and "```python" in system and "```submit" in system
+    assert "You can use these tools" not in system + user and "```submit" in user
+    assert user.rstrip().endswith("in one ```python block.")  # the question the model answers best comes last
     assert "README_MARK_9f3" not in user and "def words(s):" in user
     model = ScriptedFakeModel(["```submit\n```"], supports_tools=False)
     run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="small"),
-                **get_profile("small").attempt_options("swe"))
+                agent="small")
     assert "You can use these tools" in model.requests[0][0]["content"]
     assert "README_MARK_9f3" in model.requests[0][1]["content"]
 
@@ -143,10 +144,9 @@ def test_alternating_between_two_edits_is_a_repeat_of_the_same_state(task: Task)
     with no retries left it is a format error, never a third write."""
     other = WRONG.replace("s.split(',')", "s.split(' ')")
     replies = [f"```python\n{code}```" for code in (WRONG, other, WRONG, other)]
-    env_options = {**get_profile("selfcheck").env_options}
     model = ScriptedFakeModel(replies, supports_tools=False)
-    traj = run_attempt(task, model, AttemptSpec(task.instance_id), env_options=env_options,
-                       system_prompt="FAKE", agent_options={"action_rules": "", "repeat_retries": 0})
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id),
+                       agent=get_setup("selfcheck").with_overrides(system_prompt="FAKE", repeat_retries=0))
     states = [s.get("info", {}).get("state") for s in traj.steps]
     assert states[0] != states[1] and states[0] != "base"
     assert traj.steps[2]["action"] is not None  # WRONG again, but from B's state: a real change back
@@ -157,7 +157,7 @@ def test_an_attempt_whose_resamples_repeat_too_ends_at_once(task: Task) -> None:
     """FAKE model stuck on one wrong function, greedy or sampled: one round of resampling shows it is stuck, so the
     attempt ends there instead of spending the format-error limit's rounds of calls."""
     model = ScriptedFakeModel(lambda messages: f"```python\n{WRONG}```", supports_tools=False)
-    traj = run_attempt(task, model, AttemptSpec(task.instance_id), **get_profile("selfcheck").attempt_options("swe"))
-    retries = get_profile("selfcheck").agent_options["repeat_retries"]
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent="selfcheck")
+    retries = get_setup("selfcheck").repeat_retries
     assert traj.status == "format_errors" and "also when sampled" in traj.exit_message
     assert len(model.requests) == 1 + (1 + retries)  # the first write, then one round of greedy + resamples

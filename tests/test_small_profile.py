@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent_selfevolve.agent import TEXT_STOP
+from agent_selfevolve.action_format import TEXT_STOP
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
 from agent_selfevolve.envs.coding import CodingEnvironment
 from agent_selfevolve.envs.tools import ActionFormatError, load_bundles, parse_text_action, tools_dir
 from agent_selfevolve.models.fake import ScriptedFakeModel
-from agent_selfevolve.profiles import get_profile
+from agent_selfevolve.setups import get_setup
 from agent_selfevolve.tasks import Task
 
 SPECS = [b.openai_schema() for b in load_bundles(["write_file", "bash", "str_replace", "submit"])]
@@ -76,13 +76,12 @@ def test_preview_shows_small_repos_whole_and_never_tests(demo_task: Task) -> Non
 
 def test_small_profile_attempt_end_to_end(demo_task: Task) -> None:
     """FAKE model in text mode: write the fixed file raw, check it, submit; resolved by the hidden tests."""
-    profile = get_profile("small")
+    profile = get_setup("small")
     fixed = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n"
     model = ScriptedFakeModel([f"I write the file.\n```write_file calc.py\n{fixed}```",
                                '```bash\npython -c "from calc import add; print(add(2, 3))"\n```',
                                "It prints 5.\n```submit\n```"], supports_tools=False)
-    traj = run_attempt(demo_task, model, AttemptSpec(demo_task.instance_id), system_prompt=profile.system_prompt,
-                       env_options=profile.env_options)
+    traj = run_attempt(demo_task, model, AttemptSpec(demo_task.instance_id), agent=profile)
     assert traj.status == "submitted" and traj.resolved
     assert [s["action"]["name"] for s in traj.steps] == ["write_file", "bash", "submit"]
     assert traj.steps[1]["observation"].strip() == "5"
@@ -93,19 +92,19 @@ def test_small_profile_attempt_end_to_end(demo_task: Task) -> None:
 
 
 def test_unknown_profile_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown agent profile 'tiny'"):
-        get_profile("tiny")
+    with pytest.raises(ValueError, match="unknown agent set-up 'tiny'"):
+        get_setup("tiny")
 
 
 def test_auto_profile_picks_small_for_embedded_models_and_leaves_web_tasks_alone() -> None:
-    assert get_profile("auto", "local").name == "small" and get_profile("auto", "local:qwen2.5-coder-1.5b").name == \
+    assert get_setup("auto", "local").name == "small" and get_setup("auto", "local:qwen2.5-coder-1.5b").name == \
         "small"
-    assert get_profile("auto", "openai:gpt-4o-mini").name == "default"
-    small = get_profile("small")
+    assert get_setup("auto", "openai:gpt-4o-mini").name == "default"
+    small = get_setup("small")
     assert small.model_options("local") == {"tool_mode": "text", "max_tokens": 768}
     assert small.model_options("litellm:x") == {}  # API models keep native tool calls
-    assert small.attempt_options("web") == {"env_options": {}, "system_prompt": None, "agent_options": {}}  # the browser's own set-up
-    assert small.attempt_options("swe")["env_options"]["tools"] == ["write_file", "bash", "submit"]
+    assert small.for_task("web").name == "web"  # the browser's own set-up
+    assert small.env_options()["tools"] == ["write_file", "bash", "submit"]
 
 
 def test_flat_json_actions_are_understood() -> None:
@@ -122,17 +121,17 @@ def test_text_mode_trajectories_train_without_tool_schemas(demo_task: Task) -> N
     """A row must be rendered as it was served: text-mode attempts never saw the tool schemas in the template."""
     from agent_selfevolve.train import build_dataset
 
-    profile = get_profile("small")
+    profile = get_setup("small")
     fixed = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n"
     text_model = ScriptedFakeModel([f"```write_file calc.py\n{fixed}```", "```submit\n```"], supports_tools=False)
     traj = run_attempt(demo_task, text_model, AttemptSpec(demo_task.instance_id, attempt_id="t1", run_id="r"),
-                       **profile.attempt_options("swe"))
+                       agent=profile)
     native = run_attempt(demo_task, ScriptedFakeModel([
         {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
             "name": "write_file", "arguments": json.dumps({"path": "calc.py", "content": fixed})}}]},
         {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
             "name": "submit", "arguments": "{}"}}]}]), AttemptSpec(demo_task.instance_id, attempt_id="n1", run_id="r2"),
-        **profile.attempt_options("swe"))
+        agent=profile)
     assert traj.resolved and native.resolved
     rows, _ = build_dataset([traj, native], kinds=["sft"])
     by_attempt = {r["meta"]["attempt_ids"][0]: r for r in rows["sft"]}

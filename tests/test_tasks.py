@@ -7,7 +7,6 @@ from conftest import _git
 
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
 from agent_selfevolve.models.fake import ScriptedFakeModel, bash, tool_call
-from agent_selfevolve.profiles import PROFILES
 from agent_selfevolve.tasks import Task, TaskFileError, load_tasks, scan_tasks
 
 SWEBENCH = {"repo": "astropy/astropy", "instance_id": "astropy__astropy-12907", "base_commit": "d16bfe05a744",
@@ -89,8 +88,7 @@ def test_agent_never_sees_patch_tests_or_hints(tmp_path: Path, profile: str) -> 
     else:
         script = [f"Probe.\n```bash\n{cmd}\n```" for cmd in PROBES] + ["Done.\n```submit\n```"]
     model = RecordingModel(script, supports_tools=profile == "default")
-    options = PROFILES[profile].attempt_options(task.kind)
-    traj = run_attempt(task, model, AttemptSpec(task.instance_id), **options)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent=profile)
     assert traj.status == "submitted" and len(model.requests) == len(script), traj.exit_message
     assert traj.evaluation is not None and traj.evaluation["resolved"] is False  # graded, after the model ended
     seen = json.dumps([model.requests, model.tool_schemas, model.params])

@@ -184,6 +184,8 @@ class CodingEnvironment:
         if self.submit_when_checks_pass and checked.info.get("all_passed"):
             self.submitted = True
             return Observation(text + "\nEvery check passes: submitted.", done=True, info=info)
+        if checked.info.get("counts") and not checked.info.get("all_passed"):
+            text += "\nFix the code: reply with the corrected function in one ```python block."
         return Observation(text, info=info)
 
     def _define(self, code: Any) -> Observation:

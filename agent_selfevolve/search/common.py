@@ -32,6 +32,7 @@ from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Model, Usage
 from agent_selfevolve.search.records import AttemptRecord
 from agent_selfevolve.search.registry import CONFIG_KEY, StrategyConfig
+from agent_selfevolve.setups import AgentSetup
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.trajectory import Status, Trajectory
@@ -88,8 +89,10 @@ class SearchContext:
     env_options: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
     """The agent's system prompt (None: the environment's default)."""
+    agent: AgentSetup | str | None = None
+    """The agent set-up (agent_selfevolve/setups; None: the shipped one for the task's kind)."""
     agent_options: dict[str, Any] = field(default_factory=dict)
-    """AgentContext fields of the set-up (see `profiles.AgentProfile.agent_options`)."""
+    """Set-up fields to override (see `attempt.attempt_setup`)."""
     operator_model: Model | None = None
     """Model for search operators (reflection, diagnosis); defaults to `model`."""
     started_at: float = field(default_factory=time.time)
@@ -151,7 +154,7 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
     traj = run_attempt(ctx.task, ctx.model, spec, limits=limits, store=ctx.store,
                        checkpointer=ctx.attempt_checkpointer, select_with=ctx.select_with, judge=ctx.judge,
                        env_options=ctx.env_options, system_prompt=ctx.system_prompt,
-                       agent_options=ctx.agent_options)
+                       agent=ctx.agent, agent_options=ctx.agent_options)
     rec = record_of(traj)
     used = Usage.from_dict(payload.get("used")) + traj.total_usage
     event = AttemptFinished(event="attempt_finished", task_id=traj.task_id, attempt_id=traj.attempt_id,
