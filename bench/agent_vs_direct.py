@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-steps", type=int, default=6)
     parser.add_argument("--tag", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true",
+                        help="summarize what the log holds (a run still going, or stopped), run nothing")
     args = parser.parse_args(argv)
     lo, _, hi = args.tasks.partition(":")
     tasks = locate_tasks(humaneval_tasks()[int(lo or 0):int(hi) if hi else None])
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     store = TrajectoryStore(args.out / f"agent_vs_direct-{tag}.sqlite")
     for i, task in enumerate(tasks):
         for arm in arms:
-            if (arm, task.instance_id) in done:
+            if (arm, task.instance_id) in done or args.report_only:
                 continue
             outcome = run_direct(task, problems[task.instance_id], model_for(arm)) if arm == "direct" else \
                 run_agent(task, arm.split(":", 1)[1], model_for(arm), args.max_steps, tag, store)

@@ -76,6 +76,9 @@ def test_direct_arm_grades_the_answer_with_the_hidden_tests_and_resumes(tmp_path
     assert summary["arms"]["direct"]["resolved"] == 1  # the gold answer to 0 passes, the wrong one to 1 fails
     again = avd.main(["--model", "fake", "--tasks", "0:2", "--arms", "direct", "--out", str(tmp_path)])
     assert len(calls) == 2 and again["arms"] == summary["arms"]  # resumed: nothing asked twice
+    report = avd.main(["--model", "fake", "--tasks", "0:2", "--arms", "direct", "--out", str(tmp_path),
+                       "--tag", "fake-0-2", "--report-only"])
+    assert len(calls) == 2 and report["arms"] == summary["arms"]  # a report of a run still going asks nothing
     lines = (tmp_path / "agent_vs_direct-fake-0-2.jsonl").read_text().splitlines()
     assert [json.loads(line)["task_id"] for line in lines] == ["humaneval__0", "humaneval__1"]
 
