@@ -8,12 +8,19 @@ from it atomically. `kill -9` loses only tasks in flight and a rerun skips every
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import errno
 import json
 import multiprocessing
 import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +46,7 @@ class BatchConfig:
     baseline: bool = False
     """Also run best-of-N at the token budget the strategy used (the compute-matched baseline)."""
     profile: str = "auto"
-    """Agent set-up (`profiles`): 'auto' picks `small` for the embedded models."""
+    """Agent set-up (`setups`: a shipped name or a .yaml path); 'auto' picks `small` for the embedded models."""
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
@@ -68,10 +75,10 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
     """Worker entry point (runs in a worker process): plain data in, plain data out."""
     from agent_selfevolve.attempt import AttemptSpec, run_attempt
     from agent_selfevolve.models import make_model
-    from agent_selfevolve.profiles import get_profile
     from agent_selfevolve.search import strategies
     from agent_selfevolve.search.common import Budget, SearchContext
     from agent_selfevolve.search.rewards import llm_judge
+    from agent_selfevolve.setups import get_setup
     from agent_selfevolve.store import TrajectoryStore
 
     config = BatchConfig(**config_data)
@@ -79,9 +86,8 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
     store = TrajectoryStore(Path(out_dir) / "runs.sqlite")
     start = time.monotonic()
     try:
-        profile = get_profile(config.profile, config.model)
-        model = make_model(config.model, **{**profile.model_options(config.model), **config.model_options})
-        agent_options = profile.attempt_options(task.kind)
+        setup = get_setup(config.profile, config.model)
+        model = make_model(config.model, **{**setup.model_options(config.model), **config.model_options})
         limits = Limits(**config.limits)
         run_id = f"{config.run_id}:{task.instance_id}"
         judge = llm_judge(model) if config.select_with == "judge" else None
@@ -89,11 +95,12 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
         if config.strategy == "single":
             traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id=f"{run_id}:0", run_id=run_id),
                                limits=limits, store=store, select_with=config.select_with, judge=judge,
-                               on_event=on_event, **agent_options)
+                               on_event=on_event, agent=setup)
             best, attempts, stop = traj, 1, traj.status
         else:
             ctx = SearchContext(task=task, model=model, store=store, limits=limits, budget=Budget(**config.budget),
-                                select_with=config.select_with, judge=judge, on_event=on_event, **agent_options)
+                                select_with=config.select_with, judge=judge, on_event=on_event,
+                                agent=setup)
             result = strategies()[config.strategy](ctx, run_id=run_id, **config.strategy_options)
             best = store.get(result.best_attempt_id) if result.best_attempt_id else None
             attempts, stop = result.attempts, result.stop_reason
@@ -111,12 +118,35 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
                 "selection": config.select_with, "oracle": config.select_with == "tests",
                 "attempt_id": best.attempt_id if best else None, "attempts": attempts, "stop_reason": stop,
                 "usage": best.usage if best else {}, "report": report, "baseline": baseline,
-                "trajectory": best.to_mini_swe_agent() if best else None, "elapsed_s": time.monotonic() - start}
+                "trajectory": best.to_mini_swe_agent() if best else None, "elapsed_s": time.monotonic() - start,
+                **_engine_stats(model)}
     except Exception as exc:  # recorded with its reason; the batch goes on
+        if unwritable(exc):  # not the task's failure: recorded, it would never be retried
+            raise OutputUnwritable(_unwritable_message(out_dir, exc)) from None
         return {"instance_id": task.instance_id, "ok": False, "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=5), "elapsed_s": time.monotonic() - start}
     finally:
         store.close()
+
+
+class OutputUnwritable(RuntimeError):
+    """The output folder or its store cannot be written (disk full, read-only): the batch stops, nothing finished
+    is lost, and rerunning the same command once there is room resumes it."""
+
+
+def unwritable(exc: BaseException) -> bool:
+    """An error of the storage under the output, not of the task."""
+    if isinstance(exc, OutputUnwritable):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        s in str(exc) for s in ("disk is full", "readonly database", "unable to open database", "disk I/O error"))
+
+
+def _unwritable_message(out: str | Path, exc: BaseException) -> str:
+    return (f"cannot write the batch output in {out}: {type(exc).__name__}: {exc}. Nothing finished is lost: make "
+            "room (or make it writable) and rerun the same command to resume.")
 
 
 def compute_matched_baseline(ctx: Any, result: Any, run_id: str) -> dict[str, Any]:
@@ -151,8 +181,23 @@ def summarize(tasks: list[Task], results: dict[str, dict[str, Any]], select_with
             "completed_ids": sorted(completed), "incomplete_ids": sorted(set(ids) - set(results)),
             "empty_patch_ids": sorted(empty), "submitted_ids": sorted(submitted), "resolved_ids": sorted(resolved),
             "unresolved_ids": sorted(unresolved), "error_ids": sorted(error), "total_tokens_best_attempts": tokens,
-            **_baseline_summary(finished), "schema_version": 2,
+            **_baseline_summary(finished), **_prefill_summary(finished), "schema_version": 2,
             **({"selection": select_with, "oracle": select_with == "tests"} if select_with else {})}
+
+
+def _engine_stats(model: Any) -> dict[str, Any]:
+    """The embedded model's prefix-reuse counters for this task (prompt tokens sent vs computed), if it keeps them."""
+    stats = getattr(model, "stats", None)
+    return {"engine": stats()} if callable(stats) else {}
+
+
+def _prefill_summary(finished: list[dict[str, Any]]) -> dict[str, Any]:
+    engines = [r["engine"] for r in finished if isinstance(r.get("engine"), dict) and "prompt_tokens" in r["engine"]]
+    if not engines:
+        return {}
+    sent, computed = (sum(int(e.get(k, 0)) for e in engines) for k in ("prompt_tokens", "prefill_tokens"))
+    return {"prefill": {"prompt_tokens_sent": sent, "prefill_tokens_computed": computed,
+                        "saved": round(1 - computed / sent, 3) if sent else 0.0}}
 
 
 def _baseline_summary(finished: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,8 +213,19 @@ def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, worke
               executor: str = "process", ray_address: str | None = None,
               on_result: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
               on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Solve every unfinished task; return the summary. `on_result(result, summary_so_far)` drives progress."""
-    out = Path(out_dir)
+    """Solve every unfinished task; return the summary. `on_result(result, summary_so_far)` drives progress.
+    Raises OutputUnwritable, with a message for the user, when the output cannot be written."""
+    try:
+        return _run_batch(tasks, Path(out_dir), config, workers, executor, ray_address, on_result, on_event)
+    except Exception as exc:
+        if isinstance(exc, OutputUnwritable) or not unwritable(exc):
+            raise
+        raise OutputUnwritable(_unwritable_message(out_dir, exc)) from None
+
+
+def _run_batch(tasks: list[Task], out: Path, config: BatchConfig, workers: int, executor: str,
+               ray_address: str | None, on_result: Callable[[dict[str, Any], dict[str, Any]], None] | None,
+               on_event: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", asdict(config))
     results = read_results(out)
@@ -198,12 +254,15 @@ def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, worke
             record(solve_task(*job, on_event=on_event))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with guarded_pool(), cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                                                    initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(solve_task, *job): job for job in jobs}
             for fut in cf.as_completed(futures):
                 try:
                     res = fut.result()
                 except Exception as exc:  # a worker died (OOM, segfault in a native lib): record, go on
+                    if unwritable(exc):
+                        raise
                     res = {"instance_id": futures[fut][0]["instance_id"], "ok": False,
                            "error": f"worker crashed: {type(exc).__name__}: {exc}"}
                 record(res)
@@ -211,6 +270,55 @@ def run_batch(tasks: list[Task], out_dir: str | Path, config: BatchConfig, worke
     summary = summarize(tasks, results, config.select_with)
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+@contextlib.contextmanager
+def guarded_pool() -> Iterator[None]:
+    """Processes spawned inside this block die with this one, even by kill -9 the instant after they were spawned.
+
+    Starts `pool_guard` (it kills every process carrying a mark in its environment once we are gone) and sets the
+    mark in our environment, so each worker carries it from exec on: unlike the initializer's death signal, this
+    covers a worker still importing the package. The resource tracker is started first, without the mark."""
+    from multiprocessing import resource_tracker
+
+    from agent_selfevolve.pool_guard import MARK_ENV
+
+    if not sys.platform.startswith("linux"):  # the guard reads /proc
+        yield
+        return
+    resource_tracker.ensure_running()
+    mark = f"{os.getpid()}-{secrets.token_hex(6)}"
+    env = {k: v for k, v in os.environ.items() if k != MARK_ENV}
+    guard = subprocess.Popen([sys.executable, "-I", "-S", str(Path(__file__).with_name("pool_guard.py")),
+                              str(os.getpid()), mark], stdin=subprocess.PIPE, env=env)
+    previous = os.environ.get(MARK_ENV)
+    os.environ[MARK_ENV] = mark
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MARK_ENV, None)
+        else:
+            os.environ[MARK_ENV] = previous
+        assert guard.stdin is not None
+        guard.stdin.close()  # the guard sweeps what is left of the pool (normally nothing) and exits
+        try:
+            guard.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            guard.kill()
+            guard.wait()
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool worker initializer, a second line behind `guarded_pool`: the kernel kills this worker when the batch
+    process dies, even by kill -9 (else the workers live on, still solving tasks nobody will record, and their
+    sandboxes with them)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def write_preds(out: Path, results: dict[str, dict[str, Any]], model: str) -> None:

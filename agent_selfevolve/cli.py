@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agent_selfevolve.tasks import Task, TaskFileError, load_tasks, scan_tasks, select_tasks
+from agent_selfevolve.tasks import Task, TaskFileError
 
 app = typer.Typer(help="Run agents on tasks many times, search over trajectories, train on what worked.",
                   no_args_is_help=True, add_completion=False)
@@ -22,7 +22,9 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(viz_app, name="viz")
 console = Console(stderr=True)
 
-TasksOpt = Annotated[str, typer.Option("--tasks", "-t", help="Task file/dir, or 'bundled' / 'humaneval'.")]
+TasksOpt = Annotated[str, typer.Option("--tasks", "-t", help="Task file/dir, or a source: bundled | humaneval | "
+                                                              "swebench-lite | swebench-verified | "
+                                                              "browsergym-miniwob | factory | factory:<project>.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="local[:key] | openai:<model> | litellm:<model> | "
                                                               "fake:<script.json>")]
 BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint for openai:/litellm:")]
@@ -31,35 +33,22 @@ PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Regex on inst
 SliceOpt = Annotated[str | None, typer.Option("--slice", help="Python slice, e.g. 0:5.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="Agent set-up: auto (small for local models) | small | "
-                                                          "default. See agent_selfevolve/profiles.py.")]
+                                                          "selfcheck | default | a .yaml (see setups/).")]
 
 
 def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_: str | None,
-                  skip_invalid: bool = False) -> list[Task]:
-    if spec == "bundled":
-        from agent_selfevolve.bundled import bundled_task_file
+                  skip_invalid: bool = False, locate: bool = True) -> list[Task]:
+    """`agent_selfevolve.sources.resolve_tasks` with the CLI's error reporting (the task-source table is there)."""
+    from agent_selfevolve.infra import GitError
+    from agent_selfevolve.sources import resolve_tasks as resolve
+    from agent_selfevolve.sources.build import BundledError
 
-        spec = str(bundled_task_file())
-    elif spec == "humaneval":
-        from agent_selfevolve.envs.worktree import cache_root
-        from agent_selfevolve.humaneval import write_humaneval_tasks
+    def skipped(err: TaskFileError) -> None:
+        console.print(f"[yellow]skipped invalid record:[/yellow] {err}")
 
-        path = cache_root() / "tasks" / "humaneval.jsonl"
-        if not path.exists():
-            write_humaneval_tasks(path)
-        spec = str(path)
-    elif spec in ("swebench-lite", "swebench-verified"):
-        from agent_selfevolve.swebench import swebench_task_file
-
-        spec = str(swebench_task_file("lite" if spec.endswith("lite") else "verified"))
     try:
-        if skip_invalid:
-            found, errors = scan_tasks(spec)
-            for err in errors:
-                console.print(f"[yellow]skipped invalid record:[/yellow] {err}")
-            return select_tasks(found, ids, pattern, slice_)
-        return load_tasks(spec, ids=ids, pattern=pattern, slice_=slice_)
-    except (TaskFileError, KeyError) as exc:
+        return resolve(spec, ids, pattern, slice_, on_invalid=skipped if skip_invalid else None, locate=locate)
+    except (TaskFileError, KeyError, BundledError, GitError) as exc:  # a bad file, id or repository build
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
@@ -83,7 +72,7 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
                strategy_options: dict[str, Any], budget: dict[str, Any], select_with: str, max_steps: int,
                workers: int, executor: str = "process", ray_address: str | None = None,
                baseline: bool = False, profile: str = "auto") -> dict[str, Any]:
-    from agent_selfevolve.batch import BatchConfig, read_results, run_batch
+    from agent_selfevolve.batch import BatchConfig, OutputUnwritable, read_results, run_batch
 
     config = BatchConfig(model=model, model_options=model_options(model, base_url), strategy=strategy,
                          strategy_options=strategy_options, select_with=select_with,
@@ -118,8 +107,12 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
             if not res.get("ok"):
                 console.print(f"[yellow]{res['instance_id']}: {res.get('error')}[/yellow]")
 
-        summary = run_batch(task_list, out, config, workers=workers, executor=executor, ray_address=ray_address,
-                            on_result=on_result, on_event=on_event)
+        try:
+            summary = run_batch(task_list, out, config, workers=workers, executor=executor, ray_address=ray_address,
+                                on_result=on_result, on_event=on_event)
+        except OutputUnwritable as exc:  # a clear message, not a traceback: the user reruns once there is room
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
     results = read_results(out)
     table = Table("instance", "resolved (oracle)" if select_with == "tests" else "resolved", "status", "attempts",
                   "tokens")
@@ -241,17 +234,17 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
     train_tasks = resolve_tasks(tasks, None, None, train_slice)
     held_out = resolve_tasks(tasks, None, None, held_out_slice)
     final_test = resolve_tasks(tasks, None, None, final_slice) if final_slice else []
-    from agent_selfevolve.profiles import get_profile
+    from agent_selfevolve.setups import get_setup
 
     key, base_dir = _local_base(model)
-    agent = get_profile(profile, model)
+    agent = get_setup(profile, model)
     registry = AdapterRegistry(out / "registry")
     policy = llama_cpp_policy(key, registry, base_dir, **agent.model_options(model)) if runtime == "llama" \
         else transformers_policy(base_dir)
     config = EvolveConfig(episodes=episodes, strategy=strategy, strategy_options={"n": n} if strategy == "best_of_n"
                           else {}, limits={"max_steps": max_steps}, kinds=kinds.split(","),
                           train=_train_config(lora_rank, lr, epochs, max_length),
-                          profile=agent.name, alpha=alpha)
+                          profile=profile if profile.endswith((".yaml", ".yml")) else agent.name, alpha=alpha)
     ctx = EvolveContext(train_tasks=train_tasks, held_out=held_out, final_test=final_test,
                         store=TrajectoryStore(out / "runs.sqlite"),
                         registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out, config=config,
@@ -299,7 +292,7 @@ def train(db: Annotated[Path, typer.Option(help="Trajectory store to learn from.
 def tasks_list(tasks: TasksOpt = "bundled", pattern: PatternOpt = None) -> None:
     """Print the tasks a file holds."""
     table = Table("instance_id", "kind", "repo", "F2P", "P2P")
-    for t in resolve_tasks(tasks, None, pattern, None):
+    for t in resolve_tasks(tasks, None, pattern, None, locate=False):  # listing builds no repository
         table.add_row(t.instance_id, t.kind, t.repo or t.repo_path or t.start_url or "", str(len(t.FAIL_TO_PASS)),
                       str(len(t.PASS_TO_PASS)))
     Console().print(table)
@@ -319,6 +312,36 @@ def tasks_validate(tasks: TasksOpt = "bundled", ids: IdsOpt = None, pattern: Pat
         console.print(f"{'[green]valid' if ok else '[red]INVALID'}[/] {t.instance_id}  gold={gold.resolved} "
                       f"empty={empty.resolved} {gold.error}")
     raise typer.Exit(1 if bad else 0)
+
+
+@tasks_app.command("make")
+def tasks_make(
+        projects: Annotated[list[str] | None, typer.Argument(help="Projects in sandboxes/factory/projects.json.")]
+        = None,
+        sdist: Annotated[str | None, typer.Option(help="A PyPI sdist name==version instead.")] = None,
+        sha256: Annotated[str | None, typer.Option(help="Its expected sha256 (default: recorded on download).")] = None,
+        repo: Annotated[Path | None, typer.Option(help="A local git repository (its HEAD) instead.")] = None,
+        test_path: Annotated[list[str] | None, typer.Option(help="Test paths for pytest (repeatable).")] = None,
+        seed: int = 0, max_candidates: int = 200, max_tasks: int = 100, per_function: int = 2, p2p: int = 20,
+        allow_host_copy: Annotated[bool, typer.Option(help="Make tasks even if the host imports the project.")] = False,
+        summary: Annotated[Path | None, typer.Option(help="Summary JSON per project; {project} is replaced.")] = None,
+) -> None:
+    """Mutate a project's code, keep mutants its own tests catch: validated SWE-style tasks (`--tasks factory`)."""
+    from agent_selfevolve.fileio import write_json_atomic
+    from agent_selfevolve.sources.factory import Options, make_project
+    from agent_selfevolve.sources.factory_repo import FactoryError, resolve_spec
+
+    opts = Options(seed=seed, max_candidates=max_candidates, max_tasks=max_tasks, per_function=per_function, p2p=p2p)
+    try:
+        for name in projects or [None]:  # type: ignore[list-item]
+            spec = resolve_spec(name, sdist, sha256, repo, test_path)
+            result = make_project(spec, opts, allow_host_copy=allow_host_copy, log=console.print)
+            console.print(json.dumps(result))
+            if summary:
+                write_json_atomic(str(summary).replace("{project}", spec.name), result)
+    except FactoryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -386,6 +409,30 @@ def model_fetch(key: str = typer.Argument("qwen2.5-coder-0.5b")) -> None:
     from agent_selfevolve.models.weights import ensure_gguf
 
     console.print(str(ensure_gguf(key)))
+
+
+@app.command()
+def serve(model: ModelOpt = "local", port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8000,
+          store: Annotated[Path | None, typer.Option(help="Record every conversation as a trajectory here.")] = None,
+          adapters_root: Annotated[Path | None, typer.Option(help="Adapter registry: serve its versions by name "
+                                                                   "(model='policy@3').")] = None,
+          base_url: BaseUrlOpt = None) -> None:
+    """An OpenAI-compatible endpoint (POST /v1/chat/completions, GET /v1/models) on the model and its adapters."""
+    from agent_selfevolve.serve import ServeApp, local_pool
+    from agent_selfevolve.serve_record import ConversationRecorder
+    from agent_selfevolve.store import TrajectoryStore
+
+    recorder = None
+    if store is not None:
+        db = TrajectoryStore(store)
+        recorder = ConversationRecorder(db, db.create_run("serve", {"model": model, "port": port}))
+    app_ = ServeApp(local_pool(model, adapters_root, **model_options(model, base_url)), recorder, port)
+    console.print(f"serving {', '.join(app_.pool.ids())} at {app_.base_url}"
+                  + (f" (recording run {recorder.run_id} in {store})" if recorder else ""))
+    try:
+        app_.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 def main() -> None:  # pragma: no cover

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,12 @@ from agent_selfevolve.envs.base import EnvironmentFailure
 
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "TZ", "PYTHONHASHSEED")
 MAX_OUTPUT_CHARS = 10_000
+MAX_PROCESSES = 1024
+"""More processes than this (beyond those the user already runs) and fork fails: a fork bomb stops there. The kernel
+counts per user and exempts root, so as root only the timeout (and the sandbox's pid namespace) bound it."""
+MAX_FILE_BYTES = 1 << 30
+"""No file written by a command grows past this (RLIMIT_FSIZE: the writer gets SIGXFSZ, "File size limit
+exceeded"), so a runaway `yes > out` cannot fill the disk."""
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 """Read-only in the sandbox: what bash, git and a dynamically linked interpreter need (loader, libraries, /etc)."""
 
@@ -91,8 +98,10 @@ class CommandRunner:
 
     def __init__(self, cwd: Path, timeout_s: float = 60.0, isolate: bool | None = None,
                  env: dict[str, str] | None = None, max_output_chars: int = MAX_OUTPUT_CHARS, *,
-                 readonly: Iterable[str | Path] = (), mount_at: str | None = None, hide: Iterable[str | Path] = ()):
+                 readonly: Iterable[str | Path] = (), mount_at: str | None = None, hide: Iterable[str | Path] = (),
+                 max_processes: int = MAX_PROCESSES, max_file_bytes: int = MAX_FILE_BYTES):
         self.cwd = Path(cwd).resolve()
+        self.max_processes, self.max_file_bytes = max_processes, max_file_bytes
         self.timeout_s = timeout_s
         self.isolate = bwrap_available() if isolate is None else isolate
         self.bwrap = shutil.which("bwrap") or "bwrap"  # found on our PATH, not on the scrubbed one
@@ -131,9 +140,19 @@ class CommandRunner:
         """bwrap around a small bash that reports "set up" on `marker_fd`, closes it, then execs the command, so
         that a failure of the sandbox itself is told apart from the command's own exit code."""
         run = 'exec bash -c "$1"' if shell else 'exec "$@"'
-        inner = ["bash", "-c", f"printf x >&{marker_fd} && exec {marker_fd}>&- && {run}", "bash", *command]
+        inner = ["bash", "-c", f"printf x >&{marker_fd} && exec {marker_fd}>&- && {self._ulimit()}{run}", "bash",
+                 *command]
         return [self.bwrap, *self._mounts(), "--bind", str(self.cwd), self.root, "--unshare-net", "--unshare-pid",
                 "--die-with-parent", "--chdir", self.root, *inner]
+
+    def _ulimit(self) -> str:
+        """Shell prefix setting the process and file-size limits (RLIMIT_NPROC counts all of the user's processes,
+        so the limit is what the user runs now plus `max_processes`)."""
+        uid = os.getuid()
+        running = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid)
+        nproc = _clamp(resource.RLIMIT_NPROC, running + self.max_processes)
+        blocks = _clamp(resource.RLIMIT_FSIZE, self.max_file_bytes // 1024 * 1024) // 1024  # bash counts 1 KiB
+        return f"ulimit -u {nproc} -f {max(1, blocks)} && "
 
     def run(self, command: str | list[str], timeout_s: float | None = None, stdin: str | None = None) -> CommandResult:
         """Run `command` (a shell string, or argv); raises SandboxError when the sandbox cannot run it."""
@@ -143,7 +162,8 @@ class CommandRunner:
         if self.isolate:
             argv = self._argv([command] if isinstance(command, str) else list(command), write_fd, shell)
         else:
-            argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+            argv = ["bash", "-c", f'{self._ulimit()}exec bash -c "$1"' if shell else f'{self._ulimit()}exec "$@"',
+                    "bash", *([command] if isinstance(command, str) else command)]
         start = time.monotonic()
         try:
             proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
@@ -180,6 +200,19 @@ class CommandRunner:
             text += f"\n[command timed out after {timeout:g} s and was killed]"
         return CommandResult(text, -9 if timed_out else proc.returncode, timed_out, truncated,
                              time.monotonic() - start)
+
+
+def _clamp(limit: int, wanted: int) -> int:
+    """`wanted`, or the hard limit we already run under when that is lower (raising it would fail)."""
+    hard = resource.getrlimit(limit)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def _owner(proc_dir: Path) -> int | None:
+    try:
+        return proc_dir.stat().st_uid
+    except OSError:  # the process ended meanwhile
+        return None
 
 
 def _read_marker(fd: int) -> bool:

@@ -42,3 +42,6 @@ def main(fn) -> None:  # type: ignore[no-untyped-def]
     except KeyError as exc:
         print(f"Error: missing argument {exc}")
         sys.exit(2)
+    except (TypeError, ValueError, OSError) as exc:  # wrong argument types, a NUL byte, a directory: no traceback
+        print(f"Error: {type(exc).__name__}: {exc}")
+        sys.exit(2)
