@@ -7,11 +7,10 @@ file exactly as the agent's `python` tool does (`envs/definitions.py`) and grade
 difference between variants is a difference of the first prompt alone, with no tool, check or step budget in play:
 
 - `direct`      one user turn: "Complete this Python function" + the function (what `agent_vs_direct` asks);
-- `agent`       the shipped `selfcheck` set-up's first turn: its system prompt + the text action rules listing
-                every tool + the issue + repository orientation + file preview;
-- `no_rules`    the same without the action rules and tool list (the set-up's own prompt only);
-- `code_only`   `no_rules`, and the preview shows code files only (no README, no orientation lines);
-- `user_only`   no system prompt: the issue + code preview + one line asking for the function in a python block.
+- `setup`       the shipped `selfcheck` set-up's first turn: its system prompt, the task, the repository's
+                orientation and code preview, the other actions in one line and the question last;
+- `no_system`   the same user turn without a system message (the chat template's default one);
+- `no_preview`  the set-up's turn without the orientation and code preview (the issue text alone shows the code).
 
 Resumable (`<out>/first_turn-<tag>.jsonl`, one line per variant and task); a table with paired McNemar against
 `direct` goes to stdout and `<out>/first_turn-<tag>.json`.
@@ -29,10 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent_selfevolve.action_format import TEXT_ACTION_RULES  # noqa: E402
 from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
 from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions  # noqa: E402
-from agent_selfevolve.envs.tools import describe_for_prompt  # noqa: E402
 from agent_selfevolve.evolve import mcnemar  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
 from agent_selfevolve.setups import get_setup  # noqa: E402
@@ -45,37 +42,27 @@ DIRECT_PROMPT = """Complete this Python function. Reply with the complete functi
 
 ```python
 {prompt}```"""
-ASK = "Reply with the complete, fully implemented function in one ```python code block."
-VARIANTS = ("direct", "agent", "no_rules", "code_only", "user_only")
+VARIANTS = ("direct", "setup", "no_system", "no_preview")
 _PY_BLOCK = re.compile(r"```(?:python|py)\s*\n(.*?)```", re.S)
-
-
-def _preview(files: dict[str, str]) -> str:
-    return "".join(f"\n\n{name}:\n```\n{text.rstrip()}\n```" for name, text in files.items())
 
 
 def first_turn(variant: str, task: Task, problem: dict[str, Any]) -> list[dict[str, str]]:
     """The first messages of `variant` for one task."""
     if variant == "direct":
         return [{"role": "user", "content": DIRECT_PROMPT.format(prompt=problem["prompt"])}]
-    profile = get_setup("selfcheck")
-    code = {"solution.py": stub_source(problem)}
-    if variant == "user_only":
-        return [{"role": "user", "content": f"<issue>\n{task.problem_statement}\n</issue>{_preview(code)}\n\n{ASK}"}]
-    env = CodingEnvironment(task, f"first-turn-{task.instance_id}", **profile.env_options())
+    setup = get_setup("selfcheck")
+    env = CodingEnvironment(task, f"first-turn-{task.instance_id}", **setup.env_options())
     try:
         orientation = env.reset().text
-        specs = env.tool_specs()
     finally:
         env.close()
-    system = profile.system_prompt
-    if variant == "agent":
-        system += "\n\n" + TEXT_ACTION_RULES.format(tools=describe_for_prompt(specs))
-    if variant == "code_only":
-        orientation = _preview(code).lstrip("\n")
-    user = profile.task_template.format(problem=task.problem_statement, orientation=orientation, strategy="",
-                                        guidance="")
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if variant == "no_preview":
+        orientation = ""
+    user = setup.task_template.format(problem=task.problem_statement, orientation=orientation, strategy="",
+                                      guidance="")
+    if variant == "no_system":
+        return [{"role": "user", "content": user}]
+    return [{"role": "system", "content": setup.system_prompt}, {"role": "user", "content": user}]
 
 
 def grade_first_code(task: Task, problem: dict[str, Any], reply: str) -> tuple[bool, str]:
