@@ -161,3 +161,14 @@ def test_an_attempt_whose_resamples_repeat_too_ends_at_once(task: Task) -> None:
     retries = get_setup("selfcheck").repeat_retries
     assert traj.status == "format_errors" and "also when sampled" in traj.exit_message
     assert len(model.requests) == 1 + (1 + retries)  # the first write, then one round of greedy + resamples
+
+
+def test_the_preview_leaves_out_a_file_the_issue_already_quotes(task: Task) -> None:
+    """Shown twice (in the issue and again as the file), the 0.5B's first answer drifted from its direct one; a file
+    the issue does not quote is still shown."""
+    quoting = task.model_copy(update={"problem_statement": f"Implement `words`.\n\n```python\n{STUB}```"})
+    for t, shown in ((quoting, False), (task, True)):
+        env = CodingEnvironment(t, f"sc-preview-{shown}", preview_chars=4000)
+        text = env.reset().text
+        env.close()
+        assert ("solution.py:\n```" in text) is shown, text

@@ -41,6 +41,15 @@ def answer_data_dirs() -> list[Path]:
     return [Path(r) / m for r in dict.fromkeys(roots) for m in ANSWER_DATA if (Path(r) / m).exists()]
 
 
+def quoted_in(text: str, issue: str, share: float = 0.8) -> bool:
+    """Whether the issue already quotes most of a file's lines: showing the file again only repeats it (a 0.5B's first
+    answer drifted from its direct one when a HumanEval stub followed the same function in the issue:
+    bench/first_turn_ablation.py)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    quoted = {ln.strip() for ln in issue.splitlines() if ln.strip()}
+    return bool(lines) and sum(ln in quoted for ln in lines) >= share * len(lines)
+
+
 class CodingEnvironment:
     """One attempt's sandbox. `name` identifies the worktree, so a resumed attempt re-attaches to its files.
 
@@ -123,7 +132,8 @@ class CodingEnvironment:
             size += len(text)
             if size > self.preview_chars:
                 return ""  # all or nothing: a partial view would hide where the bug is
-            shown.append(f"\n\n{name}:\n```\n{text.rstrip()}\n```")
+            if not quoted_in(text, self.task.problem_statement):
+                shown.append(f"\n\n{name}:\n```\n{text.rstrip()}\n```")
         return "".join(shown)
 
     def step(self, call: ToolCall) -> Observation:
