@@ -89,3 +89,14 @@ def emit(event: dict[str, Any], writer: EventSink | None = None, on_event: Event
         writer(event)
     if on_event is not None:
         on_event(event)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

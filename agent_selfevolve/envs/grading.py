@@ -21,6 +21,7 @@ from typing import Any
 from agent_selfevolve.envs.runner import CommandRunner
 from agent_selfevolve.envs.worktree import WorktreePool, git
 from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.infra import pid_alive
 from agent_selfevolve.tasks import Task
 
 DEFAULT_TEST_CMD = "{python} -m pytest --no-header -rA --tb=no -p no:cacheprovider {tests}"
@@ -133,19 +134,9 @@ def scratch_checkout(task: Task, pool: WorktreePool, prefix: str) -> Path:
     root = pool.root / "worktrees"
     for stale in root.glob(f"*{SCRATCH}*") if root.exists() else []:
         owner = stale.name.rsplit(SCRATCH, 1)[1].split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not pid_alive(int(owner)):
             pool.remove(stale)
     return pool.create(task, f"{prefix}{SCRATCH}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _apply_hidden_tests(path: Path, test_patch: str) -> None:

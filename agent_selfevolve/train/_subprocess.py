@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import multiprocessing as mp
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +77,4 @@ def spawn(target: str, kwargs: dict[str, Any], result_path: Path) -> SpawnedJob:
     proc = ctx.Process(target=_child, args=(target, kwargs, str(result_path)), daemon=False)
     proc.start()
     return SpawnedJob(proc, result_path)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
-from agent_selfevolve.infra import cache_root
-from agent_selfevolve.train._subprocess import pid_alive, spawn
+from agent_selfevolve.infra import cache_root, pid_alive
+from agent_selfevolve.train._subprocess import spawn
 from agent_selfevolve.train.base_model import base_model_identity, file_sha256
 
 SCHEMA = """
