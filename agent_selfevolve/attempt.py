@@ -104,8 +104,7 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, ag
                 checkpointer: BaseCheckpointSaver | None = None, evaluate: EvalMode = "tests",
                 env_factory: Callable[[Task, str], Environment] | None = None,
                 on_event: Callable[[dict[str, Any]], None] | None = None, env_options: dict[str, Any] | None = None,
-                select_with: str = "auto", judge: Judge | None = None, system_prompt: str | None = None,
-                agent_options: dict[str, Any] | None = None) -> Trajectory:
+                select_with: str = "auto", judge: Judge | None = None) -> Trajectory:
     """Run (or resume, or reuse) the attempt `spec.attempt_id` on `task` and return its trajectory.
 
     `select_with` ('proxy', 'judge', 'tests'; 'auto': judge when a judge is given, else proxy) is the reward a
@@ -113,10 +112,9 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, ag
     the hidden tests themselves: an oracle, never a held-out number. `evaluate` then grades with the task's own
     check (ground truth, stored for reports and training). An attempt stopped by its `spec.max_steps` chunk cap
     is 'unfinished' (a tree search continues it in its children) and is not graded by the hidden tests.
-    `agent` is the set-up (`setups`; a name or an AgentSetup; None: the shipped one for the task's kind; one not
-    for the task's kind gives way to the shipped one for it). `env_options` add run-time environment options
-    (a worktree pool, `isolate`) to the set-up's. `system_prompt` and `agent_options` (set-up fields, and "agent":
-    the set-up itself) are how a `SearchContext`, which has no `agent` field yet, passes its set-up on.
+    `agent` is the set-up (`setups`; a name or an AgentSetup, changed with `setup.with_overrides(...)`; None: the
+    shipped one for the task's kind; one not for the task's kind gives way to the shipped one for it).
+    `env_options` add run-time environment options (a worktree pool, `isolate`) to the set-up's.
     """
     select_with = resolve_selection(select_with, judge)
     spec = spec or AttemptSpec(task.instance_id)
@@ -124,51 +122,27 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, ag
         done = store.get(spec.attempt_id)
         assert done is not None
         return done  # finished before a crash: never re-run, never duplicate
-    setup = attempt_setup(task.kind, agent, system_prompt, agent_options)
-    limits = limits or setup.limits.apply(Limits())
-    capped = spec.max_steps is not None and spec.max_steps < limits.max_steps
-    if capped:
-        limits = replace(limits, max_steps=spec.max_steps)
+    setup = resolve_setup(agent, task.kind)
+    limits, capped = _chunk_limits(limits or setup.limits.apply(Limits()), spec.max_steps)
     options = {**setup.env_options(), **(env_options or {})}
     env = (env_factory or (lambda t, n: make_environment(t, n, **options)))(task, spec.attempt_id)
     ctx = AgentContext(model=model, env=env, limits=limits, setup=setup, model_params=spec.model_params)
     graph = compiled_agent(checkpointer)
     config: dict[str, Any] = {"configurable": {"thread_id": spec.attempt_id},
                               "recursion_limit": 4 * limits.max_steps + 4 * limits.max_format_errors + 20}
-    inputs: dict[str, Any] | None = {"task_id": task.instance_id, "problem": task.problem_statement,
-                                     "guidance": spec.guidance, "strategy": spec.strategy, "replay": spec.replay}
-    if checkpointer is not None and graph.get_state(config).values:
-        inputs = None  # resume from the last checkpoint of this thread
+    resuming = checkpointer is not None and bool(graph.get_state(config).values)
     traj = Trajectory(attempt_id=spec.attempt_id, task_id=task.instance_id, model=model.name, run_id=spec.run_id,
                       parent_ids=list(spec.parent_ids), operator=spec.operator, node_id=spec.node_id,
                       guidance=spec.guidance, strategy=spec.strategy, tools=env.tool_specs())
     start = time.monotonic()
     values: dict[str, Any] = {}
     try:
-        if on_event is None:
-            values = graph.invoke(inputs, config, context=ctx)
-        else:
-            for mode, chunk in graph.stream(inputs, config, context=ctx, stream_mode=["custom", "values"]):
-                if mode == "custom":
-                    on_event(chunk)
-                else:
-                    values = chunk
+        _run_agent(graph, None if resuming else _inputs(task, spec), config, ctx, on_event, values)
         _fill(traj, values)
         if capped and traj.status == "step_limit":
             traj.status = UNFINISHED
             traj.exit_message = f"stopped at its chunk cap of {limits.max_steps} steps; continued by descendants"
-        gradable = traj.status not in ("env_error", "error")
-        proxy = env.proxy_evaluate(traj.outcome) if gradable and "proxy" in (select_with, evaluate) else None
-        if select_with == "proxy" and proxy is not None:
-            traj.selection = {"reward": proxy.reward, "source": "proxy", "ceiling": proxy.details.get("ceiling"),
-                              "details": proxy.details}
-        elif select_with == "judge" and judge is not None and gradable:
-            traj.selection = judge(task, traj)
-        if evaluate != "none" and gradable and traj.status != UNFINISHED:
-            traj.evaluation = _ground_truth(env, traj.outcome) if evaluate == "tests" else \
-                proxy.to_dict() if proxy is not None else None
-        if select_with == "tests" and traj.evaluation is not None:  # the oracle: selection by hidden tests
-            traj.selection = {"reward": traj.reward, "source": traj.evaluation.get("source", "tests")}
+        _select_and_grade(task, traj, env, select_with, judge, evaluate)
     except Exception as exc:  # record the crash with what was checkpointed; the caller's search goes on
         if checkpointer is not None and not values:
             values = graph.get_state(config).values
@@ -184,16 +158,49 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, ag
     return traj
 
 
-def attempt_setup(task_kind: str, agent: AgentSetup | str | None = None, system_prompt: str | None = None,
-                  agent_options: dict[str, Any] | None = None) -> AgentSetup:
-    """The set-up an attempt runs with: `agent` (or `agent_options["agent"]`) for the task's kind, with the
-    other `agent_options` (set-up fields) and a non-empty `system_prompt` replacing its own."""
-    fields = dict(agent_options or {})
-    setup = resolve_setup(agent if agent is not None else fields.pop("agent", None), task_kind)
-    fields.pop("agent", None)
-    if system_prompt:
-        fields["system_prompt"] = system_prompt
-    return setup.with_overrides(**fields)
+def _chunk_limits(limits: Limits, max_steps: int | None) -> tuple[Limits, bool]:
+    """The limits under an attempt's chunk cap of `max_steps`, and whether the cap is what binds."""
+    if max_steps is not None and max_steps < limits.max_steps:
+        return replace(limits, max_steps=max_steps), True
+    return limits, False
+
+
+def _inputs(task: Task, spec: AttemptSpec) -> dict[str, Any]:
+    """The agent graph's input state for a fresh attempt."""
+    return {"task_id": task.instance_id, "problem": task.problem_statement, "guidance": spec.guidance,
+            "strategy": spec.strategy, "replay": spec.replay}
+
+
+def _run_agent(graph: Any, inputs: dict[str, Any] | None, config: dict[str, Any], ctx: AgentContext,
+               on_event: Callable[[dict[str, Any]], None] | None, values: dict[str, Any]) -> None:
+    """Run the agent graph to its end (`inputs` None: resume its thread), keeping its latest state in `values`,
+    so a crash midway still records how far it got; custom events go to `on_event`."""
+    if on_event is None:
+        values.update(graph.invoke(inputs, config, context=ctx))
+        return
+    for mode, chunk in graph.stream(inputs, config, context=ctx, stream_mode=["custom", "values"]):
+        if mode == "custom":
+            on_event(chunk)
+        else:
+            values.clear()
+            values.update(chunk)
+
+
+def _select_and_grade(task: Task, traj: Trajectory, env: Environment, select_with: str, judge: Judge | None,
+                      evaluate: EvalMode) -> None:
+    """The selection reward a search may see (computed first), then the ground-truth evaluation it may not."""
+    gradable = traj.status not in ("env_error", "error")
+    proxy = env.proxy_evaluate(traj.outcome) if gradable and "proxy" in (select_with, evaluate) else None
+    if select_with == "proxy" and proxy is not None:
+        traj.selection = {"reward": proxy.reward, "source": "proxy", "ceiling": proxy.details.get("ceiling"),
+                          "details": proxy.details}
+    elif select_with == "judge" and judge is not None and gradable:
+        traj.selection = judge(task, traj)
+    if evaluate != "none" and gradable and traj.status != UNFINISHED:
+        traj.evaluation = _ground_truth(env, traj.outcome) if evaluate == "tests" else \
+            proxy.to_dict() if proxy is not None else None
+    if select_with == "tests" and traj.evaluation is not None:  # the oracle: selection by hidden tests
+        traj.selection = {"reward": traj.reward, "source": traj.evaluation.get("source", "tests")}
 
 
 def _ground_truth(env: Environment, outcome: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,9 @@ litellm, mini-swe-agent, the openai client) run on the embedded model or on any 
   `base`) or an adapter `name@N` / `name` (its latest version). Models load on first use and stay cached (the
   least recently used beyond `max_loaded` is closed). One model generates one request at a time (a lock);
   different models run in parallel.
+- A model without tool calling (the embedded model in text mode, the transformers backend) gets the conversation
+  in the text action format (`action_format.of_model`): the client's tool calls as fenced blocks, their results
+  as "Observation:" user turns; the tools are then not passed to it.
 - `stream: true` is answered with server-sent events in the chat.completion.chunk shape, sent once the reply is
   generated (the Model protocol returns whole replies), which is what streaming clients need to work.
 - Disconnects: a request whose client has gone while it waits for its model is dropped before it generates, and
@@ -36,7 +39,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.models.base import Model, ModelError, prompt_messages
+from agent_selfevolve import action_format
+from agent_selfevolve.models.base import Model, ModelError
 from agent_selfevolve.serve_api import ApiError, ClientGone, completion_body, invalid, parse_chat_request, stream_chunks
 from agent_selfevolve.serve_record import ConversationRecorder
 
@@ -199,7 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         req = parse_chat_request(self._read_body(), {k.lower(): v for k, v in self.headers.items()})
         try:
             with app.pool.use(req.model, self._client_gone) as model:  # loading it may fail too
-                reply = model.chat(prompt_messages(req.messages), req.tools, **req.params)
+                # a text-mode model sees the client's tool calls and results as fenced blocks and observations
+                history = action_format.of_model(model).render_history(req.messages)
+                reply = model.chat(history, req.tools, **req.params)
                 name = model.name
         except ModelError as exc:
             if "context window" in str(exc):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent_selfevolve.action_format import FencedText
 from agent_selfevolve.models import weights
 from agent_selfevolve.models.base import ModelError
-from agent_selfevolve.models.llama_cpp import LlamaCppModel, parse_qwen_tool_calls, to_text_messages
+from agent_selfevolve.models.llama_cpp import LlamaCppModel, parse_qwen_tool_calls
 from agent_selfevolve.models.weights import (
     ArchivedPart,
     CorruptPartError,
@@ -259,7 +260,7 @@ def test_text_mode_renders_tool_turns_as_observations() -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls -la"}'}}
     edit = {"id": "c2", "type": "function",
             "function": {"name": "str_replace", "arguments": '{"path": "a.py", "old": "x", "new": "y"}'}}
-    out = to_text_messages([
+    out = FencedText().render_history([
         {"role": "system", "content": "sys"}, {"role": "user", "content": "fix it"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "c1", "content": "a.py"},

@@ -105,7 +105,7 @@ def test_transformers_policy_serves_the_requested_adapter(tmp_path: Path) -> Non
     pytest.importorskip("peft")
     from test_train import _tiny_model
 
-    from agent_selfevolve.models.llama_cpp import to_text_messages
+    from agent_selfevolve.action_format import FencedText
     from agent_selfevolve.serving import transformers_policy
     from agent_selfevolve.train import AdapterRegistry, base_model_identity
 
@@ -123,7 +123,8 @@ def test_transformers_policy_serves_the_requested_adapter(tmp_path: Path) -> Non
     for key, version in [("base", None), *versions.items()]:
         served = factory(version)
         replies[key] = served.chat(messages).message["content"]
-        prompt = served._tok.apply_chat_template(to_text_messages(messages), tokenize=False, add_generation_prompt=True)
+        prompt = served._tok.apply_chat_template(FencedText().render_history(messages), tokenize=False,
+                                                 add_generation_prompt=True)
         ids = served._tok(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
             logits[key] = served._model(input_ids=ids).logits

@@ -148,23 +148,6 @@ def test_dataset_builders_dedup_and_held_out(tmp_path: Path) -> None:
     assert read_jsonl(tmp_path / "d.jsonl") == json.loads(json.dumps(sft)) and len(digest) == 64
 
 
-def test_siblings_that_name_their_own_sandbox_still_pair() -> None:
-    """The first observation names each attempt's worktree (…/worktrees/<attempt id>); without reading the two
-    ids as one, no real sibling pair would share a prompt, and DPO/recovery data would silently be empty."""
-    def in_sandbox(aid: str, turns: list[tuple[str, str, str, bool]], resolved: bool) -> Trajectory:
-        traj = _traj(aid, "t1", turns, resolved)
-        traj.messages[1]["content"] += f"\nRepository root: /wt/{aid}"
-        traj.messages[3]["content"] = f"/wt/{aid}/calc.py: return a - b"
-        return traj
-
-    win, loss = in_sandbox("r:sample:1", GOOD, True), in_sandbox("r:sample:10", BAD, False)
-    out, _ = build_dataset([win, loss], kinds=("dpo", "recovery"))
-    (pair,), (row,) = out["dpo"], out["recovery"]
-    assert len(pair["prompt"]) == 4 and "/wt/r:sample:1/calc.py" in pair["prompt"][3]["content"]
-    text = json.dumps(row["messages"])
-    assert "/wt/r:sample:10" not in text and "edit mul" in text  # the failed step, told from the winner's sandbox
-
-
 def test_dataset_from_store(tmp_path: Path) -> None:
     store = TrajectoryStore(tmp_path / "s.sqlite")
     for t in _trajs():

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from test_train import _tiny_model
 
-from agent_selfevolve.models.llama_cpp import to_text_messages
+from agent_selfevolve.action_format import FencedText
 from agent_selfevolve.train.masking import IGNORE_INDEX, TokenizedRow, template_messages, tokenize_chat
 from agent_selfevolve.train.objectives import collate, dpo_loss, dpo_step, reference_logps, sequence_logps, sft_step
 
@@ -203,7 +203,7 @@ TOOLS = [{"type": "function", "function": {"name": name, "description": f"{SCHEM
 
 def _forms() -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]]:
     """Native tool calls (with schemas), and the text action format the embedded model is served with."""
-    return [("native", CONVERSATION, TOOLS), ("text", to_text_messages(CONVERSATION), None)]
+    return [("native", CONVERSATION, TOOLS), ("text", FencedText().render_history(CONVERSATION), None)]
 
 
 def _runs(row: TokenizedRow) -> list[list[int]]:

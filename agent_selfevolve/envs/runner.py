@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -94,7 +95,9 @@ class CommandRunner:
 
     Inside bwrap the command sees `readonly` (and this interpreter's prefixes, and the VIRTUAL_ENV that `env`
     names) at their own paths, `cwd` at `mount_at` (default: its own path), and nothing of `hide` even where it
-    lies inside a readonly path; `root` is where the command finds `cwd`."""
+    lies inside a readonly path; `root` is where the command finds `cwd`. Without bwrap nothing can be mounted, so
+    `mount_at` is a view: `root` is still `mount_at`, a command's paths under it are run against `cwd` and `cwd`
+    in its output reads as `mount_at`, so what an attempt is shown never names its own working copy."""
 
     def __init__(self, cwd: Path, timeout_s: float = 60.0, isolate: bool | None = None,
                  env: dict[str, str] | None = None, max_output_chars: int = MAX_OUTPUT_CHARS, *,
@@ -105,12 +108,15 @@ class CommandRunner:
         self.timeout_s = timeout_s
         self.isolate = bwrap_available() if isolate is None else isolate
         self.bwrap = shutil.which("bwrap") or "bwrap"  # found on our PATH, not on the scrubbed one
-        venv = [Path(env["VIRTUAL_ENV"])] if env and env.get("VIRTUAL_ENV") else []  # an activated venv: toolchain
+        venv = python_prefixes(Path(env["VIRTUAL_ENV"]) / "bin" / "python") if env and env.get("VIRTUAL_ENV") \
+            else []  # an activated venv and its base interpreter (another Python than ours): toolchain
         self.readonly = [*python_prefixes(), *venv, *(Path(p) for p in readonly)]
         self.hide = [Path(p).resolve() for p in hide]
         clash = mount_at is not None and any(_nested(Path(mount_at), p) or _nested(p, Path(mount_at))
                                              for p in self.readonly)
-        self.root = mount_at if self.isolate and mount_at and not clash else str(self.cwd)
+        self.root = mount_at if mount_at and not (self.isolate and clash) else str(self.cwd)
+        self._view = _PathView(self.root, [self.cwd, Path(cwd).absolute()]) if not self.isolate and mount_at \
+            else None
         self.env = scrubbed_env({**(env or {}), **({"HOME": "/tmp"} if self.isolate else {})})
         self.max_output_chars = max_output_chars
 
@@ -157,6 +163,9 @@ class CommandRunner:
     def run(self, command: str | list[str], timeout_s: float | None = None, stdin: str | None = None) -> CommandResult:
         """Run `command` (a shell string, or argv); raises SandboxError when the sandbox cannot run it."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        if self._view is not None:
+            command = self._view.to_real(command) if isinstance(command, str) else [self._view.to_real(c)
+                                                                                    for c in command]
         shell = isinstance(command, str)
         read_fd, write_fd = os.pipe() if self.isolate else (-1, -1)
         if self.isolate:
@@ -196,10 +205,30 @@ class CommandRunner:
         if self.isolate and not shell and proc.returncode == 127 and not timed_out:
             raise SandboxError(f"{command[0]} cannot be run inside the sandbox: {text.strip()[-2000:]}")
         truncated = truncated or reader.dropped > 0
+        if self._view is not None:
+            text = self._view.to_view(text)
         if timed_out:
             text += f"\n[command timed out after {timeout:g} s and was killed]"
         return CommandResult(text, -9 if timed_out else proc.returncode, timed_out, truncated,
                              time.monotonic() - start)
+
+
+class _PathView:
+    """An unsandboxed runner's stand-in for a mount: `root` (say /testbed) in commands means the real directory,
+    and the real directory in output reads as `root`."""
+
+    def __init__(self, root: str, real: list[Path]) -> None:
+        self.real = str(real[0])
+        self._root = re.compile(r"(?<![\w./-])" + re.escape(root) + r"(?![\w.-])")
+        forms = sorted({str(p) for p in real}, key=len, reverse=True)  # the longer form first
+        self._real = re.compile("|".join(re.escape(f) for f in forms) + r"(?![\w.-])")
+        self.root = root
+
+    def to_real(self, text: str) -> str:
+        return self._root.sub(lambda _: self.real, text)
+
+    def to_view(self, text: str) -> str:
+        return self._real.sub(lambda _: self.root, text)
 
 
 def _clamp(limit: int, wanted: int) -> int:

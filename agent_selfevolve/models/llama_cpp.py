@@ -6,7 +6,9 @@ Two ways to get actions out of a small model (`tool_mode`):
   the reply is constrained by a grammar to exactly one `<tool_call>{"name": <known tool>, "arguments": {...}}
   </tool_call>`, and that is parsed into OpenAI `tool_calls` here.
 - "text": no tool schemas; the agent lists tools in its system prompt and the model answers with a thought and
-  one fenced block named after the tool. Tool results go back as user "Observation:" messages.
+  one fenced block named after the tool. Tool results go back as user "Observation:" messages. The caller renders
+  the history so (`action_format.FencedText`, chosen by `supports_tools`); this backend renders whatever messages
+  it gets with the GGUF's chat template, in both modes.
 
 Measured with Qwen2.5-Coder-0.5B-Instruct Q4_K_M on 10 agent prompts (6 first turns of bug-fix tasks, 4 later
 turns), greedy: replies the agent could parse into a valid call of a real tool were native+grammar 10/10,
@@ -33,7 +35,6 @@ from agent_selfevolve.models.llama_messages import (  # noqa: F401  (re-exported
     assistant_message,
     parse_qwen_tool_calls,
     to_template_messages,
-    to_text_messages,
     tool_call_grammar_text,
 )
 from agent_selfevolve.models.weights import DEFAULT_MODEL, MODELS, WeightsError, ensure_gguf
@@ -241,10 +242,11 @@ class LlamaCppModel:
     # ------------------------------------------------------------------------------------------------- chat
 
     def chat(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, **params: Any) -> ModelReply:
-        """One assistant turn. Unknown `params` (meant for other backends) are ignored."""
+        """One assistant turn. Unknown `params` (meant for other backends) are ignored, and so are `tools` in text
+        mode: `messages` come in the model's action format (`action_format.of_model`)."""
         start = time.monotonic()
         native = self.tool_mode == "native" and bool(tools)
-        prompt = to_template_messages(messages) if self.tool_mode == "native" else to_text_messages(messages)
+        prompt = to_template_messages(messages)
         sampling: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
                                     "repeat_penalty": self.repeat_penalty}
         sampling.update({k: v for k, v in params.items() if k in _SAMPLING_PARAMS and v is not None})

@@ -1,5 +1,6 @@
-"""Message formats for the embedded model: OpenAI messages to what the GGUF's template or the text action
-format expects, and Qwen's <tool_call> replies back to OpenAI `tool_calls` (see `llama_cpp` for the two modes)."""
+"""Message formats for the embedded models: OpenAI messages as a chat template (the GGUF's, or a transformers
+tokenizer's) takes them, and Qwen's <tool_call> replies back to OpenAI `tool_calls` (see `llama_cpp` for the two
+modes). Rendering a history in the text action format is the action format's job (`action_format.FencedText`)."""
 
 from __future__ import annotations
 
@@ -78,21 +79,6 @@ def parse_qwen_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:
     return content, tool_calls
 
 
-def _text_action(call: dict[str, Any]) -> str:
-    """An earlier native tool call, rewritten in the fenced text format so the history is in one format."""
-    fn = call.get("function", {})
-    name, args = fn.get("name", ""), fn.get("arguments") or "{}"
-    try:
-        parsed = json.loads(args) if isinstance(args, str) else args
-    except json.JSONDecodeError:
-        parsed = None
-    if name == "bash" and isinstance(parsed, dict) and isinstance(parsed.get("command"), str):
-        body = parsed["command"]
-    else:
-        body = json.dumps(parsed) if parsed is not None else str(args)
-    return f"```{name}\n{body}\n```"
-
-
 def assistant_message(text: str, native: bool) -> Message:
     """The reply as an assistant message; in native mode its <tool_call> blocks become OpenAI `tool_calls`."""
     if not native:
@@ -107,27 +93,9 @@ def assistant_message(text: str, native: bool) -> Message:
     return message
 
 
-def to_text_messages(messages: list[Message]) -> list[dict[str, str]]:
-    """Messages for text mode: tool results become user 'Observation:' turns, tool calls become fenced blocks."""
-    out: list[dict[str, str]] = []
-    for m in messages:
-        role, content = m.get("role", "user"), m.get("content") or ""
-        if not isinstance(content, str):  # OpenAI content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if role == "tool":
-            out.append({"role": "user", "content": f"Observation:\n{content}"})
-        elif role == "assistant" and m.get("tool_calls"):
-            blocks = "\n".join(_text_action(c) for c in m["tool_calls"])
-            out.append({"role": "assistant", "content": f"{content}\n{blocks}".strip()})
-        elif role in ("system", "user", "assistant"):
-            out.append({"role": role, "content": content})
-        else:
-            out.append({"role": "user", "content": content})
-    return out
-
-
 def to_template_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Messages for native mode: the Qwen template wants tool-call arguments as objects and content as str."""
+    """Messages as a chat template takes them: content as str, tool-call arguments as objects (Qwen's template
+    renders them with `tojson`), and only the keys a template reads."""
     out: list[dict[str, Any]] = []
     for m in messages:
         msg: dict[str, Any] = {"role": m.get("role", "user"), "content": m.get("content") or ""}

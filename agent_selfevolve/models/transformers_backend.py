@@ -2,7 +2,8 @@
 
 Slower than llama.cpp on CPU, but it runs exactly the weights being trained (no GGUF conversion), which makes
 it the fallback runtime and the reference for checking that an exported adapter behaves the same.
-Text action mode only (tools are described in the prompt), like the embedded llama.cpp default.
+Text action mode only (tools are described in the prompt; the caller renders the history in the text format,
+`action_format.FencedText`), like the embedded small-model set-ups; this backend only applies the chat template.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.models.base import Message, ModelError, ModelReply, Usage
-from agent_selfevolve.models.llama_cpp import to_text_messages
+from agent_selfevolve.models.llama_messages import to_template_messages
 
 
 class TransformersModel:
@@ -55,7 +56,7 @@ class TransformersModel:
             if self._model is None:
                 self._load()
             start = time.monotonic()
-            text = self._tok.apply_chat_template(to_text_messages(messages), tokenize=False,
+            text = self._tok.apply_chat_template(to_template_messages(messages), tokenize=False,
                                                  add_generation_prompt=True)
             ids = self._tok(text, return_tensors="pt").input_ids.to(self._model.device)
             if ids.shape[1] >= self.max_context:

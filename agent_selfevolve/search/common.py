@@ -87,12 +87,9 @@ class SearchContext:
     judge: Judge | None = None
     attempt_checkpointer: BaseCheckpointSaver | None = None
     env_options: dict[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = None
-    """The agent's system prompt (None: the environment's default)."""
     agent: AgentSetup | str | None = None
-    """The agent set-up (agent_selfevolve/setups; None: the shipped one for the task's kind)."""
-    agent_options: dict[str, Any] = field(default_factory=dict)
-    """Set-up fields to override (see `attempt.attempt_setup`)."""
+    """The agent set-up (agent_selfevolve/setups; None: the shipped one for the task's kind); to change a field,
+    pass `setup.with_overrides(...)`."""
     operator_model: Model | None = None
     """Model for search operators (reflection, diagnosis); defaults to `model`."""
     started_at: float = field(default_factory=time.time)
@@ -153,8 +150,7 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
         limits = replace(limits, max_steps=min(ctx.limits.max_steps, limits.max_steps + len(spec.replay)))
     traj = run_attempt(ctx.task, ctx.model, spec, limits=limits, store=ctx.store,
                        checkpointer=ctx.attempt_checkpointer, select_with=ctx.select_with, judge=ctx.judge,
-                       env_options=ctx.env_options, system_prompt=ctx.system_prompt,
-                       agent=ctx.agent, agent_options=ctx.agent_options)
+                       env_options=ctx.env_options, agent=ctx.agent)
     rec = record_of(traj)
     used = Usage.from_dict(payload.get("used")) + traj.total_usage
     event = AttemptFinished(event="attempt_finished", task_id=traj.task_id, attempt_id=traj.attempt_id,

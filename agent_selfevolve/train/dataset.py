@@ -7,10 +7,12 @@ prove that no held-out task leaked into a dataset. An assistant message with "we
 convention) is context, not a target: the masker gives it no loss.
 
 Siblings are the *finished* attempts at one task within one run (same run_id and task_id); they share the system
-and user messages, and often a longer prefix when a search branched from a common state. An attempt a tree search
-stopped at its step chunk ('unfinished') goes on in its descendants, and one the sandbox or provider broke says
-nothing about the policy: neither is ever a "rejected" side or a failed path. First user messages are rebuilt
-unguided by default (`canonical.py`); the report says so, and why any requested kind came out empty.
+and user messages, and often a longer prefix when a search branched from a common state. Their messages are compared
+as recorded: every attempt is shown its repository at one fixed path (/testbed, sandboxed or not: `envs.runner`),
+so nothing in them names the attempt. An attempt a tree search stopped at its step chunk ('unfinished') goes on in
+its descendants, and one the sandbox or provider broke says nothing about the policy: neither is ever a "rejected"
+side or a failed path. First user messages are rebuilt unguided by default (`canonical.py`); the report says so,
+and why any requested kind came out empty.
 
 Recovery rows (after Agent-R, arXiv 2501.11425), defined simply here: take a failed attempt F and its successful
 sibling S. Let k be the first message where they differ (moved back to an assistant turn). F's *first wrong
@@ -28,7 +30,6 @@ import copy
 import hashlib
 import json
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -213,17 +214,9 @@ def _visible(trajs: Iterable[Trajectory], held_out: set[str], report: DatasetRep
     return out
 
 
-def seen_from(f: Trajectory, s: Trajectory) -> list[Message]:
-    """`f`'s messages with its attempt id (which names its sandbox, e.g. the worktree path in the first
-    observation) replaced by `s`'s, so siblings compare equal up to where they really part and a spliced row
-    names one sandbox throughout."""
-    own = re.compile(re.escape(f.attempt_id) + r"(?![\w:.-])")
-    return json.loads(own.sub(s.attempt_id, json.dumps(f.messages)))
-
-
 def _best_partner(f: Trajectory, successes: list[Trajectory]) -> Trajectory:
     """The successful sibling closest to `f`: longest shared prefix, then highest reward, then id."""
-    return max(successes, key=lambda s: (shared_prefix_len(seen_from(f, s), s.messages), s.reward, s.attempt_id))
+    return max(successes, key=lambda s: (shared_prefix_len(f.messages, s.messages), s.reward, s.attempt_id))
 
 
 # -- builders -----------------------------------------------------------------------------------------------------
@@ -256,7 +249,7 @@ def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pai
         task_rows = []
         for f in losses:
             s = _best_partner(f, wins)
-            f_messages = seen_from(f, s)
+            f_messages = f.messages
             k = branch_point(s.messages, f_messages)
             if k is None:
                 continue
@@ -281,13 +274,13 @@ def recovery_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
             if not wins:
                 break
             s = _best_partner(f, wins)
-            f_messages = seen_from(f, s)
+            f_messages = f.messages
             k = branch_point(s.messages, f_messages)
             if k is None or k >= len(s.messages) or k >= len(f_messages) or f_messages[k].get("role") != "assistant":
                 continue
             errors = _turn_errors(f)
             wrong = next((i for i in sorted(errors) if i >= k and errors[i]), k)
-            bad = f_messages[k:_turn_end(f_messages, wrong)]
+            bad = copy.deepcopy(f_messages[k:_turn_end(f_messages, wrong)])
             for m in bad:
                 if m.get("role") == "assistant":
                     m["weight"] = 0
@@ -363,7 +356,7 @@ def why_empty(kind: str, trajs: Sequence[Trajectory], report: DatasetReport) -> 
         return ("no task has both a resolved and a failed finished attempt in one run (these rows need siblings: "
                 "a search with several attempts per task)" + tail)
     pairs = [(f, _best_partner(f, [t for t in g if t.resolved])) for g in both for f in g if not f.resolved]
-    if all(branch_point(s.messages, seen_from(f, s)) is None for f, s in pairs):
+    if all(branch_point(s.messages, f.messages) is None for f, s in pairs):
         hint = ("a guided search such as SE-Agent gives each attempt its own strategy/guidance; prompts='canonical' "
                 "removes it" if report.prompts == "as_run" else "their prompts were built differently")
         return (f"{len(both)} task(s) have a resolved and a failed sibling, but no pair shares its first messages "
