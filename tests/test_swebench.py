@@ -37,6 +37,7 @@ def test_lite_has_300_mapped_instances(data_cache: Path) -> None:
     assert all(t.patch and t.test_patch and t.FAIL_TO_PASS and t.kind == "swe" for t in tasks)
     assert all(not set(LEAKY) & set(t.model_extra or {}) for t in tasks)
     assert all((t.model_extra or {}).get("test_env") == "venv" for t in tasks)
+    assert all((t.model_extra or {}).get("spec_source") == "swebench" for t in tasks)  # graded by SWE-bench's specs
     assert sum(bool(t.version) for t in tasks) == 93  # the Lite instances that are also in Verified
 
 

@@ -90,6 +90,16 @@ def parse_test_output(output: str) -> dict[str, str]:
     return status
 
 
+def parse_task_output(task: Task, output: str) -> dict[str, str]:
+    """SWE-bench's own log parser when the task names one (`log_parser`: its repo), else pytest -rA lines."""
+    parser = (task.model_extra or {}).get("log_parser")
+    if parser:
+        from agent_selfevolve.sources.swebench_specs import parse_log
+
+        return parse_log(str(parser), output)
+    return parse_test_output(output)
+
+
 def test_command(task: Task, tests: list[str], python: str | None = None) -> str:
     """The shell command that runs `tests` for `task`: its own `test_cmd`, else pytest -rA."""
     return (task.test_cmd or DEFAULT_TEST_CMD).format(python=shlex.quote(python or sys.executable),
@@ -176,6 +186,7 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
     env_dir: Path | None = None
     if python is None and pyenv.wants_test_env(task):
         try:
+            task = pyenv.with_env_spec(task, pool)  # SWE-bench's spec: its Python, test command, parser
             env_dir = pyenv.test_env_for(task, pool.root, pool)
         except pyenv.EnvBuildError as exc:
             report.error = str(exc).splitlines()[0][:500]
@@ -202,7 +213,7 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
         result = CommandRunner(path, timeout_s=timeout_s, max_output_chars=2_000_000, env=run_env).run(
             f"echo '{START}'; {cmd}; echo '{END}'")
         report.test_output = result.output
-        status = parse_test_output(result.output)
+        status = parse_task_output(task, result.output)
         if result.timed_out:
             report.error = f"tests timed out after {timeout_s:g} s"
         report.tests_status = buckets = _buckets(task, status)

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent_selfevolve.envs import interpreters
 from agent_selfevolve.envs.worktree import WorktreePool
 from agent_selfevolve.fileio import file_lock
 from agent_selfevolve.infra import GitError, cache_root, git
@@ -53,7 +54,8 @@ SKIP_OUTPUT_DIRS = ("build/", "dist/", ".eggs/", ".tox/", ".nox/", "node_modules
 DEFAULT_INSTALL = "python -m pip install -e ."
 INSTALLER_ENV = "AGENT_SELFEVOLVE_ENV_INSTALLER"
 """`auto` (uv when it can be had, else pip), or `pip`."""
-PYTHON_RELEASED = {(3, 10): "2021-10-04", (3, 11): "2022-10-24", (3, 12): "2023-10-02", (3, 13): "2024-10-07",
+PYTHON_RELEASED = {(3, 6): "2016-12-23", (3, 7): "2018-06-27", (3, 8): "2019-10-14", (3, 9): "2020-10-05",
+                   (3, 10): "2021-10-04", (3, 11): "2022-10-24", (3, 12): "2023-10-02", (3, 13): "2024-10-07",
                    (3, 14): "2025-10-07"}
 """Release dates: tools (pytest, build deps) older than the running Python mostly do not run on it."""
 
@@ -70,14 +72,21 @@ def _hint(task: Task, name: str) -> Any:
     return (task.model_extra or {}).get(name)
 
 
+def target_python(task: Task) -> str:
+    """The CPython X.Y the task's env uses: its `python` field (from its SWE-bench spec), else the running one."""
+    return str(_hint(task, "python") or f"{sys.version_info.major}.{sys.version_info.minor}")
+
+
 def env_key(task: Task, pool: WorktreePool) -> str:
-    """`<repo>-<version>-py311`; without a version, a hash of the dependency files at the base commit."""
+    """`<repo>-<version>-py39` (the env's Python); without a version, a hash of the dependency files at the base
+    commit and of the task's install hints."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", task.repo or Path(task.repo_path or "repo").name).strip("_")
-    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    py = "py" + target_python(task).replace(".", "")
     if task.version:
         return f"{slug}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', task.version)}-{py}"
     listing = git("ls-tree", task.base_commit or "HEAD", "--", *DEP_FILES, cwd=pool.mirror(task))
-    hints = json.dumps([_hint(task, "pip_packages"), _hint(task, "install_cmd")])
+    hints = json.dumps([_hint(task, "pip_packages"), _hint(task, "install_cmd"), _hint(task, "env_spec")],
+                       sort_keys=True)
     return f"{slug}-deps{hashlib.sha1((listing + hints).encode()).hexdigest()[:10]}-{py}"
 
 
@@ -90,9 +99,12 @@ def test_env_for(task: Task, cache_dir: str | Path | None = None, pool: Worktree
     """The env directory for the task (built on first use), or None when the task does not ask for one."""
     if not wants_test_env(task):
         return None
+    from agent_selfevolve.envs.swebench_env import with_env_spec
+
     root = cache_root(cache_dir)
     pool = pool or WorktreePool(root)
     try:
+        task = with_env_spec(task, pool)
         key = env_key(task, pool)
     except GitError as exc:  # RepoError included
         raise EnvBuildError(f"test env for {task.instance_id}: {exc}") from exc
@@ -106,7 +118,11 @@ def test_env_for(task: Task, cache_dir: str | Path | None = None, pool: Worktree
         if failed.exists():
             reason = json.loads(failed.read_text(encoding="utf-8")).get("reason", "unknown")
             raise EnvBuildError(f"test env {key} failed before (delete {failed} to retry): {reason}")
-        _build(task, env, pool, timeout_s)
+        try:  # a missing Python is the host's to fix, not remembered as a failed build
+            python = interpreters.require_python(target_python(task))
+        except interpreters.MissingInterpreter as exc:
+            raise EnvBuildError(f"test env for {task.instance_id}: {exc}") from exc
+        _build(task, env, pool, timeout_s, python)
     return env
 
 
@@ -235,12 +251,17 @@ def _add_test_requirements(uv: Path, py: str, names: list[str], cutoffs: list[st
 
 
 def _install(task: Task, env: Path, commit_date: str, timeout_s: float, run_env: dict[str, str]) -> dict[str, Any]:
-    """Install into the venv; return how (recorded in ready.json)."""
+    """Install into the venv (by the task's SWE-bench spec when it has one); return how (recorded in ready.json)."""
     src, log, py = env / "src", env / "build.log", str(venv_python(env))
     extra = _hint(task, "pip_packages")
     packages = shlex.split(extra) if isinstance(extra, str) else list(extra or [])
     choice = os.environ.get(INSTALLER_ENV, "auto")
     uv = uv_binary(env.parents[1]) if choice != "pip" and not _hint(task, "install_cmd") else None
+    target = tuple(int(x) for x in target_python(task).split("."))
+    if isinstance(_hint(task, "env_spec"), dict):
+        from agent_selfevolve.envs.swebench_env import install_from_spec
+
+        return install_from_spec(task, env, py, uv, (target[0], target[1]), timeout_s, run_env)
     if uv is None:
         pip = [py, "-m", "pip", "install", "-q"]
         if packages:
@@ -250,7 +271,7 @@ def _install(task: Task, env: Path, commit_date: str, timeout_s: float, run_env:
     else:
         # Unpinned dependencies resolve as of the commit's date (what its CI saw); tools (build deps, pytest)
         # no older than this Python, whose oldest releases do not run on it.
-        floor = PYTHON_RELEASED.get(sys.version_info[:2], "")
+        floor = PYTHON_RELEASED.get((target[0], target[1]), "")
         tool_cutoff = floor if floor > commit_date[:10] else commit_date
         uvi = [str(uv), "pip", "install", "-q", "--python", py]
         _run([*uvi, "wheel"], src, log, timeout_s, run_env)
@@ -269,7 +290,7 @@ def _install(task: Task, env: Path, commit_date: str, timeout_s: float, run_env:
     return how
 
 
-def _build(task: Task, env: Path, pool: WorktreePool, timeout_s: float) -> None:
+def _build(task: Task, env: Path, pool: WorktreePool, timeout_s: float, python: Path) -> None:
     mirror = pool.mirror(task)
     _remove_env(env, mirror)
     env.mkdir(parents=True)
@@ -287,7 +308,7 @@ def _build(task: Task, env: Path, pool: WorktreePool, timeout_s: float) -> None:
         commit_date = git("show", "-s", "--format=%cI", commit, cwd=mirror).strip()
         with file_lock(mirror / "worktree.lock"):
             git("worktree", "add", "--quiet", "--force", "--detach", str(env / "src"), commit, cwd=mirror)
-        _run([sys.executable, "-m", "venv", str(env / "venv")], env, env / "build.log", 300, run_env)
+        _run([str(python), "-m", "venv", str(env / "venv")], env, env / "build.log", 300, run_env)
         how = _install(task, env, commit_date, timeout_s, run_env)
     except (EnvBuildError, GitError) as exc:
         reason = f"{exc} (log: {env / 'build.log'})"
@@ -296,7 +317,8 @@ def _build(task: Task, env: Path, pool: WorktreePool, timeout_s: float) -> None:
         raise EnvBuildError(f"test env for {task.instance_id}: {reason}") from exc
     freeze = subprocess.run([str(venv_python(env)), "-m", "pip", "freeze"], capture_output=True, text=True,
                             env=run_env).stdout.split()
-    (env / "ready.json").write_text(json.dumps({"python": str(venv_python(env)), "commit": commit,
+    (env / "ready.json").write_text(json.dumps({"python": str(venv_python(env)), "base_python": str(python),
+                                                "python_version": target_python(task), "commit": commit,
                                                 "repo": task.repo, "version": task.version, **how,
                                                 "packages": freeze, "elapsed_s": round(time.monotonic() - start, 1)},
                                                indent=2))
@@ -342,3 +364,10 @@ def runner_env(env: Path, worktree: Path) -> dict[str, str]:
 
 
 test_env_for.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever its name
+
+
+def with_env_spec(task: Task, pool: WorktreePool) -> Task:
+    """The task with its SWE-bench spec applied (see envs/swebench_env.py); unchanged without one."""
+    from agent_selfevolve.envs.swebench_env import with_env_spec as apply
+
+    return apply(task, pool)

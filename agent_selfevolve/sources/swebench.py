@@ -113,6 +113,7 @@ def to_task(record: dict[str, Any], version: str = "", test_env: str | None = "v
         data["version"] = version
     if test_env:
         data["test_env"] = test_env
+        data["spec_source"] = "swebench"  # grading takes Python, install and test steps from SWE-bench's specs
     clone = _local_clone(str(data.get("repo", "")), mirror_dir)
     if clone:
         data["repo_path"] = clone
@@ -147,7 +148,7 @@ def swebench_task_file(split: Split = "lite", cache_dir: str | Path | None = Non
     """
     mirrors = mirror_dir_from_env(mirror_dir)
     suffix = f"-{hashlib.sha1(str(mirrors.resolve()).encode()).hexdigest()[:8]}" if mirrors else ""
-    path = data_dir(cache_dir) / f"swebench_{split}{suffix}.jsonl"
+    path = data_dir(cache_dir) / f"swebench_{split}{suffix}.v2.jsonl"  # v2: with spec_source
     if mirrors or not path.exists():
         tasks = swebench_tasks(split, cache_dir, mirror_dir=mirrors)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
