@@ -1,5 +1,6 @@
 """SE-Agent evolution with the scripted FAKE model on a tiny git repo: operator order and inputs, guidance
-reaching the child's prompt, elites, budget stop, lineage, task scoping, and resume after kill -9."""
+reaching the child's prompt, elites, budget stop, lineage, task scoping, and resume after kill -9.
+(The operators' own children and guidance: test_se_agent_operators.py.)"""
 
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ from agent_selfevolve.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATS = ["STRAT-A read the code.", "STRAT-B look at the tests.", "STRAT-C submit at once.", "STRAT-D guess."]
+HIDDEN_MARK = "HIDDEN-VERDICT-MARK-7a1"
+"""In the hidden test's failure message: it is in every failing attempt's evaluation, and must never be in a prompt."""
 TEST_PATCH = "\n".join([
     "diff --git a/tests/test_calc.py b/tests/test_calc.py", "--- a/tests/test_calc.py", "+++ b/tests/test_calc.py",
     "@@ -2,3 +2,6 @@ from calc import add", " ", " def test_zero():", "     assert add(1, 0) == 1", "+",
-    "+def test_add():", "+    assert add(2, 3) == 5", ""])
+    "+def test_add():", f"+    assert add(2, 3) == 5, '{HIDDEN_MARK}'", ""])
 
 
 def make_task(root: Path) -> Task:
@@ -92,6 +95,8 @@ class Scenario:
                                             "guidance": "REVISION-GUIDANCE: FIX-IT by making add return a + b."}),
             "recombine": lambda u: "```json\n" + json.dumps({"strategy": "STRAT-X merged.",
                                                              "guidance": "RECOMB-GUIDANCE: read then edit."}) + "\n```",
+            "refine": lambda u: json.dumps({"strategy": "STRAT-F finish it.", "risks": ["REFINE-RISK: notes only"],
+                                            "guidance": "REFINE-GUIDANCE: keep the note, then FIX-IT."}),
             **(ops or {})}
         self.op_calls: list[tuple[str, str]] = []
 
@@ -108,10 +113,18 @@ class Scenario:
         return moves[min(done, len(moves) - 1)]
 
 
-def first_prompts(model: ScriptedFakeModel) -> list[str]:
-    """The first user prompt of every attempt the agent model was asked to start."""
-    return [req[1]["content"] for req in model.requests
-            if operator_kind(req) is None and not any(m["role"] == "assistant" for m in req)]
+def assistant_turns(request: list[Message]) -> int:
+    return sum(1 for m in request if m["role"] == "assistant")
+
+
+def agent_requests(model: ScriptedFakeModel, prompt: str | None = None) -> list[list[Message]]:
+    """Every request the agent (not an operator) sent, or only those of the attempt whose first prompt is `prompt`."""
+    return [r for r in model.requests if operator_kind(r) is None and prompt in (None, r[1]["content"])]
+
+
+def prompts_run(model: ScriptedFakeModel) -> set[str]:
+    """The first user prompt of every attempt the agent model worked on (replayed turns cost no request)."""
+    return {r[1]["content"] for r in agent_requests(model)}
 
 
 def agent_prompt(model: ScriptedFakeModel, store: TrajectoryStore, attempt_id: str) -> str:
@@ -120,7 +133,9 @@ def agent_prompt(model: ScriptedFakeModel, store: TrajectoryStore, attempt_id: s
     traj = store.get(attempt_id)
     assert traj is not None, f"no attempt {attempt_id}"
     prompt = traj.messages[1]["content"]
-    assert first_prompts(model).count(prompt) == 1, f"the model never (or twice) started {attempt_id}"
+    requests = agent_requests(model, prompt)
+    first = min((assistant_turns(r) for r in requests), default=-1)  # after the replayed turns, if any
+    assert sum(assistant_turns(r) == first for r in requests) == 1, f"the model never (or twice) started {attempt_id}"
     return prompt
 
 
@@ -158,8 +173,8 @@ def test_operator_replies_are_parsed_robustly() -> None:
     assert parse_rating('{"quality": 42}')["quality"] == 1.0
     assert parse_rating("I would give it a seven") is None
     assert parse_rating('{"quality": true}') is None
-    assert parse_plan('text {"guidance": "do X", "strategy": 3} tail') == {
-        "guidance": "do X", "strategy": "", "failure_points": []}
+    assert parse_plan('text {"guidance": "do X", "strategy": 3, "risks": "a risk"} tail') == {
+        "guidance": "do X", "strategy": "", "failure_points": [], "risks": ["a risk"]}
     assert parse_plan('{"strategy": "only a strategy"}') is None
     assert parse_plan("{not json") is None
 
@@ -189,9 +204,9 @@ def test_operators_order_inputs_guidance_elites_lineage_and_scoping(env: tuple[T
 
     ids = {k: f"se-1:g0:initial:{k}" for k in range(4)}
     a, b, c, a2 = ids[0], ids[1], ids[2], "se-1:g0:mutation:4"
-    rev, rec = "se-1:g1:revision:0", "se-1:g1:recombination:0"
+    rev, rec, ref = "se-1:g1:revision:0", "se-1:g1:recombination:0", "se-1:g1:refinement:0"
     kinds = [k for k, _ in scenario.op_calls]
-    assert kinds == ["rate"] * 5 + ["revise", "recombine"] + ["rate"] * 2
+    assert kinds == ["rate"] * 5 + ["revise", "recombine", "refine"] + ["rate"] * 3
     assert all(foreign not in u for _, u in scenario.op_calls)
     # the revision reflects on the failing trajectory's own summary (the best-scored failure: A)
     assert summarize_trajectory(store.get(a)) in scenario.op_calls[5][1]
@@ -209,30 +224,33 @@ def test_operators_order_inputs_guidance_elites_lineage_and_scoping(env: tuple[T
     # lineage in the store
     assert lineage(store, "se-1") == {
         **{i: ("initial", []) for i in ids.values()}, a2: ("mutation", [a]), rev: ("revision", [a]),
-        rec: ("recombination", [a, b])}
-    assert result.best_attempt_id == rev and result.best_reward == 1.0 and result.resolved
+        rec: ("recombination", [a, b]), ref: ("refinement", [a])}
+    assert result.best_attempt_id in (rev, ref) and result.best_reward == 1.0 and result.resolved
+    scores = result.extra["scores"]
+    assert scores[result.best_attempt_id] == max(scores.values())  # equal rewards: the best score wins
     assert result.stop_reason == "perfect reward after generation 1"
     agent_calls = sum(1 for r in model.requests if operator_kind(r) is None)
-    assert result.usage["calls"] == agent_calls + 9  # operator calls count against the budget too
-    assert result.extra["operator_calls"] == 9 and result.extra["operator_fallbacks"] == 0
+    assert result.usage["calls"] == agent_calls + 11  # operator calls count against the budget too
+    assert result.extra["operator_calls"] == 11 and result.extra["operator_fallbacks"] == 0
     assert store.get_run("se-1")["status"] == "done"
 
 
 def test_malformed_operator_replies_fall_back_and_the_search_goes_on(env: tuple[Task, TrajectoryStore]) -> None:
     task, store = env
     scenario = Scenario({"rate": lambda u: "great attempt, 8 out of 10", "revise": lambda u: "I cannot comply",
-                         "recombine": lambda u: {"error": "provider down"}})
+                         "recombine": lambda u: {"error": "provider down"}, "refine": lambda u: "{'no': json"})
     model = ScriptedFakeModel(scenario)
     result = se_agent(SearchContext(task=task, model=model, store=store), pool_size=2, generations=1, elites=2,
                       revisions=1, recombinations=1, strategies=STRATS[:2], run_id="se-bad", max_concurrency=2)
-    assert result.attempts == 4 and result.stop_reason == "completed 1 generations"
+    assert result.attempts == 5 and result.stop_reason == "completed 1 generations"
     log = result.extra["operators"]
-    assert [e["operator"] for e in log] == ["rate", "rate", "revise", "recombine", "rate", "rate"]
-    assert not any(e["ok"] for e in log) and result.extra["operator_fallbacks"] == 6
+    assert [e["operator"] for e in log] == ["rate", "rate", "revise", "recombine", "refine", "rate", "rate", "rate"]
+    assert not any(e["ok"] for e in log) and result.extra["operator_fallbacks"] == 8
     assert "provider down" in log[3]["error"] and log[2]["reply"] == "I cannot comply"
     prompt = agent_prompt(model, store, "se-bad:g1:revision:0")
     assert "Do not repeat it" in prompt and STRATS[0] in prompt  # fallback guidance + an untried strategy
     assert "Two earlier attempts used different approaches" in agent_prompt(model, store, "se-bad:g1:recombination:0")
+    assert "its work is already in place" in agent_prompt(model, store, "se-bad:g1:refinement:0")
 
 
 def test_budget_stops_cleanly_with_the_best_so_far(env: tuple[Task, TrajectoryStore]) -> None:
@@ -256,13 +274,15 @@ def test_budget_stops_cleanly_with_the_best_so_far(env: tuple[Task, TrajectorySt
 def test_converges_without_improvement_and_survives_a_crashed_attempt(env: tuple[Task, TrajectoryStore]) -> None:
     task, store = env
     scenario = Scenario({"rate": lambda u: '{"quality": 3}',
-                         "revise": lambda u: json.dumps({"strategy": "STRAT-R", "guidance": "try again"})})
+                         "revise": lambda u: json.dumps({"strategy": "STRAT-R", "guidance": "try again"}),
+                         "refine": lambda u: json.dumps({"strategy": "STRAT-F", "guidance": "polish it"})})
     model = ScriptedFakeModel(scenario)
     result = se_agent(SearchContext(task=task, model=model, store=store), pool_size=3, generations=5, elites=2,
                       revisions=1, recombinations=1, patience=1, strategies=["STRAT-C", "CRASH-ME", "STRAT-D"],
                       run_id="se-flat", max_concurrency=3)
     assert result.stop_reason.startswith("converged: best score") and result.extra["generations"] == 1
-    assert result.attempts == 5 and store.get("se-flat:g0:initial:1").status == "error"
+    assert result.attempts == 6 and store.get("se-flat:g0:initial:1").status == "error"
+    assert store.get("se-flat:g1:refinement:0").parent_ids != ["se-flat:g0:initial:1"]  # a crash is not refined
     assert "RuntimeError" in store.get("se-flat:g0:initial:1").exit_message
     assert result.extra["scores"]["se-flat:g0:initial:1"] == 0.06  # reward 0, quality 0.3, efficiency 0
     assert result.best_attempt_id == result.extra["best_score_attempt_id"]  # equal rewards: the best score wins
@@ -286,17 +306,18 @@ se_agent(SearchContext(task=task, model=model, store=TrajectoryStore(sys.argv[2]
 def test_resume_after_kill_9_reruns_nothing_finished(env: tuple[Task, TrajectoryStore], tmp_path: Path) -> None:
     task, store = env
     before = kill_9_when_recorded(RESUME_SCRIPT, task, store, "se-kill", 3, tmp_path)
-    assert 3 <= len(before) < 8
+    assert 3 <= len(before) < 9
 
     model = ScriptedFakeModel(Scenario())
     result = se_agent(SearchContext(task=task, model=model, store=store), pool_size=6, generations=1, elites=3,
                       revisions=1, recombinations=1, strategies=STRATS, run_id="se-kill", max_concurrency=2)
     after = dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id='se-kill'").fetchall())
-    started = set(first_prompts(model))  # no finished attempt ran again
+    started = prompts_run(model)  # no finished attempt ran again, not even one step of it
     assert not started & {store.get(i).messages[1]["content"] for i in before}
     assert all(after[i] == t for i, t in before.items())  # nor was it recorded again
-    assert len(after) == result.attempts == 8  # 6 pool + 1 revision + 1 recombination, no duplicates
+    assert len(after) == result.attempts == 9  # 6 pool + 1 revision + 1 recombination + 1 refinement, no duplicates
     assert len({r[0] for r in store._conn.execute("SELECT id FROM attempts")}) == store.count()
     ops = lineage(store, "se-kill")
-    assert sorted(o for o, _ in ops.values()) == ["initial"] * 4 + ["mutation"] * 2 + ["recombination", "revision"]
+    assert sorted(o for o, _ in ops.values()) == ["initial"] * 4 + ["mutation"] * 2 + ["recombination", "refinement",
+                                                                                      "revision"]
     assert result.stop_reason and store.get_run("se-kill")["status"] == "done"

@@ -51,9 +51,13 @@ _SYSTEMS = {
     "rate": "You are the refinement operator of an SE-Agent search over coding-agent trajectories. "
             "You grade one attempt's reasoning and extract lessons. Answer with one JSON object only.",
     "revise": "You are the revision operator of an SE-Agent search over coding-agent trajectories. "
-              "You reflect on a failed attempt and plan an orthogonal retry. Answer with one JSON object only.",
+              "You reflect on an attempt that is not yet a full solution and plan an orthogonal retry. "
+              "Answer with one JSON object only.",
     "recombine": "You are the recombination operator of an SE-Agent search over coding-agent trajectories. "
                  "You merge the lessons of two attempts into a plan for a new one. Answer with one JSON object only.",
+    "refine": "You are the refinement operator of an SE-Agent search over coding-agent trajectories. You take a "
+              "promising attempt and plan how the next attempt, which starts from its final state, turns it into a "
+              "better one. Answer with one JSON object only.",
     "value": "You are the value function of a tree search over an agent's steps. You judge how likely an "
              "unfinished attempt is to end in a correct solution, and say what it should do next. Answer with one "
              "JSON object only.",
@@ -63,6 +67,9 @@ _RATE_FORMAT = ('{"quality": <0-10, how sound the reasoning and process were>, "
                 '"risks": ["..."], "worked": "<the part of the approach that worked, or empty>"}')
 _PLAN_FORMAT = ('{"failure_points": ["..."], "strategy": "<one sentence: the approach of the next attempt>", '
                 '"guidance": "<concrete advice for the next attempt, a few sentences>"}')
+_REFINE_FORMAT = ('{"redundant_steps": ["..."], "risks": ["<what could still be wrong in its fix>"], '
+                  '"strategy": "<one sentence: how the next attempt finishes the job>", '
+                  '"guidance": "<concrete advice for the next attempt, a few sentences>"}')
 
 
 @dataclass
@@ -115,7 +122,8 @@ def parse_rating(text: str) -> dict[str, Any] | None:
 
 
 def parse_plan(text: str) -> dict[str, Any] | None:
-    """{"strategy", "guidance", "failure_points"} of a revision or recombination; None unless guidance is there."""
+    """{"strategy", "guidance", "failure_points", "risks"} of a revision, recombination or refinement; None unless
+    guidance is there."""
     data = parse_json_object(text)
     if data is None:
         return None
@@ -124,7 +132,15 @@ def parse_plan(text: str) -> dict[str, Any] | None:
         return None
     return {"guidance": guidance.strip()[:2000],
             "strategy": strategy.strip()[:500] if isinstance(strategy, str) else "",
-            "failure_points": _text_list(data.get("failure_points"))}
+            "failure_points": _text_list(data.get("failure_points")), "risks": _text_list(data.get("risks"))}
+
+
+def rated_text(rating: dict[str, Any]) -> str:
+    """One trajectory's own lessons from its refinement rating (what worked, blind spots, risks), '' if none."""
+    parts = [f"What worked: {rating['worked']}"] if rating.get("worked") else []
+    parts += [f"{label}: " + "; ".join(rating[key]) for key, label in (("blind_spots", "Blind spots"),
+                                                                       ("risks", "Risks")) if rating.get(key)]
+    return "\n".join(parts)
 
 
 def rating_prompt(problem: str, summary: str) -> str:
@@ -132,20 +148,39 @@ def rating_prompt(problem: str, summary: str) -> str:
             f"only its outcome), name its blind spots and risks, and say what worked. Reply as JSON:\n{_RATE_FORMAT}")
 
 
-def revision_prompt(problem: str, summary: str, insights: str, tried: list[str], scored: bool = True) -> str:
-    """`scored=False` (an oracle run, whose rewards are hidden-test verdicts) says nothing about the outcome."""
+def revision_prompt(problem: str, summary: str, rated: str, insights: str, tried: list[str],
+                    scored: bool = True) -> str:
+    """Reflect on one trajectory (its summary and its own rated blind spots and risks) and plan an orthogonal
+    retry. `scored=False` (an oracle run, whose rewards are hidden-test verdicts) says nothing about the outcome."""
     tried_text = "\n".join(f"- {s}" for s in tried) or "- (none)"
-    label = "A failed or low-reward attempt" if scored else "An earlier attempt"
-    return (f"Issue:\n{problem[:2000]}\n\n{label}:\n{summary}\n\nLessons from the whole "
-            f"search so far:\n{insights or '(none yet)'}\n\nStrategies already tried:\n{tried_text}\n\n"
-            "Find the failure points of this attempt. Then plan a new attempt whose strategy is orthogonal to the "
-            f"failed one (not a variation of it) and that avoids those failure points. Reply as JSON:\n{_PLAN_FORMAT}")
+    label = "An attempt that is not yet a full solution" if scored else "An earlier attempt"
+    return (f"Issue:\n{problem[:2000]}\n\n{label}:\n{summary}\n\nIts review:\n{rated or '(none)'}\n\n"
+            f"Lessons from the whole search so far:\n{insights or '(none yet)'}\n\nStrategies already tried:\n"
+            f"{tried_text}\n\nFind this attempt's weak points: errors, wasted steps, wrong assumptions, blind spots. "
+            "Then plan a new attempt whose strategy is orthogonal to it (a different way to investigate and fix, not "
+            "a variation) and avoids those weak points; if it stopped at a step or token limit, prefer a more direct "
+            f"route. Reply as JSON:\n{_PLAN_FORMAT}")
 
 
-def recombination_prompt(problem: str, mode: str, summary_a: str, summary_b: str, insights: str) -> str:
-    return (f"Issue:\n{problem[:2000]}\n\nAttempt A:\n{summary_a}\n\nAttempt B:\n{summary_b}\n\nLessons from the "
-            f"whole search so far:\n{insights or '(none yet)'}\n\nOperation: {mode}. {RECOMBINATION_MODES[mode]} "
+def recombination_prompt(problem: str, mode: str, summary_a: str, rated_a: str, summary_b: str, rated_b: str,
+                         insights: str) -> str:
+    """Attempt A is the stronger one (transfer moves A's strength into B's weak point)."""
+    return (f"Issue:\n{problem[:2000]}\n\nAttempt A:\n{summary_a}\nReview of A:\n{rated_a or '(none)'}\n\n"
+            f"Attempt B:\n{summary_b}\nReview of B:\n{rated_b or '(none)'}\n\nLessons from the whole search so "
+            f"far:\n{insights or '(none yet)'}\n\nOperation: {mode}. {RECOMBINATION_MODES[mode]} "
             f"Plan one new attempt. Reply as JSON:\n{_PLAN_FORMAT}")
+
+
+def refinement_prompt(problem: str, summary: str, rated: str, insights: str, replayed: int) -> str:
+    """Plan the refined child of a promising trajectory; `replayed` of its turns (its edits) are re-run first."""
+    start = (f"The next attempt starts from this attempt's final state: {replayed} of its turns that changed the "
+             "repository are re-run first (the rest, and its closing turn, are dropped as redundant)."
+             if replayed else "The next attempt starts afresh, guided by this one (it changed nothing to re-run).")
+    return (f"Issue:\n{problem[:2000]}\n\nA promising attempt:\n{summary}\n\nIts review:\n{rated or '(none)'}"
+            f"\n\nRisks and blind spots seen across the whole search:\n{insights or '(none yet)'}\n\n{start}\n\n"
+            "Plan how the next attempt turns this one into a better solution: which of its steps were redundant, "
+            "which risks in its fix to check, what to verify before submitting. Keep what works; do not start over. "
+            f"Reply as JSON:\n{_REFINE_FORMAT}")
 
 
 def fallback_revision(parent_strategy: str, status: str, reward: float | None, untried: str) -> dict[str, Any]:
@@ -157,7 +192,7 @@ def fallback_revision(parent_strategy: str, status: str, reward: float | None, u
             "guidance": (f"An earlier attempt ended with status '{status}'{shown} using the "
                          f"approach: {parent_strategy or 'unspecified'}. Do not repeat it; take a different route, "
                          "check your assumptions with a quick experiment, and test the fix before submitting."),
-            "failure_points": []}
+            "failure_points": [], "risks": []}
 
 
 def fallback_recombination(mode: str, strategy_a: str, strategy_b: str, worked: list[str]) -> dict[str, Any]:
@@ -166,7 +201,22 @@ def fallback_recombination(mode: str, strategy_a: str, strategy_b: str, worked: 
     return {"strategy": f"{strategy_a} Then: {strategy_b}".strip(),
             "guidance": (f"Two earlier attempts used different approaches ({mode}). {RECOMBINATION_MODES[mode]} "
                          f"What worked before: {lessons}. Test the fix before submitting."),
-            "failure_points": []}
+            "failure_points": [], "risks": []}
+
+
+def fallback_refinement(parent_strategy: str, replayed: int) -> dict[str, Any]:
+    """Deterministic refinement: keep the parent's work and check it (the parent's risks are added by the caller)."""
+    start = ("Your first turns re-run an earlier promising attempt's edits, so its work is already in place: keep "
+             "what is right, " if replayed else "An earlier promising attempt took this approach; build on it, ")
+    return {"strategy": parent_strategy,
+            "guidance": start + "check the risks below, fix what is still wrong, run the tests, then submit.",
+            "failure_points": [], "risks": []}
+
+
+def refined_guidance(plan: dict[str, Any], parent_risks: list[str]) -> str:
+    """The refined child's guidance: the operator's plan plus every risk found in its parent (rated or planned)."""
+    risks = list(dict.fromkeys([*parent_risks, *plan.get("risks", [])]))[:6]
+    return plan["guidance"] + ("\nRisks to check: " + "; ".join(risks) if risks else "")
 
 
 # --- refinement: features, diversity, scores, selection ---------------------------------------------------------

@@ -1,23 +1,28 @@
 """SE-Agent (arXiv 2508.02085) as a LangGraph graph: a pool of diverse trajectories evolved by three operators.
 
-    seed -> plan -> Send(attempt) waves -> plan -> refine -> evolve -> plan ... -> select
+    seed -> plan -> Send(attempt) waves -> plan -> assess -> revise -> recombine -> refine -> plan ... -> select
 
 * seed: the initial pool, distinct planning strategies plus mutations (strategy twist + another temperature).
-* refine (refinement): score every new trajectory (selection reward, an operator rating of its reasoning,
-  efficiency), extract blind spots / risks / what worked, keep k elites chosen for score and diversity, and
-  stop on budget, generation limit, a perfect reward or no improvement for `patience` generations.
-* evolve: revision (reflect on the summary of a failing trajectory of the live population, i.e. the elites
-  plus the newest generation, and plan an orthogonal retry) and recombination (the elite pairs maximising
-  score sum + diversity) each plan one child whose guidance and strategy go into
-  its first prompt through AttemptSpec. Child ids are fixed here and checkpointed before any Send.
+* assess (refinement's evaluation): score every new trajectory (selection reward, an operator rating of its
+  reasoning, efficiency), extract what worked / blind spots / risks, keep k elites chosen for score and diversity,
+  and stop on budget, generation limit, a perfect reward or no improvement for `patience` generations.
+* revise (revision): reflect on live trajectories not yet perfect (elites and revised ones included) and plan
+  orthogonal retries.
+* recombine (recombination): the elite pairs maximising score sum + diversity each plan one child (crossover,
+  transfer or restructure).
+* refine (refinement's child): the most promising trajectory not yet perfect is refined into a child that re-runs
+  its state-changing turns (its edits) and continues with a plan against its risks.
 
-Only attempts of this run and task are ever read. The returned attempt has the highest selection reward
-(ties: the best refinement score); hidden-test results are reported, never used to choose.
+Each operator's guidance and strategy go into the child's first prompt through AttemptSpec; each node fixes its
+children's ids and the checkpoint keeps them before any Send. Only attempts of this run and task are ever read.
+The returned attempt has the highest selection reward (ties: the best refinement score); hidden-test results are
+reported, never used to choose. What each operator does here and in the paper: docs/se_agent.md.
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, TypedDict
 
@@ -55,6 +60,7 @@ from agent_selfevolve.search.se_agent_ops import (
     budget_with,
     log_call,
     plan_recombinations,
+    plan_refinements,
     plan_revisions,
     population,
     sampling_params,
@@ -77,6 +83,10 @@ class SEAgentConfig(StrategyConfig):
     """Revised children planned per generation."""
     recombinations: int = 2
     """Recombined children planned per generation."""
+    refinements: int = 1
+    """Refined children planned per generation (the most promising trajectories not yet perfect)."""
+    refine_from_state: bool = True
+    """A refined child first re-runs its parent's state-changing turns (False: it starts afresh, guided only)."""
     strategies: tuple[str, ...] | None = None
     """Planning strategies of the initial pool; None: `operators.DEFAULT_STRATEGIES`."""
     temperature: float | None = 0.7
@@ -84,8 +94,8 @@ class SEAgentConfig(StrategyConfig):
     patience: int = 2
     """Stop when the best refinement score has not improved for this many generations."""
     diversity_weight: float = 0.5
-    revise_below: float = 1.0
-    """Revise live trajectories whose reward is below this."""
+    improve_below: float = 1.0
+    """Revision and refinement work on live trajectories whose selection reward is below this."""
     stop_on_perfect: bool = True
     rate_with_llm: bool = True
     wave_size: int | None = None
@@ -105,7 +115,7 @@ class SEAgentState(TypedDict, total=False):
     """`SEAgentConfig` as JSON."""
     generation: int
     queue: list[dict[str, Any]]
-    """Planned attempt specs (ids fixed) not yet sent."""
+    """Planned attempt specs (ids fixed) not yet sent; `revise`, `recombine` and `refine` each append theirs."""
     wave: list[dict[str, Any]]
     """The specs sent in the current wave."""
     attempts: Annotated[list[AttemptRecord], operator.add]
@@ -160,21 +170,23 @@ def route_plan(state: SEAgentState) -> list[Send] | str:
         return "select"
     if state.get("wave"):
         return sends([AttemptSpec(**s) for s in state["wave"]], state)
-    return "refine"
+    return "assess"
 
 
-def refine(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
-    """Refinement: score the unscored trajectories, extract their lessons, keep diverse elites, test stopping."""
+Rated = tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], str]
+
+
+def rate(state: SEAgentState, runtime: Runtime[SearchContext], gen: int) -> Rated:
+    """Score the trajectories not scored yet: (scores, operator usage, operator log, budget stop or '')."""
     ctx, config = runtime.context, SEAgentConfig.of(state)
-    gen, scores = state.get("generation", 0), dict(state.get("scores", {}))
-    trajs = population(state, ctx)
+    scored, trajs = state.get("scores", {}), population(state, ctx)
     usage: list[dict[str, Any]] = []
     log: list[dict[str, Any]] = []
     new: dict[str, dict[str, Any]] = {}
     stop = ""
     for rec in state.get("attempts", []):
         aid = rec["attempt_id"]
-        if aid in scores or aid in new:
+        if aid in scored or aid in new:
             continue
         rating = None
         reason = budget_with(state, ctx, usage) if config.rate_with_llm else None
@@ -192,48 +204,64 @@ def refine(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, An
                     "quality": quality, "efficiency": eff, "rated": rating is not None,
                     "blind_spots": (rating or {}).get("blind_spots", []), "risks": (rating or {}).get("risks", []),
                     "worked": (rating or {}).get("worked", ""), "generation": gen}
-    scores.update(new)
+    return new, usage, log, stop
+
+
+def stop_after(config: SEAgentConfig, gen: int, history: list[dict[str, Any]]) -> str:
+    """Why the search ends after generation `gen` ('' to go on): a perfect reward, the generation limit, or no
+    better best score for `patience` generations."""
+    best, best_reward = history[-1]["best_score"], history[-1]["best_reward"]
+    if best_reward >= 1.0 and config.stop_on_perfect:
+        return f"perfect reward after generation {gen}"
+    if gen >= config.generations:
+        return f"completed {gen} generations"
+    if len(history) > config.patience and best <= history[-1 - config.patience]["best_score"] + 1e-9:
+        return f"converged: best score {best:.3f} not improved in {config.patience} generations"
+    return ""
+
+
+def assess(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
+    """Refinement's evaluation: score the new trajectories, extract their lessons, keep diverse elites, and test
+    whether to stop."""
+    config, gen = SEAgentConfig.of(state), state.get("generation", 0)
+    new, usage, log, stop = rate(state, runtime, gen)
+    scores = {**state.get("scores", {}), **new}
     score = {i: s["score"] for i, s in scores.items()}
+    trajs = population(state, runtime.context)
     feats = {i: trajectory_features(trajs.get(i)) for i in scores}
     elites = select_diverse(list(scores), score, feats, config.elites, config.diversity_weight)
-    best = max(score.values(), default=0.0)
-    best_reward = max((s["reward"] for s in scores.values()), default=0.0)
-    history = [*state.get("history", []), {"generation": gen, "best_score": best, "best_reward": best_reward,
-                                           "elite_ids": elites, "scored": len(scores)}]
-    patience = config.patience
-    if not stop and best_reward >= 1.0 and config.stop_on_perfect:
-        stop = f"perfect reward after generation {gen}"
-    elif not stop and gen >= config.generations:
-        stop = f"completed {gen} generations"
-    elif not stop and len(history) > patience and best <= history[-1 - patience]["best_score"] + 1e-9:
-        stop = f"converged: best score {best:.3f} not improved in {patience} generations"
-    update: dict[str, Any] = {"scores": new, "elite_ids": elites, "history": history[-1:], "op_usage": usage,
-                              "op_log": log}
+    entry = {"generation": gen, "best_score": max(score.values(), default=0.0),
+             "best_reward": max((s["reward"] for s in scores.values()), default=0.0), "elite_ids": elites,
+             "scored": len(scores)}
+    stop = stop or stop_after(config, gen, [*state.get("history", []), entry])
+    update: dict[str, Any] = {"scores": new, "elite_ids": elites, "history": [entry], "op_usage": usage,
+                              "op_log": log, "queue": []}
     return {**update, "stop_reason": stop} if stop else update
 
 
-def route_refine(state: SEAgentState) -> str:
-    return "select" if state.get("stop_reason") else "evolve"
+def operator_node(planner: Callable[[Generation], tuple[list[AttemptSpec], str]], last: bool = False) -> Callable[
+        [SEAgentState, Runtime[SearchContext]], dict[str, Any]]:
+    """A graph node that runs one operator's planner and appends its children (ids fixed) to the queue. The `last`
+    one of a generation advances the generation, or stops the search when no operator planned anything."""
+    def node(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
+        g = Generation.of(state, runtime, SEAgentConfig.of(state))
+        specs, stop = planner(g)
+        queue = [*state.get("queue", []), *(asdict(s) for s in specs)]
+        update: dict[str, Any] = {"op_usage": g.usage, "op_log": g.log, "queue": queue}
+        if stop or (last and not queue):
+            return {**update, "stop_reason": stop or f"nothing left to evolve in generation {g.gen}", "queue": []}
+        return {**update, "generation": g.gen} if last else update
+    node.__name__ = planner.__name__
+    node.__doc__ = planner.__doc__
+    return node
 
 
-def evolve(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
-    """Revision and recombination: one operator call per child; the child ids are fixed here."""
-    trajs = population(state, runtime.context)
-    g = Generation(state, runtime, SEAgentConfig.of(state), state.get("generation", 0) + 1,
-                    state.get("scores", {}), {r["attempt_id"]: r for r in state.get("attempts", [])}, trajs,
-                    tried=list(dict.fromkeys(t.strategy for t in trajs.values() if t.strategy)))
-    specs, stop = plan_revisions(g)
-    if not stop:
-        more, stop = plan_recombinations(g)
-        specs += more
-    update: dict[str, Any] = {"op_usage": g.usage, "op_log": g.log}
-    if stop or not specs:
-        return {**update, "stop_reason": stop or f"nothing left to evolve in generation {g.gen}", "queue": []}
-    return {**update, "generation": g.gen, "queue": [asdict(s) for s in specs]}
-
-
-def route_evolve(state: SEAgentState) -> str:
-    return "select" if state.get("stop_reason") else "plan"
+def route_to(next_node: str) -> Callable[[SEAgentState], str]:
+    """The edge after `assess` or an operator node: on to `next_node`, or to `select` once the search stops."""
+    def route(state: SEAgentState) -> str:
+        return "select" if state.get("stop_reason") else next_node
+    route.__name__ = f"route_to_{next_node}"
+    return route
 
 
 def choose(records: list[AttemptRecord], scores: dict[str, dict[str, Any]]) -> AttemptRecord | None:
@@ -263,15 +291,17 @@ def build_se_agent_graph() -> StateGraph:
     graph.add_node("seed", seed)
     graph.add_node("plan", plan)
     graph.add_node("attempt", attempt_node)
-    graph.add_node("refine", refine)
-    graph.add_node("evolve", evolve)
+    graph.add_node("assess", assess)
+    graph.add_node("revise", operator_node(plan_revisions))
+    graph.add_node("recombine", operator_node(plan_recombinations))
+    graph.add_node("refine", operator_node(plan_refinements, last=True))
     graph.add_node("select", select)
     graph.add_edge(START, "seed")
     graph.add_edge("seed", "plan")
-    graph.add_conditional_edges("plan", route_plan, ["attempt", "refine", "select"])
+    graph.add_conditional_edges("plan", route_plan, ["attempt", "assess", "select"])
     graph.add_edge("attempt", "plan")
-    graph.add_conditional_edges("refine", route_refine, ["evolve", "select"])
-    graph.add_conditional_edges("evolve", route_evolve, ["plan", "select"])
+    for node, after in (("assess", "revise"), ("revise", "recombine"), ("recombine", "refine"), ("refine", "plan")):
+        graph.add_conditional_edges(node, route_to(after), [after, "select"])
     graph.add_edge("select", END)
     return graph
 
