@@ -121,10 +121,13 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     t0 = time.monotonic()
     turn = sum(1 for m in state["messages"] if m.get("role") == "assistant")
     params = {"stop": list(fmt.stop), **ctx.model_params} if fmt.stop else ctx.model_params
+    base_seed = int(ctx.model_params.get("seed") or 0)  # a search's per-attempt seed keeps siblings apart
+    if ctx.setup.revise_temperature is not None and _revising(state):
+        params = {**params, "temperature": ctx.setup.revise_temperature, "seed": base_seed + 1000 * turn}
     spent = Usage()
     for retry in range(retries + 1):
         if retry:  # the same context gives the same greedy reply: sample a different one
-            params = {**params, "temperature": ctx.setup.retry_temperature, "seed": 1000 * turn + retry}
+            params = {**params, "temperature": ctx.setup.retry_temperature, "seed": base_seed + 1000 * turn + retry}
         try:
             reply, replayed = _query(state, ctx, fmt, params, turn)
         except ModelError as exc:
@@ -140,6 +143,7 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         if not repeated or replayed:
             break
     model_s = time.monotonic() - t0
+    fresh = not replayed and model_messages(state, ctx.setup) is not state["messages"]
     usage = (Usage.from_dict(state.get("usage")) + spent).to_dict()
     message = reply.recorded_message()  # with the sampled token ids, for training; prompts never see them
     update: dict[str, Any] = {"usage": usage, "elapsed_s": state.get("elapsed_s", 0.0) + model_s,
@@ -149,22 +153,37 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         calls = fmt.parse(message, ctx.env.tool_specs())
         _refuse_repeat(calls, state.get("steps", []))
     except ActionFormatError as exc:
-        errors = state.get("format_errors", 0) + 1
-        feedback: dict[str, Any] = {"role": "user", "content": f"Format error: {exc}"}
-        # Native mode: tool calls must be answered before another user turn, so keep only the text.
-        kept = {"role": "assistant", "content": message.get("content") or ""}
-        step = {"index": len(state.get("steps", [])), "thought": message.get("content") or "", "action": None,
-                "format_error": str(exc), "usage": reply_usage.to_dict(), "model_s": model_s}
-        update.update(messages=[kept, feedback], steps=[step], format_errors=errors, pending=[])
-        if errors >= ctx.limits.max_format_errors:
-            update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
-        elif retries and repeated and not replayed:  # resampling found nothing else: it is stuck
-            update.update(status="format_errors", exit_message=f"repeated one action {retries + 1} "
-                                                               f"times, also when sampled: {exc}")
-        return update
+        stuck = retries if retries and repeated and not replayed else 0  # resampling found nothing else
+        return {**update, **_rejected(state, message, exc, reply_usage, model_s, ctx.limits.max_format_errors, stuck)}
     update.update(messages=[message], format_errors=0, pending=[
-        {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply_usage.to_dict(), "model_s": model_s}
-        for c in calls])
+        {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply_usage.to_dict(), "model_s": model_s,
+         "shown": "fresh_revision" if fresh else "conversation"} for c in calls])
+    return update
+
+
+def _revising(state: AgentState) -> bool:
+    """The last visible checks the agent ran (after an edit) failed: the next reply is a revision."""
+    checked = [c for s in state.get("steps", []) if (c := (s.get("info") or {}).get("checks"))]
+    return bool(checked) and checked[-1].get("all_passed") is False
+
+
+def _rejected(state: AgentState, message: dict[str, Any], exc: ActionFormatError, usage: Usage, model_s: float,
+              max_errors: int, stuck_after: int) -> dict[str, Any]:
+    """The update for a reply without an acceptable action: its text kept, the error shown to the model as the next
+    user turn; the attempt ends after `max_errors` in a row, or at once when it is stuck (`stuck_after` > 0: that
+    many resamples repeated the action too)."""
+    errors = state.get("format_errors", 0) + 1
+    feedback: dict[str, Any] = {"role": "user", "content": f"Format error: {exc}"}
+    # Native mode: tool calls must be answered before another user turn, so keep only the text.
+    kept = {"role": "assistant", "content": message.get("content") or ""}
+    step = {"index": len(state.get("steps", [])), "thought": message.get("content") or "", "action": None,
+            "format_error": str(exc), "usage": usage.to_dict(), "model_s": model_s}
+    update: dict[str, Any] = {"messages": [kept, feedback], "steps": [step], "format_errors": errors, "pending": []}
+    if errors >= max_errors:
+        update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
+    elif stuck_after:
+        update.update(status="format_errors", exit_message=f"repeated one action {stuck_after + 1} "
+                                                           f"times, also when sampled: {exc}")
     return update
 
 
@@ -175,7 +194,29 @@ def _query(state: AgentState, ctx: AgentContext, fmt: ActionFormat, params: dict
     if turn < len(replay):
         return ModelReply(dict(replay[turn]), Usage()), True
     specs = ctx.env.tool_specs()
-    return ctx.model.chat(fmt.render_history(state["messages"]), fmt.model_tools(specs), **params), False
+    shown = fmt.render_history(model_messages(state, ctx.setup))
+    return ctx.model.chat(shown, fmt.model_tools(specs), **params), False
+
+
+def model_messages(state: AgentState, setup: AgentSetup) -> list[dict[str, Any]]:
+    """What the model is shown this turn: the conversation, or, for a revision with `revision_context: fresh`,
+    the first turn again with the last failed check after it and without the earlier code (the 0.5B copied its
+    wrong function back whenever it was in view)."""
+    messages = state["messages"]
+    if setup.revision_context != "fresh" or not _revising(state):
+        return messages
+    first = next(i for i, m in enumerate(messages) if m.get("role") == "user")
+    return [*messages[:first], {"role": "user", "content": f"{messages[first]['content']}\n\n{failed_check(state)}"}]
+
+
+def failed_check(state: AgentState) -> str:
+    """The last failed check report, as the fresh revision prompt shows it."""
+    obs = next(s.get("observation") or "" for s in reversed(state.get("steps", []))
+               if (s.get("info") or {}).get("checks"))
+    report = obs[obs.find("Checks:"):] if "Checks:" in obs else obs
+    lines = [line for line in report.splitlines() if not line.startswith("Fix the code")]
+    return ("An earlier answer failed the checks:\n" + "\n".join(lines).strip()
+            + "\nReply with a corrected, complete function in one ```python block.")
 
 
 def _repeated(calls: list[ToolCall], steps: list[dict[str, Any]]) -> int | None:
@@ -204,7 +245,7 @@ def _repeats(calls: list[ToolCall], steps: list[dict[str, Any]]) -> bool:
 
 def _refuse_repeat(calls: list[ToolCall], steps: list[dict[str, Any]]) -> None:
     if _repeated(calls, steps) is not None:
-        raise ActionFormatError(f"You already ran this exact `{calls[0].name}` action on the repository as it is "
+        raise ActionFormatError(f"You already ran this exact `{calls[0].name}` action from the same state as "
                                 "now, and saw its result. Repeating it gives the same output: take a different "
                                 "action.")
 
@@ -228,7 +269,8 @@ def run_tools(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, An
         steps.append({"index": len(state.get("steps", [])) + i, "thought": state.get("thought", "") if i == 0 else "",
                       "action": {"name": call["name"], "arguments": call["arguments"]}, "observation": obs.text,
                       "observation_error": obs.error, "usage": call.get("usage", {}) if i == 0 else {},
-                      "model_s": call.get("model_s", 0.0) if i == 0 else 0.0, "tool_s": tool_s, "info": obs.info})
+                      "model_s": call.get("model_s", 0.0) if i == 0 else 0.0, "tool_s": tool_s, "info": obs.info,
+                      "shown": call.get("shown", "conversation")})
         _emit(runtime, {"event": "step", "task_id": state.get("task_id", ""), "index": steps[-1]["index"],
                         "tool": call["name"], "error": obs.error})
         if obs.done:

@@ -267,3 +267,30 @@ def test_the_check_report_shows_what_a_failing_doctest_or_test_got(tmp_path: Pat
     assert "doctests 0/1 passed" in report and "repo_tests 0/1 passed" in report, report
     assert "Expected:" in report and "42" in report, report
     assert "assert 43 == 3" in report, report
+
+
+def test_a_failing_doctest_is_reported_as_the_doctest_module_prints_it(tmp_path: Path) -> None:
+    """pytest puts the docstring's numbered lines ("013     >>> f('')") and doctest.py's own frames in a doctest
+    failure; the 0.5B copied them into its next answer. The report shows the failing example, Expected/Got or the
+    exception in the repository's code, and none of those lines."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    doc = '    """Docstring line one.\n    >>> f(0)\n    0\n    >>> f(1)\n    2\n    >>> g([])\n    1\n    """\n'
+    (repo / "solution.py").write_text(f"def f(x):\n{doc}    raise NotImplementedError\n")
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
+                   cwd=repo, check=True)
+    task = Task(instance_id="proxy__report-2", repo="local/report", repo_path=str(repo), base_commit="HEAD",
+                problem_statement="Implement f.")
+    env = CodingEnvironment(task, "proxy-report-2", tools=["python", "check", "submit"])
+    env.reset()
+    env.step(ToolCall("python", {"code": f"def f(x):\n{doc}    return x * 3\n\n\ndef g(xs):\n    return xs[0]\n"}))
+    wrong = env.step(ToolCall("check", {})).text
+    env.step(ToolCall("python", {"code": f"def f(x):\n{doc}    return 2 * x if x else g([])\n\n\n"
+                                         "def g(xs):\n    return xs[0]\n"}))
+    raised = env.step(ToolCall("check", {})).text
+    env.close()
+    assert "Failed example:\n    f(1)\nExpected:\n    2\nGot:\n    3" in wrong, wrong
+    assert "Failed example:\n    f(0)\nException raised:" in raised, raised
+    assert "solution.py, line" in raised and "IndexError: list index out of range" in raised, raised
+    for noise in ("Docstring line one", "doctest.py", "DocTestFailure", "UnexpectedException", "<doctest"):
+        assert noise not in wrong and noise not in raised, (noise, wrong, raised)

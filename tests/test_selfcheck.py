@@ -63,8 +63,8 @@ def test_selfcheck_attempt_revises_on_failure_and_ends_when_checks_pass(task: Ta
 
     def respond(messages: list[dict]) -> str:
         seen.extend(str(m.get("content")) for m in messages)
-        turn = sum(m["role"] == "assistant" for m in messages)
-        return f"Here is the function.\n```python\n{WRONG if turn == 0 else RIGHT}```"  # as asked directly
+        revising = any(m["role"] == "assistant" for m in messages) or "failed the checks" in messages[-1]["content"]
+        return f"Here is the function.\n```python\n{RIGHT if revising else WRONG}```"  # as asked directly
 
     model = ScriptedFakeModel(respond, supports_tools=False)
     traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent=profile)
@@ -86,8 +86,9 @@ def test_no_visible_check_means_no_automatic_submit(task: Task, tmp_path: Path) 
 
 
 def test_a_repeated_edit_after_a_failed_check_is_resampled_not_counted_as_a_format_error(task: Task) -> None:
-    """A greedy model repeats its failing function; the set-up asks again at a temperature and goes on."""
-    profile = get_setup("selfcheck")
+    """A greedy model repeats its failing function; the set-up asks again at a temperature and goes on (revisions
+    greedy here, so that the resampling of a repeat is what is tested)."""
+    profile = get_setup("selfcheck").with_overrides(revise_temperature=None)
 
     def respond(messages: list[dict]) -> str:
         sampled = model.params[-1].get("temperature", 0) > 0
@@ -172,3 +173,44 @@ def test_the_preview_leaves_out_a_file_the_issue_already_quotes(task: Task) -> N
         text = env.reset().text
         env.close()
         assert ("solution.py:\n```" in text) is shown, text
+
+
+def test_a_revision_after_a_failed_check_is_sampled_and_a_first_answer_is_not(task: Task) -> None:
+    """FAKE model: with `revise_temperature`, the replies after an edit whose checks failed are sampled (greedy
+    gives the same logic back), until an edit passes them; the first answer stays greedy, as the direct question
+    is asked. A search's per-attempt seed stays in the revision's seed, so siblings do not revise alike."""
+    other = WRONG.replace("s.split(',')", "s.split(' ')")
+    replies = [f"```python\n{code}```" for code in (WRONG, other, RIGHT)]
+    model = ScriptedFakeModel(replies, supports_tools=False)
+    setup = get_setup("selfcheck").with_overrides(revise_temperature=0.7, repeat_retries=0)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id, model_params={"seed": 5}), agent=setup)
+    assert traj.status == "submitted" and len(model.params) == 3, (traj.status, model.params)
+    assert model.params[0].get("temperature") in (None, 0, 0.0)
+    assert [p.get("temperature") for p in model.params[1:]] == [0.7, 0.7]
+    assert model.params[1]["seed"] != model.params[2]["seed"] and all(p["seed"] % 1000 == 5 for p in model.params[1:])
+    greedy = ScriptedFakeModel(replies, supports_tools=False)
+    run_attempt(task, greedy, AttemptSpec(task.instance_id, attempt_id="greedy"),
+                agent=setup.with_overrides(revise_temperature=None))
+    assert all(p.get("temperature") in (None, 0, 0.0) for p in greedy.params), greedy.params
+
+
+def test_a_fresh_revision_shows_the_first_turn_and_the_failed_check_not_the_wrong_code(task: Task) -> None:
+    """FAKE model. `revision_context: fresh` (the selfcheck set-up's): after a failed check the model is asked the
+    first turn again with the failure after it; its wrong function is not in view (the 0.5B copied it back). The
+    step says what was shown, and the hidden test never is."""
+    marker = "WRONG_CODE_MARK_5e1"
+    wrong = WRONG.replace("return s.split(',')", f"{marker} = 1\n    return s.split(',')")
+    model = ScriptedFakeModel([f"```python\n{wrong}```", f"```python\n{RIGHT}```"], supports_tools=False)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent="selfcheck")
+    assert traj.status == "submitted" and traj.resolved and len(model.requests) == 2
+    first, revision = model.requests
+    assert len(revision) == len(first) and revision[0] == first[0]
+    assert revision[-1]["content"].startswith(first[-1]["content"])
+    assert "An earlier answer failed the checks:" in revision[-1]["content"]
+    assert "gave ['Hi', ' my name']" in revision[-1]["content"], revision[-1]["content"]
+    assert all(marker not in m["content"] and MARK not in m["content"] for m in revision)
+    assert [s["shown"] for s in traj.steps] == ["conversation", "fresh_revision"]
+    history = ScriptedFakeModel([f"```python\n{wrong}```", f"```python\n{RIGHT}```"], supports_tools=False)
+    run_attempt(task, history, AttemptSpec(task.instance_id, attempt_id="history"),
+                agent=get_setup("selfcheck").with_overrides(revision_context="history"))
+    assert any(marker in m["content"] for m in history.requests[1])

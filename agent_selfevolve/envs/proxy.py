@@ -166,9 +166,9 @@ def carried_checks(root: Path, new_files: list[str]) -> dict[str, str]:
 _SECTION = re.compile(r"^_{3,} (?:\[doctest\] )?(?P<name>.+?) _{3,}$")
 
 
-def _failure_sections(out: list[str], keep: int = 12) -> dict[str, list[str]]:
+def _failure_sections(out: list[str], keep: int = 80) -> dict[str, list[str]]:
     """pytest's failure sections by title (`test_x[1]`, `TestX.test_y`, a doctest's `module.func`): the last lines
-    of each, where pytest shows the failing assertion or the doctest's Expected/Got."""
+    of each, where pytest shows the failing assertion or the doctest's Expected/Got (`_section_for` trims them)."""
     found: dict[str, list[str]] = {}
     title: str | None = None
     for line in out:
@@ -184,7 +184,35 @@ def _failure_sections(out: list[str], keep: int = 12) -> dict[str, list[str]]:
 
 def _section_for(check_id: str, sections: dict[str, list[str]]) -> list[str]:
     last = check_id.rsplit("::", 1)[-1]
-    return next((body for t, body in sections.items() if t == last or t.endswith("." + last)), [])
+    body = next((body for t, body in sections.items() if t == last or t.endswith("." + last)), [])
+    return doctest_failure(body) or body[-12:]
+
+
+_NUMBERED = re.compile(r"^\s*\d{3,}\s?(?P<src>.*)$")
+_PYTEST_MARK = re.compile(r":\d+: (DocTestFailure|UnexpectedException)$")
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+)$')
+
+
+def doctest_failure(body: list[str]) -> list[str]:
+    """pytest's doctest section as the doctest module prints it: the failing example, then Expected/Got or the
+    exception with the frames in the repository's code. pytest adds the docstring's numbered lines above the
+    example and doctest.py's own frames; a 0.5B model copied those lines into its next answer."""
+    if not any(_NUMBERED.match(b) and ">>>" in b for b in body):
+        return []
+    example = next(m.group("src").strip() for b in reversed(body) if (m := _NUMBERED.match(b)) and ">>>" in b)
+    out = ["Failed example:", "    " + example.removeprefix(">>>").strip()]
+    rest = [b.removeprefix("    ") for b in body
+            if not _NUMBERED.match(b) and not _PYTEST_MARK.search(b.strip())]
+    exc = next((i for i, b in enumerate(rest) if "UNEXPECTED EXCEPTION:" in b), None)
+    if exc is None:
+        return out + [b.rstrip() for b in rest]
+    frames, last = [], rest[-1].strip()
+    for i, b in enumerate(rest):
+        m = _FRAME.match(b)
+        if m and not m.group("file").endswith("doctest.py") and not m.group("file").startswith("<doctest"):
+            code = rest[i + 1].strip() if i + 1 < len(rest) and not _FRAME.match(rest[i + 1]) else ""
+            frames.append(f"    {Path(m.group('file')).name}, line {m.group('line')}, in {m.group('func')}: {code}")
+    return out + ["Exception raised:", *frames, "    " + last]
 
 
 @dataclass

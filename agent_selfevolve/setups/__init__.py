@@ -84,6 +84,12 @@ class AgentSetup(_Config):
     """When a reply repeats an action from the same state (a small greedy model does, after a failed check), ask
     again this many times at `retry_temperature` before counting it as a format error."""
     retry_temperature: float = 0.8
+    revision_context: Literal["history", "fresh"] = "history"
+    """What a revision after a failed check is asked with: the whole conversation ('history'), or the first turn
+    again plus the failed check, without the earlier code ('fresh'; Reflexion-style: a 0.5B copies code in view)."""
+    revise_temperature: float | None = None
+    """After an edit whose visible checks failed (until one passes them), sample the reply at this temperature:
+    greedy decoding gives the same logic back with the failure in view. None: the model's own parameters."""
     limits: LimitsSetup = Field(default_factory=LimitsSetup)
 
     def env_options(self) -> dict[str, Any]:
