@@ -1,0 +1,274 @@
+"""The evolution proof's plan and data: its config, the frozen train / held-out split, the units of work, and the
+small result files that make it resumable on a fresh machine (see bench/evolve_proof.py for the run itself).
+
+Everything under `<out>/seed<s>/` is meant to be committed: config.json and split.json (written once, checked
+on every later run), per-task outcome JSONL that grows as tasks finish, the dataset rows each search produced,
+and one summary per finished unit. Adapters and SQLite stores live under the work folder and are never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.tasks import Task
+
+SEARCH_ARM = "sft"
+"""The arm whose adapters do the searching: every arm trains on the same search data (an ablation arm differs
+from it only in the kinds of rows it trains on)."""
+ARMS = {"sft": ("sft",), "sft+recovery": ("sft", "recovery"), "sft+dpo": ("sft", "dpo"),
+        "sft+recovery+dpo": ("sft", "recovery", "dpo")}
+ROW_KINDS = ("sft", "recovery", "dpo")
+FACTORY_PREFIX = "factory__"
+
+
+class ProofError(RuntimeError):
+    """The committed results and this run disagree (changed config, tampered rows, a task that moved splits)."""
+
+
+class OutOfTime(Exception):
+    """The next piece of work would not finish before --until-minutes: stop cleanly, resume later."""
+
+
+@dataclass
+class ProofConfig:
+    """Everything that decides a seed's numbers; written to seed<s>/config.json on the first run and compared
+    on every later one (runtime options such as threads are not here)."""
+
+    seed: int
+    episodes: int = 3
+    humaneval_held_out: int = 64
+    humaneval_train: int = 100
+    factory_held_out: int = 64
+    factory_train: int = 100
+    factory_levels: list[str] = field(default_factory=lambda: ["easy", "medium", "hard"])
+    samples_per_task: int = 1
+    """Best-of-N attempts per training task and episode; more at a higher temperature give siblings with mixed
+    outcomes, which DPO pairs and recovery rows need."""
+    temperature: float = 0.8
+    max_steps: int = 6
+    profile: str = "selfcheck"
+    model: str = "qwen2.5-coder-0.5b"
+    init: str = "base"
+    """'base': each episode's LoRA starts from the base model on the rows of every episode so far (STaR's
+    choice; a lost adapter is re-derived by one training). 'previous': it continues the previous episode's
+    adapter (evolve.py's choice; re-deriving episode k retrains 0..k)."""
+    train: dict[str, Any] = field(default_factory=lambda: {"rank": 16, "alpha": 32, "lr": 2e-4, "epochs": 2,
+                                                           "max_length": 4096})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProofConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_config(seed_dir: Path, seed: int, given: dict[str, Any]) -> ProofConfig:
+    """The seed's committed config, checked against the options given now (None: not given); written on the
+    first run. A different value for a committed option is an error: it would mix two experiments."""
+    path = seed_dir / "config.json"
+    given = {k: v for k, v in given.items() if v is not None}
+    if path.exists():
+        config = ProofConfig.from_dict(json.loads(path.read_text()))
+        clash = {k: (getattr(config, k), v) for k, v in given.items() if getattr(config, k) != v}
+        if clash:
+            raise ProofError(f"{path} was started with other options: " + ", ".join(
+                f"{k}={old!r} (given {new!r})" for k, (old, new) in clash.items()) + "; drop them to resume, or "
+                "use another --out for another experiment")
+        return config
+    config = ProofConfig(seed=seed, **given)
+    if config.init not in ("base", "previous"):
+        raise ProofError(f"init must be 'base' or 'previous', not {config.init!r}")
+    write_json_atomic(path, config.to_dict())
+    return config
+
+
+# -- the split ----------------------------------------------------------------------------------------------------
+
+def factory_project(task_id: str) -> str | None:
+    """`factory__toolz-6faf925eab` -> 'toolz'; None for other tasks."""
+    return task_id.removeprefix(FACTORY_PREFIX).rsplit("-", 1)[0] if task_id.startswith(FACTORY_PREFIX) else None
+
+
+@dataclass
+class Pools:
+    """Where a split's tasks come from: HumanEval repo tasks, and factory tasks of the train and held-out
+    projects of the factory's own split seed (`factory-train-s<seed>` / `factory-held-out-s<seed>`)."""
+
+    humaneval: list[Task]
+    factory_train: list[Task]
+    factory_held: list[Task]
+
+    def by_id(self) -> dict[str, Task]:
+        return {t.instance_id: t for t in [*self.humaneval, *self.factory_train, *self.factory_held]}
+
+
+def make_split(config: ProofConfig, pools: Pools) -> dict[str, Any]:
+    """Seeded, disjoint train / held-out task ids per suite. Factory tasks are held out by project: the held-out
+    tasks come only from the held-out projects, the training tasks only from the others."""
+    rng = random.Random(f"evolve-proof:{config.seed}")
+    he = sorted(t.instance_id for t in pools.humaneval)
+    rng.shuffle(he)
+    n_he = config.humaneval_held_out + config.humaneval_train
+    if n_he > len(he):
+        raise ProofError(f"{n_he} HumanEval tasks asked for, {len(he)} exist")
+    levels = set(config.factory_levels)
+
+    def pick(tasks: list[Task], n: int, what: str) -> list[str]:
+        ids = sorted(t.instance_id for t in tasks if getattr(t, "difficulty", None) in levels)
+        if n > len(ids):
+            raise ProofError(f"{n} factory {what} tasks asked for ({'/'.join(sorted(levels))}), {len(ids)} exist: "
+                             "make more with `selfevolve tasks make PROJECT`")
+        rng.shuffle(ids)
+        return sorted(ids[:n])
+
+    held_projects = sorted({factory_project(t.instance_id) or "" for t in pools.factory_held})
+    split = {"seed": config.seed,
+             "humaneval": {"held_out": he[:config.humaneval_held_out],
+                           "train": he[config.humaneval_held_out:n_he]},
+             "factory": {"held_out": pick(pools.factory_held, config.factory_held_out, "held-out"),
+                         "train": pick(pools.factory_train, config.factory_train, "training"),
+                         "held_out_projects": held_projects if config.factory_held_out else [],
+                         "train_projects": sorted({factory_project(t.instance_id) or ""
+                                                   for t in pools.factory_train}) if config.factory_train else []}}
+    check_split(split)
+    return split
+
+
+def held_out_ids(split: dict[str, Any]) -> list[str]:
+    return [*split["humaneval"]["held_out"], *split["factory"]["held_out"]]
+
+
+def train_ids(split: dict[str, Any]) -> list[str]:
+    return [*split["humaneval"]["train"], *split["factory"]["train"]]
+
+
+def check_split(split: dict[str, Any]) -> None:
+    held, train = set(held_out_ids(split)), set(train_ids(split))
+    if held & train:
+        raise ProofError(f"tasks both held out and trained on: {sorted(held & train)[:5]}")
+    leaked = {factory_project(t) for t in train} & set(split["factory"]["held_out_projects"])
+    if leaked:
+        raise ProofError(f"training tasks from held-out factory projects: {sorted(p for p in leaked if p)}")
+
+
+def load_split(seed_dir: Path, config: ProofConfig, pools: Pools) -> tuple[dict[str, Any], dict[str, Task]]:
+    """The committed split (made and written on the first run) and its tasks by id. Tasks are found by id, so a
+    project made later (which moves the factory's own project split) does not move a committed task."""
+    path = seed_dir / "split.json"
+    if path.exists():
+        split = json.loads(path.read_text())
+        check_split(split)
+    else:
+        split = make_split(config, pools)
+        write_json_atomic(path, split)
+    known = pools.by_id()
+    wanted = [*held_out_ids(split), *train_ids(split)]
+    missing = [i for i in wanted if i not in known]
+    if missing:
+        projects = sorted({factory_project(i) or "humaneval" for i in missing})
+        raise ProofError(f"{len(missing)} tasks of {path} are not on this machine ({', '.join(missing[:4])}...); "
+                         f"make them first: " + "; ".join(f"selfevolve tasks make {p} --seed 0" for p in projects
+                                                          if p != "humaneval"))
+    return split, {i: known[i] for i in wanted}
+
+
+# -- units --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str
+    """'eval', 'search' or 'train'."""
+    episode: int | None = None
+    """None: the base model's held-out evaluation."""
+    arm: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.episode is None:
+            return "base-eval"
+        return f"search-ep{self.episode}" if self.kind == "search" else f"{self.kind}-ep{self.episode}[{self.arm}]"
+
+
+def plan(config: ProofConfig, arm: str) -> list[Unit]:
+    """Base eval, then per episode: search (by the search arm's previous adapter), train, eval. An ablation arm
+    also needs the search arm's previous adapter trained before it can search."""
+    units = [Unit("eval")]
+    for k in range(config.episodes):
+        if k > 0 and arm != SEARCH_ARM:
+            units.append(Unit("train", k - 1, SEARCH_ARM))
+        units += [Unit("search", k), Unit("train", k, arm), Unit("eval", k, arm)]
+    return units
+
+
+def unit_dir(seed_dir: Path, unit: Unit) -> Path:
+    if unit.episode is None:
+        return seed_dir / "base"
+    return seed_dir / f"ep{unit.episode}" / ("search" if unit.kind == "search" else unit.arm or "")
+
+
+def unit_done(seed_dir: Path, unit: Unit) -> bool:
+    return (unit_dir(seed_dir, unit) / ("train.json" if unit.kind == "train" else "summary.json")).exists()
+
+
+# -- records ------------------------------------------------------------------------------------------------------
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """JSON lines; a torn last line (a kill mid-append) is ignored, as if that task had not finished."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 and any(rest.strip() for rest in lines[i + 1:]):
+                raise ProofError(f"{path}:{i + 1}: not JSON (and not the last line)") from None
+    return out
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """One finished task, appended and fsynced; a torn tail from an earlier kill is cut off first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fh.seek(0, 2)
+        if fh.tell():
+            fh.seek(0)
+            data = fh.read()
+            cut = data.rfind(b"\n") + 1
+            if cut != len(data):
+                fh.truncate(cut)
+        fh.seek(0, 2)
+        fh.write((json.dumps(record, sort_keys=True, default=str) + "\n").encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return sha256_text(path.read_text(encoding="utf-8"))
+
+
+def check_rows(rows: Iterable[dict[str, Any]], split: dict[str, Any], where: str) -> None:
+    """Every training row must come from a training task: never a held-out task, never a held-out project."""
+    held, train = set(held_out_ids(split)), set(train_ids(split))
+    projects = set(split["factory"]["held_out_projects"])
+    for i, row in enumerate(rows):
+        task_id = (row.get("meta") or {}).get("task_id")
+        if task_id in held or factory_project(str(task_id)) in projects or task_id not in train:
+            raise ProofError(f"{where}: row {i} comes from task {task_id!r}, which is not a training task")

@@ -1,0 +1,216 @@
+"""The evolution proof's report: per seed and pooled over seeds, from the committed results alone.
+
+Pooling: the paired McNemar over seeds uses every seed's pairs together (task ids prefixed by the seed, since
+each seed has its own held-out split), so two seeds of 128 held-out tasks give one test on 256 pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from evolve_proof_core import ROW_KINDS, Unit, held_out_ids, read_records, train_ids, unit_dir, unit_done
+
+from agent_selfevolve.evolve import mcnemar
+from agent_selfevolve.fileio import write_json_atomic
+
+SUITES = ("humaneval", "factory")
+
+
+def _suite(task_id: str) -> str:
+    return "factory" if task_id.split(":", 1)[-1].startswith("factory__") else "humaneval"
+
+
+def seed_dirs(root: Path) -> dict[int, Path]:
+    return {int(p.name[4:]): p for p in sorted(root.glob("seed*")) if p.name[4:].isdigit() and p.is_dir()}
+
+
+def outcomes(seed_dir: Path, unit: Unit) -> dict[str, bool] | None:
+    if not unit_done(seed_dir, unit):
+        return None
+    return {r["task_id"]: r["resolved"] for r in read_records(unit_dir(seed_dir, unit) / "outcomes.jsonl")}
+
+
+def arms_of(seed_dir: Path) -> list[str]:
+    return sorted({p.parent.name for p in seed_dir.glob("ep*/*/summary.json") if p.parent.name != "search"})
+
+
+def episodes_of(seed_dir: Path) -> list[int]:
+    return sorted(int(p.name[2:]) for p in seed_dir.glob("ep*") if p.name[2:].isdigit())
+
+
+def _rate(pairs: dict[str, bool]) -> dict[str, Any]:
+    n = len(pairs)
+    return {"n": n, "resolved": sum(pairs.values()), "success": sum(pairs.values()) / n if n else None}
+
+
+def _paired(before: dict[str, bool], after: dict[str, bool]) -> dict[str, Any]:
+    keys = [k for k in after if k in before]
+    return {"before": _rate({k: before[k] for k in keys}), "after": _rate({k: after[k] for k in keys}),
+            "mcnemar": mcnemar({k: before[k] for k in keys}, {k: after[k] for k in keys})}
+
+
+def build_report(root: Path) -> dict[str, Any]:
+    """Per seed: base, each arm's episodes (success by suite, McNemar vs base and vs the previous episode), the
+    searches' data (rows of each kind: DPO pairs and recovery rows for the ablation); pooled over seeds."""
+    seeds: dict[int, Any] = {}
+    pooled_pairs: dict[str, dict[int, dict[str, dict[str, bool]]]] = {}
+    for seed, folder in seed_dirs(root).items():
+        base = outcomes(folder, Unit("eval"))
+        entry: dict[str, Any] = {"base": _rate(base) if base is not None else None, "arms": {}, "searches": []}
+        for k in episodes_of(folder):
+            path = unit_dir(folder, Unit("search", k)) / "summary.json"
+            if path.exists():
+                s = json.loads(path.read_text())
+                entry["searches"].append({key: s.get(key) for key in (
+                    "episode", "n", "resolved", "pass_at_n", "attempts", "attempts_resolved", "tasks_with_both",
+                    "rows", "tokens", "seconds", "samples_per_task", "temperature")})
+        for arm in arms_of(folder):
+            rows = []
+            prev = base
+            for k in episodes_of(folder):
+                after = outcomes(folder, Unit("eval", k, arm))
+                if after is None:
+                    break
+                summary = json.loads((unit_dir(folder, Unit("eval", k, arm)) / "summary.json").read_text())
+                rows.append({"episode": k, **_rate(after), "by_suite": summary.get("by_suite"),
+                             "vs_base": mcnemar(base, after) if base is not None else None,
+                             "vs_previous": mcnemar(prev, after) if prev is not None else None,
+                             "tokens": summary.get("tokens"), "seconds": summary.get("seconds")})
+                if base is not None:
+                    pooled_pairs.setdefault(arm, {}).setdefault(k, {})[seed] = after
+                prev = after
+            entry["arms"][arm] = rows
+        entry["data"] = {kind: sum((s.get("rows") or {}).get(kind, 0) for s in entry["searches"])
+                         for kind in ROW_KINDS}
+        seeds[seed] = entry
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    afters: dict[tuple[str, int], dict[str, bool]] = {}
+    for arm, by_episode in sorted(pooled_pairs.items()):
+        for k, by_seed in sorted(by_episode.items()):
+            before: dict[str, bool] = {}
+            after: dict[str, bool] = {}
+            prev: dict[str, bool] = {}
+            for seed, out in by_seed.items():
+                folder = seed_dirs(root)[seed]
+                base = outcomes(folder, Unit("eval")) or {}
+                last = base if k == 0 else outcomes(folder, Unit("eval", k - 1, arm)) or {}
+                before.update({f"s{seed}:{t}": v for t, v in base.items()})
+                prev.update({f"s{seed}:{t}": v for t, v in last.items()})
+                after.update({f"s{seed}:{t}": v for t, v in out.items()})
+            row = {"episode": k, "seeds": sorted(by_seed), **_paired(before, after),
+                   "vs_previous": _paired(prev, after)["mcnemar"], "by_suite": {}}
+            for suite in SUITES:
+                keys = [t for t in after if _suite(t) == suite]
+                if keys:
+                    row["by_suite"][suite] = _paired({t: before[t] for t in keys if t in before},
+                                                     {t: after[t] for t in keys})
+            pooled.setdefault(arm, []).append(row)
+            afters[(arm, k)] = after
+    for arm, rows in pooled.items():  # the ablation: each arm against SFT alone, same episode, same pairs
+        for row in rows:
+            sft = afters.get(("sft", row["episode"]))
+            row["vs_sft"] = _paired(sft, afters[(arm, row["episode"])])["mcnemar"] if sft and arm != "sft" else None
+    return {"seeds": seeds, "pooled": pooled}
+
+
+def _cell(rate: dict[str, Any] | None) -> str:
+    if not rate or not rate.get("n"):
+        return "-"
+    return f"{rate['resolved']}/{rate['n']} {100 * rate['success']:.1f}%"
+
+
+def _test(m: dict[str, Any] | None) -> str:
+    return "-" if not m else f"+{m['gained']} -{m['lost']} p={m['p_value']:.3g} (1-sided {m['p_one_sided']:.3g})"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    seeds = sorted(report["seeds"])
+    head = f"{'arm':16} {'episode':8} " + " ".join(f"{'seed ' + str(s):16}" for s in seeds) + \
+        f" {'pooled':16} {'humaneval':16} {'factory':16} {'vs base (pooled)':40} vs previous / vs sft"
+    lines = [head, "-" * len(head)]
+    base_cells = " ".join(f"{_cell(report['seeds'][s]['base']):16}" for s in seeds)
+    lines.append(f"{'(all)':16} {'base':8} {base_cells}")
+    for arm, rows in report["pooled"].items():
+        for row in rows:
+            k = row["episode"]
+            per_seed = []
+            for s in seeds:
+                match = [r for r in report["seeds"][s]["arms"].get(arm, []) if r["episode"] == k]
+                per_seed.append(f"{_cell(match[0] if match else None):16}")
+            suites = [f"{_cell(row['by_suite'].get(x, {}).get('after')):16}" for x in ("humaneval", "factory")]
+            lines.append(f"{arm:16} {'ep' + str(k):8} {' '.join(per_seed)} {_cell(row['after']):16} "
+                         f"{' '.join(suites)} {_test(row['mcnemar']):40} {_test(row['vs_previous'])}"
+                         + (f" / {_test(row['vs_sft'])}" if row.get("vs_sft") else ""))
+    for s in seeds:
+        data = report["seeds"][s]["data"]
+        searches = report["seeds"][s]["searches"]
+        if searches:
+            lines.append(f"seed {s} search data: " + ", ".join(
+                f"ep{x['episode']} pass@n {x['pass_at_n']}/{x['n']} ({x['attempts_resolved']}/{x['attempts']} "
+                f"attempts, {x['tasks_with_both']} tasks with both)" for x in searches) +
+                f"; rows sft {data['sft']}, recovery {data['recovery']}, DPO pairs {data['dpo']}")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], out: Path) -> Path | None:
+    """Held-out success by episode: pooled per arm (solid) and per seed (dotted); one panel per suite."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = [("all", None), *((s, s) for s in SUITES)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), sharey=True)
+    for ax, (title, suite) in zip(axes, panels, strict=True):
+        for arm, rows in report["pooled"].items():
+            pick = [(r["episode"], r if suite is None else r["by_suite"].get(suite)) for r in rows]
+            pick = [(k, r) for k, r in pick if r and r["after"]["n"]]
+            if not pick:
+                continue
+            xs = [0] + [k + 1 for k, _ in pick]
+            ys = [pick[0][1]["before"]["success"]] + [r["after"]["success"] for _, r in pick]
+            ax.plot(xs, ys, "o-", label=f"{arm} pooled")
+        for seed, entry in report["seeds"].items():
+            if suite is not None or not entry["base"]:
+                continue
+            for arm, rows in entry["arms"].items():
+                if rows:
+                    ax.plot([0] + [r["episode"] + 1 for r in rows], [entry["base"]["success"]] +
+                            [r["success"] for r in rows], ":", alpha=0.6, label=f"{arm} seed {seed}")
+        ax.set_title(title)
+        last = max((r["episode"] for rows in report["pooled"].values() for r in rows), default=0)
+        ax.set_xticks(range(last + 2), ["base", *(f"ep{k}" for k in range(last + 1))])
+        ax.set_xlabel("policy (episode's adapter)")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("held-out success")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def write_report(root: Path, command: str) -> dict[str, Any]:
+    report = {**build_report(root), "command": command}
+    write_json_atomic(root / "summary.json", report)
+    plot(report, root / "evolve.png")
+    return report
+
+
+def unit_progress(seed_dir: Path, unit: Unit, split: dict[str, Any]) -> str:
+    """'done', 'partial 12/128' or 'pending', for the table printed after every run."""
+    if unit_done(seed_dir, unit):
+        return "done"
+    if unit.kind == "train":
+        return "pending"
+    name = "tasks.jsonl" if unit.kind == "search" else "outcomes.jsonl"
+    n = len(read_records(unit_dir(seed_dir, unit) / name))
+    total = len(train_ids(split) if unit.kind == "search" else held_out_ids(split))
+    return f"partial {n}/{total}" if n else "pending"

@@ -1,0 +1,353 @@
+"""bench/evolve_proof.py with a FAKE policy and a FAKE trainer (bench/evolve_proof_fake.py), on copies of the demo
+task: real sandboxes, hidden-test grading, best-of-N search, `build_dataset` rows and the adapter registry.
+
+What is checked is the harness, not learning: units run in order and stop before the deadline; a resumed or
+fresh-machine run recomputes nothing committed; a lost adapter is retrained from the committed rows, and tampered
+rows fail loudly; held-out tasks and held-out factory projects never reach a training row; the report pools seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FIX, HIDDEN_TEST
+
+from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
+from agent_selfevolve.tasks import Task
+from agent_selfevolve.train import AdapterRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import evolve_proof as ep  # noqa: E402
+from evolve_proof_core import (  # noqa: E402
+    OutOfTime,
+    Pools,
+    ProofConfig,
+    ProofError,
+    Unit,
+    append_record,
+    factory_project,
+    held_out_ids,
+    load_split,
+    plan,
+    read_records,
+    resolve_config,
+    train_ids,
+    unit_dir,
+)
+from evolve_proof_fake import FakeTrainer, fake_policy  # noqa: E402
+from evolve_proof_units import Backend, Proof  # noqa: E402
+
+SMALL = {"episodes": 2, "humaneval_held_out": 3, "humaneval_train": 2, "factory_held_out": 0, "factory_train": 0,
+         "samples_per_task": 2, "temperature": 1.0, "max_steps": 4, "profile": "small"}
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(repo: Path) -> Path:
+    (repo / "tests").mkdir(parents=True)
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n")
+    (repo / "tests" / "test_calc.py").write_text(
+        "from calc import add, mul\n\n\ndef test_add():\n    assert add(1, 1) == 2\n\n\n"
+        "def test_mul():\n    assert mul(2, 3) == 6\n")
+    (repo / "conftest.py").write_text("import sys, os\nsys.path.insert(0, os.path.dirname(__file__))\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    return repo
+
+
+def task_copies(repo_dir: Path, ids: list[str], **extra: Any) -> list[Task]:
+    """Copies of the demo task; each issue carries a marker naming its task, to be looked for in training rows."""
+    head = _git(repo_dir, "rev-parse", "HEAD")
+    repo_name = extra.pop("repo", "local/demo")
+    return [Task(instance_id=i, repo=repo_name, repo_path=str(repo_dir), base_commit=head,
+                 problem_statement=f"add() is wrong (MARKER-{i})",
+                 patch=FIX, test_patch=HIDDEN_TEST, FAIL_TO_PASS=["tests/test_hidden.py::test_add_hidden"],
+                 PASS_TO_PASS=["tests/test_calc.py::test_mul"], test_files=["tests/test_calc.py",
+                                                                            "tests/test_hidden.py"],
+                 **extra) for i in ids]
+
+
+def fake_backend(tasks: list[Task], work: Path, trainer: FakeTrainer, always: tuple[str, ...] = ()) -> Backend:
+    return Backend(policy=fake_policy(tasks, always=always), train=trainer, base_hf_dir=work,
+                   registry=AdapterRegistry(work / "registry"), label="FAKE")
+
+
+def make_proof(root: Path, work: Path, trainer: FakeTrainer, config: ProofConfig | None = None,
+               **kw: Any) -> Proof:
+    """A Proof over the committed results in `root` (config and split from there), as a later run would make."""
+    seed_dir = root / "seed0"
+    config = config or ProofConfig.from_dict(json.loads((seed_dir / "config.json").read_text()))
+    split = json.loads((seed_dir / "split.json").read_text())
+    pool = task_copies(Path(json.loads((root / "repo.json").read_text())), [*held_out_ids(split), *train_ids(split)])
+    tasks = {t.instance_id: t for t in pool}
+    backend = fake_backend(pool, work, trainer, always=tuple(held_out_ids(split)))
+    return Proof(config, split, tasks, seed_dir, work, backend, log=lambda _: None, **kw)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One complete FAKE proof (seed 0, 2 episodes), shared by the tests that read or copy its results. Held-out
+    tasks are planted as always solved: searched, they would give training rows with their marker."""
+    base = tmp_path_factory.mktemp("proof")
+    old = os.environ.get("AGENT_SELFEVOLVE_CACHE")
+    os.environ["AGENT_SELFEVOLVE_CACHE"] = str(base / "cache")
+    try:
+        repo = make_repo(base / "demo")
+        root = base / "results"
+        seed_dir = root / "seed0"
+        config = resolve_config(seed_dir, 0, SMALL)
+        split, _ = load_split(seed_dir, config, Pools(task_copies(repo, [f"he-{i}" for i in range(6)]), [], []))
+        (root / "repo.json").write_text(json.dumps(str(repo)))
+        proof = make_proof(root, base / "work", FakeTrainer())
+        for unit in plan(config, "sft"):
+            proof.run_unit(unit)
+        return root
+    finally:
+        if old is None:
+            os.environ.pop("AGENT_SELFEVOLVE_CACHE", None)
+        else:
+            os.environ["AGENT_SELFEVOLVE_CACHE"] = old
+
+
+def copy_results(full_run: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    shutil.copytree(full_run, root)
+    return root
+
+
+def test_units_run_in_order_and_an_ablation_arm_trains_the_search_arm_first() -> None:
+    config = ProofConfig(seed=0, episodes=2)
+    assert [u.name for u in plan(config, "sft")] == ["base-eval", "search-ep0", "train-ep0[sft]", "eval-ep0[sft]",
+                                                     "search-ep1", "train-ep1[sft]", "eval-ep1[sft]"]
+    assert [u.name for u in plan(config, "sft+dpo")] == [
+        "base-eval", "search-ep0", "train-ep0[sft+dpo]", "eval-ep0[sft+dpo]", "train-ep0[sft]", "search-ep1",
+        "train-ep1[sft+dpo]", "eval-ep1[sft+dpo]"]
+    assert ep.arm_of("dpo,sft") == "sft+dpo" and ep.arm_of("sft, recovery") == "sft+recovery"
+    with pytest.raises(SystemExit):
+        ep.arm_of("dpo")
+
+
+def test_the_full_run_finished_every_unit_with_paired_summaries(full_run: Path) -> None:
+    seed_dir = full_run / "seed0"
+    last = json.loads((seed_dir / "ep1" / "sft" / "summary.json").read_text())
+    assert last["n"] == 3 and last["vs_base"] is not None and last["vs_previous"] is not None
+    assert last["policy"]["episode"] == 1 and last["command"] == "" and last["sessions"]
+    search = json.loads((seed_dir / "ep0" / "search" / "summary.json").read_text())
+    assert search["attempts"] == 4 and search["samples_per_task"] == 2 and set(search["row_hashes"]) == {
+        "sft", "recovery", "dpo"}
+    assert all("rows" not in r for r in read_records(seed_dir / "ep0" / "search" / "tasks.jsonl"))
+
+
+def test_held_out_tasks_never_reach_a_training_row(full_run: Path) -> None:
+    seed_dir = full_run / "seed0"
+    split = json.loads((seed_dir / "split.json").read_text())
+    held, train = held_out_ids(split), train_ids(split)
+    assert len(held) == 3 and not set(held) & set(train)
+    for k in (0, 1):  # the plant was live: every held-out task solved, by the base and by each adapter
+        assert all(r["resolved"] for r in read_records(seed_dir / f"ep{k}" / "sft" / "outcomes.jsonl"))
+    sft_rows = 0
+    for path in seed_dir.glob("ep*/search/rows-*.jsonl"):
+        text = path.read_text()
+        sft_rows += text.count("\n") if path.name == "rows-sft.jsonl" else 0
+        assert not any(f"MARKER-{i})" in text for i in held), path
+        assert {json.loads(line)["meta"]["task_id"] for line in text.splitlines()} <= set(train)
+    assert sft_rows > 0  # there were training rows to leak into
+
+
+def test_a_resumed_or_fresh_machine_run_recomputes_nothing_committed(full_run: Path, tmp_path: Path) -> None:
+    root = copy_results(full_run, tmp_path)
+    before = snapshot(root)
+    trainer = FakeTrainer()
+    proof = make_proof(root, tmp_path / "fresh-work", trainer)  # a fresh machine: no store, no adapters
+    for unit in plan(proof.config, "sft"):
+        proof.run_unit(unit)
+    assert proof.store.count() == 0 and trainer.calls == []
+    assert snapshot(root) == before
+
+
+def test_a_kill_mid_unit_reruns_only_the_unfinished_task_and_rederives_the_adapter(full_run: Path,
+                                                                                   tmp_path: Path) -> None:
+    root = copy_results(full_run, tmp_path)
+    folder = root / "seed0" / "ep1" / "sft"
+    (folder / "summary.json").unlink()
+    lines = (folder / "outcomes.jsonl").read_text().splitlines(keepends=True)
+    (folder / "outcomes.jsonl").write_text("".join(lines[:-1]) + lines[-1][:25])  # killed mid-append
+    others = {k: v for k, v in snapshot(root).items() if not k.startswith("seed0/ep1/sft/")}
+    trainer = FakeTrainer()
+    proof = make_proof(root, tmp_path / "fresh-work", trainer)
+    for unit in plan(proof.config, "sft"):
+        proof.run_unit(unit)
+    assert proof.store.count() == 1  # only the task whose line was torn
+    assert len(trainer.calls) == 1  # episode 1's adapter, re-derived from the committed rows (init: base)
+    recorded = json.loads((folder / "train.json").read_text())
+    rederived = read_records(folder / "rederived.jsonl")
+    assert rederived[0]["same_weights"] and rederived[0]["adapter_hash"] == recorded["adapter_hash"]
+    assert len(read_records(folder / "outcomes.jsonl")) == 3 and (folder / "summary.json").exists()
+    assert {k: v for k, v in snapshot(root).items() if not k.startswith("seed0/ep1/sft/")} == others
+
+
+def test_tampered_rows_or_a_changed_config_fail_loudly_on_rederivation(full_run: Path, tmp_path: Path) -> None:
+    root = copy_results(full_run, tmp_path)
+    rows = root / "seed0" / "ep0" / "search" / "rows-sft.jsonl"
+    original = rows.read_text()
+    rows.write_text(original.replace("return a + b", "return a + b  # edited", 1))
+    assert rows.read_text() != original
+    trainer = FakeTrainer()
+    with pytest.raises(ProofError, match="rows were changed"):
+        make_proof(root, tmp_path / "w1", trainer).adapter("sft", 1)
+    rows.write_text(original)
+    config = ProofConfig.from_dict({**json.loads((root / "seed0" / "config.json").read_text()),
+                                    "train": {"rank": 8, "alpha": 16, "lr": 1e-4, "epochs": 1, "max_length": 4096}})
+    with pytest.raises(ProofError, match="rows or config changed"):
+        make_proof(root, tmp_path / "w2", trainer, config=config).adapter("sft", 1)
+    assert trainer.calls == []
+    assert make_proof(root, tmp_path / "w3", trainer).adapter("sft", 1) is not None and len(trainer.calls) == 1
+
+
+def test_the_run_stops_before_the_deadline_and_continues_where_it_stopped(tmp_path: Path, demo_repo: Path) -> None:
+    """A virtual clock that only the FAKE model moves (30 s a call; every attempt gives up in one call), so each
+    held-out task takes exactly 30 s: with 100 s left, three tasks fit and the fourth is never started."""
+    clock = {"t": 1000.0}
+
+    def respond(messages: list[dict]) -> dict:
+        clock["t"] += 30
+        return tool_call("submit", {})
+
+    tasks = task_copies(demo_repo, [f"he-{i}" for i in range(7)])
+    seed_dir = tmp_path / "results" / "seed0"
+    config = resolve_config(seed_dir, 0, {**SMALL, "humaneval_held_out": 5})
+    split, by_id = load_split(seed_dir, config, Pools(tasks, [], []))
+    backend = Backend(policy=lambda version: ScriptedFakeModel(respond), train=FakeTrainer(),
+                      base_hf_dir=tmp_path, registry=None, label="FAKE")
+
+    def run(deadline: float) -> Proof:
+        proof = Proof(config, split, by_id, seed_dir, tmp_path / "work", backend, deadline=deadline,
+                      log=lambda _: None, clock=lambda: clock["t"], progress=tmp_path / "progress.jsonl")
+        proof.run_unit(Unit("eval"))
+        return proof
+
+    with pytest.raises(OutOfTime, match="base-eval task"):
+        run(clock["t"] + 100)
+    assert clock["t"] == 1090 and len(read_records(seed_dir / "base" / "outcomes.jsonl")) == 3
+    assert not (seed_dir / "base" / "summary.json").exists()
+    proof = run(clock["t"] + 1000)
+    assert proof.store.count() == 5 and len(read_records(seed_dir / "base" / "outcomes.jsonl")) == 5
+    assert json.loads((seed_dir / "base" / "summary.json").read_text())["n"] == 5
+    assert [e["done"] for e in read_records(tmp_path / "progress.jsonl") if e["event"] == "task"] == [1, 2, 3, 4, 5]
+
+
+def test_until_minutes_zero_stops_before_any_work(tmp_path: Path, demo_repo: Path) -> None:
+    tasks = task_copies(demo_repo, [f"he-{i}" for i in range(6)])
+    args = ep.build_parser().parse_args(["--seed", "0", "--until-minutes", "0", "--out", str(tmp_path / "r"),
+                                         "--work", str(tmp_path / "w"), "--episodes", "1",
+                                         "--humaneval-held-out", "3", "--humaneval-train", "2",
+                                         "--factory-held-out", "0", "--factory-train", "0"])
+    code = ep.run_seed(args, "cmd", pools_of=lambda c: Pools(tasks, [], []),
+                       backend_of=lambda a, c, s, t, w: fake_backend(tasks, w, FakeTrainer()))
+    assert code == ep.EXIT_MORE_TO_DO
+    assert not (tmp_path / "r" / "seed0" / "base" / "outcomes.jsonl").exists()
+    sessions = read_records(tmp_path / "r" / "seed0" / "sessions.jsonl")
+    assert [s["event"] for s in sessions] == ["start", "end"] and "min left" in sessions[1]["stopped"]
+
+
+def test_factory_held_out_projects_never_reach_a_training_row(tmp_path: Path, demo_repo: Path,
+                                                              isolated_cache: Path) -> None:
+    """Factory tasks of four projects through the real `factory-train-s0` / `factory-held-out-s0` sources; the
+    held-out project's tasks are planted as always solved, so a leak would give rows."""
+    from agent_selfevolve.sources.factory_repo import split_projects
+
+    projects = ["alpha", "beta", "gamma", "delta"]
+    folder = isolated_cache / "tasks" / "factory"
+    folder.mkdir(parents=True)
+    for p in projects:
+        tasks = task_copies(demo_repo, [f"factory__{p}-{i}" for i in range(2)], repo=f"factory/{p}",
+                            difficulty="easy")
+        (folder / f"{p}.jsonl").write_text("".join(json.dumps(t.model_dump(exclude_defaults=True)) + "\n"
+                                                   for t in tasks))
+    _, held_projects = split_projects(projects, 0)
+    trainer = FakeTrainer()
+
+    def backend_of(args: Any, config: Any, split: dict, tasks: dict, work: Path) -> Backend:
+        return fake_backend(list(tasks.values()), work, trainer, always=tuple(held_out_ids(split)))
+
+    args = ep.build_parser().parse_args(["--seed", "0", "--out", str(tmp_path / "r"), "--work", str(tmp_path / "w"),
+                                         "--episodes", "1", "--humaneval-held-out", "0", "--humaneval-train", "0",
+                                         "--factory-held-out", "2", "--factory-train", "3",
+                                         "--samples-per-task", "1", "--profile", "small", "--max-steps", "4"])
+    assert ep.run_seed(args, "cmd", pools_of=ep.real_pools, backend_of=backend_of) == 0
+    seed_dir = tmp_path / "r" / "seed0"
+    split = json.loads((seed_dir / "split.json").read_text())
+    assert split["factory"]["held_out_projects"] == held_projects and len(held_projects) == 1
+    assert {factory_project(i) for i in split["factory"]["held_out"]} == set(held_projects)
+    outcomes = read_records(unit_dir(seed_dir, Unit("eval", 0, "sft")) / "outcomes.jsonl")
+    assert len(outcomes) == 2 and all(r["resolved"] and r["suite"] == "factory" for r in outcomes)
+    trained = [row["meta"]["task_id"] for call in trainer.calls for rows in call["rows"].values() for row in rows]
+    assert trained and not {factory_project(t) for t in trained} & set(held_projects)
+    for path in seed_dir.glob("ep*/search/rows-*.jsonl"):
+        assert not any(f"factory__{p}-" in path.read_text() for p in held_projects)
+
+
+def _write_eval(seed_dir: Path, unit: Unit, outcomes: dict[str, bool]) -> None:
+    folder = unit_dir(seed_dir, unit)
+    for task_id, ok in outcomes.items():
+        append_record(folder / "outcomes.jsonl", {"task_id": task_id, "resolved": ok, "seconds": 1.0, "tokens": 1})
+    n = len(outcomes)
+    (folder / "summary.json").write_text(json.dumps({"kind": "eval", "n": n, "resolved": sum(outcomes.values()),
+                                                     "success": sum(outcomes.values()) / n, "seconds": n}))
+
+
+def test_the_report_pools_the_pairs_of_both_seeds(tmp_path: Path) -> None:
+    """Hand-made results: seed 0 gains 3 and loses 0, seed 1 gains 2 and loses 1 (same task ids in both seeds,
+    which must stay distinct pairs): pooled 5 gained, 1 lost, one-sided p = P(X >= 5), X ~ Bin(6, 1/2) = 7/64."""
+    ids = [f"humaneval__{i}" for i in range(4)] + ["factory__alpha-1", "factory__alpha-2"]
+    base = {0: dict.fromkeys(ids, False), 1: {i: n == 0 for n, i in enumerate(ids)}}
+    after = {0: {i: n < 3 for n, i in enumerate(ids)}, 1: {i: n in (1, 4) for n, i in enumerate(ids)}}
+    for seed in (0, 1):
+        _write_eval(tmp_path / f"seed{seed}", Unit("eval"), base[seed])
+        _write_eval(tmp_path / f"seed{seed}", Unit("eval", 0, "sft"), after[seed])
+    assert ep.main(["--report", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "summary.json").read_text())
+    assert (tmp_path / "evolve.png").stat().st_size > 1000
+    s0, s1 = report["seeds"]["0"]["arms"]["sft"][0], report["seeds"]["1"]["arms"]["sft"][0]
+    assert (s0["vs_base"]["gained"], s0["vs_base"]["lost"], s1["vs_base"]["gained"], s1["vs_base"]["lost"]) == \
+        (3, 0, 2, 1)
+    pooled = report["pooled"]["sft"][0]
+    assert pooled["seeds"] == [0, 1] and pooled["after"]["n"] == 12 and pooled["after"]["resolved"] == 5
+    assert pooled["before"]["resolved"] == 1
+    assert (pooled["mcnemar"]["gained"], pooled["mcnemar"]["lost"]) == (5, 1)
+    assert abs(pooled["mcnemar"]["p_one_sided"] - 7 / 64) < 1e-12
+    factory = pooled["by_suite"]["factory"]
+    assert factory["after"]["n"] == 4 and factory["after"]["resolved"] == 1 and factory["mcnemar"]["gained"] == 1
+
+
+def test_the_committed_config_is_frozen(tmp_path: Path) -> None:
+    seed_dir = tmp_path / "seed0"
+    assert resolve_config(seed_dir, 0, {"samples_per_task": 4}).samples_per_task == 4
+    assert resolve_config(seed_dir, 0, {"samples_per_task": None}).samples_per_task == 4  # not given: kept
+    with pytest.raises(ProofError, match="samples_per_task=4"):
+        resolve_config(seed_dir, 0, {"samples_per_task": 2})
+
+
+def test_a_torn_last_line_is_ignored_and_cut_before_the_next_append(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    append_record(path, {"task_id": "a"})
+    with open(path, "a") as fh:
+        fh.write('{"task_id": "b", "res')
+    assert [r["task_id"] for r in read_records(path)] == ["a"]
+    append_record(path, {"task_id": "c"})
+    assert [r["task_id"] for r in read_records(path)] == ["a", "c"]
