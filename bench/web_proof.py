@@ -1,0 +1,393 @@
+"""The web proof on BrowserGym's MiniWoB++, in resumable, session-sized chunks: sweep -> compare -> evolve.
+
+    python bench/web_proof.py sweep   --model local --until-minutes 50 --progress /tmp/wp.json --threads 2
+    python bench/web_proof.py compare --model local --budget 12000 --until-minutes 50
+    python bench/web_proof.py evolve  --model local:qwen2.5-coder-1.5b --dry-run     # the split, nothing run
+    python bench/web_proof.py sweep   --model local --report-only                      # the table of what is logged
+
+Stage 1, `sweep`: one greedy attempt (temperature 0) per (task type, seed) over `TASK_TYPES` x seeds 0-2, each
+outcome (reward, resolved, steps, tokens, seconds) one row of `bench/results/web-proof/<model>/sweep.jsonl`. It
+sorts the types into always / never / mixed for the model.
+Stage 2, `compare`: best_of_n vs se_agent vs hgm, each with the same per-task token budget (`--budget`), on every
+seed of the types the sweep found mixed (`--all`: every swept type), one row per (strategy, task) in
+`compare-b<budget>-<selection>.jsonl`; the table pairs strategies per task: resolved with Wilson intervals, the
+difference with a cluster bootstrap over task types, McNemar's exact p. Selection: MiniWoB's page reward is
+BrowserGym's own verdict, so by default (`--select-with tests`) the search chooses with the same reward that
+grades it: an ORACLE figure, labelled so, as in bench/search_compare.py. `--select-with proxy` chooses without
+it (stopped with an answer: 1, stopped: 0.5), a held-out figure. There is no judge for web attempts (the LLM
+judge grades a patch). Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
+test types (every seed of a type in one split), run through `agent_selfevolve.evolve` (search on train ->
+LoRA -> gate -> final); the paired result is base vs final policy on the final test types.
+
+Every stage resumes: rows already logged are skipped (an infrastructure error is retried under a new attempt id),
+searches and attempts keep fixed ids in `<dir>/runs.sqlite` and its checkpoints. `--until-minutes` starts no new
+unit after that time (the unit running finishes; evolve stops at its next event and resumes on the next run).
+Results are written atomically; `--progress FILE` is rewritten after every unit.
+
+Why these 45 types (of BrowserGym's 125): single-page tasks whose goal and state are in the accessibility tree and
+that our actions (click, fill, select_option, press, scroll) can complete. Left out: tasks that need mouse
+coordinates or dragging (drag-*, draw-*, bisect-angle, circle-center, right-angle, grid-coordinate, find-midpoint,
+click-pie, daily-calendar, use-slider*, use-colorwheel*, resize-textarea, highlight-text*), whose state is only
+visual (SVG/canvas/colour: ascending-numbers, count-shape, count-sides, identify-shape, visual-addition,
+click-shape, click-color, click-shades, number-checkboxes, tic-tac-toe, hot-cold, text-transform), that need
+timing or text selection (stock-market, copy-paste-2, text-editor, click-scroll-list), and near-duplicates
+(`-transfer`; the `-nodelay` variant is kept where one exists, since animation delay only costs steps). Every
+kept type was checked to reset with its goal and element ids in the observation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from search_compare import OPTIONS  # noqa: E402
+from web_proof_stats import (  # noqa: E402
+    INFRA,
+    Deadline,
+    append_row,
+    compare_table,
+    latest,
+    plot_compare,
+    print_compare,
+    read_rows,
+    sweep_summary,
+    type_classes,
+    wilson,
+    write_progress,
+)
+
+from agent_selfevolve.agent import Limits  # noqa: E402
+from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
+from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
+from agent_selfevolve.models import DEFAULT_LOCAL_MODEL  # noqa: E402
+from agent_selfevolve.models.base import Model  # noqa: E402
+from agent_selfevolve.store import TrajectoryStore  # noqa: E402
+from agent_selfevolve.tasks import Task  # noqa: E402
+from agent_selfevolve.trajectory import Trajectory  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "web-proof"
+TASK_TYPES: tuple[str, ...] = (
+    "click-test", "click-test-2", "click-button", "click-button-sequence", "click-link", "click-dialog",
+    "click-dialog-2", "click-checkboxes", "click-checkboxes-soft", "click-option", "click-tab", "click-tab-2-easy",
+    "click-collapsible-nodelay", "click-collapsible-2-nodelay", "click-menu", "click-widget", "focus-text",
+    "focus-text-2", "enter-text", "enter-text-2", "enter-text-dynamic", "enter-password", "enter-date", "enter-time",
+    "login-user", "login-user-popup", "choose-list", "choose-date-easy", "use-autocomplete-nodelay", "use-spinner",
+    "find-word", "read-table", "simple-arithmetic", "simple-algebra", "odd-or-even", "guess-number", "navigate-tree",
+    "search-engine", "social-media", "email-inbox", "phone-book", "form-sequence", "copy-paste", "sign-agreement",
+    "unicode-test")
+SEEDS = (0, 1, 2)
+STRATEGIES = ("best_of_n", "se_agent", "hgm")
+SWEEP_RUN = "web-proof:sweep"
+MAX_TRIES = 3
+"""Attempts per task when the sandbox or harness breaks (a crash is retried under a new attempt id, then left)."""
+PROFILE = "small"
+"""The embedded models' set-up: its text action format is the model options; a web task runs the `web` set-up."""
+
+
+def model_key(spec: str) -> str:
+    """Folder name of a model spec: `local` -> qwen2.5-coder-0.5b, `local:x` -> x, others sanitized."""
+    kind, _, rest = spec.partition(":")
+    name = (rest or DEFAULT_LOCAL_MODEL) if kind == "local" else spec
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+
+
+def task_type(task: Task) -> str:
+    return task.instance_id.split(".")[2]
+
+
+def tasks_for(types: list[str], seeds: list[int]) -> list[Task]:
+    from agent_selfevolve.browsergym_tasks import browsergym_miniwob_tasks
+
+    return browsergym_miniwob_tasks(types, seeds=seeds)
+
+
+# -- stage 1 -------------------------------------------------------------------------------------------------------
+def sweep_row(task: Task, traj: Trajectory, model: str, max_steps: int) -> dict[str, Any]:
+    usage = traj.total_usage
+    spec = (task.model_extra or {})["browsergym"]
+    return {"task_id": task.instance_id, "type": task_type(task), "seed": spec["seed"], "model": model,
+            "attempt_id": traj.attempt_id, "status": traj.status, "resolved": traj.resolved, "reward": traj.reward,
+            "steps": len(traj.steps), "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens, "tokens": usage.total_tokens,
+            "seconds": round(traj.elapsed_s, 2), "max_steps": max_steps,
+            "error": traj.exit_message[:300] if traj.status in INFRA else ""}
+
+
+def sweep(tasks: list[Task], model: Model, out: Path, *, max_steps: int = 6, deadline: Deadline | None = None,
+          progress: Path | None = None, agent: str = PROFILE,
+          log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One greedy attempt per task not yet in `out/sweep.jsonl`; returns every row of the log."""
+    path, deadline = out / "sweep.jsonl", deadline or Deadline(None)
+    rows = read_rows(path)
+    store = TrajectoryStore(out / "runs.sqlite")
+    seconds: list[float] = []
+    todo = {t.instance_id for t in pending_sweep(tasks, rows)}
+    for i, task in enumerate(tasks):
+        if task.instance_id not in todo:
+            continue
+        mine = [r for r in rows if r["task_id"] == task.instance_id]
+        if deadline.expired():
+            write_progress(progress, "sweep", _done(rows, tasks), len(tasks), deadline.elapsed(), seconds, None,
+                           "until-minutes reached")
+            log(f"stopped: --until-minutes reached; {len(tasks) - _done(rows, tasks)} attempts left")
+            break
+        retry = f":retry{len(mine)}" if mine else ""  # an errored attempt is stored: a retry needs its own id
+        spec = AttemptSpec(task.instance_id, attempt_id=f"{SWEEP_RUN}:{task.instance_id}{retry}", run_id=SWEEP_RUN,
+                           operator="eval", model_params={"temperature": 0.0})
+        traj = run_attempt(task, model, spec, limits=Limits(max_steps=max_steps), store=store, agent=agent,
+                           select_with="tests")
+        row = sweep_row(task, traj, model.name, max_steps)
+        append_row(path, row)
+        rows.append(row)
+        seconds.append(row["seconds"])
+        write_progress(progress, "sweep", _done(rows, tasks), len(tasks), deadline.elapsed(), seconds, row)
+        log(f"[{i + 1}/{len(tasks)}] {task.instance_id}: reward {row['reward']} ({row['status']}, {row['steps']} "
+            f"steps, {row['tokens']} tokens, {row['seconds']} s)")
+    return rows
+
+
+def pending_sweep(tasks: list[Task], rows: list[dict[str, Any]]) -> list[Task]:
+    """Tasks with no logged verdict: never run, or crashed fewer than MAX_TRIES times."""
+    out = []
+    for task in tasks:
+        mine = [r for r in rows if r["task_id"] == task.instance_id]
+        if not mine or (mine[-1]["status"] in INFRA and len(mine) < MAX_TRIES):
+            out.append(task)
+    return out
+
+
+def _done(rows: list[dict[str, Any]], tasks: list[Task]) -> int:
+    last = latest(rows, lambda r: r["task_id"])
+    return sum(1 for t in tasks if t.instance_id in last and last[t.instance_id]["status"] not in INFRA)
+
+
+def sweep_report(rows: list[dict[str, Any]], types: list[str], seeds: list[int], total: int) -> dict[str, Any]:
+    classes = type_classes(rows, seeds)
+    summary = sweep_summary(rows)
+    left = total - summary["graded"]
+    return {"summary": summary, "classes": {t: classes.get(t, "not run") for t in types},
+            "mixed": [t for t in types if classes.get(t) == "mixed"], "attempts_planned": total,
+            "hours_left_at_this_rate": round(left * (summary["seconds_per_attempt"] or 0) / 3600, 2)}
+
+
+def print_sweep(rows: list[dict[str, Any]], report: dict[str, Any], seeds: list[int]) -> None:
+    last = latest(rows, lambda r: r["task_id"])
+    print(f"{'type':28s} " + " ".join(f"s{s:<5d}" for s in seeds) + "  class")
+    for name, cls in report["classes"].items():
+        cells = []
+        for s in seeds:
+            r = last.get(f"browsergym.miniwob.{name}.{s}")
+            cells.append("  .   " if r is None else "ERR   " if r["status"] in INFRA else
+                         f"{'OK' if r['resolved'] else '--'}{r['steps']:>2d}s ")
+        print(f"{name:28s} " + " ".join(cells) + f"  {cls}")
+    s = report["summary"]
+    print(f"\nresolved {s['resolved']}/{s['graded']} (95% CI {s['resolved_ci95']}), errors {s['errors']}; per attempt "
+          f"{s['seconds_per_attempt']} s, {s['tokens_per_attempt']} tokens, {s['steps_per_attempt']} steps; "
+          f"mixed types: {len(report['mixed'])}; {report['hours_left_at_this_rate']} h left at this rate")
+
+
+# -- stage 2 -------------------------------------------------------------------------------------------------------
+def compare_types(sweep_rows: list[dict[str, Any]], types: list[str], seeds: list[int], every: bool) -> list[str]:
+    """The types to compare on: those the greedy sweep found neither always nor never right (`every`: all
+    swept types). A type still incomplete in the sweep is not chosen."""
+    classes = type_classes(sweep_rows, seeds)
+    return [t for t in types if classes.get(t) == "mixed" or (every and classes.get(t) in ("always", "never"))]
+
+
+def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str], budget: int, select_with: str,
+            max_steps: int = 6, pool_size: int = 2, deadline: Deadline | None = None, progress: Path | None = None,
+            agent: str = PROFILE, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Each strategy on each task at `budget` tokens; the strategies of one task run back to back, so a chunk
+    leaves pairs complete. Returns every row of the log."""
+    from agent_selfevolve.search import Budget, SearchContext
+    from agent_selfevolve.search import strategies as registry
+
+    path, deadline = compare_log(out, budget, select_with), deadline or Deadline(None)
+    rows = read_rows(path)
+    done = {(r["strategy"], r["task_id"]) for r in rows}
+    store = TrajectoryStore(out / "runs.sqlite")
+    units = [(s, t) for t in tasks for s in strategies]
+    seconds: list[float] = []
+    for i, (name, task) in enumerate(units):
+        if (name, task.instance_id) in done:
+            continue
+        if deadline.expired():
+            finished = sum((s, t.instance_id) in done for s, t in units)
+            log(f"stopped: --until-minutes reached; {len(units) - finished} searches left")
+            write_progress(progress, "compare", finished, len(units), deadline.elapsed(), seconds, None,
+                           "until-minutes reached")
+            break
+        ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=max_steps),
+                            budget=Budget(max_tokens=budget), select_with=select_with, agent=agent)
+        opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if name == "se_agent" else {})}
+        start = time.monotonic()
+        result = registry()[name](ctx, run_id=f"web-proof:{name}:{task.instance_id}:b{budget}:{select_with}", **opts)
+        row = {"strategy": name, "task_id": task.instance_id, "type": task_type(task), "resolved": result.resolved,
+               "pass_at_n": result.pass_at_n, "best_reward": result.best_reward, "attempts": result.attempts,
+               "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"], "budget": budget,
+               "seconds": round(time.monotonic() - start, 2), "stop": result.stop_reason,
+               "select_with": select_with, "oracle": result.oracle, "model": model.name}
+        append_row(path, row)
+        rows.append(row)
+        done.add((name, task.instance_id))
+        seconds.append(row["seconds"])
+        write_progress(progress, "compare", sum((s, t.instance_id) in done for s, t in units), len(units),
+                       deadline.elapsed(), seconds, row)
+        log(f"[{i + 1}/{len(units)}] {name} {task.instance_id}: resolved {row['resolved']} ({row['attempts']} "
+            f"attempts, {row['tokens']} tokens, {row['seconds']} s)")
+    return rows
+
+
+def compare_log(out: Path, budget: int, select_with: str) -> Path:
+    return out / f"compare-b{budget}-{select_with}.jsonl"
+
+
+# -- stage 3 -------------------------------------------------------------------------------------------------------
+def split_types(types: list[str], seed: int, n_gate: int, n_final: int) -> dict[str, list[str]]:
+    """Task types shuffled with `seed` and cut into final test, gate and train (the rest): a held-out type's
+    page and instruction template are never trained on."""
+    if n_gate < 1 or n_final < 1 or n_gate + n_final >= len(types):
+        raise ValueError(f"{len(types)} types cannot give {n_gate} gate and {n_final} final types and a train split")
+    order = sorted(types)
+    random.Random(seed).shuffle(order)
+    return {"final": order[:n_final], "gate": order[n_final:n_final + n_gate], "train": order[n_final + n_gate:]}
+
+
+def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[str, Any] | None:
+    """A thin wrapper of bench/evolve.py's set-up for web tasks. Needs: torch + transformers + peft (LoRA training,
+    CPU works but takes hours), the model's HF weights (rebuilt from the GGUF by `hf_base_from_gguf`) and
+    llama.cpp's GGUF-LoRA export for the policy. The training search selects by the proxy (evolve.SELECT_WITH);
+    its SFT labels come from BrowserGym's reward on the training types only."""
+    from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evolve
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    split = split_types(list(args.types), args.split_seed, args.gate_types, args.final_types)
+    plan = {name: [t.instance_id for t in tasks_for(types, seeds)] for name, types in split.items()}
+    print(json.dumps({"split_seed": args.split_seed, "types": split, "tasks": {k: len(v) for k, v in plan.items()}}))
+    if args.dry_run:
+        return None
+    from agent_selfevolve.models.weights import ensure_gguf
+    from agent_selfevolve.serving import llama_cpp_policy
+    from agent_selfevolve.setups import get_setup
+    from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
+
+    key = model_key(args.model)
+    base_dir = hf_base_from_gguf(ensure_gguf(key))
+    registry = AdapterRegistry(out / "evolve" / "registry")
+    policy = llama_cpp_policy(key, registry, base_dir, n_threads=args.threads,
+                              **get_setup(PROFILE).model_options("local"))
+    config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": args.n, "temperature": 0.8},
+                          limits={"max_steps": args.max_steps}, profile=PROFILE,
+                          train={"rank": 16, "alpha": 32, "lr": 1e-4, "epochs": 2, "max_length": 4096,
+                                 "threads": args.threads})
+
+    class OutOfTime(Exception):
+        pass
+
+    def on_event(event: dict[str, Any]) -> None:
+        print(json.dumps(event, default=str)[:160], flush=True)
+        if deadline.expired():
+            raise OutOfTime
+
+    ctx = EvolveContext(train_tasks=tasks_for(split["train"], seeds), held_out=tasks_for(split["gate"], seeds),
+                        final_test=tasks_for(split["final"], seeds), store=TrajectoryStore(out / "runs.sqlite"),
+                        registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out / "evolve",
+                        config=config, on_event=on_event)
+    try:
+        summary = evolve(ctx, run_id=f"web-proof:evolve:s{args.split_seed}:n{args.n}")
+    except OutOfTime:
+        print("stopped: --until-minutes reached; rerun the same command to resume")
+        return None
+    final = summary.get("final_test") or {}
+    outcomes = final.get("outcomes") or {}
+    cis = {side: wilson(sum(v.values()), len(v)) for side, v in outcomes.items()}
+    write_json_atomic(out / "evolve-result.json", {"split": split, "final_ci95": cis, "summary": summary})
+    print(f"final test types {split['final']}: base {final.get('base')} {cis.get('base')} -> {final.get('policy')} "
+          f"{final.get('final')} {cis.get('final')} (paired, McNemar: {final.get('paired')})")
+    return summary
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["sweep", "compare", "evolve"])
+    parser.add_argument("--model", default="local", help="local[:qwen2.5-coder-1.5b]")
+    parser.add_argument("--types", type=lambda s: s.split(","), default=list(TASK_TYPES),
+                        help="comma-separated MiniWoB task types (default: the 45 of TASK_TYPES)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--max-steps", type=int, default=6)
+    parser.add_argument("--until-minutes", type=float, default=None)
+    parser.add_argument("--progress", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="print the table of the log; run nothing")
+    parser.add_argument("--budget", type=int, default=12_000, help="compare: tokens per task per strategy")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--select-with", choices=["tests", "proxy"], default="tests",
+                        help="compare: tests = the page reward chooses (ORACLE); proxy = held-out")
+    parser.add_argument("--pool-size", type=int, default=2, help="SE-Agent's initial pool")
+    parser.add_argument("--all", action="store_true", help="compare on every swept type, not only mixed ones")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--gate-types", type=int, default=10)
+    parser.add_argument("--final-types", type=int, default=10)
+    parser.add_argument("--n", type=int, default=4, help="evolve: best-of-N attempts per training task")
+    parser.add_argument("--dry-run", action="store_true", help="evolve: print the split, run nothing")
+    args = parser.parse_args(argv)
+    out = args.out / model_key(args.model)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    deadline = Deadline(args.until_minutes)
+    if args.stage == "evolve":
+        run_evolve(args, out, deadline)
+        return
+    sweep_rows = read_rows(out / "sweep.jsonl")
+    if args.stage == "sweep":
+        tasks = tasks_for(list(args.types), seeds)
+        if not args.report_only and pending_sweep(tasks, sweep_rows):  # the model loads only for work left
+            model = _model(args.model, args.threads)
+            sweep_rows = sweep(tasks, model, out, max_steps=args.max_steps, deadline=deadline, progress=args.progress)
+        ids = {t.instance_id for t in tasks}
+        shown = [r for r in sweep_rows if r["task_id"] in ids]  # this invocation's types and seeds
+        report = sweep_report(shown, list(args.types), seeds, len(tasks))
+        write_json_atomic(out / "sweep.json", {"model": args.model, "seeds": seeds, **report})
+        print_sweep(shown, report, seeds)
+        return
+    chosen = compare_types(sweep_rows, list(args.types), seeds, args.all)
+    strategies = args.strategies.split(",")
+    print(f"comparing on {len(chosen)} types x {len(seeds)} seeds: {', '.join(chosen) or '(none: run the sweep)'}")
+    logged = {(r["strategy"], r["task_id"]) for r in read_rows(compare_log(out, args.budget, args.select_with))}
+    tasks = tasks_for(chosen, seeds) if chosen else []
+    if not args.report_only and any((s, t.instance_id) not in logged for t in tasks for s in strategies):
+        compare(tasks, _model(args.model, args.threads), out, strategies=strategies, budget=args.budget,
+                select_with=args.select_with, max_steps=args.max_steps, pool_size=args.pool_size, deadline=deadline,
+                progress=args.progress)
+    table = compare_table(read_rows(compare_log(out, args.budget, args.select_with)), strategies)
+    name = f"compare-b{args.budget}-{args.select_with}"
+    write_json_atomic(out / f"{name}.json", {"model": args.model, "budget_tokens_per_task": args.budget,
+                                             "select_with": args.select_with, "oracle": args.select_with == "tests",
+                                             "types": chosen, "seeds": seeds, **table})
+    plot_compare(table, out / f"{name}.png", f"MiniWoB, {model_key(args.model)}, {args.budget:,} tokens/task, "
+                 f"{'ORACLE' if args.select_with == 'tests' else 'proxy'} selection")
+    print_compare(table, args.budget, args.select_with)
+
+
+def _model(spec: str, threads: int | None) -> Model:
+    from agent_selfevolve.models import make_model
+    from agent_selfevolve.setups import get_setup
+
+    options = get_setup(PROFILE).model_options(spec)  # text action format for the embedded models
+    if threads and spec.startswith("local"):
+        options["n_threads"] = threads
+    return make_model(spec, **options)
+
+
+if __name__ == "__main__":
+    main()

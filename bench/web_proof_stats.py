@@ -1,0 +1,222 @@
+"""The web proof's bookkeeping and statistics: resumable JSONL logs, the sweep's per-type classes, and the paired
+comparison of search strategies (Wilson intervals per strategy, a cluster bootstrap by task type for the
+differences, the exact McNemar test). Plain functions on plain rows, so tests check them on hand-made rows.
+
+Seeds of one task type are not independent (same page, same instruction template), so the bootstrap resamples
+task *types* with all their seeds, not single tasks; with few types its interval is wide, which is honest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.evolve import mcnemar
+from agent_selfevolve.fileio import write_json_atomic, write_text_atomic
+from agent_selfevolve.trajectory import CRASHES
+
+INFRA = tuple(str(s) for s in CRASHES)
+"""Statuses of attempts the sandbox or harness broke: not model outcomes, so they are retried and not graded."""
+
+
+# -- logs ----------------------------------------------------------------------------------------------------------
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL log; a torn last line (a crash mid-write of an older writer) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Add one row by rewriting the file atomically: a crash leaves the old log or the new one, never half a row."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    write_text_atomic(path, old + json.dumps(row, sort_keys=True) + "\n")
+
+
+def latest(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict[str, Any]]:
+    """The last row per key (a retried row supersedes the one it retried)."""
+    out: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        out[key(row)] = row
+    return out
+
+
+class Deadline:
+    """`--until-minutes`: no new unit of work starts after it (a unit already running finishes)."""
+
+    def __init__(self, minutes: float | None, clock: Callable[[], float] = time.monotonic):
+        self.clock, self.start = clock, clock()
+        self.end = None if minutes is None else self.start + 60.0 * minutes
+
+    def expired(self) -> bool:
+        return self.end is not None and self.clock() >= self.end
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+
+def write_progress(path: Path | None, stage: str, done: int, total: int, elapsed_s: float, seconds: list[float],
+                   last: dict[str, Any] | None, stopped: str | None = None) -> None:
+    """`--progress FILE`: where a chunk stands, rewritten atomically after every unit."""
+    if path is None:
+        return
+    per = sum(seconds) / len(seconds) if seconds else None
+    write_json_atomic(path, {"stage": stage, "done": done, "total": total, "remaining": total - done,
+                             "elapsed_s": round(elapsed_s, 1), "seconds_per_unit": round(per, 1) if per else None,
+                             "eta_s": round(per * (total - done)) if per else None, "last": last,
+                             "stopped": stopped, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+# -- the sweep -----------------------------------------------------------------------------------------------------
+def type_classes(rows: list[dict[str, Any]], seeds: Iterable[int]) -> dict[str, str]:
+    """Per task type: 'always' / 'never' right over `seeds`, 'mixed', or 'incomplete' while a seed is missing or
+    crashed. Infrastructure failures (`INFRA`) are not model outcomes, so they leave a type incomplete."""
+    want = set(seeds)
+    by_type: dict[str, dict[int, bool]] = {}
+    for row in latest(rows, lambda r: r["task_id"]).values():
+        if row.get("status") not in INFRA:
+            by_type.setdefault(row["type"], {})[int(row["seed"])] = bool(row["resolved"])
+    out = {}
+    for name, outcomes in by_type.items():
+        got = {s: v for s, v in outcomes.items() if s in want}
+        if set(got) != want:
+            out[name] = "incomplete"
+        else:
+            out[name] = "always" if all(got.values()) else "never" if not any(got.values()) else "mixed"
+    return out
+
+
+def sweep_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of the latest row per task: resolved, errors, mean seconds and tokens per attempt."""
+    last = list(latest(rows, lambda r: r["task_id"]).values())
+    graded = [r for r in last if r.get("status") not in INFRA]
+    n = len(graded)
+    return {"attempts": len(last), "graded": n, "errors": len(last) - n,
+            "resolved": sum(bool(r["resolved"]) for r in graded),
+            "resolved_ci95": wilson(sum(bool(r["resolved"]) for r in graded), n),
+            "seconds_per_attempt": round(sum(r["seconds"] for r in last) / len(last), 1) if last else None,
+            "tokens_per_attempt": round(sum(r["tokens"] for r in last) / len(last)) if last else None,
+            "steps_per_attempt": round(sum(r["steps"] for r in last) / len(last), 2) if last else None}
+
+
+# -- statistics ----------------------------------------------------------------------------------------------------
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """Wilson score 95% interval of a proportion (None for n = 0): sane at 0/n and n/n, unlike the normal one."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def cluster_bootstrap_diff(diffs: dict[str, list[float]], reps: int = 10_000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of the mean paired difference, resampling clusters (task types) with all their tasks.
+    `diffs`: cluster -> per-task differences (a - b). None without any task."""
+    clusters = [v for v in diffs.values() if v]
+    if not clusters:
+        return None
+    rng = random.Random(seed)
+    means = []
+    for _ in range(reps):
+        total = count = 0.0
+        for _ in clusters:
+            pick = clusters[rng.randrange(len(clusters))]
+            total += sum(pick)
+            count += len(pick)
+        means.append(total / count)
+    means.sort()
+    lo = means[int(math.floor((1 - level) / 2 * reps))]
+    hi = means[min(reps - 1, int(math.ceil((1 + level) / 2 * reps)) - 1)]
+    return (round(lo, 4), round(hi, 4))
+
+
+def compare_table(rows: list[dict[str, Any]], strategies: list[str], reps: int = 10_000) -> dict[str, Any]:
+    """Per strategy: resolved with its Wilson interval and tokens per task; per pair of strategies, on the tasks
+    both finished (paired): a - b resolved rate with a cluster-bootstrap interval, wins/losses and McNemar p."""
+    by = latest(rows, lambda r: (r["strategy"], r["task_id"]))
+    types = {r["task_id"]: r["type"] for r in rows}
+    out: dict[str, Any] = {"strategies": {}, "pairs": {}}
+    for s in strategies:
+        done = [r for (name, _), r in by.items() if name == s]
+        k = sum(bool(r["resolved"]) for r in done)
+        out["strategies"][s] = {
+            "tasks": len(done), "resolved": k, "rate": round(k / len(done), 4) if done else None,
+            "ci95": wilson(k, len(done)), "pass_at_any": sum(bool(r["pass_at_n"]) for r in done),
+            "tokens_per_task": round(sum(r["tokens"] for r in done) / len(done)) if done else None,
+            "attempts_per_task": round(sum(r["attempts"] for r in done) / len(done), 2) if done else None,
+            "seconds_per_task": round(sum(r["seconds"] for r in done) / len(done), 1) if done else None}
+    for i, a in enumerate(strategies):
+        for b in strategies[i + 1:]:
+            paired = sorted(t for (s, t) in by if s == a and (b, t) in by)
+            ra = {t: bool(by[(a, t)]["resolved"]) for t in paired}
+            rb = {t: bool(by[(b, t)]["resolved"]) for t in paired}
+            diffs: dict[str, list[float]] = {}
+            for t in paired:
+                diffs.setdefault(types[t], []).append(float(ra[t]) - float(rb[t]))
+            test = mcnemar(rb, ra)  # "gained": a right where b was wrong
+            out["pairs"][f"{a} - {b}"] = {
+                "paired_tasks": len(paired), "types": len(diffs),
+                "diff": round(sum(ra.values()) / len(paired) - sum(rb.values()) / len(paired), 4) if paired else None,
+                "diff_ci95": cluster_bootstrap_diff(diffs, reps=reps), "a_only": test["gained"],
+                "b_only": test["lost"], "mcnemar_p": round(test["p_value"], 4)}
+    return out
+
+
+def print_compare(table: dict[str, Any], budget: int, select_with: str) -> None:
+    oracle = select_with == "tests"
+    print(f"\n{budget:,} tokens per task per strategy; selection: {select_with}" +
+          (" (ORACLE: the page reward chose; not a held-out figure)" if oracle else " (held-out)"))
+    print(f"{'strategy':10s} {'resolved':>9s} {'95% CI':>15s} {'pass@any':>8s} {'tokens/task':>11s} {'s/task':>7s}")
+    for name, r in table["strategies"].items():
+        ci = "-" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+        print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {ci:>15s} {r['pass_at_any']:>8d} "
+              f"{r['tokens_per_task'] or 0:>11,d} {r['seconds_per_task'] or 0:>7.0f}")
+    for pair, p in table["pairs"].items():
+        ci = "-" if p["diff_ci95"] is None else f"[{p['diff_ci95'][0]:+.2f}, {p['diff_ci95'][1]:+.2f}]"
+        diff = "-" if p["diff"] is None else f"{p['diff']:+.3f}"
+        print(f"{pair:22s} paired {p['paired_tasks']:>3d} ({p['types']} types): diff {diff} (cluster bootstrap "
+              f"95% CI {ci}); only first {p['a_only']}, only second {p['b_only']}, McNemar p {p['mcnemar_p']}")
+
+
+def plot_compare(table: dict[str, Any], out: Path, title: str) -> Path | None:
+    """Resolved rate per strategy with its Wilson interval (a PNG for the README); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = [s for s, v in table["strategies"].items() if v["tasks"]]
+    if not names:
+        return None
+    rates = [table["strategies"][s]["rate"] for s in names]
+    cis = [table["strategies"][s]["ci95"] for s in names]
+    err = [[r - c[0] for r, c in zip(rates, cis, strict=True)], [c[1] - r for r, c in zip(rates, cis, strict=True)]]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(names, rates, yerr=err, capsize=6, color="#4c72b0")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("resolved (Wilson 95% CI)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,228 @@
+"""bench/web_proof.py: the sweep runs a real BrowserGym MiniWoB task (real Chromium) with a FAKE scripted model and
+logs BrowserGym's verdict; reruns skip logged rows and retry crashed ones; the comparison pairs per task, resamples
+task types as clusters, and labels oracle selection; the evolve split keeps a type's seeds together."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
+from agent_selfevolve.tasks import Task
+from agent_selfevolve.trajectory import Trajectory
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+wp = _load("web_proof")
+stats = sys.modules["web_proof_stats"]
+
+
+def _task(name: str, seed: int) -> Task:
+    return Task.model_validate({"instance_id": f"browsergym.miniwob.{name}.{seed}",
+                                "browsergym": {"task": f"miniwob.{name}", "seed": seed}})
+
+
+def _last_observation(messages: list[dict[str, Any]]) -> str:
+    return next(m["content"] or "" for m in reversed(messages) if m["role"] in ("tool", "user"))
+
+
+def _fake_clicker(wrong: bool = False) -> ScriptedFakeModel:
+    """FAKE: clicks the button the goal names (or, `wrong`, another one), read from the observation."""
+
+    def respond(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        goal = re.search(r'Goal: Click on the "([^"]+)" button', messages[1]["content"])
+        assert goal, messages[1]["content"]
+        ids = dict(re.findall(r"- button '([^']*)'[^\n]*? \[id=(\w+)\]", _last_observation(messages)))
+        pick = next(i for n, i in ids.items() if n != goal.group(1)) if wrong else ids[goal.group(1)]
+        return tool_call("click", {"id": pick})
+
+    return ScriptedFakeModel(respond, name="fake/web-proof")
+
+
+@pytest.mark.web
+def test_sweep_logs_browsergym_verdict_from_real_chromium_and_a_rerun_runs_nothing(tmp_path: Path,
+                                                                                  monkeypatch: Any) -> None:
+    pytest.importorskip("browsergym.miniwob")
+    made: list[ScriptedFakeModel] = []
+
+    def make(spec: str, threads: int | None) -> ScriptedFakeModel:
+        made.append(_fake_clicker(wrong=bool(made)))  # a second model would click the wrong button
+        return made[-1]
+
+    monkeypatch.setattr(wp, "_model", make)
+    args = ["sweep", "--model", "fake-web", "--types", "click-button", "--seeds", "3", "--out", str(tmp_path),
+            "--progress", str(tmp_path / "progress.json")]
+    wp.main(args)
+    out = tmp_path / "fake-web"
+    [row] = stats.read_rows(out / "sweep.jsonl")
+    assert row["task_id"] == "browsergym.miniwob.click-button.3" and row["type"] == "click-button"
+    assert row["resolved"] is True and row["reward"] == 1.0 and row["steps"] == 1 and row["status"] == "submitted"
+    assert row["tokens"] == row["prompt_tokens"] + row["completion_tokens"] > 0 and row["seconds"] >= 0
+    stored = wp.TrajectoryStore(out / "runs.sqlite").get(row["attempt_id"])
+    assert stored is not None and stored.evaluation and stored.evaluation["source"] == "browsergym"
+    assert json.loads((tmp_path / "progress.json").read_text())["done"] == 1
+    assert json.loads((out / "sweep.json").read_text())["classes"]["click-button"] == "always"
+
+    wp.main(args)  # the row is logged: no second model is made, nothing runs
+    assert len(made) == 1 and len(stats.read_rows(out / "sweep.jsonl")) == 1
+
+    rows = wp.sweep([_task("click-button", 4)], _fake_clicker(wrong=True), out)
+    assert [(r["seed"], r["resolved"], r["reward"]) for r in rows] == [(3, True, 1.0), (4, False, 0.0)]
+
+
+def test_sweep_skips_logged_rows_retries_crashed_ones_under_new_ids_and_gives_up(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    calls: list[str] = []
+
+    def fake_run_attempt(task: Task, model: Any, spec: Any, **kwargs: Any) -> Trajectory:
+        calls.append(spec.attempt_id)
+        return Trajectory(attempt_id=spec.attempt_id, task_id=task.instance_id, status="submitted")
+
+    monkeypatch.setattr(wp, "run_attempt", fake_run_attempt)
+    done, crashed, hopeless = _task("click-test", 0), _task("click-test", 1), _task("click-test", 2)
+    base = {"type": "click-test", "resolved": False, "reward": 0.0, "steps": 1, "tokens": 1, "seconds": 1.0}
+    log = tmp_path / "sweep.jsonl"
+    for task, status, times in ((done, "submitted", 1), (crashed, "env_error", 1), (hopeless, "error", 3)):
+        for _ in range(times):
+            stats.append_row(log, {**base, "task_id": task.instance_id, "seed": 0, "status": status})
+    rows = wp.sweep([done, crashed, hopeless], ScriptedFakeModel([]), tmp_path)
+    assert calls == [f"{wp.SWEEP_RUN}:{crashed.instance_id}:retry1"]
+    assert stats.latest(rows, lambda r: r["task_id"])[crashed.instance_id]["status"] == "submitted"
+    assert stats.type_classes(rows, [0, 1, 2]) == {"click-test": "incomplete"}  # seed 2 never got a verdict
+
+    calls.clear()
+    wp.sweep([_task("click-link", 0)], ScriptedFakeModel([]), tmp_path,
+             deadline=stats.Deadline(0.0), progress=tmp_path / "p.json")
+    assert calls == [] and json.loads((tmp_path / "p.json").read_text())["stopped"] == "until-minutes reached"
+
+
+def test_append_row_keeps_earlier_rows_and_reading_skips_a_torn_line(tmp_path: Path) -> None:
+    log = tmp_path / "x.jsonl"
+    log.write_text('{"task_id": "a"}\n{"task_id": "b", "torn')
+    stats.append_row(log, {"task_id": "c"})
+    assert [r["task_id"] for r in stats.read_rows(log)] == ["a", "c"]
+
+
+def test_types_to_compare_are_the_mixed_ones_unless_all() -> None:
+    rows = [{"task_id": f"t.{name}.{s}", "type": name, "seed": s, "resolved": ok, "status": "submitted"}
+            for name, oks in (("always", (1, 1, 1)), ("never", (0, 0, 0)), ("mixed", (1, 0, 0)), ("short", (1, 0)))
+            for s, ok in enumerate(oks)]
+    types = ["always", "never", "mixed", "short", "unswept"]
+    assert wp.compare_types(rows, types, [0, 1, 2], every=False) == ["mixed"]
+    assert wp.compare_types(rows, types, [0, 1, 2], every=True) == ["always", "never", "mixed"]
+
+
+def test_wilson_interval_matches_known_values() -> None:
+    assert stats.wilson(5, 10) == (0.2366, 0.7634)
+    lo, hi = stats.wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert stats.wilson(0, 0) is None
+
+
+def _row(strategy: str, task: str, resolved: bool, type_: str | None = None) -> dict[str, Any]:
+    return {"strategy": strategy, "task_id": task, "type": type_ or task.split(".")[0], "resolved": resolved,
+            "pass_at_n": resolved, "tokens": 100, "attempts": 2, "seconds": 1.0}
+
+
+def test_compare_pairs_per_task_and_ignores_unpaired_rows() -> None:
+    rows = [_row("a", "x.0", True), _row("b", "x.0", False), _row("a", "y.0", True), _row("b", "y.0", True),
+            _row("a", "z.0", False), _row("b", "z.0", True), _row("a", "w.0", True), _row("a", "v.0", True)]
+    table = stats.compare_table(rows, ["a", "b"], reps=2000)
+    pair = table["pairs"]["a - b"]
+    assert pair["paired_tasks"] == 3 and pair["types"] == 3  # w and v ran only under a: not paired
+    assert pair["diff"] == 0.0 and pair["a_only"] == 1 and pair["b_only"] == 1 and pair["mcnemar_p"] == 1.0
+    assert table["strategies"]["a"]["resolved"] == 4 and table["strategies"]["a"]["tasks"] == 5
+    rerun = [*rows, _row("b", "x.0", True)]  # a later row for the same (strategy, task) supersedes
+    assert stats.compare_table(rerun, ["a", "b"], reps=10)["pairs"]["a - b"]["a_only"] == 0
+
+
+def test_bootstrap_resamples_task_types_as_clusters() -> None:
+    """One type with ten tasks all gained, nine types with one task each tied: the mean gain is 10/19, but in about
+    a third of cluster resamples the big type is absent (gain 0). Resampling single tasks would never reach 0."""
+    diffs = {"big": [1.0] * 10, **{f"t{i}": [0.0] for i in range(9)}}
+    lo, hi = stats.cluster_bootstrap_diff(diffs, reps=4000)
+    assert lo == 0.0 and 0.5 < hi <= 1.0
+    assert stats.cluster_bootstrap_diff({"a": [1.0], "b": [1.0, 1.0]}, reps=100) == (1.0, 1.0)
+    assert stats.cluster_bootstrap_diff({}, reps=10) is None
+
+
+def test_compare_runs_each_missing_pair_once_and_labels_oracle_selection(tmp_path: Path, monkeypatch: Any) -> None:
+    import agent_selfevolve.search as search
+
+    ran: list[tuple[str, str, str]] = []
+
+    def fake_strategy(name: str) -> Any:
+        def run(ctx: Any, run_id: str, **opts: Any) -> Any:
+            ran.append((name, ctx.task.instance_id, ctx.select_with))
+            assert ctx.budget.max_tokens == 5000
+            return SimpleNamespace(resolved=name == "hgm", pass_at_n=True, best_reward=1.0, attempts=2,
+                                   usage={"prompt_tokens": 4000, "completion_tokens": 900}, stop_reason="budget",
+                                   oracle=ctx.select_with == "tests")
+        return run
+
+    monkeypatch.setattr(search, "strategies", lambda: {n: fake_strategy(n) for n in wp.STRATEGIES})
+    tasks = [_task("click-tab", 0), _task("click-tab", 1)]
+    stats.append_row(wp.compare_log(tmp_path, 5000, "tests"),
+                     {**_row("best_of_n", tasks[0].instance_id, False, "click-tab"), "budget": 5000})
+    rows = wp.compare(tasks, ScriptedFakeModel([]), tmp_path, strategies=list(wp.STRATEGIES), budget=5000,
+                      select_with="tests")
+    assert ran == [("se_agent", tasks[0].instance_id, "tests"), ("hgm", tasks[0].instance_id, "tests"),
+                   *((s, tasks[1].instance_id, "tests") for s in wp.STRATEGIES)]
+    assert all(r["oracle"] for r in rows[1:]) and len(rows) == 6
+    table = stats.compare_table(rows, list(wp.STRATEGIES), reps=100)
+    assert table["pairs"]["best_of_n - hgm"] == {**table["pairs"]["best_of_n - hgm"], "diff": -1.0, "b_only": 2}
+    ran.clear()
+    wp.compare(tasks, ScriptedFakeModel([]), tmp_path, strategies=list(wp.STRATEGIES), budget=5000,
+               select_with="tests")
+    assert ran == []  # every pair logged: a rerun runs nothing
+
+
+def test_compare_table_printout_says_oracle_only_for_page_reward_selection(capsys: Any) -> None:
+    table = stats.compare_table([_row("a", "x.0", True), _row("b", "x.0", False)], ["a", "b"], reps=10)
+    stats.print_compare(table, 1000, "tests")
+    assert "ORACLE" in capsys.readouterr().out
+    stats.print_compare(table, 1000, "proxy")
+    out = capsys.readouterr().out
+    assert "ORACLE" not in out and "held-out" in out
+
+
+def test_evolve_split_is_by_type_fixed_by_seed_and_disjoint() -> None:
+    types = list(wp.TASK_TYPES)
+    split = wp.split_types(types, 0, 10, 10)
+    assert split == wp.split_types(list(reversed(types)), 0, 10, 10)  # the seed fixes it, not the input order
+    assert split != wp.split_types(types, 1, 10, 10)
+    assert (len(split["final"]), len(split["gate"]), len(split["train"])) == (10, 10, len(types) - 20)
+    assert sorted(split["final"] + split["gate"] + split["train"]) == sorted(types)
+    with pytest.raises(ValueError):
+        wp.split_types(types[:5], 0, 3, 2)
+
+
+def test_model_key_names_the_results_folder() -> None:
+    assert wp.model_key("local") == "qwen2.5-coder-0.5b"
+    assert wp.model_key("local:qwen2.5-coder-1.5b") == "qwen2.5-coder-1.5b"
+    assert wp.model_key("openai:gpt/4") == "openai-gpt-4"
+
+
+def test_task_types_are_at_least_40_distinct_browsergym_miniwob_tasks() -> None:
+    pytest.importorskip("browsergym.miniwob")
+    from agent_selfevolve.browsergym_tasks import miniwob_task_names
+
+    assert len(set(wp.TASK_TYPES)) == len(wp.TASK_TYPES) >= 40
+    assert set(wp.TASK_TYPES) <= set(miniwob_task_names())
