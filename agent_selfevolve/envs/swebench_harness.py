@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.sources.swebench import SWEBenchDataError, fetch_wheel
+from agent_selfevolve.infra import PackageDataError, cache_root, fetch_wheel
 
 HARNESS = ("swebench", "4.1.0")
 """The last release that ships MAP_REPO_VERSION_TO_SPECS and MAP_REPO_TO_PARSER inside the package."""
@@ -171,7 +171,7 @@ def _load(wheel: Path) -> Harness:
         scripts = mods.module("swebench.harness.test_spec.python")
         versioning = mods.module("swebench.versioning.constants")
     except (ImportError, SyntaxError, KeyError) as exc:
-        raise SWEBenchDataError(f"{wheel.name}: cannot load SWE-bench's specs and parsers: {exc}") from exc
+        raise PackageDataError(f"{wheel.name}: cannot load SWE-bench's specs and parsers: {exc}") from exc
     return Harness(release=wheel.name.split("-")[1], specs=consts.MAP_REPO_VERSION_TO_SPECS_PY,
                    parsers=dict(parsers.MAP_REPO_TO_PARSER_PY), constants=consts, scripts=scripts,
                    versioning=versioning)
@@ -180,7 +180,7 @@ def _load(wheel: Path) -> Harness:
 def harness(cache_dir: str | Path | None = None) -> Harness:
     """SWE-bench's specs and parsers from the pinned wheel (downloaded once into `<cache>/swebench/wheels`)."""
     name, version = HARNESS
-    return _load(fetch_wheel(name, version, cache_dir))
+    return _load(fetch_wheel(name, version, (Path(cache_dir) if cache_dir else cache_root() / "swebench") / "wheels"))
 
 
 def parse_log(repo: str, log: str, cache_dir: str | Path | None = None) -> dict[str, str]:
