@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -81,6 +82,7 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
     if workers <= 1 and executor == "process":
         executor = "inline"  # one worker: run in-process so attempt-level progress is shown
     already = len([t for t in task_list if t.instance_id in read_results(out)])
+    started = time.monotonic()
     with _progress() as progress:
         bar = progress.add_task("tasks", total=len(task_list), completed=already, info="")
         live = progress.add_task("attempts", total=None, info="")
@@ -124,7 +126,46 @@ def _run_batch(task_list: list[Task], out: Path, model: str, base_url: str | Non
     Console().print(table)
     console.print(f"resolved {summary['resolved_instances']}/{summary['total_instances']}{_oracle_tag(select_with)}"
                   f"  -> {out}/summary.json")
+    _closing_summary(task_list, results, out, config.run_id, time.monotonic() - started)
     return summary
+
+
+def _closing_summary(task_list: list[Task], results: dict[str, Any], out: Path, run_id: str, wall_s: float) -> None:
+    """What a newcomer needs at the end: what was solved, what it cost, and where to look."""
+    done = [results[t.instance_id] for t in task_list if t.instance_id in results]
+    attempts = sum(int(r.get("attempts") or 0) for r in done)
+    tokens = sum(int((r.get("usage") or {}).get("prompt_tokens", 0)) + int((r.get("usage") or {}).get(
+        "completion_tokens", 0)) for r in done)
+    solved = [r["instance_id"] for r in done if r.get("resolved")]
+    pages = _viewer_pages(out, [t.instance_id for t in task_list if t.instance_id in results], run_id)
+    console.print(f"\n[bold]Summary[/bold]: {len(solved)} of {len(task_list)} tasks resolved (hidden tests, run after "
+                  f"the attempt was chosen) with {attempts} attempts and {tokens:,} tokens in {wall_s / 60:.1f} min.")
+    if solved:
+        console.print(f"  resolved: {', '.join(solved)}")
+    console.print(f"  patches: {out}/preds.jsonl   per task: {out}/<task>/report.json   store: {out}/runs.sqlite")
+    if pages:
+        console.print(f"  look inside (search tree, every step, diffs): open {pages[0].parent}/<task>.html, "
+                      f"e.g. {pages[0]}")
+
+
+def _viewer_pages(out: Path, task_ids: list[str], run_id: str) -> list[Path]:
+    """One HTML page per task's run in `<out>/viewer/` (best effort: a page that fails is skipped, not fatal)."""
+    from agent_selfevolve.store import TrajectoryStore
+    from agent_selfevolve.viz import safe_filename, write_run_html
+
+    if not (out / "runs.sqlite").exists():
+        return []
+    pages, store = [], TrajectoryStore(out / "runs.sqlite")
+    try:
+        for task_id in task_ids:
+            try:
+                pages.append(write_run_html(store, f"{run_id}:{task_id}", out / "viewer" /
+                                            f"{safe_filename(task_id)}.html"))
+            except Exception as exc:  # a viewer page is a convenience; the run's results are already written
+                console.print(f"[dim]no viewer page for {task_id}: {type(exc).__name__}: {exc}[/dim]")
+    finally:
+        store.close()
+    return pages
 
 
 def _oracle_tag(select_with: str) -> str:
@@ -158,13 +199,29 @@ def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent 
            max_steps: int = typer.Option(20, help="Agent steps per attempt."),
            workers: int = typer.Option(1, help="Tasks in parallel (processes)."),
            baseline: bool = typer.Option(False, help="Also run best-of-N at the same token budget (compute-matched)."),
+           stop_on_perfect: bool = typer.Option(False, help="best_of_n: stop a task once an attempt passes every "
+                                                            "visible check (not for fixed-N comparisons)."),
            profile: ProfileOpt = "auto") -> None:
     """Search over trajectories for every task (resumable: rerun the same command)."""
-    options: dict[str, Any] = {"n": n} if strategy == "best_of_n" else {}
+    options: dict[str, Any] = {"n": n, "stop_on_perfect": stop_on_perfect} if strategy == "best_of_n" else {}
     budget = {"max_tokens": budget_tokens, "max_calls": budget_calls, "max_cost": budget_cost,
               "max_wall_s": budget_time}
     _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, strategy, options, budget,
                select_with, max_steps, workers, baseline=baseline, profile=profile)
+
+
+@app.command()
+def quickstart(model: ModelOpt = "local", base_url: BaseUrlOpt = None,
+               n: int = typer.Option(4, help="Attempts per task at most (best-of-N)."),
+               max_steps: int = typer.Option(8, help="Agent steps per attempt."),
+               out: OutOpt = Path("runs/quickstart"), profile: ProfileOpt = "selfcheck") -> None:
+    """The first command: best-of-N over `--tasks quickstart` (8 HumanEval repo tasks, 2 bundled SWE-style bugs the
+    0.5B does not solve), two attempts at a time, stopping a task once an attempt passes every visible check.
+    Resumable: rerun it after an interruption."""
+    _run_batch(resolve_tasks("quickstart", None, None, None), out, model, base_url, "best_of_n",
+               {"n": n, "wave_size": 2, "stop_on_perfect": True}, {}, "proxy", max_steps, workers=1, profile=profile)
+    console.print("  next: `selfevolve search --tasks bundled` (12 SWE-style bugs), `--tasks humaneval` (164), "
+                  "`selfevolve evolve` (train on what worked); README.md says more.")
 
 
 @app.command()

@@ -48,6 +48,18 @@ def test_budget_clips_attempts_and_stops_between_waves(demo_task: Task, tmp_path
     assert result.stop_reason.startswith("budget: LLM calls") and result.usage["calls"] <= 8 and result.resolved
 
 
+def test_stop_on_perfect_ends_best_of_n_after_the_wave_with_a_perfect_proxy_reward(demo_task: Task,
+                                                                                   tmp_path: Path) -> None:
+    """FAKE model that fixes the bug: its first attempt passes every visible check, so with `stop_on_perfect` the
+    next wave is never planned; without it all N run (the fixed-N baseline)."""
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=store)
+    early = best_of_n(ctx, n=4, wave_size=1, stop_on_perfect=True, run_id="p1")
+    assert early.attempts == 1 and early.stop_reason.startswith("a perfect selection reward"), early.stop_reason
+    full = best_of_n(ctx, n=4, wave_size=1, run_id="p2")
+    assert full.attempts == 4 and full.stop_reason == "completed 4 attempts"
+
+
 def test_proxy_selection_never_reads_hidden_tests(demo_task: Task, demo_repo: Path) -> None:
     """The hidden tests add a failing, marked test to tests/test_calc.py, the very file the proxy runs for an
     edit of calc.py: had the proxy applied them, the fix would score below 1.0 and the marker would show."""
@@ -124,6 +136,12 @@ def test_search_cli_shows_progress_and_writes_summary(demo_task: Task, tmp_path:
     assert "resolved 1/1" in result.output and "best 1.00" in result.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["resolved_ids"] == [demo_task.instance_id]
+    # the closing summary a newcomer reads: counts, cost, and a viewer page that exists
+    text = " ".join(result.output.split())
+    assert "Summary: 1 of 1 tasks resolved" in text and "with 2 attempts" in text, result.output
+    page = tmp_path / "o" / "viewer" / f"{demo_task.instance_id}.html"
+    assert page.is_file() and "<html" in page.read_text().lower()[:500]
+    assert "look inside" in text and str(page) in "".join(result.output.split()), result.output  # rich wraps paths
 
 
 def test_an_oracle_run_is_labelled_everywhere(demo_task: Task, tmp_path: Path) -> None:

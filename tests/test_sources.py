@@ -115,3 +115,15 @@ def test_a_second_source_of_the_same_name_is_refused(fake_source: dict[str, obje
         register_task_source(TaskSource("fake", lambda: Path("x")))
     with pytest.raises(ValueError, match="both"):
         register_task_source(TaskSource("half", lambda: Path("x"), owns=lambda r: True))
+
+
+def test_quickstart_tasks_mix_humaneval_and_the_hard_bundled_bugs() -> None:
+    """The first command's tasks: what the 0.5B can do and, not hidden, what it cannot (bundled SWE-style bugs);
+    each keeps its repository, built by its own source."""
+    from agent_selfevolve.sources import quickstart, resolve_tasks
+
+    tasks = resolve_tasks("quickstart")
+    ids = [t.instance_id for t in tasks]
+    assert ids == quickstart.HUMANEVAL_IDS + quickstart.BUNDLED_IDS
+    assert {t.repo for t in tasks} == {"bundled/humaneval", "bundled/inflection", "bundled/toolz"}
+    assert all(t.repo_path and Path(t.repo_path, ".git").exists() for t in tasks)

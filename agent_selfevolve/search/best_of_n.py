@@ -35,6 +35,9 @@ class BestOfNConfig(StrategyConfig):
     wave_size: int | None = None
     """Attempts per wave (the budget is checked between waves); None: `max_concurrency`."""
     temperature: float | None = 0.7
+    stop_on_perfect: bool = False
+    """Stop between waves once an attempt's selection reward is as high as it can be (every visible check passes).
+    Off for comparisons at a fixed N; the quick start turns it on so solved tasks do not spend the rest of N."""
 
     def resolve(self, max_concurrency: int) -> BestOfNConfig:
         return replace(self, wave_size=self.wave_size or max_concurrency)
@@ -60,7 +63,15 @@ def plan(state: BestOfNState, runtime: Runtime[SearchContext]) -> dict[str, Any]
         return {"stop_reason": f"budget: {reason}"}
     if planned >= n:
         return {"stop_reason": f"completed {n} attempts"}
+    if config.stop_on_perfect and any(perfect(a) for a in state.get("attempts", [])):
+        return {"stop_reason": f"a perfect selection reward after {planned} attempts"}
     return {"planned": min(n, planned + (config.wave_size or n))}
+
+
+def perfect(record: AttemptRecord) -> bool:
+    """The attempt's selection reward is the most it could be (1.0, or its ceiling when only some checks exist)."""
+    ceiling = record.get("reward_ceiling")
+    return record["reward"] >= (ceiling if ceiling else 1.0)
 
 
 def route(state: BestOfNState) -> list[Send] | str:

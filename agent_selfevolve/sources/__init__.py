@@ -8,13 +8,14 @@ of each repository a source builds into the task's `repo_path`, so the sandbox o
     sources/build.py     shared repo-build helpers (pinned downloads, locks, atomic builds), a leaf
     sources/check.py     gold-patch validation of built repo tasks
     sources/bundled.py, humaneval.py, swebench.py, browsergym.py   the sources, each registering itself on import
+    sources/quickstart.py  the first command's tasks (a few HumanEval and bundled ones)
     sources/factory.py (+ factory_repo.py, factory_run.py, mutations.py, calltrace.py)   `selfevolve tasks make`:
                          tasks mutated from real projects' test suites; `--tasks factory`, `factory:<project>`
 """
 
 from __future__ import annotations
 
-from agent_selfevolve.sources import browsergym, bundled, factory_repo, humaneval, swebench
+from agent_selfevolve.sources import browsergym, bundled, factory_repo, humaneval, quickstart, swebench
 from agent_selfevolve.sources.registry import (
     TaskSource,
     get_task_source,
@@ -26,4 +27,4 @@ from agent_selfevolve.sources.registry import (
 )
 
 __all__ = ["TaskSource", "browsergym", "bundled", "factory_repo", "get_task_source", "humaneval", "locate_repo",
-           "locate_tasks", "register_task_source", "resolve_tasks", "swebench", "task_source_names"]
+           "locate_tasks", "quickstart", "register_task_source", "resolve_tasks", "swebench", "task_source_names"]
