@@ -95,7 +95,8 @@ def test_ingredients_grade_the_first_edit_alone_and_count_what_revising_changed(
         name = next(n for n in gold if f"def {n}(" in messages[1 if len(messages) > 1 else 0]["content"])
         if len(messages) == 1:
             return f"```python\ndef {name}(*a):\n    return None\n```"
-        edits = sum(m["role"] == "assistant" for m in messages)
+        # a revision: earlier turns in view, or (the selfcheck set-up's fresh revision) the failed check after the task
+        edits = sum(m["role"] == "assistant" for m in messages) + messages[-1]["content"].count("failed the checks")
         if name == "has_close_elements" and edits >= 1:
             return f"```python\n{gold[name]}\n```"
         return f"```python\ndef {name}(*a):\n    return {edits}\n```"
