@@ -96,14 +96,14 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
             traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id=f"{run_id}:0", run_id=run_id),
                                limits=limits, store=store, select_with=config.select_with, judge=judge,
                                on_event=on_event, agent=setup)
-            best, attempts, stop = traj, 1, traj.status
+            best, attempts, stop, spent = traj, 1, traj.status, traj.total_usage.to_dict()
         else:
             ctx = SearchContext(task=task, model=model, store=store, limits=limits, budget=Budget(**config.budget),
                                 select_with=config.select_with, judge=judge, on_event=on_event,
                                 agent=setup)
             result = strategies()[config.strategy](ctx, run_id=run_id, **config.strategy_options)
             best = store.get(result.best_attempt_id) if result.best_attempt_id else None
-            attempts, stop = result.attempts, result.stop_reason
+            attempts, stop, spent = result.attempts, result.stop_reason, dict(result.usage)
             if config.baseline and config.strategy != "best_of_n":
                 baseline = compute_matched_baseline(ctx, result, run_id)
         report = (best.evaluation or {}).get("details", {}) if best else {}
@@ -117,7 +117,7 @@ def solve_task(task_data: dict[str, Any], config_data: dict[str, Any], out_dir: 
                 "resolved": bool(best and best.resolved), "status": best.status if best else "no_attempt",
                 "selection": config.select_with, "oracle": config.select_with == "tests",
                 "attempt_id": best.attempt_id if best else None, "attempts": attempts, "stop_reason": stop,
-                "usage": best.usage if best else {}, "report": report, "baseline": baseline,
+                "usage": best.usage if best else {}, "search_usage": spent, "report": report, "baseline": baseline,
                 "trajectory": best.to_mini_swe_agent() if best else None, "elapsed_s": time.monotonic() - start,
                 **_engine_stats(model)}
     except Exception as exc:  # recorded with its reason; the batch goes on

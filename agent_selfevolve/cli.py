@@ -134,8 +134,8 @@ def _closing_summary(task_list: list[Task], results: dict[str, Any], out: Path, 
     """What a newcomer needs at the end: what was solved, what it cost, and where to look."""
     done = [results[t.instance_id] for t in task_list if t.instance_id in results]
     attempts = sum(int(r.get("attempts") or 0) for r in done)
-    tokens = sum(int((r.get("usage") or {}).get("prompt_tokens", 0)) + int((r.get("usage") or {}).get(
-        "completion_tokens", 0)) for r in done)
+    spent = [r.get("search_usage") or r.get("usage") or {} for r in done]  # every attempt, not only the chosen one
+    tokens = sum(int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0)) for u in spent)
     solved = [r["instance_id"] for r in done if r.get("resolved")]
     pages = _viewer_pages(out, [t.instance_id for t in task_list if t.instance_id in results], run_id)
     console.print(f"\n[bold]Summary[/bold]: {len(solved)} of {len(task_list)} tasks resolved (hidden tests, run after "

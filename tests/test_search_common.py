@@ -139,6 +139,10 @@ def test_search_cli_shows_progress_and_writes_summary(demo_task: Task, tmp_path:
     # the closing summary a newcomer reads: counts, cost, and a viewer page that exists
     text = " ".join(result.output.split())
     assert "Summary: 1 of 1 tasks resolved" in text and "with 2 attempts" in text, result.output
+    line = json.loads((tmp_path / "o" / "results.jsonl").read_text().splitlines()[0])
+    both = line["search_usage"]["prompt_tokens"] + line["search_usage"]["completion_tokens"]
+    assert both > line["usage"]["prompt_tokens"] + line["usage"]["completion_tokens"]  # two attempts, one chosen
+    assert f"and {both:,} tokens" in text, result.output
     page = tmp_path / "o" / "viewer" / f"{demo_task.instance_id}.html"
     assert page.is_file() and "<html" in page.read_text().lower()[:500]
     assert "look inside" in text and str(page) in "".join(result.output.split()), result.output  # rich wraps paths
