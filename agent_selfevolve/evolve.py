@@ -26,7 +26,7 @@ from langgraph.runtime import Runtime
 
 from agent_selfevolve.agent import Limits
 from agent_selfevolve.attempt import AttemptSpec, run_attempt, sqlite_checkpointer
-from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.fileio import save_figure_atomic, write_json_atomic
 from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Model, Usage
 from agent_selfevolve.search import strategies
@@ -326,11 +326,7 @@ def plot_episodes(episodes: list[dict[str, Any]], out: Path, final: dict[str, An
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure_atomic(fig, out)
 
 
 def _next(state: EvolveState, runtime: Runtime[EvolveContext]) -> Literal["eval_current", "final_eval"]:

@@ -28,6 +28,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def save_figure_atomic(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """A matplotlib figure to a PNG via a temporary file and a rename (a reader never sees half an image); the
+    figure is closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 

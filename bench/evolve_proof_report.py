@@ -13,7 +13,7 @@ from typing import Any
 from evolve_proof_core import ROW_KINDS, Unit, held_out_ids, read_records, train_ids, unit_dir, unit_done
 
 from agent_selfevolve.evolve import mcnemar
-from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.fileio import save_figure_atomic, write_json_atomic
 
 SUITES = ("humaneval", "factory")
 
@@ -190,11 +190,7 @@ def plot(report: dict[str, Any], out: Path) -> Path | None:
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure_atomic(fig, out)
 
 
 def write_report(root: Path, command: str) -> dict[str, Any]:

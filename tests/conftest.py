@@ -53,7 +53,11 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def demo_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "demo"
+    return make_demo_repo(tmp_path / "demo")
+
+
+def make_demo_repo(repo: Path) -> Path:
+    """The demo repository (calc.py's add() subtracts; tests/test_calc.py), committed once at `repo`."""
     (repo / "tests").mkdir(parents=True)
     (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n")
     (repo / "tests" / "test_calc.py").write_text(

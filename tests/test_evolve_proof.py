@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIX, HIDDEN_TEST
+from conftest import FIX, HIDDEN_TEST, make_demo_repo
 
 from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
 from agent_selfevolve.tasks import Task
@@ -54,16 +54,7 @@ def _git(cwd: Path, *args: str) -> str:
 
 
 def make_repo(repo: Path) -> Path:
-    (repo / "tests").mkdir(parents=True)
-    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n")
-    (repo / "tests" / "test_calc.py").write_text(
-        "from calc import add, mul\n\n\ndef test_add():\n    assert add(1, 1) == 2\n\n\n"
-        "def test_mul():\n    assert mul(2, 3) == 6\n")
-    (repo / "conftest.py").write_text("import sys, os\nsys.path.insert(0, os.path.dirname(__file__))\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "base")
-    return repo
+    return make_demo_repo(repo)
 
 
 def task_copies(repo_dir: Path, ids: list[str], **extra: Any) -> list[Task]:
