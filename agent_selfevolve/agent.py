@@ -122,14 +122,17 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
     turn = sum(1 for m in state["messages"] if m.get("role") == "assistant")
     params = {"stop": list(fmt.stop), **ctx.model_params} if fmt.stop else ctx.model_params
     base_seed = int(ctx.model_params.get("seed") or 0)  # a search's per-attempt seed keeps siblings apart
-    if ctx.setup.revise_temperature is not None and _revising(state):
+    revising = _revising(state)
+    fresh = revising and ctx.setup.revision_context == "fresh"
+    shown = fresh_revision(state) if fresh else state["messages"]
+    if ctx.setup.revise_temperature is not None and revising:
         params = {**params, "temperature": ctx.setup.revise_temperature, "seed": base_seed + 1000 * turn}
     spent = Usage()
     for retry in range(retries + 1):
         if retry:  # the same context gives the same greedy reply: sample a different one
             params = {**params, "temperature": ctx.setup.retry_temperature, "seed": base_seed + 1000 * turn + retry}
         try:
-            reply, replayed = _query(state, ctx, fmt, params, turn)
+            reply, replayed = _query(state, ctx, fmt, shown, params, turn)
         except ModelError as exc:
             return {"status": "model_error", "exit_message": str(exc), "pending": [],
                     "elapsed_s": state.get("elapsed_s", 0.0) + time.monotonic() - t0}
@@ -143,7 +146,7 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         if not repeated or replayed:
             break
     model_s = time.monotonic() - t0
-    fresh = not replayed and model_messages(state, ctx.setup) is not state["messages"]
+    fresh = fresh and not replayed
     usage = (Usage.from_dict(state.get("usage")) + spent).to_dict()
     message = reply.recorded_message()  # with the sampled token ids, for training; prompts never see them
     update: dict[str, Any] = {"usage": usage, "elapsed_s": state.get("elapsed_s", 0.0) + model_s,
@@ -187,24 +190,19 @@ def _rejected(state: AgentState, message: dict[str, Any], exc: ActionFormatError
     return update
 
 
-def _query(state: AgentState, ctx: AgentContext, fmt: ActionFormat, params: dict[str, Any],
-           turn: int) -> tuple[ModelReply, bool]:
-    """The model's reply for this turn, or the replayed one (no model call) while a replay lasts."""
+def _query(state: AgentState, ctx: AgentContext, fmt: ActionFormat, shown: list[dict[str, Any]],
+           params: dict[str, Any], turn: int) -> tuple[ModelReply, bool]:
+    """The model's reply to `shown` for this turn, or the replayed one (no model call) while a replay lasts."""
     replay = state.get("replay") or []
     if turn < len(replay):
         return ModelReply(dict(replay[turn]), Usage()), True
-    specs = ctx.env.tool_specs()
-    shown = fmt.render_history(model_messages(state, ctx.setup))
-    return ctx.model.chat(shown, fmt.model_tools(specs), **params), False
+    return ctx.model.chat(fmt.render_history(shown), fmt.model_tools(ctx.env.tool_specs()), **params), False
 
 
-def model_messages(state: AgentState, setup: AgentSetup) -> list[dict[str, Any]]:
-    """What the model is shown this turn: the conversation, or, for a revision with `revision_context: fresh`,
-    the first turn again with the last failed check after it and without the earlier code (the 0.5B copied its
-    wrong function back whenever it was in view)."""
+def fresh_revision(state: AgentState) -> list[dict[str, Any]]:
+    """A revision with `revision_context: fresh`: the first turn again with the last failed check after it and
+    without the earlier code (the 0.5B copied its wrong function back whenever it was in view)."""
     messages = state["messages"]
-    if setup.revision_context != "fresh" or not _revising(state):
-        return messages
     first = next(i for i, m in enumerate(messages) if m.get("role") == "user")
     return [*messages[:first], {"role": "user", "content": f"{messages[first]['content']}\n\n{failed_check(state)}"}]
 
