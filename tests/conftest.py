@@ -106,3 +106,14 @@ def kill_9_when_recorded(script: str, task: Task, store: Any, run_id: str, at_le
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
     return dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id=?", (run_id,)).fetchall())
+
+
+def load_data_module(name: str) -> Any:
+    """A script of tests/data (e.g. a capture script that records the pinned prompts) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "data" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,27 +3,19 @@ they ship as package data, and a set-up for one task kind gives way to the shipp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_data_module
 
 from agent_selfevolve.setups import SETUPS_DIR, SHIPPED, AgentSetup, get_setup, load_setup, resolve_setup
 
 DATA = Path(__file__).parent / "data"
 
 
-def _capture() -> Any:
-    spec = importlib.util.spec_from_file_location("capture_first_prompts", DATA / "capture_first_prompts.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-capture = _capture()
+capture = load_data_module("capture_first_prompts")
 EXPECTED = json.loads((DATA / "first_prompts.json").read_text())
 
 

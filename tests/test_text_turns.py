@@ -5,12 +5,12 @@ and a backend handed tool messages passes them to its template as they are."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_data_module
 
 from agent_selfevolve import action_format
 from agent_selfevolve.action_format import FencedText
@@ -20,15 +20,7 @@ from agent_selfevolve.models.llama_messages import to_template_messages
 DATA = Path(__file__).parent / "data"
 
 
-def _capture() -> Any:
-    spec = importlib.util.spec_from_file_location("capture_text_turns", DATA / "capture_text_turns.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-capture = _capture()
+capture = load_data_module("capture_text_turns")
 EXPECTED = json.loads((DATA / "text_turns.json").read_text())
 
 
