@@ -214,12 +214,16 @@ def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent 
 def quickstart(model: ModelOpt = "local", base_url: BaseUrlOpt = None,
                n: int = typer.Option(4, help="Attempts per task at most (best-of-N)."),
                max_steps: int = typer.Option(8, help="Agent steps per attempt."),
+               task_seconds: float = typer.Option(80.0, help="Wall-time budget of each task's search (an attempt "
+                                                              "stops at its next step once it is spent)."),
                out: OutOpt = Path("runs/quickstart"), profile: ProfileOpt = "selfcheck") -> None:
     """The first command: best-of-N over `--tasks quickstart` (8 HumanEval repo tasks, 2 bundled SWE-style bugs the
-    0.5B does not solve), two attempts at a time, stopping a task once an attempt passes every visible check.
-    Resumable: rerun it after an interruption."""
+    0.5B does not solve), two attempts at a time, stopping a task once an attempt passes every visible check or
+    its `--task-seconds` are spent (so the whole run stays within minutes). Resumable: rerun it after an
+    interruption."""
     _run_batch(resolve_tasks("quickstart", None, None, None), out, model, base_url, "best_of_n",
-               {"n": n, "wave_size": 2, "stop_on_perfect": True}, {}, "proxy", max_steps, workers=1, profile=profile)
+               {"n": n, "wave_size": 2, "stop_on_perfect": True}, {"max_wall_s": task_seconds}, "proxy", max_steps,
+               workers=1, profile=profile)
     console.print("  next: `selfevolve search --tasks bundled` (12 SWE-style bugs), `--tasks humaneval` (164), "
                   "`selfevolve evolve` (train on what worked); README.md says more.")
 

@@ -58,11 +58,14 @@ class Budget:
             return f"wall time {elapsed_s:.0f} s >= {self.max_wall_s:.0f} s"
         return None
 
-    def clip(self, limits: Limits, used: Usage, share: int = 1) -> Limits:
+    def clip(self, limits: Limits, used: Usage, share: int = 1, elapsed_s: float = 0.0) -> Limits:
         """Per-attempt limits shrunk to an equal share of what the search has left among `share` concurrent
-        attempts, so a wave of attempts cannot overrun the budget by much (an attempt stops at its limit)."""
+        attempts, so a wave of attempts cannot overrun the budget by much (an attempt stops at its limit). Wall
+        time is not divided: concurrent attempts spend it together, so each may use all that is left."""
         clipped = Limits(**asdict(limits))
         share = max(1, share)
+        if self.max_wall_s is not None:
+            clipped.max_wall_s = max(1.0, min(limits.max_wall_s, self.max_wall_s - elapsed_s))
         if self.max_tokens is not None:
             clipped.max_tokens = max(1, min(limits.max_tokens, (self.max_tokens - used.total_tokens) // share))
         if self.max_calls is not None:
@@ -145,7 +148,8 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
     """Run one planned attempt (the target of every `Send`). Failures come back as failed records."""
     ctx = runtime.context
     spec = AttemptSpec(**payload["spec"])
-    limits = ctx.budget.clip(ctx.limits, Usage.from_dict(payload.get("used")), payload.get("share", 1))
+    limits = ctx.budget.clip(ctx.limits, Usage.from_dict(payload.get("used")), payload.get("share", 1),
+                             time.time() - ctx.started_at)
     if spec.replay:  # replayed turns cost no model call: the budget's share of steps comes on top of them
         limits = replace(limits, max_steps=min(ctx.limits.max_steps, limits.max_steps + len(spec.replay)))
     traj = run_attempt(ctx.task, ctx.model, spec, limits=limits, store=ctx.store,
