@@ -157,7 +157,9 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         _refuse_repeat(calls, state.get("steps", []))
     except ActionFormatError as exc:
         stuck = retries if retries and repeated and not replayed else 0  # resampling found nothing else
-        return {**update, **_rejected(state, message, exc, reply_usage, model_s, ctx.limits.max_format_errors, stuck)}
+        rejected = _rejected(state, message, exc, reply_usage, model_s, ctx.limits.max_format_errors, stuck)
+        rejected["steps"][0]["shown"] = "fresh_revision" if fresh else "conversation"  # for training rows
+        return {**update, **rejected}
     update.update(messages=[message], format_errors=0, pending=[
         {"name": c.name, "arguments": c.arguments, "id": c.id, "usage": reply_usage.to_dict(), "model_s": model_s,
          "shown": "fresh_revision" if fresh else "conversation"} for c in calls])

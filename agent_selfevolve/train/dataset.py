@@ -21,6 +21,14 @@ is none, it is F's turn at k (the step where it left the successful path). The r
 that turn and its observations (assistant turns weighted 0), then S's continuation from k with a short
 reflection prepended to S's first assistant message. The environment state after F's bad step is not undone:
 like Agent-R, we accept that the spliced path is a teaching signal ("notice, reflect, go back"), not a replay.
+
+Fresh revisions (`revision_context: fresh`, the selfcheck set-up) were not shown `traj.messages` but the first turn
+with the failed check after it, so rows come from the message lists the model saw (`shown.py`'s segments): an SFT row
+is the segment that made the final turn; a DPO pair or recovery row joins a segment of the failed sibling with the
+successful one's final segment at their branch point (longest shared prefix, as siblings are chosen), so both sides
+were seen as they stand up to where they part (first answers to [system, user], or revisions after the same failed
+check). Skipping such attempts would lose selfcheck's first-answer pairs. Without fresh revisions an attempt is its
+own single segment: its rows are unchanged. The report counts attempts with fresh revisions ('segmented').
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from agent_selfevolve.models.base import EXTRA_KEY, Message
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.train.canonical import PROMPT_MODES, canonical_trajectory
 from agent_selfevolve.train.jsonl import Row, data_hash, read_jsonl, rows_to_jsonl, write_jsonl
+from agent_selfevolve.train.shown import final_view, has_fresh_revisions, segment_views, turn_steps
 from agent_selfevolve.trajectory import INFRA_FAILURES, Status, Trajectory, used_native_tools
 
 __all__ = ["DatasetReport", "HeldOutLeakError", "Row", "assert_no_held_out", "build_dataset", "data_hash",
@@ -69,6 +78,8 @@ class DatasetReport:
     """Attempts stopped at a tree search's step chunk: continued by descendants, never paired."""
     not_canonical: int = 0
     """Attempts whose guided prompt could not be rebuilt unguided (left out in 'canonical' mode)."""
+    segmented: int = 0
+    """Attempts with fresh revisions: their rows come from the contexts the model was shown (`shown.py`)."""
     empty: dict[str, str] = field(default_factory=dict)
     """Requested kind -> why it produced no rows."""
     notes: list[str] = field(default_factory=list)
@@ -136,24 +147,16 @@ def _turn_errors(traj: Trajectory) -> dict[int, str]:
     """Assistant message index -> the error its action produced ('' if it had none).
 
     Steps are matched to assistant turns in order: one step per tool call, or one for a text action / format
-    error. A turn with no matching step (the attempt stopped) counts as error-free."""
+    error (`shown.turn_steps`). A turn with no matching step (the attempt stopped) counts as error-free."""
     errors: dict[int, str] = {}
-    steps = list(traj.steps)
-    pos = _first_assistant(traj.messages)
-    s = 0
-    for i in range(pos, len(traj.messages)):
-        msg = traj.messages[i]
-        if msg.get("role") != "assistant":
-            continue
-        n = max(1, len(msg.get("tool_calls") or []))
+    for i, steps in turn_steps(traj):
         why = ""
-        for step in steps[s:s + n]:
+        for step in steps:
             if step.get("format_error"):
                 why = why or f"format error: {step['format_error']}"
             elif step.get("observation_error"):
                 why = why or f"tool error: {str(step.get('observation', ''))}"
         errors[i] = why
-        s += n
     return errors
 
 
@@ -214,32 +217,38 @@ def _visible(trajs: Iterable[Trajectory], held_out: set[str], report: DatasetRep
     return out
 
 
-def _best_partner(f: Trajectory, successes: list[Trajectory]) -> Trajectory:
-    """The successful sibling closest to `f`: longest shared prefix, then highest reward, then id."""
-    return max(successes, key=lambda s: (shared_prefix_len(f.messages, s.messages), s.reward, s.attempt_id))
+def _pair(f: Trajectory, successes: list[Trajectory]) -> tuple[Trajectory, Trajectory, Trajectory]:
+    """(a segment of `f`, the successful sibling closest to it, that sibling's final segment): longest shared
+    prefix, then highest reward, then id, then `f`'s earlier segment. Without fresh revisions: (f, s, s)."""
+    finals = [(s, final_view(s)) for s in successes]
+    return max(((fv, s, sv) for fv in segment_views(f) for s, sv in finals),
+               key=lambda c: (shared_prefix_len(c[0].messages, c[2].messages), c[1].reward, c[1].attempt_id))
 
 
 # -- builders -----------------------------------------------------------------------------------------------------
 def sft_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), min_reward: float | None = None,
              report: DatasetReport | None = None) -> list[Row]:
-    """One row per resolved trajectory. Turns that were format errors get weight 0: a success is not a reason to
-    imitate a malformed reply."""
+    """One row per resolved trajectory: the messages the model was shown for its final turn, with its replies in
+    that context (all of them without fresh revisions). Turns that were format errors get weight 0: a success is
+    not a reason to imitate a malformed reply."""
     rows = []
     for t in _visible(trajs, set(held_out), report):
         if not t.resolved or not _finished(t) or (min_reward is not None and t.reward < min_reward):
             continue
-        errors = _turn_errors(t)
-        messages = copy.deepcopy(t.messages)
+        v = final_view(t)
+        errors = _turn_errors(v)
+        messages = copy.deepcopy(v.messages)
         for i, why in errors.items():
             if why.startswith("format error"):
                 messages[i]["weight"] = 0
-        rows.append(_with_tools({"messages": _trim_tail(messages), "meta": _meta("sft", t.task_id, t)}, t))
+        rows.append(_with_tools({"messages": _trim_tail(messages), "meta": _meta("sft", t.task_id, t)}, v))
     return rows
 
 
 def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pairs_per_task: int | None = None,
               report: DatasetReport | None = None) -> list[Row]:
-    """For each failed sibling, one pair against its closest successful sibling, split at their branch point."""
+    """For each failed sibling, one pair against its closest successful sibling, split at their branch point (of
+    segments the model saw, for fresh revisions: see the module's docstring)."""
     rows = []
     for (_, task_id), group in sorted(_siblings(_visible(trajs, set(held_out), report)).items()):
         wins = [t for t in group if t.resolved]
@@ -248,50 +257,50 @@ def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pai
             continue
         task_rows = []
         for f in losses:
-            s = _best_partner(f, wins)
-            f_messages = f.messages
-            k = branch_point(s.messages, f_messages)
+            fv, s, sv = _pair(f, wins)
+            k = branch_point(sv.messages, fv.messages)
             if k is None:
                 continue
-            chosen, rejected = _trim_tail(s.messages[k:]), _trim_tail(f_messages[k:])
+            chosen, rejected = _trim_tail(sv.messages[k:]), _trim_tail(fv.messages[k:])
             if not any(m.get("role") == "assistant" for m in chosen) \
                     or message_key_list(chosen) == message_key_list(rejected):
                 continue
-            task_rows.append(_with_tools({"prompt": copy.deepcopy(s.messages[:k]), "chosen": copy.deepcopy(chosen),
+            task_rows.append(_with_tools({"prompt": copy.deepcopy(sv.messages[:k]), "chosen": copy.deepcopy(chosen),
                                           "rejected": copy.deepcopy(rejected), "meta": _meta("dpo", task_id, s, f)},
-                                         s))
+                                         sv))
         rows.extend(task_rows[:max_pairs_per_task] if max_pairs_per_task else task_rows)
     return rows
 
 
 def recovery_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
                   report: DatasetReport | None = None) -> list[Row]:
-    """Failed path up to its first wrong step, a reflection, then the successful sibling's continuation."""
+    """Failed path up to its first wrong step, a reflection, then the successful sibling's continuation (segments
+    the model saw, for fresh revisions: see the module's docstring)."""
     rows = []
     for (_, task_id), group in sorted(_siblings(_visible(trajs, set(held_out), report)).items()):
         wins = [t for t in group if t.resolved]
         for f in (t for t in group if not t.resolved):
             if not wins:
                 break
-            s = _best_partner(f, wins)
-            f_messages = f.messages
-            k = branch_point(s.messages, f_messages)
-            if k is None or k >= len(s.messages) or k >= len(f_messages) or f_messages[k].get("role") != "assistant":
+            fv, s, sv = _pair(f, wins)
+            f_messages = fv.messages
+            k = branch_point(sv.messages, f_messages)
+            if k is None or k >= len(sv.messages) or k >= len(f_messages) or f_messages[k].get("role") != "assistant":
                 continue
-            errors = _turn_errors(f)
+            errors = _turn_errors(fv)
             wrong = next((i for i in sorted(errors) if i >= k and errors[i]), k)
             bad = copy.deepcopy(f_messages[k:_turn_end(f_messages, wrong)])
             for m in bad:
                 if m.get("role") == "assistant":
                     m["weight"] = 0
-            good = copy.deepcopy(s.messages[k:])
+            good = copy.deepcopy(sv.messages[k:])
             why = errors.get(wrong, "").splitlines()[0][:200] if errors.get(wrong) else ""
             reflection = REFLECTION.format(why=f" ({why})" if why else "")
             good[0]["content"] = reflection + ("\n\n" + good[0]["content"] if good[0].get("content") else "")
             good[0].pop(EXTRA_KEY, None)  # its recorded token ids spell the text without the reflection
-            messages = copy.deepcopy(s.messages[:k]) + bad + _trim_tail(good)
+            messages = copy.deepcopy(sv.messages[:k]) + bad + _trim_tail(good)
             rows.append(_with_tools({"messages": messages, "meta": {**_meta("recovery", task_id, f, s),
-                                                                     "wrong_step": wrong, "branch": k}}, s))
+                                                                     "wrong_step": wrong, "branch": k}}, sv))
     return rows
 
 
@@ -313,6 +322,7 @@ def build_dataset(source: TrajectoryStore | Iterable[Trajectory], *, run_id: str
     report = DatasetReport(prompts=prompts)
     visible = _visible(trajs, held, report)
     report.unfinished_skipped = sum(not _finished(t) for t in visible)
+    report.segmented = sum(has_fresh_revisions(t) for t in visible)
     if prompts == "canonical":
         rebuilt = [canonical_trajectory(t) for t in visible]
         report.not_canonical = sum(t is None for t in rebuilt)
@@ -355,8 +365,8 @@ def why_empty(kind: str, trajs: Sequence[Trajectory], report: DatasetReport) -> 
     if not both:
         return ("no task has both a resolved and a failed finished attempt in one run (these rows need siblings: "
                 "a search with several attempts per task)" + tail)
-    pairs = [(f, _best_partner(f, [t for t in g if t.resolved])) for g in both for f in g if not f.resolved]
-    if all(branch_point(s.messages, f.messages) is None for f, s in pairs):
+    pairs = [_pair(f, [t for t in g if t.resolved]) for g in both for f in g if not f.resolved]
+    if all(branch_point(sv.messages, fv.messages) is None for fv, _, sv in pairs):
         hint = ("a guided search such as SE-Agent gives each attempt its own strategy/guidance; prompts='canonical' "
                 "removes it" if report.prompts == "as_run" else "their prompts were built differently")
         return (f"{len(both)} task(s) have a resolved and a failed sibling, but no pair shares its first messages "
