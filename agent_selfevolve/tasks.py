@@ -60,6 +60,9 @@ class Task(BaseModel):
     """Shell command that runs the given test files; `{tests}` is replaced by them. Default: pytest -rA."""
     test_files: list[str] = Field(default_factory=list)
     """Test files to run when grading; default: the files `test_patch` touches."""
+    test_timeout_s: float | None = None
+    """Seconds grading (and the visible checks) may run before the code counts as failing; default 600. A task
+    whose tests take a second sets less, so a model's endless loop costs seconds, not ten minutes."""
     # Web tasks
     start_url: str | None = None
     allowed_origins: list[str] = Field(default_factory=list)

@@ -294,3 +294,35 @@ def test_a_failing_doctest_is_reported_as_the_doctest_module_prints_it(tmp_path:
     assert "solution.py, line" in raised and "IndexError: list index out of range" in raised, raised
     for noise in ("Docstring line one", "doctest.py", "DocTestFailure", "UnexpectedException", "<doctest"):
         assert noise not in wrong and noise not in raised, (noise, wrong, raised)
+
+
+LOOP = _diff("pkg/calc.py", CALC, "    return a - b", "    while True:\n        pass")
+
+
+def test_a_task_timeout_bounds_grading_and_the_proxy_when_the_code_never_returns(task: Task) -> None:
+    """A model's endless loop: with the task's `test_timeout_s` the hidden grade and the proxy's visible checks
+    stop at it (the default would hold the search for ten minutes) and count the code as failing."""
+    from agent_selfevolve.envs.grading import grade
+
+    quick = task.model_copy(update={"test_timeout_s": 3.0, "test_files": ["tests/test_calc.py"]})
+    report = grade(quick, LOOP)
+    assert not report.resolved and report.error == "tests timed out after 3 s"
+    evaluation = proxy(quick, LOOP)
+    assert evaluation.reward < proxy(quick, FIX).reward
+    assert evaluation.details["checks"]["repo_tests"]["passed"] == 0, evaluation.details  # failed, not skipped
+    env = CodingEnvironment(quick, "loop-env", isolate=False)
+    env.reset()
+    try:
+        (env.path / "pkg" / "calc.py").write_text(CALC.replace("    return a - b", "    while True:\n        pass"))
+        report = env._check().text
+    finally:
+        env.close()
+    assert "timed out after 3 s" in report and "No checks found" not in report, report
+
+
+def test_humaneval_tasks_carry_a_short_test_timeout() -> None:
+    from agent_selfevolve.sources.humaneval import TEST_TIMEOUT_S, humaneval_task_file, humaneval_tasks
+    from agent_selfevolve.tasks import load_tasks
+
+    assert all(t.test_timeout_s == TEST_TIMEOUT_S for t in humaneval_tasks())
+    assert all(t.test_timeout_s == TEST_TIMEOUT_S for t in load_tasks(humaneval_task_file())[:3])

@@ -42,6 +42,8 @@ def test_budget_clips_attempts_and_stops_between_waves(demo_task: Task, tmp_path
     budget = Budget(max_tokens=1000)
     clipped = budget.clip(Limits(max_tokens=10_000), Usage(600, 100), share=3)
     assert clipped.max_tokens == 100  # (1000 - 700) // 3
+    timed = Budget(max_wall_s=80).clip(Limits(max_wall_s=1800), Usage(), share=2, elapsed_s=50)
+    assert timed.max_wall_s == 30  # wall time is spent together by concurrent attempts: not divided
     ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=TrajectoryStore(tmp_path / "s.db"),
                         budget=Budget(max_calls=6))
     result = best_of_n(ctx, n=10, wave_size=1, run_id="b2")

