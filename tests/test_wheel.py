@@ -18,8 +18,8 @@ import pytest
 from test_bundled_e2e import edits_from_patch
 
 from agent_selfevolve.envs.runner import bwrap_available
-from agent_selfevolve.infra import cache_root
-from agent_selfevolve.sources.build import fetch_dist
+from agent_selfevolve.infra import Dist, cache_root, fetch_dist
+from agent_selfevolve.sources.build import dist_dir
 from agent_selfevolve.sources.bundled import bundled_tasks, recipe
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def test_wheel_ships_the_data_and_runs_a_bundled_attempt_from_a_fresh_venv(tmp_p
 
     task = bundled_tasks()[0]
     (isolated_cache / "sdists").mkdir(parents=True, exist_ok=True)
-    sdist = fetch_dist(recipe(task.repo.removeprefix("bundled/")), SDIST_STORE)
+    sdist = fetch_dist(Dist.of(recipe(task.repo.removeprefix("bundled/"))), dist_dir(SDIST_STORE))
     shutil.copy2(sdist, isolated_cache / "sdists" / sdist.name)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AGENT_SELFEVOLVE_TOOLS",
                                                             "AGENT_SELFEVOLVE_WEB_APPS")}

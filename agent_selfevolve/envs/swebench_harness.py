@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.infra import PackageDataError, cache_root, fetch_wheel
+from agent_selfevolve.infra import Dist, PackageDataError, cache_root, fetch_dist
 
-HARNESS = ("swebench", "4.1.0")
+HARNESS = Dist("swebench", "4.1.0", "swebench-4.1.0-py3-none-any.whl",
+               "1243776f720047cc9e20a427f7a52b75c13a07abda6154fb60fe77f82ec8af57")
 """The last release that ships MAP_REPO_VERSION_TO_SPECS and MAP_REPO_TO_PARSER inside the package."""
 START, END = ">>>>> Start Test Output", ">>>>> End Test Output"
 
@@ -179,8 +180,7 @@ def _load(wheel: Path) -> Harness:
 
 def harness(cache_dir: str | Path | None = None) -> Harness:
     """SWE-bench's specs and parsers from the pinned wheel (downloaded once into `<cache>/swebench/wheels`)."""
-    name, version = HARNESS
-    return _load(fetch_wheel(name, version, (Path(cache_dir) if cache_dir else cache_root() / "swebench") / "wheels"))
+    return _load(fetch_dist(HARNESS, (Path(cache_dir) if cache_dir else cache_root() / "swebench") / "wheels"))
 
 
 def parse_log(repo: str, log: str, cache_dir: str | Path | None = None) -> dict[str, str]:

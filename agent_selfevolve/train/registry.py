@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
-from agent_selfevolve.infra import cache_root, pid_alive
+from agent_selfevolve.infra import Dist, PackageDataError, cache_root, fetch_dist, pid_alive
 from agent_selfevolve.train._subprocess import spawn
 from agent_selfevolve.train.base_model import base_model_identity, file_sha256
 
@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS adapters (
 """
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LLAMA_CPP_VERSION = "0.3.36"
+LLAMA_CPP_SDIST = Dist("llama-cpp-python", LLAMA_CPP_VERSION, f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz",
+                       "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")
+"""Its vendored llama.cpp has convert_lora_to_gguf.py (the sha256 is PyPI's)."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -343,16 +346,14 @@ def _merge(base_dir: str, adapter_dir: str, out_dir: str, ref: str) -> dict[str,
 
 
 def _find_sdist(cache: Path) -> Path:
-    name = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-    for cand in (os.environ.get("AGENT_SELFEVOLVE_LLAMA_CPP_SDIST"), cache / name, Path("/tmp/llsrc") / name):
+    for cand in (os.environ.get("AGENT_SELFEVOLVE_LLAMA_CPP_SDIST"), Path("/tmp/llsrc") / LLAMA_CPP_SDIST.file):
         if cand and Path(cand).exists():
             return Path(cand)
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_VERSION}",
-                           "--no-deps", "--no-binary", ":all:", "-d", str(cache)], capture_output=True, text=True)
-    if proc.returncode != 0 or not (cache / name).exists():
+    try:
+        return fetch_dist(LLAMA_CPP_SDIST, cache)
+    except PackageDataError as exc:
         raise RegistryError(f"cannot find the llama-cpp-python {LLAMA_CPP_VERSION} sdist (set "
-                            f"AGENT_SELFEVOLVE_LLAMA_CPP_SDIST):\n{proc.stderr[-2000:]}")
-    return cache / name
+                            f"AGENT_SELFEVOLVE_LLAMA_CPP_SDIST): {exc}") from exc
 
 
 def llama_cpp_convert_script(cache_dir: str | Path | None = None) -> Path:
