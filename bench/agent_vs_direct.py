@@ -2,18 +2,33 @@
 
     python bench/agent_vs_direct.py --tasks 100:116                          # embedded 0.5B, greedy
     python bench/agent_vs_direct.py --model local:qwen2.5-coder-1.5b --tasks 0:164 --arms direct,selfcheck
+    python bench/agent_vs_direct.py --source factory:funcy:easy --tasks 0:10 # task-factory tasks of one project
     python bench/agent_vs_direct.py --model fake --tasks 0:2                 # dry run of the pipeline, no LLM
 
-Arms (`--arms`, default all): `direct` asks the model once, in one chat turn, to complete the HumanEval function
-in a python block (the prompt's imports and helper functions are kept when the reply leaves them out) and the
-hidden tests grade the file; `agent:<profile>` runs one attempt of the agent with that shipped set-up
-(`default`, `small`, `selfcheck` = self-correction against the visible checks) on the same task as a repository,
-graded by the same hidden tests. Every arm is greedy. Per task and arm: resolved, status, tokens, seconds;
-paired against `direct`: both / only direct / only the arm, and the exact two-sided McNemar p.
+Tasks (`--source`): `humaneval` (default; `--tasks` slices its 164 problems, default 100:116) or
+`factory:<project or all>[:<level>]`, the tasks `selfevolve tasks make <project>` built (`all`: every project made),
+of one difficulty level (easy, medium, hard) when given, in their task files' order; `--tasks` slices that list
+(default: all of it).
+
+Arms (`--arms`, default all): `direct` asks the model once, in one chat turn. On HumanEval it is asked to complete
+the function in a python block (the prompt's imports and helper functions are kept when the reply leaves them out)
+and the hidden tests grade the file. On a repository task (factory) the turn shows the issue text and the source
+file(s) the gold patch edits, as they are at the base commit, and asks for the complete fixed function(s) in one
+```python block; the reply is merged into those files as the agent's `python` tool merges definitions
+(envs/definitions.py) and the task's hidden tests grade the patch. That is oracle localization, SWE-bench's
+"oracle retrieval" setting: a favourable baseline, since finding the file is part of what the agent must do. The
+gold patch only picks which files to show; nothing else of it, nor the hidden tests, reaches the prompt.
+`agent:<profile>` runs one attempt of the agent with that shipped set-up (`default`, `small`, `selfcheck` =
+self-correction against the visible checks) on the same task as a repository, graded by the same hidden tests.
+Every arm is greedy. Per task and arm: resolved, status, tokens, seconds; paired against `direct`: both / only
+direct / only the arm, and the exact two-sided McNemar p. Ingredients, per agent arm: its first edit graded alone
+(replayed on a fresh checkout), and what revising gained and lost against it.
 
 Resumable: each (arm, task) outcome is one line of `<out>/agent_vs_direct-<tag>.jsonl` (a rerun skips those);
 the table goes to stdout and `<out>/agent_vs_direct-<tag>.json`; the agent's trajectories to
-`<out>/agent_vs_direct-<tag>.sqlite` (not committed: `selfevolve viz run` or the store API reads them).
+`<out>/agent_vs_direct-<tag>.sqlite` (not committed: `selfevolve viz run` or the store API reads them). The default
+tag is `<model>-<lo>-<hi>` on HumanEval, `<model>-factory-<project>[-<level>]-<lo>-<hi>` on factory tasks
+(`...-all` without `--tasks`).
 """
 
 from __future__ import annotations
@@ -28,11 +43,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from agent_vs_direct_repo import CODE_BLOCK, factory_tasks, first_edit_patch, run_direct_repo, slice_of  # noqa: E402
 
 from agent_selfevolve.agent import Limits  # noqa: E402
 from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
 from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
-from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions  # noqa: E402
 from agent_selfevolve.evolve import mcnemar  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
 from agent_selfevolve.setups import SHIPPED, get_setup  # noqa: E402
@@ -40,14 +57,13 @@ from agent_selfevolve.sources import locate_tasks  # noqa: E402
 from agent_selfevolve.sources.humaneval import file_diff, humaneval_tasks, load_problems, stub_source  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
-from agent_selfevolve.trajectory import Trajectory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIRECT_PROMPT = """Complete this Python function. Reply with the complete function in one ```python code block.
 
 ```python
 {prompt}```"""
-_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
+_BLOCK = CODE_BLOCK
 
 
 def program_from_reply(reply: str, prompt: str, entry_point: str) -> str | None:
@@ -115,28 +131,12 @@ def table(rows: list[dict[str, Any]], arms: list[str], task_ids: list[str]) -> d
     return out
 
 
-def first_edit(traj: Trajectory, stub: str) -> str | None:
-    """solution.py after the attempt's first edit that took effect (None: it never edited): the agent's answer
-    before any self-correction."""
-    for step in traj.steps:
-        action = step.get("action") or {}
-        if step.get("observation_error") or action.get("name") not in ("python", "write_file"):
-            continue
-        args = action.get("arguments") or {}
-        if action["name"] == "write_file":
-            return str(args.get("content")) if args.get("path") == "solution.py" else None
-        try:
-            return merge_definitions(str(args.get("code")), {"solution.py": stub}).text
-        except DefinitionError:
-            return None
-    return None
-
-
-def ingredients(rows: list[dict[str, Any]], arms: list[str], tasks: list[Task], problems: dict[str, Any],
-                store: TrajectoryStore, tag: str, cache: Path) -> dict[str, Any]:
+def ingredients(rows: list[dict[str, Any]], arms: list[str], tasks: list[Task], store: TrajectoryStore, tag: str,
+                cache: Path) -> dict[str, Any]:
     """What each part of a self-correcting set-up adds, from the stored attempts: the first edit graded alone
-    (the set-up's first turn, no revision), what revising gained and lost against it, and how many resolved
-    attempts went through a resampled turn (a repeat asked again at a temperature)."""
+    (the set-up's first turn, no revision; replayed on a fresh checkout, any repository task), what revising gained
+    and lost against it, and how many resolved attempts went through a resampled turn (a repeat asked again at a
+    temperature)."""
     done = {(r["arm"], r["task_id"]): r for r in rows}
     seen = {(r["arm"], r["task_id"]): r for r in map(json.loads, cache.read_text().splitlines())} \
         if cache.exists() else {}
@@ -150,10 +150,9 @@ def ingredients(rows: list[dict[str, Any]], arms: list[str], tasks: list[Task], 
             traj = store.get(f"avd:{tag}:{profile}:{task.instance_id}")
             if traj is None:
                 continue
-            stub = stub_source(problems[task.instance_id])
-            text = first_edit(traj, stub)
-            first = text is not None and CodingEnvironment(task, f"avd-first-{task.instance_id}").evaluate(
-                {"patch": file_diff("solution.py", stub, text)}).resolved
+            patch = first_edit_patch(task, traj, profile)
+            first = patch is not None and CodingEnvironment(task, f"avd-first-{task.instance_id}").evaluate(
+                {"patch": patch}).resolved
             seen[key] = {"arm": arm, "task_id": task.instance_id, "first_edit_resolved": first,
                          "edits": sum((s.get("action") or {}).get("name") in ("python", "write_file")
                                       for s in traj.steps),
@@ -196,7 +195,10 @@ def fake_model() -> Model:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="local", help="local[:key] | openai:<m> | ... | fake (a dry run)")
-    parser.add_argument("--tasks", default="100:116", help="slice of HumanEval's 164 problems")
+    parser.add_argument("--source", default="humaneval",
+                        help="humaneval | factory:<project or all>[:<level>] (tasks `selfevolve tasks make` built)")
+    parser.add_argument("--tasks", default=None,
+                        help="slice of the source's tasks, lo:hi (HumanEval default 100:116; factory: all)")
     parser.add_argument("--arms", default=",".join(["direct", *(f"agent:{p}" for p in SHIPPED if p != "web")]))
     parser.add_argument("--max-steps", type=int, default=6)
     parser.add_argument("--tag", default=None)
@@ -204,11 +206,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--report-only", action="store_true",
                         help="summarize what the log holds (a run still going, or stopped), run nothing")
     args = parser.parse_args(argv)
-    lo, _, hi = args.tasks.partition(":")
-    tasks = locate_tasks(humaneval_tasks()[int(lo or 0):int(hi) if hi else None])
-    problems = {f"humaneval__{p['task_id'].split('/')[1]}": p for p in load_problems()}
+    humaneval = args.source == "humaneval"
+    if not humaneval and args.source != "factory" and not args.source.startswith("factory:"):
+        parser.error(f"--source {args.source}: humaneval or factory:<project or all>[:<level>]")
+    args.tasks = args.tasks or ("100:116" if humaneval else ":")
+    if humaneval:
+        tasks = locate_tasks(slice_of(humaneval_tasks(), args.tasks))
+        problems = {f"humaneval__{p['task_id'].split('/')[1]}": p for p in load_problems()}
+    else:
+        tasks, problems = factory_tasks(args.source, args.tasks), {}
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    tag = args.tag or f"{args.model.replace(':', '-')}-{args.tasks.replace(':', '-')}"
+    span = args.tasks.replace(":", "-") if args.tasks != ":" else "all"
+    tag = args.tag or "-".join([args.model.replace(":", "-"), *([] if humaneval else [args.source.replace(":", "-")]),
+                                span])
     log = args.out / f"agent_vs_direct-{tag}.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     done = {(r["arm"], r["task_id"]) for r in rows}
@@ -229,17 +239,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for arm in arms:
             if (arm, task.instance_id) in done or args.report_only:
                 continue
-            outcome = run_direct(task, problems[task.instance_id], model_for(arm)) if arm == "direct" else \
-                run_agent(task, arm.split(":", 1)[1], model_for(arm), args.max_steps, tag, store)
+            if arm != "direct":
+                outcome = run_agent(task, arm.split(":", 1)[1], model_for(arm), args.max_steps, tag, store)
+            elif humaneval:
+                outcome = run_direct(task, problems[task.instance_id], model_for(arm))
+            else:
+                outcome = run_direct_repo(task, model_for(arm))
             row = {"arm": arm, "task_id": task.instance_id, **outcome}
             with open(log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
             rows.append(row)
             print(f"[{i + 1}/{len(tasks)}] {task.instance_id} {arm}: resolved={row['resolved']} "
                   f"({row['status']}, {row['tokens']} tokens, {row['seconds']} s)", flush=True)
-    summary = {"model": args.model, "tasks": args.tasks, "max_steps": args.max_steps,
+    summary = {"model": args.model, "source": args.source, "tasks": args.tasks, "max_steps": args.max_steps,
                "arms": table(rows, arms, [t.instance_id for t in tasks]),
-               "ingredients": ingredients(rows, arms, tasks, problems, store, tag,
+               "ingredients": ingredients(rows, arms, tasks, store, tag,
                                           args.out / f"agent_vs_direct-{tag}.ingredients.jsonl")}
     (args.out / f"agent_vs_direct-{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for arm, entry in summary["arms"].items():

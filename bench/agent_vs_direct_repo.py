@@ -1,0 +1,138 @@
+"""Repository tasks for bench/agent_vs_direct.py: which factory tasks a run takes, the direct arm's one turn on a
+repository (oracle localization: the files the gold patch edits are shown), and the agent's first edit replayed.
+
+The gold patch is read for one thing only, the names of the files it edits; their text comes from the task's own
+checkout at the base commit (what the agent sees), and the hidden tests never come near the prompt.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from agent_selfevolve.envs.base import INITIAL_STATE, ToolCall
+from agent_selfevolve.envs.coding import CodingEnvironment
+from agent_selfevolve.envs.definitions import DefinitionError, Merge, merge_definitions
+from agent_selfevolve.envs.worktree import WorktreePool, git
+from agent_selfevolve.models.base import Model, ModelError
+from agent_selfevolve.setups import get_setup
+from agent_selfevolve.sources import locate_tasks, resolve_tasks
+from agent_selfevolve.sources.factory_repo import task_file, tasks_dir
+from agent_selfevolve.tasks import Task
+from agent_selfevolve.trajectory import Trajectory
+
+CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
+LEVELS = ("easy", "medium", "hard")
+REPO_PROMPT = """Fix this issue in a Python repository.
+
+{issue}
+
+The code to fix is in {paths}:
+
+{files}
+
+Reply with the complete fixed function (or functions) in one ```python code block."""
+
+
+def slice_of(items: list[Task], spec: str) -> list[Task]:
+    """`--tasks lo:hi` (either end may be left out; a lone number is where the slice starts)."""
+    lo, _, hi = spec.partition(":")
+    return items[int(lo or 0):int(hi) if hi else None]
+
+
+def factory_tasks(source: str, slice_: str) -> list[Task]:
+    """`factory:<project or all>[:<level>]`: that project's tasks (every made project's with `all`) in their
+    files' order, of one difficulty level when given, sliced by `--tasks`; only the chosen ones are located."""
+    _, _, rest = source.partition(":")
+    project, _, level = rest.partition(":")
+    project = project or "all"
+    if level and level not in LEVELS:
+        raise SystemExit(f"--source {source}: the level is one of {', '.join(LEVELS)}, not {level!r}")
+    path: Path = tasks_dir() if project == "all" else task_file(project)
+    if not path.exists() or (path.is_dir() and not any(path.glob("*.jsonl"))):
+        raise SystemExit(f"--source {source}: no factory tasks at {path}; run `selfevolve tasks make "
+                         f"{'<project>' if project == 'all' else project}` first")
+    tasks = [t for t in resolve_tasks(str(path), locate=False) if not level or getattr(t, "difficulty", "") == level]
+    return locate_tasks(slice_of(tasks, slice_))
+
+
+def edited_files(patch: str) -> list[str]:
+    """The files a patch changes, in its order (names only: nothing else of the patch is read)."""
+    return list(dict.fromkeys(re.findall(r"^diff --git a/(\S+) b/\S+$", patch, re.M)))
+
+
+def repo_prompt(task: Task, files: dict[str, str]) -> str:
+    shown = "\n\n".join(f"{path}:\n```python\n{text.rstrip()}\n```" for path, text in files.items())
+    return REPO_PROMPT.format(issue=task.problem_statement.strip(), paths=", ".join(files), files=shown)
+
+
+def merge_reply(reply: str, files: dict[str, str]) -> tuple[Merge | None, str]:
+    """The first code block of the reply that merges into one of `files` as the agent's `python` tool merges
+    (envs/definitions.py), and a status: answered, no_code_block or unmergeable (no block defines a function or
+    class one shown file holds)."""
+    blocks = CODE_BLOCK.findall(reply)
+    for code in blocks:
+        try:
+            return merge_definitions(code, files), "answered"
+        except DefinitionError:
+            continue
+    return None, "unmergeable" if blocks else "no_code_block"
+
+
+def run_direct_repo(task: Task, model: Model) -> dict[str, Any]:
+    """The direct arm on a repository task: one turn with the issue and the files the gold patch edits (as they
+    are at the base commit), the reply merged into them, the patch graded by the hidden tests."""
+    start = time.monotonic()
+    pool = WorktreePool()
+    name = f"avd-direct-{task.instance_id}"
+    pool.remove(pool.root / "worktrees" / name)  # a run killed here must not leave an edited copy to reuse
+    checkout = pool.create(task, name)
+    try:
+        files = {p: (checkout / p).read_text(encoding="utf-8", errors="replace") for p in edited_files(task.patch)
+                 if (checkout / p).is_file()}
+        try:
+            reply = model.chat([{"role": "user", "content": repo_prompt(task, files)}], None)
+        except ModelError as exc:  # e.g. a file larger than the model's context window
+            return {"resolved": False, "status": "model_error", "tokens": 0,
+                    "seconds": round(time.monotonic() - start, 2), "error": str(exc)[:300]}
+        merged, status = merge_reply(reply.message.get("content") or "", files)
+        patch = ""
+        if merged is not None:
+            (checkout / merged.path).write_text(merged.text, encoding="utf-8")
+            patch = git("diff", "--no-color", "--no-ext-diff", "--", merged.path, cwd=checkout)
+    finally:
+        pool.remove(checkout)
+    resolved = bool(patch) and CodingEnvironment(task, name).evaluate({"patch": patch}).resolved
+    return {"resolved": resolved, "status": status, "tokens": reply.usage.total_tokens,
+            "seconds": round(time.monotonic() - start, 2)}
+
+
+def first_edit_patch(task: Task, traj: Trajectory, profile: str) -> str | None:
+    """The patch after the attempt's first edit that took effect (None: it never changed the code), found by
+    replaying its actions in order on a fresh checkout until the patch is not empty. Steps the agent recorded as
+    leaving the repository as it was (the same `state`) are skipped, so reads and checks are not run again; an
+    edit by any tool counts (the `python` tool, write_file, a `sed` through bash)."""
+    options = {**get_setup(profile).env_options(), "check_on_write": False, "submit_when_checks_pass": False,
+               "preview_chars": 0}
+    env = CodingEnvironment(task, f"avd-first-{task.instance_id}", **options)
+    env.pool.remove(env.pool.root / "worktrees" / env.name)  # never resume a replay cut short
+    try:
+        env.reset()
+        before = INITIAL_STATE
+        for step in traj.steps:
+            action = step.get("action")
+            if not action or action.get("name") == "submit":
+                continue
+            state = (step.get("info") or {}).get("state")
+            if state is not None and state == before:
+                continue
+            before = state or before
+            env.step(ToolCall(action["name"], action.get("arguments") or {}))
+            patch = env.outcome()["patch"]
+            if patch:
+                return patch
+        return None
+    finally:
+        env.close()
