@@ -136,3 +136,26 @@ def first_edit_patch(task: Task, traj: Trajectory, profile: str) -> str | None:
         return None
     finally:
         env.close()
+
+
+def patch_after_steps(task: Task, traj: Trajectory, profile: str, steps: int) -> str:
+    """The patch the attempt had after its first `steps` steps (what a run with that step budget would have
+    graded), by replaying those steps' actions on a fresh checkout; reads and checks that left the repository as
+    it was are skipped, as in `first_edit_patch`."""
+    options = {**get_setup(profile).env_options(), "check_on_write": False, "submit_when_checks_pass": False,
+               "preview_chars": 0}
+    env = CodingEnvironment(task, f"avd-at-{steps}-{task.instance_id}", **options)
+    env.pool.remove(env.pool.root / "worktrees" / env.name)
+    try:
+        env.reset()
+        before = INITIAL_STATE
+        for step in traj.steps[:steps]:
+            action = step.get("action")
+            state = (step.get("info") or {}).get("state")
+            if not action or action.get("name") == "submit" or (state is not None and state == before):
+                continue
+            before = state or before
+            env.step(ToolCall(action["name"], action.get("arguments") or {}))
+        return str(env.outcome()["patch"])
+    finally:
+        env.close()

@@ -303,3 +303,22 @@ def test_first_edit_is_replayed_whatever_tool_made_it(factory_cache: Path) -> No
     assert patch and "+    return x * 2" in patch and "x + x" not in patch
     assert avd.CodingEnvironment(task, "first").evaluate({"patch": patch}).resolved
     assert replay(task, Trajectory("b", task.instance_id, steps=[read, read]), "selfcheck") is None
+
+
+def test_the_patch_after_k_steps_is_what_the_attempt_had_then(factory_cache: Path) -> None:
+    """`step_budget.py`'s reading of a shorter budget: after 2 steps the `sed` edit is there and the later python
+    edit is not; after all 3 the python edit replaced the function; a read alone leaves no patch."""
+    from agent_selfevolve.trajectory import Trajectory
+
+    avd = _bench()
+    task = avd.factory_tasks("factory:tiny:medium", ":")[0]
+    read = {"action": {"name": "bash", "arguments": {"command": "cat tinylib/core.py"}}, "info": {"state": "base"}}
+    sed = {"action": {"name": "bash", "arguments": {"command": "sed -i 's/x \\* 3/x * 2/' tinylib/core.py"}},
+           "info": {"state": "s1"}}
+    python = {"action": {"name": "python", "arguments": {"code": _fixed("double", False)}}, "info": {"state": "s2"}}
+    traj = Trajectory("a", task.instance_id, steps=[read, sed, python])
+    after = _repo_module().patch_after_steps
+    two, three = after(task, traj, "selfcheck", 2), after(task, traj, "selfcheck", 3)
+    assert "+    return x * 2" in two and "x + x" not in two
+    assert two != three and "x + x" in three
+    assert after(task, traj, "selfcheck", 1) == ""
