@@ -339,3 +339,14 @@ def test_real_qwen_0_5b_assembles_loads_and_answers() -> None:
         model.chat([{"role": "user", "content": "word " * 3000}])
     assert not info.value.transient
     model.close()
+
+
+def test_threads_can_be_forced_over_the_load_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1-minute load average still counts a process that has just ended; a benchmark sets its threads."""
+    from agent_selfevolve.models import llama_cpp
+
+    monkeypatch.setattr(llama_cpp.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    monkeypatch.delenv("AGENT_SELFEVOLVE_THREADS", raising=False)
+    assert llama_cpp.free_cores() == 1
+    monkeypatch.setenv("AGENT_SELFEVOLVE_THREADS", "2")
+    assert llama_cpp.free_cores() == 2

@@ -57,7 +57,12 @@ def free_cores() -> int:
     """CPU cores this process may use that are idle right now (affinity minus the 1-minute load), at least 1.
 
     llama.cpp slows down sharply when its threads compete for cores, so on a busy machine fewer threads is faster.
+    `AGENT_SELFEVOLVE_THREADS` overrides the guess (the 1-minute load still counts a process that just ended, so a
+    benchmark started right after another one would otherwise run on one thread throughout).
     """
+    forced = os.environ.get("AGENT_SELFEVOLVE_THREADS", "").strip()
+    if forced:
+        return max(1, int(forced))
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
