@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,23 @@ def demo_task(demo_repo: Path) -> Task:
                                                                   "tests/test_calc.py::test_add"],
                 PASS_TO_PASS=["tests/test_calc.py::test_mul"],
                 test_files=["tests/test_calc.py", "tests/test_hidden.py"])
+
+
+def solution_task(root: Path, stub: str, hidden_test: str, hidden_name: str, instance_id: str) -> Task:
+    """A one-file task: `solution.py` holding `stub`, committed at `root/repo`, graded by `hidden_test` (the source
+    of test_hidden.py, defining `hidden_name`), which only the grader sees."""
+    repo = root / "repo"
+    repo.mkdir()
+    (repo / "solution.py").write_text(stub)
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
+                   cwd=repo, check=True)
+    test_patch = ("diff --git a/test_hidden.py b/test_hidden.py\nnew file mode 100644\n--- /dev/null\n"
+                  f"+++ b/test_hidden.py\n@@ -0,0 +1,{len(hidden_test.splitlines())} @@\n"
+                  + "".join(f"+{line}\n" for line in hidden_test.splitlines()))
+    entry = re.search(r"def (\w+)\(", stub).group(1)  # type: ignore[union-attr]
+    return Task(instance_id=instance_id, repo="local/words", repo_path=str(repo), base_commit="HEAD",
+                problem_statement=f"Implement `{entry}` in solution.py so that it does what its docstring says.",
+                test_patch=test_patch, FAIL_TO_PASS=[f"test_hidden.py::{hidden_name}"], test_files=["test_hidden.py"])
 
 
 def solving_script() -> list:

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -287,6 +288,15 @@ def test_factory_direct_and_agent_arms_table_and_ingredients_never_show_the_fix_
     assert not [p for p in prompts if GOLD in p or HIDDEN in p]
 
 
+def _read_sed_python_steps() -> list[dict[str, Any]]:
+    """Recorded steps: a read, an edit by `sed` through bash, then a (wrong) edit by the python tool."""
+    read = {"action": {"name": "bash", "arguments": {"command": "cat tinylib/core.py"}}, "info": {"state": "base"}}
+    sed = {"action": {"name": "bash", "arguments": {"command": "sed -i 's/x \\* 3/x * 2/' tinylib/core.py"}},
+           "info": {"state": "s1"}}
+    python = {"action": {"name": "python", "arguments": {"code": _fixed("double", False)}}, "info": {"state": "s2"}}
+    return [read, sed, python]
+
+
 def test_first_edit_is_replayed_whatever_tool_made_it(factory_cache: Path) -> None:
     """The first edit is a `sed` through bash (the old solution.py-only reading took the later python edit); reads
     before it are skipped, and an attempt that never edits has no first edit."""
@@ -294,10 +304,7 @@ def test_first_edit_is_replayed_whatever_tool_made_it(factory_cache: Path) -> No
 
     avd = _bench()
     task = avd.factory_tasks("factory:tiny:medium", ":")[0]
-    read = {"action": {"name": "bash", "arguments": {"command": "cat tinylib/core.py"}}, "info": {"state": "base"}}
-    sed = {"action": {"name": "bash", "arguments": {"command": "sed -i 's/x \\* 3/x * 2/' tinylib/core.py"}},
-           "info": {"state": "s1"}}
-    python = {"action": {"name": "python", "arguments": {"code": _fixed("double", False)}}, "info": {"state": "s2"}}
+    read, sed, python = _read_sed_python_steps()
     replay = _repo_module().first_edit_patch
     patch = replay(task, Trajectory("a", task.instance_id, steps=[read, sed, python]), "selfcheck")
     assert patch and "+    return x * 2" in patch and "x + x" not in patch
@@ -312,10 +319,7 @@ def test_the_patch_after_k_steps_is_what_the_attempt_had_then(factory_cache: Pat
 
     avd = _bench()
     task = avd.factory_tasks("factory:tiny:medium", ":")[0]
-    read = {"action": {"name": "bash", "arguments": {"command": "cat tinylib/core.py"}}, "info": {"state": "base"}}
-    sed = {"action": {"name": "bash", "arguments": {"command": "sed -i 's/x \\* 3/x * 2/' tinylib/core.py"}},
-           "info": {"state": "s1"}}
-    python = {"action": {"name": "python", "arguments": {"code": _fixed("double", False)}}, "info": {"state": "s2"}}
+    read, sed, python = _read_sed_python_steps()
     traj = Trajectory("a", task.instance_id, steps=[read, sed, python])
     after = _repo_module().patch_after_steps
     two, three = after(task, traj, "selfcheck", 2), after(task, traj, "selfcheck", 3)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import solution_task
 
 from agent_selfevolve.action_format import FencedText
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
@@ -47,18 +47,8 @@ SUBMIT = f"{REVISION_MARK}: I give up.\n```submit\n```"
 
 @pytest.fixture
 def task(tmp_path: Path) -> Task:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "solution.py").write_text(STUB)
-    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
-                   cwd=repo, check=True)
     hidden = f"from solution import words\n\n\ndef test_{HIDDEN}():\n    assert words('x,y z') == ['x', 'y', 'z']\n"
-    test_patch = ("diff --git a/test_hidden.py b/test_hidden.py\nnew file mode 100644\n--- /dev/null\n"
-                  f"+++ b/test_hidden.py\n@@ -0,0 +1,{len(hidden.splitlines())} @@\n"
-                  + "".join(f"+{line}\n" for line in hidden.splitlines()))
-    return Task(instance_id="fr__words-1", repo="local/words", repo_path=str(repo), base_commit="HEAD",
-                problem_statement="Implement `words` in solution.py so that it does what its docstring says.",
-                test_patch=test_patch, FAIL_TO_PASS=[f"test_hidden.py::test_{HIDDEN}"], test_files=["test_hidden.py"])
+    return solution_task(tmp_path, STUB, hidden, f"test_{HIDDEN}", "fr__words-1")
 
 
 def attempt(task: Task, replies: list[str], aid: str, run: str = "r1",

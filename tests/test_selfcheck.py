@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import solution_task
 
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
 from agent_selfevolve.envs.base import ToolCall
@@ -30,18 +31,8 @@ WRONG = STUB.replace("    raise NotImplementedError", "    return s.split(',')")
 
 @pytest.fixture
 def task(tmp_path: Path) -> Task:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "solution.py").write_text(STUB)
-    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
-                   cwd=repo, check=True)
     hidden = f"from solution import words\n\n\ndef test_{MARK}():\n    assert words('x y') == ['x', 'y'], '{MARK}'\n"
-    test_patch = (f"diff --git a/test_hidden.py b/test_hidden.py\nnew file mode 100644\n--- /dev/null\n"
-                  f"+++ b/test_hidden.py\n@@ -0,0 +1,{len(hidden.splitlines())} @@\n"
-                  + "".join(f"+{line}\n" for line in hidden.splitlines()))
-    return Task(instance_id="sc__words-1", repo="local/words", repo_path=str(repo), base_commit="HEAD",
-                problem_statement="Implement `words` in solution.py so that it does what its docstring says.",
-                test_patch=test_patch, FAIL_TO_PASS=[f"test_hidden.py::test_{MARK}"], test_files=["test_hidden.py"])
+    return solution_task(tmp_path, STUB, hidden, f"test_{MARK}", "sc__words-1")
 
 
 def test_check_tool_reports_visible_failures_with_what_the_code_gave(task: Task) -> None:
