@@ -69,6 +69,11 @@ class Task(BaseModel):
     reward: dict[str, Any] = Field(default_factory=dict)
     app: str | None = None
 
+    def timeout_within(self, limit: float) -> float:
+        """A test run's timeout: `limit`, or the task's `test_timeout_s` when that is shorter (the one rule grading,
+        the proxy and the write-checks share)."""
+        return min(limit, self.test_timeout_s) if self.test_timeout_s else limit
+
     @model_validator(mode="before")
     @classmethod
     def _normalise_names(cls, data: Any) -> Any:

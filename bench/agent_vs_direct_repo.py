@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -109,43 +111,14 @@ def run_direct_repo(task: Task, model: Model) -> dict[str, Any]:
             "seconds": round(time.monotonic() - start, 2)}
 
 
-def first_edit_patch(task: Task, traj: Trajectory, profile: str) -> str | None:
-    """The patch after the attempt's first edit that took effect (None: it never changed the code), found by
-    replaying its actions in order on a fresh checkout until the patch is not empty. Steps the agent recorded as
-    leaving the repository as it was (the same `state`) are skipped, so reads and checks are not run again; an
-    edit by any tool counts (the `python` tool, write_file, a `sed` through bash)."""
+def replayed_patches(task: Task, traj: Trajectory, profile: str, steps: int | None = None) -> Iterator[str]:
+    """The attempt's patch after each of its first `steps` (all: None) actions, replayed on a fresh checkout. Steps
+    the agent recorded as leaving the repository as it was (the same `state`) are skipped, so reads and checks are
+    not run again; an edit by any tool counts (the `python` tool, write_file, a `sed` through bash)."""
     options = {**get_setup(profile).env_options(), "check_on_write": False, "submit_when_checks_pass": False,
                "preview_chars": 0}
-    env = CodingEnvironment(task, f"avd-first-{task.instance_id}", **options)
+    env = CodingEnvironment(task, f"avd-replay-{task.instance_id}", **options)
     env.pool.remove(env.pool.root / "worktrees" / env.name)  # never resume a replay cut short
-    try:
-        env.reset()
-        before = INITIAL_STATE
-        for step in traj.steps:
-            action = step.get("action")
-            if not action or action.get("name") == "submit":
-                continue
-            state = (step.get("info") or {}).get("state")
-            if state is not None and state == before:
-                continue
-            before = state or before
-            env.step(ToolCall(action["name"], action.get("arguments") or {}))
-            patch = env.outcome()["patch"]
-            if patch:
-                return patch
-        return None
-    finally:
-        env.close()
-
-
-def patch_after_steps(task: Task, traj: Trajectory, profile: str, steps: int) -> str:
-    """The patch the attempt had after its first `steps` steps (what a run with that step budget would have
-    graded), by replaying those steps' actions on a fresh checkout; reads and checks that left the repository as
-    it was are skipped, as in `first_edit_patch`."""
-    options = {**get_setup(profile).env_options(), "check_on_write": False, "submit_when_checks_pass": False,
-               "preview_chars": 0}
-    env = CodingEnvironment(task, f"avd-at-{steps}-{task.instance_id}", **options)
-    env.pool.remove(env.pool.root / "worktrees" / env.name)
     try:
         env.reset()
         before = INITIAL_STATE
@@ -156,6 +129,18 @@ def patch_after_steps(task: Task, traj: Trajectory, profile: str, steps: int) ->
                 continue
             before = state or before
             env.step(ToolCall(action["name"], action.get("arguments") or {}))
-        return str(env.outcome()["patch"])
+            yield str(env.outcome()["patch"])
     finally:
         env.close()
+
+
+def first_edit_patch(task: Task, traj: Trajectory, profile: str) -> str | None:
+    """The patch after the attempt's first edit that took effect (None: it never changed the code)."""
+    with closing(replayed_patches(task, traj, profile)) as patches:  # closing: the checkout goes at once
+        return next((patch for patch in patches if patch), None)
+
+
+def patch_after_steps(task: Task, traj: Trajectory, profile: str, steps: int) -> str:
+    """The patch the attempt had after its first `steps` steps: what a run with that step budget would have
+    graded."""
+    return ([""] + list(replayed_patches(task, traj, profile, steps)))[-1]

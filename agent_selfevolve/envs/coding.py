@@ -231,7 +231,7 @@ class CodingEnvironment:
         out = self.outcome()
         run = run_checks(self.task, self.path, git("ls-files", cwd=self.path).splitlines(), out["files"],
                          out["checks"], self.runner, self.python,
-                         timeout_s=min(self.command_timeout_s, self.task.test_timeout_s or self.command_timeout_s))
+                         timeout_s=self.task.timeout_within(self.command_timeout_s))
         counts = {g: [sum(r.values()), len(r)] for g, r in run.groups.items()}
         passed = bool(counts) and all(p == n for p, n in counts.values())
         return Observation(run.report(), info={"counts": counts, "all_passed": passed})

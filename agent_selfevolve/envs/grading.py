@@ -181,7 +181,7 @@ def grade(task: Task, model_patch: str, pool: WorktreePool | None = None, timeou
     """
     from agent_selfevolve.envs import pyenv
 
-    timeout_s = task.test_timeout_s or timeout_s
+    timeout_s = task.timeout_within(timeout_s)
 
     pool = pool or WorktreePool()
     report = GradeReport(task.instance_id, bool(model_patch.strip()), False, False)

@@ -368,7 +368,7 @@ def evaluate_patch(task: Task, pool: WorktreePool, name: str, outcome: dict[str,
     where the sandbox shows the checkout (the path the agent saw, so its own scripts find their files)."""
     from agent_selfevolve.envs.pyenv import EnvBuildError
 
-    timeout_s = min(timeout_s, task.test_timeout_s or timeout_s)
+    timeout_s = task.timeout_within(timeout_s)
     patch, checks = outcome.get("patch", ""), dict(outcome.get("checks") or {})
     details: dict[str, Any] = {"applies": False, "parses": False, "agent_check_files": sorted(checks)}
     if not patch.strip():
