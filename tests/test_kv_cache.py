@@ -193,3 +193,51 @@ def test_batch_summary_adds_up_prompt_tokens_sent_and_computed() -> None:
     assert summarize(tasks, results)["prefill"] == {"prompt_tokens_sent": 1500, "prefill_tokens_computed": 500,
                                                     "saved": 0.667}
     assert "prefill" not in summarize(tasks, {"t2": results["t2"]})
+
+
+def _logits_after(engine, items: list[tuple[list[int], int]]) -> list[np.ndarray]:
+    """Decode the last token of each (prompt, seq) in one batch; its logits, then roll the batch back."""
+    lib = engine._lib
+    n_vocab = lib.llama_vocab_n_tokens(engine._vocab)
+    engine._decode([(prompt[-1], len(prompt) - 1, seq) for prompt, seq in items], logits=True)
+    rows = [np.ctypeslib.as_array(lib.llama_get_logits_ith(engine._ctx, i), shape=(n_vocab,)).copy()
+            for i in range(len(items))]
+    for prompt, seq in items:
+        lib.llama_memory_seq_rm(engine._mem, seq, len(prompt) - 1, -1)
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kv_type", "invariant"), [("q8_0", True), ("f16", False)])
+def test_a_token_decoded_beside_other_sequences_gets_the_bits_it_gets_alone(kv_type: str, invariant: bool) -> None:
+    """The property concurrent greedy identity rests on, at the logits: four sequences of unequal lengths past
+    512 cells (where llama.cpp splits a lone query's attention on an F16 cache), decoded alone and in batches
+    in several orders. The engine's Q8_0 cache must give the same bits; F16 is checked to differ, which is why
+    the engine does not use it (if a llama.cpp upgrade makes F16 invariant too, this says so)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'agent-selfevolve[local]'")
+    from agent_selfevolve.models.llama_cpp import LlamaCppModel
+    from agent_selfevolve.models.llama_engine import BatchEngine
+    from agent_selfevolve.models.weights import ensure_gguf
+
+    ensure_gguf("qwen2.5-coder-0.5b", REAL_MODELS)
+    model = LlamaCppModel("qwen2.5-coder-0.5b", n_ctx=1024, n_threads=2, cache_dir=REAL_MODELS, engine="batched")
+    llm = model.load()  # the batched load: llama.cpp's repacked weight buffers off, as the engine needs
+    engine = BatchEngine(llm, slots=4, n_ctx=1024, n_threads=2, kv_type=kv_type)
+    try:
+        text = "\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}  # step {i}" for i in range(120))
+        tokens = llm.tokenize(text.encode(), add_bos=False)
+        prompts = [tokens[k:k + n] for k, n in enumerate((600, 630, 680, 720))]
+        for seq, prompt in enumerate(prompts):
+            for start in range(0, len(prompt) - 1, engine.chunk):
+                end = min(start + engine.chunk, len(prompt) - 1)
+                engine._decode([(prompt[p], p, seq) for p in range(start, end)], logits=False)
+        alone = [_logits_after(engine, [(prompts[s], s)])[0] for s in range(4)]
+        same = []
+        for order in [(0, 1, 2, 3), (3, 2, 1, 0), (1, 2), (2, 0, 3, 1)]:
+            rows = _logits_after(engine, [(prompts[s], s) for s in order])
+            same += [bool(np.array_equal(alone[s], row)) for s, row in zip(order, rows, strict=True)]
+    finally:
+        engine.close()
+        model.close()
+    assert all(same) if invariant else not all(same), same

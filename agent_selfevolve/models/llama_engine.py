@@ -7,9 +7,14 @@ option that makes a token cheaper; a pool only spreads the same work (and keeps 
 
 Greedy output does not depend on what else runs. llama.cpp on CPU is not batch invariant (a token computed in a
 chunk of 4+ tokens gets other bits than one computed alone), so the engine only makes batches whose bits are:
-- a decode batch holds one token per sequence, at most 4 sequences: with flash attention on and llama.cpp's
-  repacked weight buffers off, each token's logits are bitwise those of decoding it alone (measured; with the
-  repacked buffers a batch of 4 differs);
+- a decode batch holds one token per sequence, at most 4 sequences: with flash attention on, llama.cpp's
+  repacked weight buffers off and a Q8_0 KV cache, each token's logits are bitwise those of decoding it alone
+  (measured in every order of 2 and 4 sequences of unequal lengths; with the repacked buffers a batch of 4
+  differs). The KV type matters: on an F16 cache llama.cpp's CPU flash attention splits a lone query's KV
+  (512+ cells) across threads and merges the partial softmaxes, a summation order it does not use when several
+  sequences share the batch, so a sequence decoded beside a neighbour drifted from itself alone (up to 0.3 in a
+  logit; HumanEval/3's greedy loop variable changed). A quantized cache never takes that path; Q8_0 costs the
+  same CPU per token here and halves the bytes of every cached state;
 - a prompt is prefilled alone, in chunks cut at canonical positions (message starts, multiples of `chunk`),
   and its last token always goes through the decode batch; a cached state is resumed only at a position where
   its own computation was cut (see `kv_cache`), so a warm start computes exactly the chunks a cold one does.
@@ -44,6 +49,9 @@ if TYPE_CHECKING:
 MAX_SLOTS = 4
 """Decode batches of up to 4 tokens were measured bitwise equal to decoding alone; beyond, unverified."""
 SPILL_MIN_TOKENS = 64
+KV_TYPES = {"q8_0": "GGML_TYPE_Q8_0", "f16": "GGML_TYPE_F16"}
+"""The KV cache's ggml type. Only q8_0 keeps batches bitwise equal to decoding alone (module docstring);
+f16 is kept to show why."""
 SHARED_BOUNDARIES = 2
 """Save states at the first two message starts after position 0: the system message, then the first user turn."""
 
@@ -127,11 +135,14 @@ class BatchEngine:
     number of threads at once."""
 
     def __init__(self, llm: Llama, *, slots: int = MAX_SLOTS, n_ctx: int = 8192, n_threads: int = 2,
-                 chunk: int = 256, cache_mb: float = 512, message_start: int | None = None):
+                 chunk: int = 256, cache_mb: float = 512, message_start: int | None = None,
+                 kv_type: str = "q8_0"):
         import llama_cpp as lib
 
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be 1..{MAX_SLOTS}, not {slots}")
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {sorted(KV_TYPES)}, not {kv_type!r}")
         self._lib, self._llm, self.n_ctx, self.chunk = lib, llm, n_ctx, chunk
         self.message_start = message_start
         params = lib.llama_context_default_params()
@@ -140,6 +151,7 @@ class BatchEngine:
         params.n_seq_max = slots
         params.n_threads = params.n_threads_batch = n_threads
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        params.type_k = params.type_v = getattr(lib, KV_TYPES[kv_type])
         params.kv_unified = False
         self._ctx = lib.llama_init_from_model(llm._model.model, params)
         if not self._ctx:
