@@ -6,7 +6,8 @@
     python bench/agent_vs_direct.py --model fake --tasks 0:2                 # dry run of the pipeline, no LLM
 
 Tasks (`--source`): `humaneval` (default; `--tasks` slices its 164 problems, default 100:116) or
-`factory:<project or all>[:<level>]`, the tasks `selfevolve tasks make <project>` built (`all`: every project made),
+`factory:<project or all>[:<level>]`, the tasks `selfevolve tasks make <project>` built (`all`: every project made,
+the projects taking turns so a slice mixes them),
 of one difficulty level (easy, medium, hard) when given, in their task files' order; `--tasks` slices that list
 (default: all of it).
 

@@ -45,8 +45,9 @@ def slice_of(items: list[Task], spec: str) -> list[Task]:
 
 
 def factory_tasks(source: str, slice_: str) -> list[Task]:
-    """`factory:<project or all>[:<level>]`: that project's tasks (every made project's with `all`) in their
-    files' order, of one difficulty level when given, sliced by `--tasks`; only the chosen ones are located."""
+    """`factory:<project or all>[:<level>]`: that project's tasks in their file's order, of one difficulty level
+    when given, sliced by `--tasks`; only the chosen ones are located. With `all`, the projects take turns (each
+    one's first task, then each one's second, ...), so a slice is a mix of projects, not the first project."""
     _, _, rest = source.partition(":")
     project, _, level = rest.partition(":")
     project = project or "all"
@@ -57,7 +58,18 @@ def factory_tasks(source: str, slice_: str) -> list[Task]:
         raise SystemExit(f"--source {source}: no factory tasks at {path}; run `selfevolve tasks make "
                          f"{'<project>' if project == 'all' else project}` first")
     tasks = [t for t in resolve_tasks(str(path), locate=False) if not level or getattr(t, "difficulty", "") == level]
+    if project == "all":
+        tasks = projects_in_turn(tasks)
     return locate_tasks(slice_of(tasks, slice_))
+
+
+def projects_in_turn(tasks: list[Task]) -> list[Task]:
+    """Round-robin over projects (`factory__<project>-<digest>`), each project's tasks kept in order."""
+    by_project: dict[str, list[Task]] = {}
+    for task in tasks:
+        by_project.setdefault(task.instance_id.removeprefix("factory__").rsplit("-", 1)[0], []).append(task)
+    queues = list(by_project.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def edited_files(patch: str) -> list[str]:

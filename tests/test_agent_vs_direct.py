@@ -238,6 +238,17 @@ def test_factory_tasks_are_picked_by_project_level_and_slice(factory_cache: Path
         avd.factory_tasks("factory:nosuchproject", ":")
 
 
+def test_all_factory_projects_take_turns_so_a_slice_mixes_them() -> None:
+    from agent_selfevolve.tasks import Task
+
+    ids = ["factory__more_itertools-a1", "factory__more_itertools-a2", "factory__more_itertools-a3",
+           "factory__funcy-b1", "factory__toolz-c1", "factory__toolz-c2"]
+    tasks = [Task(instance_id=i, repo_path="/nonexistent", problem_statement="x") for i in ids]
+    order = [t.instance_id for t in _repo_module().projects_in_turn(tasks)]
+    assert order == ["factory__more_itertools-a1", "factory__funcy-b1", "factory__toolz-c1",
+                     "factory__more_itertools-a2", "factory__toolz-c2", "factory__more_itertools-a3"]
+
+
 def test_merge_reply_takes_the_first_block_that_merges() -> None:
     merge_reply = _repo_module().merge_reply
     files = {"pkg/core.py": CORE.format(clamp_high="x", double="x * 2")}
