@@ -241,3 +241,27 @@ def test_a_token_decoded_beside_other_sequences_gets_the_bits_it_gets_alone(kv_t
         engine.close()
         model.close()
     assert all(same) if invariant else not all(same), same
+
+
+def test_a_decode_round_feeds_sequences_in_rising_order_so_llama_cpp_batches_them() -> None:
+    """llama.cpp keeps tokens of several sequences in one ubatch only while their ids rise by one; the round must
+    sort what admission order scrambled, and sample each request from its own row."""
+    from types import SimpleNamespace
+
+    from agent_selfevolve.models.llama_engine import BatchEngine, EngineStats, Sampling, _Request, _Slot
+
+    engine = BatchEngine.__new__(BatchEngine)  # no llama.cpp: the decode call and the sampler are recorded
+    fed: list[list[tuple[int, int, int]]] = []
+    engine._decode = lambda items, logits: fed.append(items)  # type: ignore[method-assign]
+    engine.stats, engine.n_ctx, engine._ctx_ref = EngineStats(), 4096, None
+    engine._lib = SimpleNamespace(llama_vocab_is_eog=lambda vocab, token: False)
+    engine._vocab, engine._llm = None, SimpleNamespace(detokenize=lambda ids: b"x")
+    engine._active = []
+    for seq in (2, 0, 3, 1):  # the order requests came back from their tool calls
+        req = _Request([100 + seq], Sampling(max_tokens=8), slot=_Slot(seq), pos=0)
+        req.sampler = SimpleNamespace(sample=lambda ctx, row, seq=seq: 1000 * seq + row)
+        engine._active.append(req)
+    engine._decode_round(list(engine._active))
+    assert [seq for _, _, seq in fed[0]] == [0, 1, 2, 3]
+    assert [tok for tok, _, _ in fed[0]] == [100, 101, 102, 103]
+    assert {r.slot.seq: r.generated for r in engine._active} == {0: [0], 1: [1001], 2: [2002], 3: [3003]}

@@ -350,6 +350,9 @@ class BatchEngine:
             self.stats.shared_saves += 1
 
     def _decode_round(self, reqs: list[_Request]) -> None:
+        # llama.cpp puts tokens of several sequences in one ubatch only while their ids rise by one (split_equal):
+        # fed in admission order, a round of 4 fell apart into ubatches of 1-2 rows. Any order gives the same bits.
+        reqs = sorted(reqs, key=lambda r: r.slot.seq)  # type: ignore[union-attr]
         feeds = [(r.prompt[-1] if not r.generated else r.generated[-1], r) for r in reqs]
         self._decode([(tok, r.pos, r.slot.seq) for tok, r in feeds], logits=True)  # type: ignore[union-attr]
         self.stats.decode_batches += 1
