@@ -262,6 +262,6 @@ def test_a_decode_round_feeds_sequences_in_rising_order_so_llama_cpp_batches_the
         req.sampler = SimpleNamespace(sample=lambda ctx, row, seq=seq: 1000 * seq + row)
         engine._active.append(req)
     engine._decode_round(list(engine._active))
-    assert [seq for _, _, seq in fed[0]] == [0, 1, 2, 3]
+    assert [seq for _, _, seq in fed[0]] == [0, 1, 2, 3] and engine.stats.decode_ubatches == 1
     assert [tok for tok, _, _ in fed[0]] == [100, 101, 102, 103]
     assert {r.slot.seq: r.generated for r in engine._active} == {0: [0], 1: [1001], 2: [2002], 3: [3003]}

@@ -127,6 +127,8 @@ class EngineStats:
     generated_tokens: int = 0
     decode_batches: int = 0
     decode_rows: int = 0
+    decode_ubatches: int = 0
+    """How many pieces llama.cpp cut the decode batches into (a piece holds sequences whose ids rise by one)."""
     prefill_chunks: int = 0
 
 
@@ -357,6 +359,8 @@ class BatchEngine:
         self._decode([(tok, r.pos, r.slot.seq) for tok, r in feeds], logits=True)  # type: ignore[union-attr]
         self.stats.decode_batches += 1
         self.stats.decode_rows += len(reqs)
+        seqs = [r.slot.seq for r in reqs]  # type: ignore[union-attr]
+        self.stats.decode_ubatches += 1 + sum(b != a + 1 for a, b in zip(seqs, seqs[1:], strict=False))
         for i, (tok, req) in enumerate(feeds):
             slot = req.slot
             assert slot is not None
