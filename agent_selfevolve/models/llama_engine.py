@@ -355,11 +355,11 @@ class BatchEngine:
         # llama.cpp puts tokens of several sequences in one ubatch only while their ids rise by one (split_equal):
         # fed in admission order, a round of 4 fell apart into ubatches of 1-2 rows. Any order gives the same bits.
         reqs = sorted(reqs, key=lambda r: r.slot.seq)  # type: ignore[union-attr]
+        seqs = [r.slot.seq for r in reqs]  # type: ignore[union-attr]
         feeds = [(r.prompt[-1] if not r.generated else r.generated[-1], r) for r in reqs]
-        self._decode([(tok, r.pos, r.slot.seq) for tok, r in feeds], logits=True)  # type: ignore[union-attr]
+        self._decode([(tok, r.pos, seq) for (tok, r), seq in zip(feeds, seqs, strict=True)], logits=True)
         self.stats.decode_batches += 1
         self.stats.decode_rows += len(reqs)
-        seqs = [r.slot.seq for r in reqs]  # type: ignore[union-attr]
         self.stats.decode_ubatches += 1 + sum(b != a + 1 for a, b in zip(seqs, seqs[1:], strict=False))
         for i, (tok, req) in enumerate(feeds):
             slot = req.slot
