@@ -69,3 +69,33 @@ def test_python_tool_writes_the_repository_file(demo_task: Task) -> None:
     assert "return 42" in (env.path / "calc.py").read_text()
     assert env.step(ToolCall("python", {"code": "def nowhere():\n    pass\n"})).error
     env.close()
+
+
+CLASS_FILE = '''class A:
+    x = 1
+
+    def f(self, a):
+        return a - 1
+
+    def g(self):
+        return 2
+'''
+
+
+def test_a_method_given_alone_replaces_the_method_of_its_class_at_its_indentation() -> None:
+    merged = merge_definitions("def f(self, a):\n    return a + 1\n", {"m.py": CLASS_FILE})
+    assert merged.replaced == ["A.f"]
+    assert "    def f(self, a):\n        return a + 1\n" in merged.text and "def g(self):" in merged.text
+    indented = merge_definitions("    def g(self):\n        return 3\n", {"m.py": CLASS_FILE})  # copied indented
+    assert "        return 3" in indented.text and "return a - 1" in indented.text
+
+
+def test_a_class_given_with_only_the_fixed_method_keeps_the_others() -> None:
+    merged = merge_definitions("class A:\n    def g(self):\n        return 3\n", {"m.py": CLASS_FILE})
+    assert "return 3" in merged.text and "return a - 1" in merged.text and "x = 1" in merged.text
+
+
+def test_a_method_two_classes_define_names_them_instead_of_guessing() -> None:
+    other = CLASS_FILE.replace("class A", "class B")
+    with pytest.raises(DefinitionError, match=r"m\.py \(A\).*n\.py \(B\)"):
+        merge_definitions("def f(self, a):\n    return 0\n", {"m.py": CLASS_FILE, "n.py": other})

@@ -14,6 +14,7 @@ from typing import Any
 from agent_selfevolve.envs.base import INITIAL_STATE, Evaluation, Observation, ToolCall
 from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions, same_behaviour
 from agent_selfevolve.envs.grading import grade, is_test_file
+from agent_selfevolve.envs.localize import named_definitions, render
 from agent_selfevolve.envs.proxy import carried_checks, evaluate_patch, is_scratch_script, run_checks
 from agent_selfevolve.envs.runner import CommandRunner, SandboxError, python_prefixes
 from agent_selfevolve.envs.tools import DEFAULT_TOOLS, ToolBundle, load_bundles, tools_dir
@@ -61,7 +62,7 @@ class CodingEnvironment:
                  test_timeout_s: float = 600, isolate: bool | None = None, keep: bool = False,
                  preview_chars: int = 0, python: str | None = None, readonly: Sequence[str | Path] = (),
                  check_on_write: bool = False, submit_when_checks_pass: bool = False, preview_docs: bool = True,
-                 check_timeout_s: float = 120):
+                 check_timeout_s: float = 120, named_chars: int = 0):
         if task.kind != "swe":
             raise ValueError(f"task {task.instance_id} is a {task.kind} task, not a coding task")
         self.task, self.name = task, name
@@ -80,6 +81,9 @@ class CodingEnvironment:
         Spares a small model the exploration it is worst at, on one- or two-file repos."""
         self.preview_docs = preview_docs
         """Whether the preview shows documentation files (README, *.md, *.rst, *.txt) besides code."""
+        self.named_chars = named_chars
+        """When the repo is too big to preview, show the definitions the issue names (envs/localize.py) within this
+        many characters (0: never)."""
         self.check_on_write = check_on_write
         """After each successful edit, run the visible checks (the `check` tool) and show their result with it:
         the act-check-revise loop of Self-Debugging without spending a step on asking for it."""
@@ -123,6 +127,20 @@ class CodingEnvironment:
                                f"{result.returncode}): {result.output.strip()[-1000:]}")
 
     def _preview(self) -> str:
+        return self._whole_repo() or self._named()
+
+    def _python_sources(self) -> dict[str, str]:
+        assert self.path is not None
+        tracked = [f for f in git("ls-files", cwd=self.path).splitlines() if f.endswith(".py") and not is_test_file(f)]
+        return {f: (self.path / f).read_text(encoding="utf-8", errors="replace") for f in tracked
+                if (self.path / f).is_file()}
+
+    def _named(self) -> str:
+        if self.named_chars <= 0 or self.path is None:
+            return ""
+        return render(named_definitions(self.task.problem_statement, self._python_sources(), self.named_chars))
+
+    def _whole_repo(self) -> str:
         if self.preview_chars <= 0 or self.path is None:
             return ""
         files = sorted(f for f in git("ls-files", cwd=self.path).splitlines() if not is_test_file(f)
@@ -207,9 +225,7 @@ class CodingEnvironment:
         assert self.path is not None
         if not isinstance(code, str) or not code.strip():
             return Observation("Error: python needs the code: complete top-level definitions.", error=True)
-        tracked = [f for f in git("ls-files", cwd=self.path).splitlines() if f.endswith(".py") and not is_test_file(f)]
-        files = {f: (self.path / f).read_text(encoding="utf-8", errors="replace") for f in tracked
-                 if (self.path / f).is_file()}
+        files = self._python_sources()
         try:
             merged = merge_definitions(code, files)
         except DefinitionError as exc:

@@ -9,6 +9,7 @@ file, new imports go to its top. So the agent loses nothing of the direct answer
 from __future__ import annotations
 
 import ast
+import textwrap
 from dataclasses import dataclass
 
 
@@ -36,6 +37,7 @@ def _span(node: ast.stmt) -> tuple[int, int]:
 
 def merge_definitions(code: str, files: dict[str, str]) -> Merge:
     """Merge `code` into the file of `files` ({path: text}) defining most of its top-level names."""
+    code = textwrap.dedent(code)  # a method copied with its class's indentation
     try:
         given = ast.parse(code)
     except SyntaxError as exc:
@@ -52,6 +54,8 @@ def merge_definitions(code: str, files: dict[str, str]) -> Merge:
     hits = {p: sum(name in _defs(t) for name in new_defs) for p, t in parsed.items()}
     best = max(hits.values(), default=0)
     owners = [p for p, n in hits.items() if n == best and n > 0]
+    if not owners and all(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) for n in new_defs.values()):
+        return _merge_methods(given, new_defs, files, parsed, code.splitlines())
     if not owners:
         raise DefinitionError(f"no file defines {', '.join(new_defs)}: to create a file, use write_file with its path")
     if len(owners) > 1:
@@ -61,10 +65,9 @@ def merge_definitions(code: str, files: dict[str, str]) -> Merge:
     lines, code_lines = files[path].splitlines(), code.splitlines()
     old_defs = _defs(parsed[path])
     replaced = [name for name in new_defs if name in old_defs]
-    for name in sorted(replaced, key=lambda n: _span(old_defs[n])[0], reverse=True):  # bottom up: spans stay valid
-        start, end = _span(old_defs[name])
-        new_start, new_end = _span(new_defs[name])
-        lines[start:end] = code_lines[new_start:new_end]
+    edits = [e for name in replaced for e in _edits(old_defs[name], new_defs[name], lines, code_lines)]
+    for start, end, new in sorted(edits, reverse=True):  # bottom up: the spans above stay valid
+        lines[start:end] = new
     added = [name for name in new_defs if name not in old_defs]
     for name in added:
         start, end = _span(new_defs[name])
@@ -73,6 +76,49 @@ def merge_definitions(code: str, files: dict[str, str]) -> Merge:
     imports = [ast.unparse(n) for n in given.body if isinstance(n, ast.Import | ast.ImportFrom)
                and ast.unparse(n) not in have]
     return Merge(path, _with_imports("\n".join(lines), imports), replaced, added)
+
+
+def _merge_methods(given: ast.Module, new_defs: dict[str, ast.stmt], files: dict[str, str],
+                   parsed: dict[str, ast.Module], code_lines: list[str]) -> Merge:
+    """Functions no module defines at top level replace the same-named methods of the one class that has them all
+    (the observation shows a method dedented, and the model answers with it so)."""
+    classes = [(p, c) for p, t in parsed.items() for c in t.body if isinstance(c, ast.ClassDef)
+               and all(name in _defs(ast.Module(body=c.body, type_ignores=[])) for name in new_defs)]
+    names = ", ".join(new_defs)
+    if not classes:
+        raise DefinitionError(f"no file defines {names}: to create a file, use write_file with its path")
+    if len(classes) > 1:
+        where = ", ".join(f"{p} ({c.name})" for p, c in classes)
+        raise DefinitionError(f"the classes {where} all define {names}: reply with the whole class, or use "
+                              "write_file with a path")
+    path, cls = classes[0]
+    methods = _defs(ast.Module(body=cls.body, type_ignores=[]))
+    lines = files[path].splitlines()
+    edits = [e for name in new_defs for e in _edits(methods[name], new_defs[name], lines, code_lines)]
+    for start, end, new in sorted(edits, reverse=True):
+        lines[start:end] = new
+    have = {ast.unparse(n) for n in parsed[path].body if isinstance(n, ast.Import | ast.ImportFrom)}
+    imports = [ast.unparse(n) for n in given.body if isinstance(n, ast.Import | ast.ImportFrom)
+               and ast.unparse(n) not in have]
+    return Merge(path, _with_imports("\n".join(lines), imports), [f"{cls.name}.{n}" for n in new_defs], [])
+
+
+def _edits(old: ast.stmt, new: ast.stmt, lines: list[str], code_lines: list[str]) -> list[tuple[int, int, list[str]]]:
+    """(start, end, new lines) replacing `old` by `new`, at `old`'s indentation. A class given with only some of its
+    methods (the one being fixed) replaces those methods, not the class: the rest must not be lost."""
+    if isinstance(old, ast.ClassDef) and isinstance(new, ast.ClassDef):
+        old_methods = _defs(ast.Module(body=old.body, type_ignores=[]))
+        new_methods = _defs(ast.Module(body=new.body, type_ignores=[]))
+        others = [n for n in new.body if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                  and not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+        if new_methods and not others and set(new_methods) < set(old_methods):
+            return [e for name in new_methods for e in _edits(old_methods[name], new_methods[name], lines, code_lines)]
+    start, end = _span(old)
+    new_start, new_end = _span(new)
+    indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
+    chunk = code_lines[new_start:new_end]
+    dedent = min((len(s) - len(s.lstrip()) for s in chunk if s.strip()), default=0)
+    return [(start, end, [indent + s[dedent:] if s.strip() else "" for s in chunk])]
 
 
 def _with_imports(text: str, imports: list[str]) -> str:

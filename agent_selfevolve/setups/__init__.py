@@ -38,6 +38,8 @@ class EnvironmentSetup(_Config):
     """Show the repo's files in the first observation when they fit in this many characters (0: never)."""
     preview_docs: bool | None = None
     """Whether that preview shows documentation files besides code."""
+    named_chars: int | None = None
+    """When the repo is too big for that preview, show the definitions the issue names within this many characters."""
     check_on_write: bool | None = None
     submit_when_checks_pass: bool | None = None
 

@@ -1,0 +1,115 @@
+"""The definitions an issue names, found in the repository: a first observation for repositories too big to show.
+
+A small model cannot explore a real project (it answered a failing `humanize.apnumber` test by rewriting the test,
+having never seen `apnumber`). What it does well is fix a function it is shown. So, as Agentless localizes from the
+issue before repairing, the environment reads the names the issue text calls or mentions, finds the functions,
+methods and classes of that name in the repository's non-test Python files, and shows their source. Only the issue
+and the checkout are read: nothing here knows the fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+_CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(|\.([A-Za-z_]\w*)|`([A-Za-z_]\w*)`")
+_TEST_ID = re.compile(r"::(?:Test(\w+?)|(\w+?)Tests?)(?=::)|::test_(\w+)")
+"""A failing test's id names what it tests: `TestFoo::`/`FooTest::` -> `Foo`, `::test_foo` -> `foo`."""
+_COMMON = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {
+    "self", "cls", "test", "tests", "assert", "py", "pytest", "raises", "main", "run", "setup", "get", "set",
+    "items", "keys", "values", "append", "format", "join", "split", "strip", "__init__", "__call__", "__repr__",
+    "__str__", "__eq__", "__hash__"}
+MAX_OWNERS = 3
+"""A name defined in more places than this says nothing about where to look (`update`, `copy`, ...)."""
+
+
+@dataclass(frozen=True)
+class Definition:
+    path: str
+    qualname: str
+    """`func`, `Class` or `Class.method`."""
+    start: int
+    """1-based first line, decorators included."""
+    end: int
+    source: str
+    """Dedented: a method reads as a function, the form the `python` tool merges back into its class."""
+
+
+def issue_names(issue: str) -> list[str]:
+    """Identifiers the issue calls, reaches through an attribute, or quotes, most mentioned first."""
+    counts: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    mentions = [next(g for g in m.groups() if g) for m in _CALLED.finditer(issue)]
+    mentions += [next(g for g in m.groups() if g) for m in _TEST_ID.finditer(issue)]
+    for i, name in enumerate(mentions):
+        if name in _COMMON or name.startswith("test") or len(name) < 3:
+            continue
+        counts[name] += 1
+        first.setdefault(name, i)
+    return sorted(counts, key=lambda n: (-counts[n], first[n]))
+
+
+def definitions(path: str, text: str) -> list[Definition]:
+    """Top-level functions and classes of one module, and the methods of its top-level classes."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    lines = text.splitlines()
+    found: list[Definition] = []
+
+    def add(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, qualname: str) -> None:
+        start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        end = node.end_lineno or node.lineno
+        chunk = lines[start - 1:end]
+        indent = min((len(s) - len(s.lstrip()) for s in chunk if s.strip()), default=0)
+        found.append(Definition(path, qualname, start, end, "\n".join(s[indent:] for s in chunk)))
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            add(node, node.name)
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                    add(item, f"{node.name}.{item.name}")
+    return found
+
+
+def named_definitions(issue: str, files: dict[str, str], max_chars: int) -> list[Definition]:
+    """The definitions of the issue's names in `files` ({path: text}), most mentioned name first, within
+    `max_chars` of source; a class too long to show whole is left for its named methods."""
+    by_name: dict[str, list[Definition]] = {}
+    for path, text in files.items():
+        for d in definitions(path, text):
+            by_name.setdefault(d.qualname.rsplit(".", 1)[-1], []).append(d)
+    shown: list[Definition] = []
+    size = 0
+    for name in issue_names(issue):
+        owners = by_name.get(name, [])
+        if len(owners) > MAX_OWNERS:
+            continue
+        for d in owners:
+            if any(s.path == d.path and s.start <= d.start and d.end <= s.end for s in shown):
+                continue  # already inside a class shown whole
+            if size + len(d.source) > max_chars:
+                continue
+            shown.append(d)
+            size += len(d.source)
+    return shown
+
+
+def render(shown: list[Definition]) -> str:
+    """The first observation's part that shows them, each under its file and lines."""
+    if not shown:
+        return ""
+    parts = ["\n\nCode the issue names (found by searching the repository):"]
+    for d in shown:
+        kind = "method of class " + d.qualname.split(".")[0] if "." in d.qualname else "in"
+        where = f"{d.path}, lines {d.start}-{d.end}" if "." not in d.qualname else \
+            f"{d.path}, {kind}, lines {d.start}-{d.end}"
+        parts.append(f"\n\n{where}:\n```python\n{d.source.rstrip()}\n```")
+    return "".join(parts)

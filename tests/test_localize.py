@@ -1,0 +1,91 @@
+"""Localization from the issue: a repository too big to preview shows the definitions the issue names (never a
+test's), and the `python` tool merges a method answered alone back into its class."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from agent_selfevolve.envs.base import ToolCall
+from agent_selfevolve.envs.coding import CodingEnvironment
+from agent_selfevolve.envs.localize import issue_names, named_definitions
+from agent_selfevolve.setups import get_setup
+from agent_selfevolve.tasks import Task
+
+ISSUE = """numbers 1.0: 1 test of the project's own suite fails
+
+- `tests/test_words.py::SpellerTest::test_spell_out[0-zero]`
+
+```
+in test_spell_out:
+    assert numbers.Speller().spell_out(0) == "zero"
+E   AssertionError: assert '0' == 'zero'
+```
+"""
+SPELLER = '''class Speller:
+    """Numbers as words."""
+
+    words = ("zero", "one", "two")
+
+    def spell_out(self, n):
+        if n < 0:
+            return str(n)
+        return str(n)
+
+    def other(self):
+        return 1
+'''
+PADDING = "".join(f"def unrelated_{i}(x):\n    return x + {i}\n\n\n" for i in range(300))  # too big to preview
+TEST_MARK = "TEST_FILE_MARK_5e1"
+
+
+def repo_task(tmp_path: Path) -> Task:
+    repo = tmp_path / "repo"
+    (repo / "numbers").mkdir(parents=True)
+    (repo / "tests").mkdir()
+    (repo / "numbers" / "__init__.py").write_text("from numbers.words import Speller\n")
+    (repo / "numbers" / "words.py").write_text(SPELLER)
+    (repo / "numbers" / "padding.py").write_text(PADDING)
+    (repo / "tests" / "test_helpers.py").write_text(f"def spell_out(n):\n    return '{TEST_MARK}'\n")
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
+                   cwd=repo, check=True)
+    return Task(instance_id="loc__numbers-1", repo="local/numbers", repo_path=str(repo), base_commit="HEAD",
+                problem_statement=ISSUE, FAIL_TO_PASS=["tests/test_words.py::test_spell_out"])
+
+
+def test_issue_names_come_from_calls_attributes_and_test_ids_not_from_builtins() -> None:
+    names = issue_names(ISSUE)
+    assert names[:2] == ["Speller", "spell_out"]  # each twice (a call or attribute, and the test id): first first
+    assert "assert" not in names and "str" not in names
+    assert all(not n.startswith("test") for n in names)
+
+
+def test_a_name_defined_in_many_places_is_not_shown_and_the_budget_holds() -> None:
+    files = {f"m{i}.py": "def spell_out(n):\n    return n\n" for i in range(5)}
+    assert named_definitions(ISSUE, files, 4000) == []
+    files = {"a.py": SPELLER}
+    shown = named_definitions(ISSUE, files, len(SPELLER) - 10)
+    assert [d.qualname for d in shown] == ["Speller.spell_out"]  # the class is too long for that budget
+    assert shown[0].source.startswith("def spell_out(self, n):")  # dedented, as the python tool takes it back
+
+
+def test_a_big_repo_shows_the_named_method_and_never_a_test_file(tmp_path: Path) -> None:
+    task = repo_task(tmp_path)
+    options = get_setup("selfcheck").environment.options()
+    env = CodingEnvironment(task, "loc-reset", **options)
+    text = env.reset().text
+    assert "numbers/words.py" in text and "def spell_out(self, n):" in text, text
+    assert TEST_MARK not in text and "unrelated_7" not in text  # no test file; the repo is not previewed whole
+    fixed = "def spell_out(self, n):\n    return self.words[n] if 0 <= n < 3 else str(n)\n"
+    obs = env.step(ToolCall("python", {"code": fixed}))
+    assert "Wrote numbers/words.py" in obs.text, obs.text
+    written = (env.path / "numbers" / "words.py").read_text()  # type: ignore[operator]
+    assert "        return self.words[n] if 0 <= n < 3 else str(n)" in written and "def other(self):" in written
+    env.close()
+
+
+def test_without_named_chars_a_big_repo_shows_only_its_top_level(tmp_path: Path) -> None:
+    env = CodingEnvironment(repo_task(tmp_path), "loc-off", preview_chars=4000)
+    text = env.reset().text
+    env.close()
+    assert "def spell_out" not in text and "Top-level entries" in text
