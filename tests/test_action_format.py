@@ -9,7 +9,7 @@ import pytest
 
 from agent_selfevolve.action_format import FORMATS, TEXT_STOP, FencedText, NativeToolCalls, choose
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
-from agent_selfevolve.envs.tools import ActionFormatError, load_bundles
+from agent_selfevolve.envs.tools import ActionFormatError, load_bundles, parse_text_action
 from agent_selfevolve.models.base import EXTRA_KEY
 from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
 from agent_selfevolve.setups import get_setup
@@ -70,3 +70,16 @@ def test_a_setup_can_use_the_text_format_with_a_tool_calling_model(demo_task: Ta
     assert "You can use these tools" in model.requests[0][0]["content"]
     assert traj.messages[3]["role"] == "user" and traj.messages[3]["content"].startswith("Observation:\n")
     assert json.dumps(traj.messages).count('"tool_calls"') == 0
+
+
+def test_a_python_block_whose_docstring_holds_a_fenced_example_is_read_whole() -> None:
+    """humanize's `apnumber` docstring has an indented ```pycon example: cut at its first fence, the 0.5B's answer
+    did not parse. A block closes at a fence on its own line; a block closed mid-line still reads."""
+    specs = [b.openai_schema() for b in load_bundles(["python", "bash", "submit"])]
+    code = 'def f():\n    """Example:\n      ```pycon\n      >>> f()\n      1\n      ```\n    """\n    return 1\n'
+    call = FencedText().parse({"role": "assistant", "content": f"Fixed:\n```python\n{code}```\nDone."}, specs)[0]
+    assert call.arguments == {"code": code}
+    same_line = FencedText().parse({"role": "assistant", "content": "```bash\nls -la```"}, specs)[0]
+    assert same_line.arguments == {"command": "ls -la"}
+    with pytest.raises(ActionFormatError, match="2 action blocks"):  # each closing fence still ends its block
+        parse_text_action("```bash\nls\n```\nthen\n```submit\n```", specs)

@@ -166,6 +166,32 @@ def carried_checks(root: Path, new_files: list[str]) -> dict[str, str]:
 _SECTION = re.compile(r"^_{3,} (?:\[doctest\] )?(?P<name>.+?) _{3,}$")
 
 
+_COLLECT_ERROR = re.compile(r"^_+ ERROR collecting (?P<path>\S+) _+$")
+_NO_MODULE = re.compile(r"ModuleNotFoundError: No module named '(?P<module>[\w.]+)'")
+
+
+def missing_modules(output: str, root: Path) -> dict[str, str]:
+    """{test file: module} for the files pytest could not collect for want of a module that is neither installed
+    nor part of the repository: the environment's gap (a test-only dependency), not the agent's change, so it
+    must not count as a failed check that no edit can fix. A module the repository has (one the change broke) is
+    kept as a failure."""
+    found: dict[str, str] = {}
+    path: str | None = None
+    for line in output.splitlines():
+        header = _COLLECT_ERROR.match(line.strip())
+        if header or line.startswith("="):
+            path = header.group("path") if header else None
+            continue
+        missing = _NO_MODULE.search(line)
+        if path and missing:
+            top = missing.group("module").split(".")[0]
+            local = [root / top, root / f"{top}.py", root / "src" / top, root / "src" / f"{top}.py"]
+            if not any(p.exists() for p in local):
+                found[path] = missing.group("module")
+            path = None
+    return found
+
+
 def _failure_sections(out: list[str], keep: int = 80) -> dict[str, list[str]]:
     """pytest's failure sections by title (`test_x[1]`, `TestX.test_y`, a doctest's `module.func`): the last lines
     of each, where pytest shows the failing assertion or the doctest's Expected/Got (`_section_for` trims them)."""
@@ -302,7 +328,11 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
                                                                    package_test_files(root, tracked, edited))
     if files:  # a file that cannot be collected (an optional dependency missing) fails alone, not the group
         keep_going = ["--continue-on-collection-errors", *SHOW_FAILURES] if pytest_based(task) else []
-        run.add(group, files, *_run_group(runner, test_command(task, [*keep_going, *files], py), files, timeout_s))
+        results, out = _run_group(runner, test_command(task, [*keep_going, *files], py), files, timeout_s)
+        for path, module in missing_modules(out, root).items():
+            results.pop(path, None)
+            run.notes.append(f"{path} not run: it needs the module {module!r}, which is not installed here")
+        run.add(group, files, results, out)
     docs = doctest_modules(root, edited)
     if docs and pytest_based(task):
         run.add("doctests", docs, *_run_group(runner, test_command(task, [*SHOW_FAILURES, "--doctest-modules", *docs],

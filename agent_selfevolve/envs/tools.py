@@ -96,13 +96,20 @@ def _raw_params(fn: dict[str, Any]) -> list[str]:
 
 
 _BLOCK = re.compile(r"```([A-Za-z_][\w-]*)([^\n`]*)\n(.*?)```", re.S)
+_FENCED_BLOCK = re.compile(r"```([A-Za-z_][\w-]*)([^\n`]*)\n((?:.*?\n)?) {0,3}```[ \t]*(?=\n|$)", re.S)
+"""A block closed by a fence on its own line (CommonMark): code whose docstring holds an indented ```pycon
+example stays whole. `_BLOCK`, closed by any ```, reads the replies that close a block mid-line."""
 
 
 def parse_text_action(text: str, specs: list[dict[str, Any]]) -> ToolCall:
     """Exactly one fenced block naming a known tool; its body is the bash command or a JSON object."""
     known = _functions(specs)
-    blocks = [(lang, head.split(), body) for lang, head, body in _BLOCK.findall(text or "")
-              if lang in known or lang in ("json", "sh")]
+    blocks = []
+    for pattern in (_FENCED_BLOCK, _BLOCK):
+        blocks = [(lang, head.split(), body) for lang, head, body in pattern.findall(text or "")
+                  if lang in known or lang in ("json", "sh")]
+        if blocks:
+            break
     if not blocks:
         raise ActionFormatError(_no_action_hint(text or "", known))
     if len(blocks) > 1:

@@ -1,0 +1,75 @@
+"""How often the first observation's "code the issue names" (envs/localize.py) holds the definition a factory
+task's fix edits, per project and level: the ceiling on what a model that never explores can fix.
+
+The gold patch is read here, by the measurement only, to find the edited definition; the localization itself sees
+the issue text and the checkout's non-test Python files, as the environment does.
+
+    python bench/localization_recall.py --levels easy,medium,hard --chars 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agent_vs_direct_repo import LEVELS, factory_tasks  # noqa: E402
+
+from agent_selfevolve.envs.grading import is_test_file  # noqa: E402
+from agent_selfevolve.envs.localize import Definition, definitions, named_definitions  # noqa: E402
+from agent_selfevolve.envs.worktree import git  # noqa: E402
+from agent_selfevolve.tasks import Task  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def edited_definition(task: Task, files: dict[str, str]) -> Definition | None:
+    """The innermost definition around the gold patch's first changed line."""
+    path = re.search(r"^--- a/(\S+)", task.patch, re.M)
+    hunk = re.search(r"^@@ -(\d+)(?:,\d+)? .*\n((?: .*\n)*)", task.patch, re.M)
+    if not path or not hunk or path.group(1) not in files:
+        return None
+    line = int(hunk.group(1)) + len(hunk.group(2).splitlines())  # past the hunk's leading context lines
+    around = [d for d in definitions(path.group(1), files[path.group(1)]) if d.start <= line <= d.end]
+    return min(around, key=lambda d: d.end - d.start) if around else None
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default=",".join(LEVELS))
+    parser.add_argument("--chars", type=int, default=4000, help="the set-up's named_chars")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    sources: dict[tuple[str, str], dict[str, str]] = {}
+    summary: dict[str, object] = {"chars": args.chars, "levels": {}}
+    for level in args.levels.split(","):
+        found, total = Counter[str](), Counter[str]()
+        for task in factory_tasks(f"factory:all:{level}", ":"):
+            key = (str(task.repo_path), task.base_commit)
+            if key not in sources:
+                names = git("ls-tree", "-r", "--name-only", task.base_commit, cwd=task.repo_path).splitlines()
+                sources[key] = {f: git("show", f"{task.base_commit}:{f}", cwd=task.repo_path) for f in names
+                                if f.endswith(".py") and not is_test_file(f)}
+            files = sources[key]
+            target = edited_definition(task, files)
+            shown = named_definitions(task.problem_statement, files, args.chars)
+            project = task.instance_id.removeprefix("factory__").rsplit("-", 1)[0]
+            total[project] += 1
+            found[project] += bool(target) and any(
+                s.path == target.path and s.start <= target.start and target.end <= s.end for s in shown)
+        entry = {"tasks": sum(total.values()), "found": sum(found.values()),
+                 "projects": {p: [found[p], total[p]] for p in sorted(total)}}
+        summary["levels"][level] = entry  # type: ignore[index]
+        print(f"{level:7s} the edited definition is shown for {entry['found']}/{entry['tasks']} tasks: "
+              + ", ".join(f"{p} {found[p]}/{total[p]}" for p in sorted(total)), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"localization_recall-{args.chars}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
