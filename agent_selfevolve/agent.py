@@ -167,7 +167,11 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
 
 
 def _revising(state: AgentState) -> bool:
-    """The last visible checks the agent ran (after an edit) failed: the next reply is a revision."""
+    """The last visible checks the agent ran (after an edit) failed, or its last edit gave the code back unchanged
+    (the model sees no bug: asked again greedily, it gives the same code): the next reply is a revision."""
+    acted = [s for s in state.get("steps", []) if s.get("action")]
+    if acted and (acted[-1].get("info") or {}).get("unchanged"):
+        return True
     checked = [c for s in state.get("steps", []) if (c := (s.get("info") or {}).get("checks"))]
     return bool(checked) and checked[-1].get("all_passed") is False
 
@@ -210,9 +214,13 @@ def fresh_revision(state: AgentState) -> list[dict[str, Any]]:
 
 
 def failed_check(state: AgentState) -> str:
-    """The last failed check report, as the fresh revision prompt shows it."""
-    obs = next(s.get("observation") or "" for s in reversed(state.get("steps", []))
-               if (s.get("info") or {}).get("checks"))
+    """The last failed check report (or the unchanged answer's refusal), as the fresh revision prompt shows it."""
+    last = next(s for s in reversed(state.get("steps", [])) if (s.get("info") or {}).get("checks")
+                or (s.get("info") or {}).get("unchanged"))
+    if (last.get("info") or {}).get("unchanged"):
+        return ("An earlier answer gave this code back unchanged, but the issue shows that it is wrong: find the "
+                "bug.\nReply with a corrected, complete function in one ```python block.")
+    obs = last.get("observation") or ""
     report = obs[obs.find("Checks:"):] if "Checks:" in obs else obs
     lines = [line for line in report.splitlines() if not line.startswith("Fix the code")]
     return ("An earlier answer failed the checks:\n" + "\n".join(lines).strip()

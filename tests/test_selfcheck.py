@@ -205,3 +205,17 @@ def test_a_fresh_revision_shows_the_first_turn_and_the_failed_check_not_the_wron
     run_attempt(task, history, AttemptSpec(task.instance_id, attempt_id="history"),
                 agent=get_setup("selfcheck").with_overrides(revision_context="history"))
     assert any(marker in m["content"] for m in history.requests[1])
+
+
+def test_an_answer_giving_the_code_back_unchanged_is_revised_sampled_with_the_issue_in_view(task: Task) -> None:
+    """FAKE model. The 0.5B answered factory tasks with the buggy function as it was (it saw no bug); asked again
+    greedily it gave the same code, until the format-error limit. Such an answer is now revised like a failed
+    check: sampled, the first turn again with a note that the unchanged code is wrong."""
+    model = ScriptedFakeModel([f"```python\n{STUB}```", f"```python\n{RIGHT}```"], supports_tools=False)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent="selfcheck")
+    assert traj.status == "submitted" and traj.resolved and len(model.requests) == 2, traj.status
+    assert traj.steps[0]["info"].get("unchanged") == "solution.py"
+    assert model.params[1].get("temperature") == get_setup("selfcheck").revise_temperature
+    first, revision = model.requests
+    assert revision[-1]["content"].startswith(first[-1]["content"]) and "back unchanged" in revision[-1]["content"]
+    assert traj.steps[1]["shown"] == "fresh_revision"

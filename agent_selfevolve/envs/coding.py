@@ -232,10 +232,11 @@ class CodingEnvironment:
             return Observation(f"Error: {exc}", error=True)
         if same_behaviour(files[merged.path], merged.text):
             return Observation(f"Not written: this code does what {merged.path} already does (only docstrings or "
-                               "comments differ). To fix a failing check, change the code itself.", error=True)
+                               "comments differ). To fix a failing check, change the code itself.", error=True,
+                               info={"unchanged": merged.path})
         if same_behaviour(git("show", f"HEAD:{merged.path}", cwd=self.path, check=False), merged.text):
             return Observation(f"Not written: this is the code {merged.path} started with, where the issue is. "
-                               "Write a corrected implementation.", error=True)
+                               "Write a corrected implementation.", error=True, info={"unchanged": merged.path})
         (self.path / merged.path).write_text(merged.text, encoding="utf-8")
         said = [f"replaced {', '.join(merged.replaced)}" if merged.replaced else "",
                 f"added {', '.join(merged.added)}" if merged.added else ""]
