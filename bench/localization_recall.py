@@ -4,7 +4,7 @@ task's fix edits, per project and level: the ceiling on what a model that never 
 The gold patch is read here, by the measurement only, to find the edited definition; the localization itself sees
 the issue text and the checkout's non-test Python files, as the environment does.
 
-    python bench/localization_recall.py --levels easy,medium,hard --chars 4000
+    python bench/localization_recall.py --levels easy,medium,hard --chars 4000 --names 1
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_vs_direct_repo import LEVELS, factory_tasks  # noqa: E402
 
 from agent_selfevolve.envs.grading import is_test_file  # noqa: E402
-from agent_selfevolve.envs.localize import Definition, definitions, named_definitions  # noqa: E402
+from agent_selfevolve.envs.localize import MAX_NAMES, Definition, definitions, named_definitions  # noqa: E402
 from agent_selfevolve.envs.worktree import git  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
 
@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default=",".join(LEVELS))
     parser.add_argument("--chars", type=int, default=4000, help="the set-up's named_chars")
+    parser.add_argument("--names", type=int, default=MAX_NAMES, help="how many of the issue's names to show")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     sources: dict[tuple[str, str], dict[str, str]] = {}
-    summary: dict[str, object] = {"chars": args.chars, "levels": {}}
+    summary: dict[str, object] = {"chars": args.chars, "names": args.names, "levels": {}}
     for level in args.levels.split(","):
         found, total = Counter[str](), Counter[str]()
         for task in factory_tasks(f"factory:all:{level}", ":"):
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                                 if f.endswith(".py") and not is_test_file(f)}
             files = sources[key]
             target = edited_definition(task, files)
-            shown = named_definitions(task.problem_statement, files, args.chars)
+            shown = named_definitions(task.problem_statement, files, args.chars, args.names)
             project = task.instance_id.removeprefix("factory__").rsplit("-", 1)[0]
             total[project] += 1
             found[project] += bool(target) and any(
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print(f"{level:7s} the edited definition is shown for {entry['found']}/{entry['tasks']} tasks: "
               + ", ".join(f"{p} {found[p]}/{total[p]}" for p in sorted(total)), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"localization_recall-{args.chars}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / f"localization_recall-{args.chars}-{args.names}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -89,3 +89,11 @@ def test_without_named_chars_a_big_repo_shows_only_its_top_level(tmp_path: Path)
     text = env.reset().text
     env.close()
     assert "def spell_out" not in text and "Top-level entries" in text
+
+
+def test_only_the_most_mentioned_names_code_is_shown() -> None:
+    """Shown two functions, the 0.5B answered with both (two blocks: no action)."""
+    files = {"a.py": "def spell_out(n):\n    return n\n", "b.py": "def helper_fn(n):\n    return n\n"}
+    issue = "spell_out(1) fails; spell_out(2) too; `helper_fn` is fine"
+    assert [d.qualname for d in named_definitions(issue, files, 4000)] == ["spell_out"]
+    assert len(named_definitions(issue, files, 4000, max_names=2)) == 2
