@@ -50,6 +50,9 @@ CHECK_SHARE = 1.0 - PARSE_CREDIT
 SHOW_FAILURES = ["--tb=short"]
 """pytest shows each failure's assertion or doctest Expected/Got (the grading command says --tb=no): what an agent
 checking its own work revises by."""
+CHECK_OUTPUT_CHARS = 400_000
+"""A check run's output is parsed (statuses, why a test could not run) and only a short report of it is shown, so
+it is read whole: cut to the shell's 10k, the reasons for a plugin fixture's 15 setup errors fell out of it."""
 GROUP_WEIGHTS = {"repo_tests": 1.0, "doctests": 1.0, "examples": 1.0, "package_tests": 0.5, "agent_checks": 0.5}
 """Weight of each check group: how much evidence its passing is (see the module docstring)."""
 MAX_REPO_TEST_FILES = 6
@@ -167,29 +170,44 @@ _SECTION = re.compile(r"^_{3,} (?:\[doctest\] )?(?P<name>.+?) _{3,}$")
 
 
 _COLLECT_ERROR = re.compile(r"^_+ ERROR collecting (?P<path>\S+) _+$")
+_SETUP_ERROR = re.compile(r"^_+ ERROR at setup of (?P<name>\S+) _+$")
 _NO_MODULE = re.compile(r"ModuleNotFoundError: No module named '(?P<module>[\w.]+)'")
+_NO_FIXTURE = re.compile(r"^E\s+fixture '(?P<fixture>\w+)' not found")
 
 
-def missing_modules(output: str, root: Path) -> dict[str, str]:
-    """{test file: module} for the files pytest could not collect for want of a module that is neither installed
-    nor part of the repository: the environment's gap (a test-only dependency), not the agent's change, so it
-    must not count as a failed check that no edit can fix. A module the repository has (one the change broke) is
-    kept as a failure."""
+def unrunnable_here(output: str, root: Path) -> dict[str, str]:
+    """{test file, or `::test` id suffix: why} for the tests pytest could not run for want of something that is
+    neither installed nor part of the repository: a module a test file imports (funcy's tests import `whatever`),
+    a plugin's fixture (humanize's benchmarks need pytest-benchmark's `benchmark`). That is the environment's gap,
+    not the agent's change, and must not count as a failed check no edit can fix. A module or fixture the
+    repository has (one the change may have broken) stays a failure."""
     found: dict[str, str] = {}
-    path: str | None = None
+    collecting: str | None = None
+    setup: str | None = None
     for line in output.splitlines():
-        header = _COLLECT_ERROR.match(line.strip())
-        if header or line.startswith("="):
-            path = header.group("path") if header else None
+        collect, set_up = _COLLECT_ERROR.match(line.strip()), _SETUP_ERROR.match(line.strip())
+        if collect or set_up or line.startswith("=") or _SECTION.match(line.strip()):
+            collecting = collect.group("path") if collect else None
+            setup = set_up.group("name") if set_up else None
             continue
-        missing = _NO_MODULE.search(line)
-        if path and missing:
-            top = missing.group("module").split(".")[0]
-            local = [root / top, root / f"{top}.py", root / "src" / top, root / "src" / f"{top}.py"]
-            if not any(p.exists() for p in local):
-                found[path] = missing.group("module")
-            path = None
+        module, fixture = _NO_MODULE.search(line), _NO_FIXTURE.match(line)
+        if collecting and module:
+            top = module.group("module").split(".")[0]
+            if not any(p.exists() for p in (root / top, root / f"{top}.py", root / "src" / top,
+                                            root / "src" / f"{top}.py")):
+                found[collecting] = f"it needs the module {module.group('module')!r}, which is not installed here"
+            collecting = None
+        elif setup and fixture and not _defines(root, fixture.group("fixture")):
+            found["::" + setup.replace(".", "::")] = (f"it needs the pytest fixture {fixture.group('fixture')!r}, "
+                                                      "from a plugin not installed here")
+            setup = None
     return found
+
+
+def _defines(root: Path, name: str) -> bool:
+    pattern = re.compile(rf"^\s*(?:async\s+)?def {re.escape(name)}\(", re.M)
+    return any(pattern.search(p.read_text(encoding="utf-8", errors="replace")) for p in root.rglob("*.py")
+               if ".git" not in p.parts)
 
 
 def _failure_sections(out: list[str], keep: int = 80) -> dict[str, list[str]]:
@@ -308,7 +326,7 @@ def _run_group(runner: CommandRunner, command: str | list[str], files: list[str]
                timeout_s: float | None = None) -> tuple[dict[str, bool], str]:
     """({check: passed}, output) of one group's command. A run cut off at the timeout fails each of its files
     (code that never returns is wrong, not unchecked: reading it as "no checks" hid endless loops)."""
-    done = runner.run(command, timeout_s=timeout_s)
+    done = runner.run(command, timeout_s=timeout_s, max_output_chars=CHECK_OUTPUT_CHARS)
     results, out = _statuses(done.output), done.output
     if done.timed_out:
         results.update({f: False for f in files})
@@ -329,9 +347,12 @@ def run_checks(task: Task, root: Path, tracked: list[str], edited: list[str], ch
     if files:  # a file that cannot be collected (an optional dependency missing) fails alone, not the group
         keep_going = ["--continue-on-collection-errors", *SHOW_FAILURES] if pytest_based(task) else []
         results, out = _run_group(runner, test_command(task, [*keep_going, *files], py), files, timeout_s)
-        for path, module in missing_modules(out, root).items():
-            results.pop(path, None)
-            run.notes.append(f"{path} not run: it needs the module {module!r}, which is not installed here")
+        for key, why in unrunnable_here(out, root).items():
+            dropped = [k for k in results if k == key or (key.startswith("::") and k.endswith(key))]
+            for k in dropped:
+                del results[k]
+            if dropped:
+                run.notes.append(f"{key.removeprefix('::')} not run: {why}")
         run.add(group, files, results, out)
     docs = doctest_modules(root, edited)
     if docs and pytest_based(task):

@@ -160,9 +160,12 @@ class CommandRunner:
         blocks = _clamp(resource.RLIMIT_FSIZE, self.max_file_bytes // 1024 * 1024) // 1024  # bash counts 1 KiB
         return f"ulimit -u {nproc} -f {max(1, blocks)} && "
 
-    def run(self, command: str | list[str], timeout_s: float | None = None, stdin: str | None = None) -> CommandResult:
-        """Run `command` (a shell string, or argv); raises SandboxError when the sandbox cannot run it."""
+    def run(self, command: str | list[str], timeout_s: float | None = None, stdin: str | None = None,
+            max_output_chars: int | None = None) -> CommandResult:
+        """Run `command` (a shell string, or argv); raises SandboxError when the sandbox cannot run it.
+        `max_output_chars` overrides the runner's cap (for output that is parsed, not shown)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        limit = self.max_output_chars if max_output_chars is None else max_output_chars
         if self._view is not None:
             command = self._view.to_real(command) if isinstance(command, str) else [self._view.to_real(c)
                                                                                     for c in command]
@@ -186,7 +189,7 @@ class CommandRunner:
         finally:
             if self.isolate:
                 os.close(write_fd)
-        reader = _BoundedReader(proc, self.max_output_chars)
+        reader = _BoundedReader(proc, limit)
         if stdin is not None and proc.stdin:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.write(stdin.encode())
@@ -198,7 +201,7 @@ class CommandRunner:
             timed_out = True
         _kill_group(proc)  # also reaps background children the command left behind
         reader.join(timeout=5)
-        text, truncated = truncate(reader.text(), self.max_output_chars)
+        text, truncated = truncate(reader.text(), limit)
         if self.isolate and not _read_marker(read_fd):
             raise SandboxError(f"bubblewrap could not set up the sandbox (exit code {proc.returncode}): "
                                f"{text.strip()[-2000:]}")
