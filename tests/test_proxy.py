@@ -328,7 +328,7 @@ def test_humaneval_tasks_carry_a_short_test_timeout() -> None:
     assert all(t.test_timeout_s == TEST_TIMEOUT_S for t in load_tasks(humaneval_task_file())[:3])
 
 
-def test_a_test_needing_an_uninstalled_module_or_plugin_fixture_is_not_a_failed_check(tmp_path: Path) -> None:
+def test_a_skipped_test_or_one_needing_an_uninstalled_module_or_plugin_is_not_a_failed_check(tmp_path: Path) -> None:
     """funcy's tests/test_colls.py imports `whatever`, humanize's benchmarks need pytest-benchmark's fixture, both
     not installed here: they failed every check of every edit, so no fix could pass them all. A test whose import
     of the repository's own module breaks is still a failure (the change may have broken it)."""
@@ -341,7 +341,9 @@ def test_a_test_needing_an_uninstalled_module_or_plugin_fixture_is_not_a_failed_
                                                   "    assert f(2) == 2\n")
     (repo / "tests" / "test_own.py").write_text("from pkg.gone import h\n\n\ndef test_h():\n    assert h()\n")
     (repo / "tests" / "test_speed.py").write_text("from pkg import f\n\n\ndef test_fast(bench_fixture_9c1):\n"
-                                                  "    assert f(1)\n\n\ndef test_plain():\n    assert f(3) == 3\n")
+                                                  "    assert f(1)\n\n\ndef test_plain():\n    assert f(3) == 3\n\n\n"
+                                                  "import pytest\n\n\n@pytest.mark.skip\ndef test_skipped():\n"
+                                                  "    pass\n")
     subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
                    cwd=repo, check=True)
     task = Task(instance_id="proxy__missing-1", repo="local/missing", repo_path=str(repo), base_commit="HEAD",
@@ -354,4 +356,4 @@ def test_a_test_needing_an_uninstalled_module_or_plugin_fixture_is_not_a_failed_
     counts = report.info["counts"]
     assert sum(n for _, n in counts.values()) == 3, (counts, report.text)  # test_f, test_plain, test_own.py
     assert "tests/test_extra.py" not in report.text and "tests/test_own.py" in report.text, report.text
-    assert "test_fast" not in report.text, report.text
+    assert "test_fast" not in report.text and "test_skipped" not in report.text, report.text
