@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_selfevolve.envs.base import Evaluation, ToolCall
+from agent_selfevolve.envs.base import Evaluation, Observation, ToolCall
 from agent_selfevolve.envs.coding import CodingEnvironment
 from agent_selfevolve.envs.proxy import (
     APPLY_CREDIT,
@@ -247,6 +247,20 @@ def test_agreement_bench_runs_resumes_and_reads_a_store(demo_task: Task, tmp_pat
     assert [c["proxy"] for c in cached] == [1.0, 1.0] and all(c["resolved"] for c in cached)
 
 
+def _edit_and_check(repo: Path, code: str) -> Observation:
+    """Commit `repo` as a task's base, answer with `code` through the `python` tool, and run the `check` tool."""
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
+                   cwd=repo, check=True)
+    task = Task(instance_id=f"proxy__{repo.parent.name[-20:]}", repo="local/checks", repo_path=str(repo),
+                base_commit="HEAD", problem_statement="Fix f.")
+    env = CodingEnvironment(task, f"proxy-{repo.parent.name[-20:]}", tools=["python", "check", "submit"])
+    env.reset()
+    env.step(ToolCall("python", {"code": code}))
+    report = env.step(ToolCall("check", {}))
+    env.close()
+    return report
+
+
 def test_the_check_report_shows_what_a_failing_doctest_or_test_got(tmp_path: Path) -> None:
     """A failure line alone ("FAILED solution.py::solution.f") gives a model nothing to revise by: the `check`
     tool's report carries pytest's Expected/Got (doctests) and the failing assertion (tests)."""
@@ -255,15 +269,8 @@ def test_the_check_report_shows_what_a_failing_doctest_or_test_got(tmp_path: Pat
     doc = '    """\n    >>> f(1)\n    2\n    """\n'
     (repo / "solution.py").write_text(f"def f(x):\n{doc}    raise NotImplementedError\n")
     (repo / "test_solution.py").write_text("from solution import f\n\n\ndef test_f():\n    assert f(2) == 3\n")
-    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
-                   cwd=repo, check=True)
-    task = Task(instance_id="proxy__report-1", repo="local/report", repo_path=str(repo), base_commit="HEAD",
-                problem_statement="Implement f.")
-    env = CodingEnvironment(task, "proxy-report", tools=["python", "check", "submit"])
-    env.reset()
-    env.step(ToolCall("python", {"code": 'def f(x):\n    """\n    >>> f(1)\n    2\n    """\n    return x + 41\n'}))
-    report = env.step(ToolCall("check", {})).text
-    env.close()
+    code = 'def f(x):\n    """\n    >>> f(1)\n    2\n    """\n    return x + 41\n'
+    report = _edit_and_check(repo, code).text
     assert "doctests 0/1 passed" in report and "repo_tests 0/1 passed" in report, report
     assert "Expected:" in report and "42" in report, report
     assert "assert 43 == 3" in report, report
@@ -344,15 +351,7 @@ def test_a_skipped_test_or_one_needing_an_uninstalled_module_or_plugin_is_not_a_
                                                   "    assert f(1)\n\n\ndef test_plain():\n    assert f(3) == 3\n\n\n"
                                                   "import pytest\n\n\n@pytest.mark.skip\ndef test_skipped():\n"
                                                   "    pass\n")
-    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm base", shell=True,
-                   cwd=repo, check=True)
-    task = Task(instance_id="proxy__missing-1", repo="local/missing", repo_path=str(repo), base_commit="HEAD",
-                problem_statement="Make f add one.")
-    env = CodingEnvironment(task, "proxy-missing", tools=["python", "check", "submit"])
-    env.reset()
-    env.step(ToolCall("python", {"code": "def f(x):\n    return x + 0\n"}))
-    report = env.step(ToolCall("check", {}))
-    env.close()
+    report = _edit_and_check(repo, "def f(x):\n    return x + 0\n")
     counts = report.info["counts"]
     assert sum(n for _, n in counts.values()) == 3, (counts, report.text)  # test_f, test_plain, test_own.py
     assert "tests/test_extra.py" not in report.text and "tests/test_own.py" in report.text, report.text
