@@ -97,3 +97,12 @@ def test_only_the_most_mentioned_names_code_is_shown() -> None:
     issue = "spell_out(1) fails; spell_out(2) too; `helper_fn` is fine"
     assert [d.qualname for d in named_definitions(issue, files, 4000)] == ["spell_out"]
     assert len(named_definitions(issue, files, 4000, max_names=2)) == 2
+
+
+def test_a_failing_tests_class_names_the_function_in_snake_case() -> None:
+    """more_itertools: `IterateTests::test_basic` fails on `iterate`, while the test's code calls `mi.take` most."""
+    issue = ("- `tests/test_more.py::IterateTests::test_basic`\n\n```\nin test_basic:\n    result = mi.take(10, "
+             "mi.iterate(f, 1))\n    assert result == mi.take(3, y)\nE   AssertionError\n```\n")
+    files = {"m.py": "def take(n, it):\n    return list(it)[:n]\n\n\ndef iterate(func, start):\n    yield start\n"}
+    assert issue_names(issue)[0] == "iterate"
+    assert [d.qualname for d in named_definitions(issue, files, 4000)] == ["iterate"]

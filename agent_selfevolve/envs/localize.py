@@ -25,9 +25,10 @@ _COMMON = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {
     "__str__", "__eq__", "__hash__"}
 MAX_OWNERS = 3
 """A name defined in more places than this says nothing about where to look (`update`, `copy`, ...)."""
+TEST_ID_WEIGHT = 2
 MAX_NAMES = 1
 """Shown two functions, the 0.5B answered with both, one block each, which is no action; showing only the most
-mentioned name's code finds the edited definition for 111 of the 172 easy factory tasks instead of 117
+mentioned name's code finds the edited definition for 110 of the 172 easy factory tasks instead of 119
 (bench/localization_recall.py)."""
 
 
@@ -43,16 +44,24 @@ class Definition:
     """Dedented: a method reads as a function, the form the `python` tool merges back into its class."""
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
 def issue_names(issue: str) -> list[str]:
-    """Identifiers the issue calls, reaches through an attribute, or quotes, most mentioned first."""
+    """Identifiers the issue calls, reaches through an attribute, or quotes, and those its failing tests' ids
+    name (counted `TEST_ID_WEIGHT` times: a test is named after what it tests, while the calls in its code include
+    helpers; `IterateTests` also names `iterate`), most mentioned first."""
     counts: Counter[str] = Counter()
     first: dict[str, int] = {}
-    mentions = [next(g for g in m.groups() if g) for m in _CALLED.finditer(issue)]
-    mentions += [next(g for g in m.groups() if g) for m in _TEST_ID.finditer(issue)]
-    for i, name in enumerate(mentions):
+    mentions = [(next(g for g in m.groups() if g), 1) for m in _CALLED.finditer(issue)]
+    for m in _TEST_ID.finditer(issue):
+        stem = next(g for g in m.groups() if g)
+        mentions += [(name, TEST_ID_WEIGHT) for name in dict.fromkeys([stem, _snake(stem)])]
+    for i, (name, weight) in enumerate(mentions):
         if name in _COMMON or name.startswith("test") or len(name) < 3:
             continue
-        counts[name] += 1
+        counts[name] += weight
         first.setdefault(name, i)
     return sorted(counts, key=lambda n: (-counts[n], first[n]))
 
