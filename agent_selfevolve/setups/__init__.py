@@ -39,7 +39,9 @@ class EnvironmentSetup(_Config):
     preview_docs: bool | None = None
     """Whether that preview shows documentation files besides code."""
     named_chars: int | None = None
-    """When the repo is too big for that preview, show the definitions the issue names within this many characters."""
+    """When the repo is too big for that preview, show the definitions the issue names within this many characters
+    (for set-ups whose `python` tool merges a function back into its file; with only `write_file`, a model shown one
+    function would write it as the whole file)."""
     check_on_write: bool | None = None
     submit_when_checks_pass: bool | None = None
 
