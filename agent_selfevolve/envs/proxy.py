@@ -182,6 +182,7 @@ def unrunnable_here(output: str, root: Path) -> dict[str, str]:
     not the agent's change, and must not count as a failed check no edit can fix. A module or fixture the
     repository has (one the change may have broken) stays a failure."""
     found: dict[str, str] = {}
+    defined: dict[str, bool] = {}
     collecting: str | None = None
     setup: str | None = None
     for line in output.splitlines():
@@ -197,11 +198,17 @@ def unrunnable_here(output: str, root: Path) -> dict[str, str]:
                                             root / "src" / f"{top}.py")):
                 found[collecting] = f"it needs the module {module.group('module')!r}, which is not installed here"
             collecting = None
-        elif setup and fixture and not _defines(root, fixture.group("fixture")):
+        elif setup and fixture and not _defined(root, fixture.group("fixture"), defined):
             found["::" + setup.replace(".", "::")] = (f"it needs the pytest fixture {fixture.group('fixture')!r}, "
                                                       "from a plugin not installed here")
             setup = None
     return found
+
+
+def _defined(root: Path, name: str, known: dict[str, bool]) -> bool:
+    if name not in known:  # one search of the repository per fixture, not per test needing it
+        known[name] = _defines(root, name)
+    return known[name]
 
 
 def _defines(root: Path, name: str) -> bool:
