@@ -157,13 +157,15 @@ def test_an_attempt_whose_resamples_repeat_too_ends_at_once(task: Task) -> None:
 
 def test_the_preview_leaves_out_a_file_the_issue_already_quotes(task: Task) -> None:
     """Shown twice (in the issue and again as the file), the 0.5B's first answer drifted from its direct one; a file
-    the issue does not quote is still shown."""
+    the issue does not quote is still shown. With the selfcheck set-up's options, the issue-named code (for repos
+    too big to show) does not show it either: it did, on every HumanEval task, until the review."""
     quoting = task.model_copy(update={"problem_statement": f"Implement `words`.\n\n```python\n{STUB}```"})
     for t, shown in ((quoting, False), (task, True)):
-        env = CodingEnvironment(t, f"sc-preview-{shown}", preview_chars=4000)
+        env = CodingEnvironment(t, f"sc-preview-{shown}", **get_setup("selfcheck").environment.options())
         text = env.reset().text
         env.close()
         assert ("solution.py:\n```" in text) is shown, text
+        assert "def words" not in text.replace(STUB, "", 1 if shown else 0), text  # never a second time
 
 
 def test_a_revision_after_a_failed_check_is_sampled_and_a_first_answer_is_not(task: Task) -> None:

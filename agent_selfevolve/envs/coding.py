@@ -127,7 +127,8 @@ class CodingEnvironment:
                                f"{result.returncode}): {result.output.strip()[-1000:]}")
 
     def _preview(self) -> str:
-        return self._whole_repo() or self._named()
+        whole = self._whole_repo()
+        return self._named() if whole is None else whole  # a repo shown whole (or quoted by the issue) needs no more
 
     def _python_sources(self) -> dict[str, str]:
         assert self.path is not None
@@ -138,11 +139,15 @@ class CodingEnvironment:
     def _named(self) -> str:
         if self.named_chars <= 0 or self.path is None:
             return ""
-        return render(named_definitions(self.task.problem_statement, self._python_sources(), self.named_chars))
+        issue = self.task.problem_statement
+        found = named_definitions(issue, self._python_sources(), self.named_chars)
+        return render([d for d in found if not quoted_in(d.source, issue)])
 
-    def _whole_repo(self) -> str:
+    def _whole_repo(self) -> str | None:
+        """The repo's files for the first observation, less those the issue quotes; None when it cannot be shown
+        whole (too big, or unreadable)."""
         if self.preview_chars <= 0 or self.path is None:
-            return ""
+            return None
         files = sorted(f for f in git("ls-files", cwd=self.path).splitlines() if not is_test_file(f)
                        and (self.preview_docs or not f.lower().endswith(DOC_SUFFIXES)))
         shown, size = [], 0
@@ -150,10 +155,10 @@ class CodingEnvironment:
             try:
                 text = (self.path / name).read_text()
             except (OSError, UnicodeDecodeError):
-                return ""
+                return None
             size += len(text)
             if size > self.preview_chars:
-                return ""  # all or nothing: a partial view would hide where the bug is
+                return None  # all or nothing: a partial view would hide where the bug is
             if not quoted_in(text, self.task.problem_statement):
                 shown.append(f"\n\n{name}:\n```\n{text.rstrip()}\n```")
         return "".join(shown)
