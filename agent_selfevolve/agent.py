@@ -170,10 +170,14 @@ def _revising(state: AgentState) -> bool:
     """The last visible checks the agent ran (after an edit) failed, or its last edit gave the code back unchanged
     (the model sees no bug: asked again greedily, it gives the same code): the next reply is a revision."""
     acted = [s for s in state.get("steps", []) if s.get("action")]
-    if acted and (acted[-1].get("info") or {}).get("unchanged"):
+    if acted and _info(acted[-1]).get("unchanged"):
         return True
-    checked = [c for s in state.get("steps", []) if (c := (s.get("info") or {}).get("checks"))]
+    checked = [c for s in state.get("steps", []) if (c := _info(s).get("checks"))]
     return bool(checked) and checked[-1].get("all_passed") is False
+
+
+def _info(step: dict[str, Any]) -> dict[str, Any]:
+    return step.get("info") or {}
 
 
 def _rejected(state: AgentState, message: dict[str, Any], exc: ActionFormatError, usage: Usage, model_s: float,
@@ -215,9 +219,8 @@ def fresh_revision(state: AgentState) -> list[dict[str, Any]]:
 
 def failed_check(state: AgentState) -> str:
     """The last failed check report (or the unchanged answer's refusal), as the fresh revision prompt shows it."""
-    last = next(s for s in reversed(state.get("steps", [])) if (s.get("info") or {}).get("checks")
-                or (s.get("info") or {}).get("unchanged"))
-    if (last.get("info") or {}).get("unchanged"):
+    last = next(s for s in reversed(state.get("steps", [])) if _info(s).get("checks") or _info(s).get("unchanged"))
+    if _info(last).get("unchanged"):
         return ("An earlier answer gave this code back unchanged, but the issue shows that it is wrong: find the "
                 "bug.\nReply with a corrected, complete function in one ```python block.")
     obs = last.get("observation") or ""

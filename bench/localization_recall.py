@@ -5,6 +5,9 @@ The gold patch is read here, by the measurement only, to find the edited definit
 the issue text and the checkout's non-test Python files, as the environment does.
 
     python bench/localization_recall.py --levels easy,medium,hard --chars 4000 --names 1
+
+With `--outcomes` (a bench/agent_vs_direct.py log), it also splits an arm's resolved tasks by whether their edited
+definition was shown.
 """
 
 from __future__ import annotations
@@ -38,15 +41,32 @@ def edited_definition(task: Task, files: dict[str, str]) -> Definition | None:
     return min(around, key=lambda d: d.end - d.start) if around else None
 
 
+def split_outcomes(log: Path, arm: str, localized: dict[str, bool]) -> dict[str, list[int]]:
+    """{"shown": [resolved, tasks], "not_shown": [...]} for `arm`'s rows of an agent_vs_direct log."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    split: dict[str, list[int]] = {"shown": [0, 0], "not_shown": [0, 0]}
+    for row in rows:
+        if row["arm"] == arm and row["task_id"] in localized:
+            cell = split["shown" if localized[row["task_id"]] else "not_shown"]
+            cell[0] += bool(row["resolved"])
+            cell[1] += 1
+    print(f"{arm} in {log.name}: resolved {split['shown'][0]}/{split['shown'][1]} where the edited definition was "
+          f"shown, {split['not_shown'][0]}/{split['not_shown'][1]} where it was not")
+    return split
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default=",".join(LEVELS))
     parser.add_argument("--chars", type=int, default=4000, help="the set-up's named_chars")
     parser.add_argument("--names", type=int, default=MAX_NAMES, help="how many of the issue's names to show")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--outcomes", type=Path, default=None, help="an agent_vs_direct-*.jsonl to split by")
+    parser.add_argument("--arm", default="agent:selfcheck", help="the arm of --outcomes")
     args = parser.parse_args(argv)
     sources: dict[tuple[str, str], dict[str, str]] = {}
     summary: dict[str, object] = {"chars": args.chars, "names": args.names, "levels": {}}
+    localized: dict[str, bool] = {}
     for level in args.levels.split(","):
         found, total = Counter[str](), Counter[str]()
         for task in factory_tasks(f"factory:all:{level}", ":"):
@@ -60,13 +80,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             shown = named_definitions(task.problem_statement, files, args.chars, args.names)
             project = task.instance_id.removeprefix("factory__").rsplit("-", 1)[0]
             total[project] += 1
-            found[project] += bool(target) and any(
+            shown_target = bool(target) and any(
                 s.path == target.path and s.start <= target.start and target.end <= s.end for s in shown)
+            found[project] += shown_target
+            localized[task.instance_id] = shown_target
         entry = {"tasks": sum(total.values()), "found": sum(found.values()),
                  "projects": {p: [found[p], total[p]] for p in sorted(total)}}
         summary["levels"][level] = entry  # type: ignore[index]
         print(f"{level:7s} the edited definition is shown for {entry['found']}/{entry['tasks']} tasks: "
               + ", ".join(f"{p} {found[p]}/{total[p]}" for p in sorted(total)), flush=True)
+    if args.outcomes:
+        summary["outcomes"] = split_outcomes(args.outcomes, args.arm, localized)
+        return summary  # a split of one run, not a new recall table
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"localization_recall-{args.chars}-{args.names}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

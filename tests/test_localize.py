@@ -106,3 +106,23 @@ def test_a_failing_tests_class_names_the_function_in_snake_case() -> None:
     files = {"m.py": "def take(n, it):\n    return list(it)[:n]\n\n\ndef iterate(func, start):\n    yield start\n"}
     assert issue_names(issue)[0] == "iterate"
     assert [d.qualname for d in named_definitions(issue, files, 4000)] == ["iterate"]
+
+
+def test_the_recall_bench_splits_an_arms_outcomes_by_what_was_shown(tmp_path: Path) -> None:
+    """bench/localization_recall.py --outcomes: the README's "5/31 where shown, 0/13 where not" comes from here."""
+    import importlib.util
+    import json
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("localization_recall", bench / "localization_recall.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = tmp_path / "avd.jsonl"
+    rows = [("a", "agent:selfcheck", True), ("b", "agent:selfcheck", False), ("c", "agent:selfcheck", True),
+            ("a", "direct", False), ("z", "agent:selfcheck", True)]
+    log.write_text("".join(json.dumps({"task_id": t, "arm": arm, "resolved": r}) + "\n" for t, arm, r in rows))
+    split = module.split_outcomes(log, "agent:selfcheck", {"a": True, "b": True, "c": False})
+    assert split == {"shown": [1, 2], "not_shown": [1, 1]}  # the direct row and the unknown task are left out

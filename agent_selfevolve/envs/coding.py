@@ -14,7 +14,7 @@ from typing import Any
 from agent_selfevolve.envs.base import INITIAL_STATE, Evaluation, Observation, ToolCall
 from agent_selfevolve.envs.definitions import DefinitionError, merge_definitions, same_behaviour
 from agent_selfevolve.envs.grading import grade, is_test_file
-from agent_selfevolve.envs.localize import named_definitions, render
+from agent_selfevolve.envs.localize import named_definitions, quoted_in, render
 from agent_selfevolve.envs.proxy import carried_checks, evaluate_patch, is_scratch_script, run_checks
 from agent_selfevolve.envs.runner import CommandRunner, SandboxError, python_prefixes
 from agent_selfevolve.envs.tools import DEFAULT_TOOLS, ToolBundle, load_bundles, tools_dir
@@ -40,15 +40,6 @@ def answer_data_dirs() -> list[Path]:
     """Installed copies of ANSWER_DATA in this interpreter's site-packages."""
     roots = [*site.getsitepackages(), site.getusersitepackages()]
     return [Path(r) / m for r in dict.fromkeys(roots) for m in ANSWER_DATA if (Path(r) / m).exists()]
-
-
-def quoted_in(text: str, issue: str, share: float = 0.8) -> bool:
-    """Whether the issue already quotes most of a file's lines: showing the file again only repeats it (a 0.5B's first
-    answer drifted from its direct one when a HumanEval stub followed the same function in the issue:
-    bench/first_turn_ablation.py)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    quoted = {ln.strip() for ln in issue.splitlines() if ln.strip()}
-    return bool(lines) and sum(ln in quoted for ln in lines) >= share * len(lines)
 
 
 class CodingEnvironment:
@@ -139,9 +130,7 @@ class CodingEnvironment:
     def _named(self) -> str:
         if self.named_chars <= 0 or self.path is None:
             return ""
-        issue = self.task.problem_statement
-        found = named_definitions(issue, self._python_sources(), self.named_chars)
-        return render([d for d in found if not quoted_in(d.source, issue)])
+        return render(named_definitions(self.task.problem_statement, self._python_sources(), self.named_chars))
 
     def _whole_repo(self) -> str | None:
         """The repo's files for the first observation, less those the issue quotes; None when it cannot be shown

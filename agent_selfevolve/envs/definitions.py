@@ -29,6 +29,11 @@ def _defs(tree: ast.Module) -> dict[str, ast.stmt]:
     return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
 
 
+def _members(cls: ast.ClassDef) -> dict[str, ast.stmt]:
+    """A class's own functions and nested classes, by name."""
+    return _defs(ast.Module(body=cls.body, type_ignores=[]))
+
+
 def _span(node: ast.stmt) -> tuple[int, int]:
     """0-based [start, end) lines of a definition, decorators included."""
     first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
@@ -65,17 +70,12 @@ def merge_definitions(code: str, files: dict[str, str]) -> Merge:
     lines, code_lines = files[path].splitlines(), code.splitlines()
     old_defs = _defs(parsed[path])
     replaced = [name for name in new_defs if name in old_defs]
-    edits = [e for name in replaced for e in _edits(old_defs[name], new_defs[name], lines, code_lines)]
-    for start, end, new in sorted(edits, reverse=True):  # bottom up: the spans above stay valid
-        lines[start:end] = new
+    _apply(lines, [e for name in replaced for e in _edits(old_defs[name], new_defs[name], lines, code_lines)])
     added = [name for name in new_defs if name not in old_defs]
     for name in added:
         start, end = _span(new_defs[name])
         lines += ["", "", *code_lines[start:end]]
-    have = {ast.unparse(n) for n in parsed[path].body if isinstance(n, ast.Import | ast.ImportFrom)}
-    imports = [ast.unparse(n) for n in given.body if isinstance(n, ast.Import | ast.ImportFrom)
-               and ast.unparse(n) not in have]
-    return Merge(path, _with_imports("\n".join(lines), imports), replaced, added)
+    return Merge(path, _with_imports("\n".join(lines), _new_imports(given, parsed[path])), replaced, added)
 
 
 def _merge_methods(given: ast.Module, new_defs: dict[str, ast.stmt], files: dict[str, str],
@@ -83,7 +83,7 @@ def _merge_methods(given: ast.Module, new_defs: dict[str, ast.stmt], files: dict
     """Functions no module defines at top level replace the same-named methods of the one class that has them all
     (the observation shows a method dedented, and the model answers with it so)."""
     classes = [(p, c) for p, t in parsed.items() for c in t.body if isinstance(c, ast.ClassDef)
-               and all(name in _defs(ast.Module(body=c.body, type_ignores=[])) for name in new_defs)]
+               and all(name in _members(c) for name in new_defs)]
     names = ", ".join(new_defs)
     if not classes:
         raise DefinitionError(f"no file defines {names}: to create a file, use write_file with its path")
@@ -92,23 +92,18 @@ def _merge_methods(given: ast.Module, new_defs: dict[str, ast.stmt], files: dict
         raise DefinitionError(f"the classes {where} all define {names}: reply with the whole class, or use "
                               "write_file with a path")
     path, cls = classes[0]
-    methods = _defs(ast.Module(body=cls.body, type_ignores=[]))
+    methods = _members(cls)
     lines = files[path].splitlines()
-    edits = [e for name in new_defs for e in _edits(methods[name], new_defs[name], lines, code_lines)]
-    for start, end, new in sorted(edits, reverse=True):
-        lines[start:end] = new
-    have = {ast.unparse(n) for n in parsed[path].body if isinstance(n, ast.Import | ast.ImportFrom)}
-    imports = [ast.unparse(n) for n in given.body if isinstance(n, ast.Import | ast.ImportFrom)
-               and ast.unparse(n) not in have]
-    return Merge(path, _with_imports("\n".join(lines), imports), [f"{cls.name}.{n}" for n in new_defs], [])
+    _apply(lines, [e for name in new_defs for e in _edits(methods[name], new_defs[name], lines, code_lines)])
+    return Merge(path, _with_imports("\n".join(lines), _new_imports(given, parsed[path])),
+                 [f"{cls.name}.{n}" for n in new_defs], [])
 
 
 def _edits(old: ast.stmt, new: ast.stmt, lines: list[str], code_lines: list[str]) -> list[tuple[int, int, list[str]]]:
     """(start, end, new lines) replacing `old` by `new`, at `old`'s indentation. A class given with only some of its
     methods (the one being fixed) replaces those methods, not the class: the rest must not be lost."""
     if isinstance(old, ast.ClassDef) and isinstance(new, ast.ClassDef):
-        old_methods = _defs(ast.Module(body=old.body, type_ignores=[]))
-        new_methods = _defs(ast.Module(body=new.body, type_ignores=[]))
+        old_methods, new_methods = _members(old), _members(new)
         others = [n for n in new.body if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
                   and not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
         if new_methods and not others and set(new_methods) < set(old_methods):
@@ -119,6 +114,18 @@ def _edits(old: ast.stmt, new: ast.stmt, lines: list[str], code_lines: list[str]
     chunk = code_lines[new_start:new_end]
     dedent = min((len(s) - len(s.lstrip()) for s in chunk if s.strip()), default=0)
     return [(start, end, [indent + s[dedent:] if s.strip() else "" for s in chunk])]
+
+
+def _apply(lines: list[str], edits: list[tuple[int, int, list[str]]]) -> None:
+    for start, end, new in sorted(edits, reverse=True):  # bottom up: the spans above stay valid
+        lines[start:end] = new
+
+
+def _new_imports(given: ast.Module, module: ast.Module) -> list[str]:
+    """The given code's top-level imports that the module lacks."""
+    have = {ast.unparse(n) for n in module.body if isinstance(n, ast.Import | ast.ImportFrom)}
+    return [ast.unparse(n) for n in given.body if isinstance(n, ast.Import | ast.ImportFrom)
+            and ast.unparse(n) not in have]
 
 
 def _with_imports(text: str, imports: list[str]) -> str:

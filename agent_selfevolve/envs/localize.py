@@ -26,10 +26,20 @@ _COMMON = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {
 MAX_OWNERS = 3
 """A name defined in more places than this says nothing about where to look (`update`, `copy`, ...)."""
 TEST_ID_WEIGHT = 2
+"""How many call mentions a failing test's id is worth (see `issue_names`)."""
 MAX_NAMES = 1
 """Shown two functions, the 0.5B answered with both, one block each, which is no action; showing only the most
 mentioned name's code finds the edited definition for 110 of the 172 easy factory tasks instead of 119
 (bench/localization_recall.py)."""
+
+
+def quoted_in(text: str, issue: str, share: float = 0.8) -> bool:
+    """Whether the issue already quotes most of a file's lines: showing the file again only repeats it (a 0.5B's first
+    answer drifted from its direct one when a HumanEval stub followed the same function in the issue:
+    bench/first_turn_ablation.py)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    quoted = {ln.strip() for ln in issue.splitlines() if ln.strip()}
+    return bool(lines) and sum(ln in quoted for ln in lines) >= share * len(lines)
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,8 @@ def definitions(path: str, text: str) -> list[Definition]:
 def named_definitions(issue: str, files: dict[str, str], max_chars: int,
                       max_names: int = MAX_NAMES) -> list[Definition]:
     """The definitions of the issue's `max_names` most mentioned names found in `files` ({path: text}), within
-    `max_chars` of source; a class too long to show whole is left for its named methods."""
+    `max_chars` of source and not quoted by the issue; a class too long to show whole is left for its named
+    methods."""
     by_name: dict[str, list[Definition]] = {}
     for path, text in files.items():
         for d in definitions(path, text):
@@ -111,8 +122,8 @@ def named_definitions(issue: str, files: dict[str, str], max_chars: int,
         for d in owners:
             if any(s.path == d.path and s.start <= d.start and d.end <= s.end for s in shown):
                 continue  # already inside a class shown whole
-            if size + len(d.source) > max_chars:
-                continue
+            if size + len(d.source) > max_chars or quoted_in(d.source, issue):
+                continue  # too long, or the issue shows it already
             shown.append(d)
             size += len(d.source)
         names += len(shown) > before  # a name counts once some of its code is shown
@@ -125,8 +136,7 @@ def render(shown: list[Definition]) -> str:
         return ""
     parts = ["\n\nCode the issue names (found by searching the repository):"]
     for d in shown:
-        kind = "method of class " + d.qualname.split(".")[0] if "." in d.qualname else "in"
-        where = f"{d.path}, lines {d.start}-{d.end}" if "." not in d.qualname else \
-            f"{d.path}, {kind}, lines {d.start}-{d.end}"
-        parts.append(f"\n\n{where}:\n```python\n{d.source.rstrip()}\n```")
+        owner, _, method = d.qualname.rpartition(".")
+        where = f"{d.path}, method of class {owner}" if method and owner else d.path
+        parts.append(f"\n\n{where}, lines {d.start}-{d.end}:\n```python\n{d.source.rstrip()}\n```")
     return "".join(parts)
