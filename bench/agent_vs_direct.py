@@ -17,13 +17,15 @@ and the hidden tests grade the file. On a repository task (factory) the turn sho
 file(s) the gold patch edits, as they are at the base commit, and asks for the complete fixed function(s) in one
 ```python block; the reply is merged into those files as the agent's `python` tool merges definitions
 (envs/definitions.py) and the task's hidden tests grade the patch. That is oracle localization, SWE-bench's
-"oracle retrieval" setting: a favourable baseline, since finding the file is part of what the agent must do. The
-gold patch only picks which files to show; nothing else of it, nor the hidden tests, reaches the prompt.
+"oracle retrieval" setting: a favourable baseline, since finding the file is part of what the agent must do.
+`direct:function` (repository tasks only) shows only the function or method around each edit instead of whole
+files, which can overflow a small model's context: oracle localization down to the function. The gold patch only
+says where to look; nothing else of it, nor the hidden tests, reaches the prompt.
 `agent:<profile>` runs one attempt of the agent with that shipped set-up (`default`, `small`, `selfcheck` =
 self-correction against the visible checks) on the same task as a repository, graded by the same hidden tests.
-Every arm is greedy. Per task and arm: resolved, status, tokens, seconds; paired against `direct`: both / only
-direct / only the arm, and the exact two-sided McNemar p. Ingredients, per agent arm: its first edit graded alone
-(replayed on a fresh checkout), and what revising gained and lost against it.
+Every arm is greedy. Per task and arm: resolved, status, tokens, seconds; paired against each direct arm run:
+both / only direct / only the arm, and the exact two-sided McNemar p. Ingredients, per agent arm: its first edit
+graded alone (replayed on a fresh checkout), and what revising gained and lost against it.
 
 Resumable: each (arm, task) outcome is one line of `<out>/agent_vs_direct-<tag>.jsonl` (a rerun skips those);
 the table goes to stdout and `<out>/agent_vs_direct-<tag>.json`; the agent's trajectories to
@@ -46,7 +48,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_vs_direct_repo import CODE_BLOCK, factory_tasks, first_edit_patch, run_direct_repo, slice_of  # noqa: E402
+from agent_vs_direct_repo import (  # noqa: E402
+    CODE_BLOCK,
+    DIRECT_SHOWN,
+    factory_tasks,
+    first_edit_patch,
+    run_direct_repo,
+    slice_of,
+)
 
 from agent_selfevolve.agent import Limits  # noqa: E402
 from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
@@ -108,8 +117,13 @@ def run_agent(task: Task, profile: str, model: Model, max_steps: int, tag: str,
             "steps": len(traj.steps), "seconds": round(time.monotonic() - start, 2)}
 
 
+def is_direct(arm: str) -> bool:
+    return arm == "direct" or arm.startswith("direct:")
+
+
 def table(rows: list[dict[str, Any]], arms: list[str], task_ids: list[str]) -> dict[str, Any]:
-    """Per arm: resolved count, tokens and seconds per task, and the pairing against `direct`."""
+    """Per arm: resolved count, tokens and seconds per task, and the pairing against each direct arm run
+    (`vs_direct`, `vs_direct:function`), on the tasks both have."""
     by = {(r["arm"], r["task_id"]): r for r in rows}
     out: dict[str, Any] = {}
     for arm in arms:
@@ -119,15 +133,19 @@ def table(rows: list[dict[str, Any]], arms: list[str], task_ids: list[str]) -> d
             "tokens_per_task": round(sum(r["tokens"] for r in done) / max(1, len(done))),
             "seconds_per_task": round(sum(r["seconds"] for r in done) / max(1, len(done)), 1),
             "statuses": {s: sum(r["status"] == s for r in done) for s in sorted({r["status"] for r in done})}}
-        paired = [t for t in task_ids if (arm, t) in by and ("direct", t) in by]
-        if arm != "direct" and paired:
-            test = mcnemar({t: by[("direct", t)]["resolved"] for t in paired},
+        bases = [b for b in arms if is_direct(b) and b != arm] if not is_direct(arm) else \
+            [b for b in arms if b == "direct" != arm]  # direct:function against direct; agents against both
+        for base in bases:
+            paired = [t for t in task_ids if (arm, t) in by and (base, t) in by]
+            if not paired:
+                continue
+            test = mcnemar({t: by[(base, t)]["resolved"] for t in paired},
                            {t: by[(arm, t)]["resolved"] for t in paired})
-            entry["vs_direct"] = {"paired": len(paired), "only_direct": test["lost"], "only_arm": test["gained"],
-                                  "both": sum(by[("direct", t)]["resolved"] and by[(arm, t)]["resolved"]
-                                              for t in paired),
-                                  "mcnemar_p": round(test["p_value"], 4),
-                                  "one_sided_p": round(test["p_one_sided"], 4)}
+            entry[f"vs_{base}"] = {"paired": len(paired), "only_direct": test["lost"], "only_arm": test["gained"],
+                                   "both": sum(by[(base, t)]["resolved"] and by[(arm, t)]["resolved"]
+                                               for t in paired),
+                                   "mcnemar_p": round(test["p_value"], 4),
+                                   "one_sided_p": round(test["p_one_sided"], 4)}
         out[arm] = entry
     return out
 
@@ -217,6 +235,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         tasks, problems = factory_tasks(args.source, args.tasks), {}
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    for arm in arms:
+        shown = arm.partition(":")[2]
+        if is_direct(arm) and arm != "direct" and (humaneval or shown not in DIRECT_SHOWN):
+            parser.error(f"--arms {arm}: a direct arm is `direct`, or on factory tasks `direct:function`")
+        if not is_direct(arm) and not (arm.startswith("agent:") and shown):
+            parser.error(f"--arms {arm}: direct, direct:function or agent:<set-up> ({', '.join(SHIPPED)})")
     span = args.tasks.replace(":", "-") if args.tasks != ":" else "all"
     tag = args.tag or "-".join([args.model.replace(":", "-"), *([] if humaneval else [args.source.replace(":", "-")]),
                                 span])
@@ -228,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def model_for(arm: str) -> Model:
         from agent_selfevolve.models import make_model
 
-        options = {} if arm == "direct" else get_setup(arm.split(":", 1)[1]).model_options(args.model)
+        options = {} if is_direct(arm) else get_setup(arm.split(":", 1)[1]).model_options(args.model)
         key = json.dumps(options, sort_keys=True)
         if key not in models:
             models[key] = fake_model() if args.model == "fake" else make_model(args.model, **options)
@@ -240,12 +264,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for arm in arms:
             if (arm, task.instance_id) in done or args.report_only:
                 continue
-            if arm != "direct":
+            if not is_direct(arm):
                 outcome = run_agent(task, arm.split(":", 1)[1], model_for(arm), args.max_steps, tag, store)
             elif humaneval:
                 outcome = run_direct(task, problems[task.instance_id], model_for(arm))
             else:
-                outcome = run_direct_repo(task, model_for(arm))
+                outcome = run_direct_repo(task, model_for(arm), arm.partition(":")[2] or "files")
             row = {"arm": arm, "task_id": task.instance_id, **outcome}
             with open(log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -258,11 +282,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           args.out / f"agent_vs_direct-{tag}.ingredients.jsonl")}
     (args.out / f"agent_vs_direct-{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for arm, entry in summary["arms"].items():
-        vs = entry.get("vs_direct")
-        pair = f"; vs direct: only direct {vs['only_direct']}, only arm {vs['only_arm']}, p={vs['mcnemar_p']}" \
-            if vs else ""
+        pairs = "".join(f"; vs {key[3:]}: only {key[3:]} {vs['only_direct']}, only arm {vs['only_arm']}, "
+                        f"p={vs['mcnemar_p']}" for key, vs in entry.items() if key.startswith("vs_"))
         print(f"{arm:18s} {entry['resolved']}/{entry['tasks']}  {entry['tokens_per_task']} tokens/task  "
-              f"{entry['seconds_per_task']} s/task{pair}")
+              f"{entry['seconds_per_task']} s/task{pairs}")
     for arm, entry in summary["ingredients"].items():
         vs = entry.get("first_edit_vs_direct", {})
         print(f"{arm}: first edit alone {entry['first_edit_resolved']}/{entry['tasks']} (vs direct: only direct "

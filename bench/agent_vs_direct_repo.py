@@ -1,8 +1,10 @@
-"""Repository tasks for bench/agent_vs_direct.py: which factory tasks a run takes, the direct arm's one turn on a
-repository (oracle localization: the files the gold patch edits are shown), and the agent's first edit replayed.
+"""Repository tasks for bench/agent_vs_direct.py: which factory tasks a run takes, the direct arms' one turn on a
+repository (oracle localization: the files the gold patch edits, or only the definitions it edits, are shown), and
+the agent's first edit replayed.
 
-The gold patch is read for one thing only, the names of the files it edits; their text comes from the task's own
-checkout at the base commit (what the agent sees), and the hidden tests never come near the prompt.
+The gold patch is read for where it edits only: the names of its files and its hunks' old line numbers. The code
+shown comes from the task's own checkout at the base commit (what the agent sees); the patch's new lines and the
+hidden tests never come near the prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from agent_selfevolve.envs.base import INITIAL_STATE, ToolCall
 from agent_selfevolve.envs.coding import CodingEnvironment
 from agent_selfevolve.envs.definitions import DefinitionError, Merge, merge_definitions
+from agent_selfevolve.envs.localize import Definition, definitions, show
 from agent_selfevolve.envs.worktree import WorktreePool, git
 from agent_selfevolve.models.base import Model, ModelError
 from agent_selfevolve.setups import get_setup
@@ -36,6 +39,19 @@ The code to fix is in {paths}:
 {files}
 
 Reply with the complete fixed function (or functions) in one ```python code block."""
+FUNCTION_PROMPT = """Fix this issue in a Python repository.
+
+{issue}
+
+The code to fix:
+
+{code}
+
+Reply with the complete fixed function in one ```python code block."""
+DIRECT_SHOWN = ("files", "function")
+"""What a direct arm on a repository task is shown: `direct` the whole files the gold patch edits,
+`direct:function` only the definitions around its edits (function-level oracle localization, as Agentless's
+repair step gets after localizing): the files can overflow a small model's context, one function cannot."""
 
 
 def slice_of(items: list[Task], spec: str) -> list[Task]:
@@ -77,6 +93,42 @@ def edited_files(patch: str) -> list[str]:
     return list(dict.fromkeys(re.findall(r"^diff --git a/(\S+) b/\S+$", patch, re.M)))
 
 
+def changed_lines(chunk: str) -> list[int]:
+    """Old-side line numbers a one-file diff changes: each removed line, and the line an addition follows. Only
+    the lines' +/-/space markers are read, never their text."""
+    lines: list[int] = []
+    for hunk in re.split(r"^(?=@@ )", chunk, flags=re.M):
+        head = re.match(r"@@ -(\d+)", hunk)
+        if not head:
+            continue
+        old = int(head.group(1))
+        for line in hunk.splitlines()[1:]:
+            if line.startswith("-"):
+                lines.append(old)
+                old += 1
+            elif line.startswith("+"):
+                lines.append(max(old - 1, 1))
+            elif line.startswith(" "):
+                old += 1
+    return lines
+
+
+def edited_definitions(patch: str, files: dict[str, str]) -> list[Definition]:
+    """The innermost definition around each changed line, per file of `files` the patch edits, in the patch's
+    order."""
+    found: list[Definition] = []
+    for chunk in re.split(r"^(?=--- a/)", patch, flags=re.M):
+        path = re.match(r"--- a/(\S+)", chunk)
+        if not path or path.group(1) not in files:
+            continue
+        defs = definitions(path.group(1), files[path.group(1)])
+        for line in changed_lines(chunk):
+            around = [d for d in defs if d.start <= line <= d.end]
+            if around and (inner := min(around, key=lambda d: d.end - d.start)) not in found:
+                found.append(inner)
+    return found
+
+
 def repo_prompt(task: Task, files: dict[str, str]) -> str:
     shown = "\n\n".join(f"{path}:\n```python\n{text.rstrip()}\n```" for path, text in files.items())
     return REPO_PROMPT.format(issue=task.problem_statement.strip(), paths=", ".join(files), files=shown)
@@ -95,9 +147,12 @@ def merge_reply(reply: str, files: dict[str, str]) -> tuple[Merge | None, str]:
     return None, "unmergeable" if blocks else "no_code_block"
 
 
-def run_direct_repo(task: Task, model: Model) -> dict[str, Any]:
-    """The direct arm on a repository task: one turn with the issue and the files the gold patch edits (as they
-    are at the base commit), the reply merged into them, the patch graded by the hidden tests."""
+def run_direct_repo(task: Task, model: Model, shown: str = "files") -> dict[str, Any]:
+    """A direct arm on a repository task: one turn with the issue and what `shown` names (DIRECT_SHOWN) of the
+    files the gold patch edits, as they are at the base commit; the reply merged into those files, the patch
+    graded by the hidden tests. `completion_tokens` tells a reply cut at the token limit."""
+    if shown not in DIRECT_SHOWN:
+        raise ValueError(f"shown: one of {', '.join(DIRECT_SHOWN)}, not {shown!r}")
     start = time.monotonic()
     pool = WorktreePool()
     name = f"avd-direct-{task.instance_id}"
@@ -106,8 +161,16 @@ def run_direct_repo(task: Task, model: Model) -> dict[str, Any]:
     try:
         files = {p: (checkout / p).read_text(encoding="utf-8", errors="replace") for p in edited_files(task.patch)
                  if (checkout / p).is_file()}
+        if shown == "files":
+            prompt = repo_prompt(task, files)
+        elif defs := edited_definitions(task.patch, files):
+            prompt = FUNCTION_PROMPT.format(issue=task.problem_statement.strip(),
+                                            code="\n\n".join(show(d) for d in defs))
+        else:  # the fix edits module-level code only
+            return {"resolved": False, "status": "no_definition", "tokens": 0,
+                    "seconds": round(time.monotonic() - start, 2)}
         try:
-            reply = model.chat([{"role": "user", "content": repo_prompt(task, files)}], None)
+            reply = model.chat([{"role": "user", "content": prompt}], None)
         except ModelError as exc:  # e.g. a file larger than the model's context window
             return {"resolved": False, "status": "model_error", "tokens": 0,
                     "seconds": round(time.monotonic() - start, 2), "error": str(exc)[:300]}
@@ -120,7 +183,7 @@ def run_direct_repo(task: Task, model: Model) -> dict[str, Any]:
         pool.remove(checkout)
     resolved = bool(patch) and CodingEnvironment(task, name).evaluate({"patch": patch}).resolved
     return {"resolved": resolved, "status": status, "tokens": reply.usage.total_tokens,
-            "seconds": round(time.monotonic() - start, 2)}
+            "completion_tokens": reply.usage.completion_tokens, "seconds": round(time.monotonic() - start, 2)}
 
 
 def replayed_patches(task: Task, traj: Trajectory, profile: str, steps: int | None = None) -> Iterator[str]:

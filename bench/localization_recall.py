@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_vs_direct_repo import LEVELS, factory_tasks  # noqa: E402
+from agent_vs_direct_repo import LEVELS, edited_definitions, factory_tasks  # noqa: E402
 
 from agent_selfevolve.envs.grading import is_test_file  # noqa: E402
-from agent_selfevolve.envs.localize import MAX_NAMES, Definition, definitions, named_definitions  # noqa: E402
+from agent_selfevolve.envs.localize import MAX_NAMES, Definition, named_definitions  # noqa: E402
 from agent_selfevolve.envs.worktree import git  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
 
@@ -31,14 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def edited_definition(task: Task, files: dict[str, str]) -> Definition | None:
-    """The innermost definition around the gold patch's first changed line."""
-    path = re.search(r"^--- a/(\S+)", task.patch, re.M)
-    hunk = re.search(r"^@@ -(\d+)(?:,\d+)? .*\n((?: .*\n)*)", task.patch, re.M)
-    if not path or not hunk or path.group(1) not in files:
-        return None
-    line = int(hunk.group(1)) + len(hunk.group(2).splitlines())  # past the hunk's leading context lines
-    around = [d for d in definitions(path.group(1), files[path.group(1)]) if d.start <= line <= d.end]
-    return min(around, key=lambda d: d.end - d.start) if around else None
+    """The innermost definition around the gold patch's first edit."""
+    return next(iter(edited_definitions(task.patch, files)), None)
 
 
 def split_outcomes(log: Path, arm: str, localized: dict[str, bool]) -> dict[str, list[int]]:

@@ -299,6 +299,49 @@ def test_factory_direct_and_agent_arms_table_and_ingredients_never_show_the_fix_
     assert not [p for p in prompts if GOLD in p or HIDDEN in p]
 
 
+def test_direct_function_arm_shows_only_the_edited_definition_and_pairs_the_agent_with_both_direct_arms(
+        factory_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAKE model. `direct:function` is shown `clamp` alone (not the file's `double`, nor the gold patch's added
+    line or the hidden tests), and its reply is merged back into the file and graded."""
+    avd = _bench()
+    prompts: list[str] = []
+
+    def respond(messages: list[dict]) -> str:
+        text = str(messages[-1].get("content") or "")
+        prompts.append(text)
+        name = "clamp" if "test_clamp_high" in text else "double"
+        return f"```python\n{_fixed(name, True)}```" if len(messages) == 1 else "```submit\n```"
+
+    monkeypatch.setattr(avd, "fake_model", lambda: ScriptedFakeModel(respond, supports_tools=False))
+    summary = avd.main(["--model", "fake", "--source", "factory:tiny:easy", "--arms",
+                        "direct,direct:function,agent:selfcheck", "--max-steps", "2", "--out", str(tmp_path)])
+    shown = [p for p in prompts if "The code to fix:" in p]
+    assert len(shown) == 1 and "tinylib/core.py, lines 4-14:" in shown[0]
+    assert "def clamp(x, lo=0, hi=10):" in shown[0] and "def double" not in shown[0]
+    assert not [p for p in prompts if GOLD in p or HIDDEN in p]
+    arms = summary["arms"]
+    assert arms["direct:function"]["resolved"] == 1 and arms["direct:function"]["vs_direct"]["paired"] == 1
+    assert {"vs_direct", "vs_direct:function"} <= set(arms["agent:selfcheck"]) and "vs_direct:function" not in \
+        arms["direct"]
+    row = json.loads((tmp_path / "agent_vs_direct-fake-factory-tiny-easy-all.jsonl").read_text().splitlines()[1])
+    assert row["arm"] == "direct:function" and row["completion_tokens"] > 0
+    with pytest.raises(SystemExit):
+        avd.main(["--model", "fake", "--tasks", "0:1", "--arms", "direct:function", "--out", str(tmp_path)])
+
+
+def test_edited_definitions_are_the_innermost_around_each_hunk_in_patch_order() -> None:
+    from agent_selfevolve.sources.humaneval import file_diff
+
+    old = ("import os\n\n\nclass Box:\n    def put(self, x):\n        return x\n\n    def take(self):\n"
+           "        return 1\n\n\ndef helper():\n    return 2\n")
+    new = old.replace("return 1", "return 0").replace("return 2", "return 3")
+    patch = file_diff("pkg/box.py", old, new) + file_diff("pkg/other.py", "X = 1\n", "X = 2\n")
+    files = {"pkg/box.py": old, "pkg/other.py": "X = 1\n"}
+    found = _repo_module().edited_definitions(patch, files)
+    assert [(d.path, d.qualname) for d in found] == [("pkg/box.py", "Box.take"), ("pkg/box.py", "helper")]
+    assert _repo_module().edited_definitions(patch, {"pkg/other.py": "X = 1\n"}) == []  # module level only
+
+
 def _read_sed_python_steps() -> list[dict[str, Any]]:
     """Recorded steps: a read, an edit by `sed` through bash, then a (wrong) edit by the python tool."""
     read = {"action": {"name": "bash", "arguments": {"command": "cat tinylib/core.py"}}, "info": {"state": "base"}}

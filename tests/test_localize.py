@@ -109,7 +109,7 @@ def test_a_failing_tests_class_names_the_function_in_snake_case() -> None:
 
 
 def test_the_recall_bench_splits_an_arms_outcomes_by_what_was_shown(tmp_path: Path) -> None:
-    """bench/localization_recall.py --outcomes: the README's "5/31 where shown, 0/13 where not" comes from here."""
+    """bench/localization_recall.py --outcomes: the README's "5/32 where shown, 0/12 where not" comes from here."""
     import importlib.util
     import json
     import sys
