@@ -1,106 +1,63 @@
-"""Best-of-N vs SE-Agent vs HGM vs MCTS at the same token budget, on bundled SWE-style, HumanEval or MiniWoB++ tasks.
+"""Best-of-N vs SE-Agent vs HGM vs MCTS at the same token budgets, paired per task, resumable in session-sized chunks.
 
-    python bench/search_compare.py                         # embedded 0.5B, every bundled task
-    python bench/search_compare.py --tasks 0:4 --budget 40000 --model local:qwen2.5-coder-1.5b
-    python bench/search_compare.py --suite humaneval --tasks 0:10 --profile small --budget 12000
-    python bench/search_compare.py --suite miniwob --strategies best_of_n,se_agent --budget 12000
+    python bench/search_compare.py --suite humaneval --tasks 0:30 --budgets 4000,8000 --profile selfcheck \\
+        --max-steps 6 --until-minutes 50 --progress runs/sc-he.json
+    python bench/search_compare.py --suite factory:all:easy --tasks 0:30 --budgets 16000,32000 --profile selfcheck \\
+        --max-steps 6 --until-minutes 50
+    python bench/search_compare.py --pool bench/results/search-compare/qwen2.5-coder-0.5b-humaneval-0-30,\\
+bench/results/search-compare/qwen2.5-coder-0.5b-factory-all-easy-0-30      # one table per budget rank, pooled
+    python bench/search_compare.py --suite miniwob --strategies best_of_n,se_agent --budgets 8000 --max-steps 4
 
-Each strategy gets the same per-task token budget (the compute-matched comparison SE-Agent's users asked for).
-Selection uses the proxy reward (no hidden tests), so `resolved` (hidden tests, graded afterwards) is a
-held-out number; `pass@any` counts a task when any attempt of the run resolved it. Prints one table. With
-`--select-with tests` (the default for MiniWoB++, whose page reward is the verdict) the hidden check also
+Each strategy gets the same per-task token budget (the compute-matched comparison SE-Agent's users asked for), and
+every budget of `--budgets` is a separate comparison on the same tasks. Suites: `humaneval` (repo tasks), the task
+factory's `factory:<project or all>[:<level>]`, `bundled`, `miniwob`; `--tasks lo:hi` slices them.
+
+Selection uses the proxy reward (no hidden tests), so `resolved` (hidden tests, graded afterwards) is a held-out
+figure; the `oracle pass@N` column counts a task when any attempt of the search resolved it, an ORACLE figure kept
+apart. With `--select-with tests` (the default for MiniWoB++, whose page reward is the verdict) the hidden check also
 chooses, and the table and JSON say ORACLE.
+
+Per budget, one row per (strategy, task) in `<out>/compare-b<budget>-<selection>.jsonl`; a rerun skips logged rows
+and resumes a search cut short (kill -9 included) from its checkpoints in `<out>/runs.sqlite` (not committed).
+`--until-minutes` starts no new search after that time. The table (`compare-b<budget>-<selection>.json`): resolved
+with Wilson intervals; per pair of strategies on the tasks both finished, the difference with a bootstrap interval
+over clusters (a factory project's tasks form one cluster, a HumanEval task its own) and McNemar's exact p.
+`--pool DIR,DIR,...` pools the rows of several runs (e.g. HumanEval and factory, each at its own two budgets) by
+budget rank: the lowest budget of each run together, then the next.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_selfevolve.agent import Limits  # noqa: E402
+from strategy_runs import compare, compare_log, model_key  # noqa: E402
+from web_proof_stats import Deadline, compare_table, print_compare, read_rows  # noqa: E402
+
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.models import make_model  # noqa: E402
-from agent_selfevolve.search import Budget, SearchContext, strategies  # noqa: E402
-from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task, select_tasks  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results" / "search-compare"
 MINIWOB_SUBSET = ["click-link", "click-button", "focus-text", "click-dialog", "enter-text", "click-checkboxes",
                   "click-tab", "login-user", "choose-list", "click-option"]
 """Single-page MiniWoB++ tasks a small model can plausibly do in a few actions."""
-
-OPTIONS = {"best_of_n": {"n": 1000, "temperature": 0.8},
-           "se_agent": {"pool_size": 4, "generations": 3, "elites": 2, "revisions": 1, "recombinations": 1},
-           "hgm": {"max_evals": 1000},
-           "mcts": {"max_iterations": 1000, "children": 2, "step_chunk": 2}}
+STRATEGIES = ("best_of_n", "se_agent", "hgm", "mcts")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="local")
-    parser.add_argument("--tasks", default=None, help="slice of the bundled tasks, e.g. 0:4")
-    parser.add_argument("--budget", type=int, default=60_000, help="tokens per task per strategy")
-    parser.add_argument("--max-steps", type=int, default=12)
-    parser.add_argument("--select-with", default=None, help="default: proxy for coding tasks, the page's reward "
-                        "(tests) for MiniWoB++, whose reward is the environment's own signal")
-    parser.add_argument("--strategies", default="best_of_n,se_agent,hgm,mcts")
-    parser.add_argument("--concurrency", type=int, default=1, help="1 for a local CPU model")
-    parser.add_argument("--suite", choices=["bundled", "humaneval", "miniwob"], default="bundled")
-    parser.add_argument("--seeds", default="0", help="MiniWoB++ seeds, comma-separated")
-    parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see agent_selfevolve/setups)")
-    parser.add_argument("--pool-size", type=int, default=4, help="SE-Agent's initial pool (small budgets: 2)")
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-search"))
-    args = parser.parse_args()
-
-    from agent_selfevolve.setups import get_setup
-
-    profile = get_setup(args.profile, args.model)
-    tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")])
-    web = args.suite == "miniwob"
-    args.select_with = args.select_with or ("tests" if web else "proxy")
-    options = profile.model_options(args.model)  # the text action format also suits small models on web pages
-    if args.threads and args.model.startswith("local"):
-        options["n_threads"] = args.threads
-    model = make_model(args.model, **options)
-    store = TrajectoryStore(args.out / "runs.sqlite")
-    rows: dict[str, dict[str, float]] = {}
-    for name in args.strategies.split(","):
-        fn = strategies()[name]
-        resolved = pass_any = tokens = attempts = 0
-        start = time.monotonic()
-        for task in tasks:
-            ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=args.max_steps),
-                                budget=Budget(max_tokens=args.budget), select_with=args.select_with,
-                                agent=profile)
-            opts = {**OPTIONS[name], "max_concurrency": args.concurrency}
-            if name == "se_agent":
-                opts["pool_size"] = args.pool_size
-            result = fn(ctx, run_id=f"{name}:{task.instance_id}:b{args.budget}", **opts)
-            resolved += result.resolved
-            pass_any += result.pass_at_n
-            tokens += result.usage["prompt_tokens"] + result.usage["completion_tokens"]
-            attempts += result.attempts
-            print(json.dumps({"strategy": name, "task": task.instance_id, "resolved": result.resolved,
-                              "attempts": result.attempts, "stop": result.stop_reason}), flush=True)
-        rows[name] = {"resolved": resolved, "pass_at_any": pass_any, "tasks": len(tasks), "tokens": tokens,
-                      "attempts": attempts, "wall_s": time.monotonic() - start}
-    oracle = args.select_with == "tests"
-    write_json_atomic(args.out / "compare.json", {"model": model.name, "budget_tokens_per_task": args.budget,
-                                                  "select_with": args.select_with, "oracle": oracle,
-                                                  "suite": args.suite,
-                                                  "profile": args.profile, "rows": rows})
-    print(f"\nmodel {model.name}; {args.suite}: {len(tasks)} tasks; {args.budget:,} tokens per task; "
-          f"selection: {args.select_with}" + (" (ORACLE: the hidden check chose; not a held-out figure)"
-                                              if oracle else ""))
-    print(f"{'strategy':10s} {'resolved':>9s} {'pass@any':>9s} {'attempts':>9s} {'tokens':>10s} {'wall s':>8s}")
-    for name, r in rows.items():
-        print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {r['pass_at_any']:>4d}/{r['tasks']:<4d} "
-              f"{r['attempts']:>9d} {r['tokens']:>10,d} {r['wall_s']:>8.0f}")
+def cluster_of(task: Task) -> str:
+    """A factory task's project (its tasks share code and tests), a MiniWoB task's type, else the task itself."""
+    if task.instance_id.startswith("factory__"):
+        return task.instance_id.removeprefix("factory__").rsplit("-", 1)[0]
+    if task.instance_id.startswith("miniwob."):
+        return task.instance_id.split(".")[1]
+    return task.instance_id
 
 
 def suite_tasks(suite: str, slice_: str | None, seeds: list[int]) -> list[Task]:
@@ -108,9 +65,103 @@ def suite_tasks(suite: str, slice_: str | None, seeds: list[int]) -> list[Task]:
         from agent_selfevolve.web_tasks import miniwob_tasks
 
         return select_tasks(miniwob_tasks(MINIWOB_SUBSET, seeds=seeds), slice_=slice_)
+    if suite.startswith("factory"):
+        from agent_vs_direct_repo import factory_tasks
+
+        return factory_tasks(suite, slice_ or ":")
     from agent_selfevolve.sources import resolve_tasks
 
     return resolve_tasks(suite, slice_=slice_)  # "humaneval" or "bundled", with their repositories built
+
+
+def budgets_in(out: Path, select_with: str) -> list[int]:
+    """The budgets a run folder has rows for, lowest first."""
+    found = (re.fullmatch(rf"compare-b(\d+)-{re.escape(select_with)}\.jsonl", p.name) for p in out.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def pooled(dirs: list[Path], select_with: str, strategies: list[str], reps: int = 10_000) -> list[dict[str, Any]]:
+    """Per budget rank, the table of every run's rows at its rank-th budget together."""
+    per_dir = {d: budgets_in(d, select_with) for d in dirs}
+    ranks = min((len(b) for b in per_dir.values()), default=0)
+    tables = []
+    for rank in range(ranks):
+        rows = [r for d, b in per_dir.items() for r in read_rows(compare_log(d, b[rank], select_with))]
+        tables.append({"rank": rank, "budgets": {str(d): b[rank] for d, b in per_dir.items()},
+                       **compare_table(rows, strategies, reps=reps)})
+    return tables
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="local")
+    parser.add_argument("--suite", default="bundled", help="bundled | humaneval | factory:<project|all>[:<level>] | "
+                        "miniwob")
+    parser.add_argument("--tasks", default=None, help="slice of the suite's tasks, e.g. 0:30")
+    parser.add_argument("--budgets", default=None, help="tokens per task per strategy, comma-separated")
+    parser.add_argument("--budget", type=int, default=60_000, help="one budget (when --budgets is not given)")
+    parser.add_argument("--max-steps", type=int, default=12)
+    parser.add_argument("--select-with", default=None, help="default: proxy for coding tasks, the page's reward "
+                        "(tests) for MiniWoB++, whose reward is the environment's own signal")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--seeds", default="0", help="MiniWoB++ seeds, comma-separated")
+    parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see agent_selfevolve/setups)")
+    parser.add_argument("--pool-size", type=int, default=4, help="SE-Agent's initial pool (small budgets: 2)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
+    parser.add_argument("--until-minutes", type=float, default=None, help="start no search after this long")
+    parser.add_argument("--progress", type=Path, default=None, help="rewritten after every search")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/search-compare/<model>-<suite>-<tasks>")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of the logs; run nothing")
+    parser.add_argument("--pool", default=None, help="run folders to pool by budget rank (comma-separated)")
+    args = parser.parse_args(argv)
+    strategies = args.strategies.split(",")
+    web = args.suite == "miniwob"
+    args.select_with = args.select_with or ("tests" if web else "proxy")
+    if args.pool:
+        tables = pooled([Path(d) for d in args.pool.split(",")], args.select_with, strategies)
+        for table in tables:
+            print(f"\nbudget rank {table['rank']}: " + ", ".join(f"{Path(d).name} {b:,}"
+                                                                 for d, b in table["budgets"].items()))
+            print_compare(table, None, args.select_with)
+        out = args.out or RESULTS / f"pooled-{args.select_with}.json"
+        write_json_atomic(out, {"select_with": args.select_with, "oracle": args.select_with == "tests",
+                                "ranks": tables})
+        return tables
+
+    from agent_selfevolve.setups import get_setup
+
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [args.budget]
+    tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")])
+    span = (args.tasks or "all").replace(":", "-")
+    out = args.out or RESULTS / f"{model_key(args.model)}-{args.suite.replace(':', '-')}-{span}"
+    out.mkdir(parents=True, exist_ok=True)
+    profile = get_setup(args.profile, args.model)
+    deadline = Deadline(args.until_minutes)
+    model = None
+    tables = []
+    for budget in budgets:
+        logged = {(r["strategy"], r["task_id"]) for r in read_rows(compare_log(out, budget, args.select_with))}
+        if not args.report_only and any((s, t.instance_id) not in logged for t in tasks for s in strategies):
+            if model is None:  # the model loads only for work left
+                options = profile.model_options(args.model)  # the text action format suits small models on pages
+                if args.threads and args.model.startswith("local"):
+                    options["n_threads"] = args.threads
+                model = make_model(args.model, **options)
+            compare(tasks, model, out, strategies=strategies, budget=budget, select_with=args.select_with,
+                    cluster_of=cluster_of, run_prefix="search-compare", agent=profile, max_steps=args.max_steps,
+                    pool_size=args.pool_size, deadline=deadline, progress=args.progress)
+        ids = {t.instance_id for t in tasks}
+        rows = [r for r in read_rows(compare_log(out, budget, args.select_with)) if r["task_id"] in ids]
+        table = compare_table(rows, strategies)
+        write_json_atomic(out / f"compare-b{budget}-{args.select_with}.json", {
+            "model": args.model, "suite": args.suite, "tasks": args.tasks, "budget_tokens_per_task": budget,
+            "select_with": args.select_with, "oracle": args.select_with == "tests", "profile": args.profile,
+            "max_steps": args.max_steps, **table})
+        print(f"\n{args.suite} {args.tasks or 'all'}: {len(tasks)} tasks, model {args.model}")
+        print_compare(table, budget, args.select_with)
+        tables.append(table)
+    return tables
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_compare import OPTIONS  # noqa: E402
+from strategy_runs import compare as run_strategies  # noqa: E402
+from strategy_runs import compare_log, model_key  # noqa: E402
 from web_proof_stats import (  # noqa: E402
     INFRA,
     Deadline,
@@ -68,7 +68,6 @@ from web_proof_stats import (  # noqa: E402
 from agent_selfevolve.agent import Limits  # noqa: E402
 from agent_selfevolve.attempt import AttemptSpec, run_attempt  # noqa: E402
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
-from agent_selfevolve.models import DEFAULT_LOCAL_MODEL  # noqa: E402
 from agent_selfevolve.models.base import Model  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
@@ -91,13 +90,6 @@ MAX_TRIES = 3
 """Attempts per task when the sandbox or harness breaks (a crash is retried under a new attempt id, then left)."""
 PROFILE = "small"
 """The embedded models' set-up: its text action format is the model options; a web task runs the `web` set-up."""
-
-
-def model_key(spec: str) -> str:
-    """Folder name of a model spec: `local` -> qwen2.5-coder-0.5b, `local:x` -> x, others sanitized."""
-    kind, _, rest = spec.partition(":")
-    name = (rest or DEFAULT_LOCAL_MODEL) if kind == "local" else spec
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
 
 
 def task_type(task: Task) -> str:
@@ -203,52 +195,10 @@ def compare_types(sweep_rows: list[dict[str, Any]], types: list[str], seeds: lis
     return [t for t in types if classes.get(t) == "mixed" or (every and classes.get(t) in ("always", "never"))]
 
 
-def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str], budget: int, select_with: str,
-            max_steps: int = 6, pool_size: int = 2, deadline: Deadline | None = None, progress: Path | None = None,
-            agent: str = PROFILE, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Each strategy on each task at `budget` tokens; the strategies of one task run back to back, so a chunk
-    leaves pairs complete. Returns every row of the log."""
-    from agent_selfevolve.search import Budget, SearchContext
-    from agent_selfevolve.search import strategies as registry
-
-    path, deadline = compare_log(out, budget, select_with), deadline or Deadline(None)
-    rows = read_rows(path)
-    done = {(r["strategy"], r["task_id"]) for r in rows}
-    store = TrajectoryStore(out / "runs.sqlite")
-    units = [(s, t) for t in tasks for s in strategies]
-    seconds: list[float] = []
-    for i, (name, task) in enumerate(units):
-        if (name, task.instance_id) in done:
-            continue
-        if deadline.expired():
-            finished = sum((s, t.instance_id) in done for s, t in units)
-            log(f"stopped: --until-minutes reached; {len(units) - finished} searches left")
-            write_progress(progress, "compare", finished, len(units), deadline.elapsed(), seconds, None,
-                           "until-minutes reached")
-            break
-        ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=max_steps),
-                            budget=Budget(max_tokens=budget), select_with=select_with, agent=agent)
-        opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if name == "se_agent" else {})}
-        start = time.monotonic()
-        result = registry()[name](ctx, run_id=f"web-proof:{name}:{task.instance_id}:b{budget}:{select_with}", **opts)
-        row = {"strategy": name, "task_id": task.instance_id, "type": task_type(task), "resolved": result.resolved,
-               "pass_at_n": result.pass_at_n, "best_reward": result.best_reward, "attempts": result.attempts,
-               "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"], "budget": budget,
-               "seconds": round(time.monotonic() - start, 2), "stop": result.stop_reason,
-               "select_with": select_with, "oracle": result.oracle, "model": model.name}
-        append_row(path, row)
-        rows.append(row)
-        done.add((name, task.instance_id))
-        seconds.append(row["seconds"])
-        write_progress(progress, "compare", sum((s, t.instance_id) in done for s, t in units), len(units),
-                       deadline.elapsed(), seconds, row)
-        log(f"[{i + 1}/{len(units)}] {name} {task.instance_id}: resolved {row['resolved']} ({row['attempts']} "
-            f"attempts, {row['tokens']} tokens, {row['seconds']} s)")
-    return rows
-
-
-def compare_log(out: Path, budget: int, select_with: str) -> Path:
-    return out / f"compare-b{budget}-{select_with}.jsonl"
+def compare(tasks: list[Task], model: Model, out: Path, **options: Any) -> list[dict[str, Any]]:
+    """strategy_runs.compare with MiniWoB task types as the clusters and the web proof's run ids."""
+    options.setdefault("agent", PROFILE)
+    return run_strategies(tasks, model, out, cluster_of=task_type, run_prefix="web-proof", **options)
 
 
 # -- stage 3 -------------------------------------------------------------------------------------------------------

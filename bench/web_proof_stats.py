@@ -179,14 +179,17 @@ def compare_table(rows: list[dict[str, Any]], strategies: list[str], reps: int =
     return out
 
 
-def print_compare(table: dict[str, Any], budget: int, select_with: str) -> None:
+def print_compare(table: dict[str, Any], budget: int | None, select_with: str) -> None:
+    """The table; `budget` None for pooled runs (their budgets are printed above it). `oracle pass@N` (any attempt
+    of the search resolved the task) is an oracle figure whatever chose."""
     oracle = select_with == "tests"
-    print(f"\n{budget:,} tokens per task per strategy; selection: {select_with}" +
-          (" (ORACLE: the page reward chose; not a held-out figure)" if oracle else " (held-out)"))
-    print(f"{'strategy':10s} {'resolved':>9s} {'95% CI':>15s} {'pass@any':>8s} {'tokens/task':>11s} {'s/task':>7s}")
+    print(f"\n{'pooled budgets' if budget is None else f'{budget:,} tokens'} per task per strategy; selection: "
+          f"{select_with}" + (" (ORACLE: the hidden check chose; not a held-out figure)" if oracle else " (held-out)"))
+    print(f"{'strategy':10s} {'resolved':>9s} {'95% CI':>15s} {'oracle pass@N':>13s} {'tokens/task':>11s} "
+          f"{'s/task':>7s}")
     for name, r in table["strategies"].items():
         ci = "-" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
-        print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {ci:>15s} {r['pass_at_any']:>8d} "
+        print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {ci:>15s} {r['pass_at_any']:>13d} "
               f"{r['tokens_per_task'] or 0:>11,d} {r['seconds_per_task'] or 0:>7.0f}")
     for pair, p in table["pairs"].items():
         ci = "-" if p["diff_ci95"] is None else f"[{p['diff_ci95'][0]:+.2f}, {p['diff_ci95'][1]:+.2f}]"

@@ -1,0 +1,87 @@
+"""Search strategies side by side at one token budget, one resumable row per (strategy, task): the runner that
+bench/search_compare.py (coding tasks) and bench/web_proof.py (MiniWoB) share; web_proof_stats.compare_table pairs
+the rows.
+
+A row's `type` is its cluster for the paired bootstrap: tasks of one cluster are not independent (MiniWoB seeds of
+one task type; factory tasks of one project), so the interval resamples clusters, not tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from web_proof_stats import Deadline, append_row, read_rows, write_progress
+
+from agent_selfevolve.agent import Limits
+from agent_selfevolve.models import DEFAULT_LOCAL_MODEL
+from agent_selfevolve.models.base import Model
+from agent_selfevolve.setups import AgentSetup
+from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.tasks import Task
+
+OPTIONS = {"best_of_n": {"n": 1000, "temperature": 0.8},
+           "se_agent": {"pool_size": 4, "generations": 3, "elites": 2, "revisions": 1, "recombinations": 1},
+           "hgm": {"max_evals": 1000},
+           "mcts": {"max_iterations": 1000, "children": 2, "step_chunk": 2}}
+"""Each strategy's options: counts high enough that the token budget, the same for all, is what stops them."""
+
+
+def model_key(spec: str) -> str:
+    """Folder name of a model spec: `local` -> qwen2.5-coder-0.5b, `local:x` -> x, others sanitized."""
+    kind, _, rest = spec.partition(":")
+    name = (rest or DEFAULT_LOCAL_MODEL) if kind == "local" else spec
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+
+
+def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str], budget: int, select_with: str,
+            cluster_of: Callable[[Task], str], run_prefix: str, agent: AgentSetup | str, max_steps: int = 6,
+            pool_size: int = 2, deadline: Deadline | None = None, progress: Path | None = None,
+            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Each strategy on each task at `budget` tokens; the strategies of one task run back to back, so a chunk
+    leaves pairs complete. A (strategy, task) already in the log is skipped, and a search cut short resumes from
+    its checkpoints under the same run id. Returns every row of the log."""
+    from agent_selfevolve.search import Budget, SearchContext
+    from agent_selfevolve.search import strategies as registry
+
+    path, deadline = compare_log(out, budget, select_with), deadline or Deadline(None)
+    rows = read_rows(path)
+    done = {(r["strategy"], r["task_id"]) for r in rows}
+    store = TrajectoryStore(out / "runs.sqlite")
+    units = [(s, t) for t in tasks for s in strategies]
+    seconds: list[float] = []
+    for i, (name, task) in enumerate(units):
+        if (name, task.instance_id) in done:
+            continue
+        if deadline.expired():
+            finished = sum((s, t.instance_id) in done for s, t in units)
+            log(f"stopped: --until-minutes reached; {len(units) - finished} searches left")
+            write_progress(progress, "compare", finished, len(units), deadline.elapsed(), seconds, None,
+                           "until-minutes reached")
+            break
+        ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=max_steps),
+                            budget=Budget(max_tokens=budget), select_with=select_with, agent=agent)
+        opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if name == "se_agent" else {})}
+        start = time.monotonic()
+        result = registry()[name](ctx, run_id=f"{run_prefix}:{name}:{task.instance_id}:b{budget}:{select_with}",
+                                  **opts)
+        row = {"strategy": name, "task_id": task.instance_id, "type": cluster_of(task), "resolved": result.resolved,
+               "pass_at_n": result.pass_at_n, "best_reward": result.best_reward, "attempts": result.attempts,
+               "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"], "budget": budget,
+               "seconds": round(time.monotonic() - start, 2), "stop": result.stop_reason,
+               "select_with": select_with, "oracle": result.oracle, "model": model.name}
+        append_row(path, row)
+        rows.append(row)
+        done.add((name, task.instance_id))
+        seconds.append(row["seconds"])
+        write_progress(progress, "compare", sum((s, t.instance_id) in done for s, t in units), len(units),
+                       deadline.elapsed(), seconds, row)
+        log(f"[{i + 1}/{len(units)}] {name} {task.instance_id}: resolved {row['resolved']} ({row['attempts']} "
+            f"attempts, {row['tokens']} tokens, {row['seconds']} s)")
+    return rows
+
+
+def compare_log(out: Path, budget: int, select_with: str) -> Path:
+    return out / f"compare-b{budget}-{select_with}.jsonl"

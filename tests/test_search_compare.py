@@ -1,0 +1,98 @@
+"""bench/search_compare.py: every strategy runs once per task and budget (a rerun runs nothing), a factory project
+is one bootstrap cluster, proxy selection is reported as held-out with the oracle pass@N apart, `--until-minutes`
+stops before the next search, and `--pool` pairs runs by budget rank. FAKE strategies and model (no LLM)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agent_selfevolve.models.fake import ScriptedFakeModel
+from agent_selfevolve.tasks import Task
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load() -> ModuleType:
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("search_compare", BENCH / "search_compare.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+IDS = ["factory__toolz-a1", "factory__toolz-a2", "factory__funcy-b1"]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[str, str, int, str]]]:
+    """search_compare with three FAKE tasks, a FAKE model, and strategies that record each call: hgm resolves
+    every task, best_of_n only toolz-a1, the others none; every search has some attempt that resolved (pass@N)."""
+    import agent_selfevolve.search as search
+
+    sc = _load()
+    ran: list[tuple[str, str, int, str]] = []
+
+    def strategy(name: str) -> Any:
+        def run(ctx: Any, run_id: str, **opts: Any) -> Any:
+            ran.append((name, ctx.task.instance_id, ctx.budget.max_tokens, ctx.select_with))
+            won = name == "hgm" or (name == "best_of_n" and ctx.task.instance_id == IDS[0])
+            return SimpleNamespace(resolved=won, pass_at_n=True, best_reward=1.0, attempts=2, stop_reason="budget",
+                                   usage={"prompt_tokens": 100, "completion_tokens": 50},
+                                   oracle=ctx.select_with == "tests")
+        return run
+
+    monkeypatch.setattr(search, "strategies", lambda: {n: strategy(n) for n in sc.STRATEGIES})
+    monkeypatch.setattr(sc, "suite_tasks", lambda suite, slice_, seeds: [
+        Task(instance_id=i, repo_path="/nonexistent", problem_statement="x") for i in IDS])
+    monkeypatch.setattr(sc, "make_model", lambda spec, **options: ScriptedFakeModel([]))
+    return sc, ran
+
+
+def test_each_strategy_runs_once_per_task_and_budget_and_a_rerun_runs_nothing(
+        fake: tuple[ModuleType, list], tmp_path: Path, capsys: Any) -> None:
+    sc, ran = fake
+    argv = ["--model", "fake", "--suite", "factory:all:easy", "--budgets", "1000,2000", "--out", str(tmp_path)]
+    tables = sc.main(argv)
+    assert sorted(ran) == sorted((s, t, b, "proxy") for b in (1000, 2000) for t in IDS for s in sc.STRATEGIES)
+    assert [t["strategies"]["hgm"]["resolved"] for t in tables] == [3, 3]
+    pair = tables[0]["pairs"]["best_of_n - hgm"]
+    assert (pair["paired_tasks"], pair["types"], pair["b_only"], pair["a_only"]) == (3, 2, 2, 0)  # 2 projects
+    rows = [json.loads(line) for line in (tmp_path / "compare-b1000-proxy.jsonl").read_text().splitlines()]
+    assert {r["type"] for r in rows} == {"toolz", "funcy"} and not any(r["oracle"] for r in rows)
+    saved = json.loads((tmp_path / "compare-b2000-proxy.json").read_text())
+    assert saved["oracle"] is False and saved["strategies"]["mcts"]["pass_at_any"] == 3
+    out = capsys.readouterr().out
+    assert "held-out" in out and "oracle pass@N" in out and "ORACLE:" not in out
+    ran.clear()
+    sc.main(argv)
+    assert ran == []
+
+
+def test_until_minutes_starts_no_search_after_the_deadline(fake: tuple[ModuleType, list], tmp_path: Path) -> None:
+    sc, ran = fake
+    sc.main(["--model", "fake", "--suite", "humaneval", "--budgets", "1000", "--until-minutes", "0",
+             "--out", str(tmp_path), "--progress", str(tmp_path / "progress.json")])
+    assert ran == [] and "until-minutes" in (tmp_path / "progress.json").read_text()
+
+
+def test_pool_pairs_runs_by_budget_rank(fake: tuple[ModuleType, list], tmp_path: Path) -> None:
+    sc, _ = fake
+    sc.main(["--model", "fake", "--suite", "factory:all:easy", "--budgets", "1000,2000", "--out", str(tmp_path / "a")])
+    sc.main(["--model", "fake", "--suite", "factory:all:easy", "--budgets", "8000,16000", "--strategies",
+             "best_of_n,hgm", "--out", str(tmp_path / "b")])
+    (tmp_path / "b" / "compare-b8000-proxy.jsonl").write_text(  # rename b's tasks so the pool holds six
+        (tmp_path / "b" / "compare-b8000-proxy.jsonl").read_text().replace("factory__", "factory__x"))
+    tables = sc.main(["--pool", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--strategies", "best_of_n,hgm",
+                      "--out", str(tmp_path / "pooled.json")])
+    assert [t["budgets"] for t in tables] == [{str(tmp_path / "a"): 1000, str(tmp_path / "b"): 8000},
+                                               {str(tmp_path / "a"): 2000, str(tmp_path / "b"): 16000}]
+    assert tables[0]["strategies"]["hgm"]["tasks"] == 6 and tables[1]["strategies"]["hgm"]["tasks"] == 3
+    assert json.loads((tmp_path / "pooled.json").read_text())["ranks"][0]["pairs"]["best_of_n - hgm"]["b_only"] == 4
