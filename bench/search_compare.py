@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--profile", default="auto", help="agent set-up for coding tasks (see agent_selfevolve/setups)")
     parser.add_argument("--pool-size", type=int, default=4, help="SE-Agent's initial pool (small budgets: 2)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
+    parser.add_argument("--lora", type=Path, default=None, help="a GGUF LoRA adapter on the local model: the "
+                        "evolved policy (bench/evolve_proof.py leaves them in <work>/seed<s>/registry/gguf/)")
     parser.add_argument("--until-minutes", type=float, default=None, help="start no search after this long")
     parser.add_argument("--progress", type=Path, default=None, help="rewritten after every search")
     parser.add_argument("--out", type=Path, default=None,
@@ -134,7 +136,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [args.budget]
     tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")])
     span = (args.tasks or "all").replace(":", "-")
-    out = args.out or RESULTS / f"{model_key(args.model)}-{args.suite.replace(':', '-')}-{span}"
+    policy = model_key(args.model) + (f"+{args.lora.stem}" if args.lora else "")
+    out = args.out or RESULTS / f"{policy}-{args.suite.replace(':', '-')}-{span}"
     out.mkdir(parents=True, exist_ok=True)
     profile = get_setup(args.profile, args.model)
     deadline = Deadline(args.until_minutes)
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 options = profile.model_options(args.model)  # the text action format suits small models on pages
                 if args.threads and args.model.startswith("local"):
                     options["n_threads"] = args.threads
+                if args.lora:
+                    options["lora_path"] = str(args.lora)
                 model = make_model(args.model, **options)
             compare(tasks, model, out, strategies=strategies, budget=budget, select_with=args.select_with,
                     cluster_of=cluster_of, run_prefix="search-compare", agent=profile, max_steps=args.max_steps,
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows = [r for r in read_rows(compare_log(out, budget, args.select_with)) if r["task_id"] in ids]
         table = compare_table(rows, strategies)
         write_json_atomic(out / f"compare-b{budget}-{args.select_with}.json", {
-            "model": args.model, "suite": args.suite, "tasks": args.tasks, "budget_tokens_per_task": budget,
+            "model": args.model, "lora": str(args.lora) if args.lora else None, "suite": args.suite,
+            "tasks": args.tasks, "budget_tokens_per_task": budget,
             "select_with": args.select_with, "oracle": args.select_with == "tests", "profile": args.profile,
             "max_steps": args.max_steps, **table})
         print(f"\n{args.suite} {args.tasks or 'all'}: {len(tasks)} tasks, model {args.model}")

@@ -96,3 +96,16 @@ def test_pool_pairs_runs_by_budget_rank(fake: tuple[ModuleType, list], tmp_path:
                                                {str(tmp_path / "a"): 2000, str(tmp_path / "b"): 16000}]
     assert tables[0]["strategies"]["hgm"]["tasks"] == 6 and tables[1]["strategies"]["hgm"]["tasks"] == 3
     assert json.loads((tmp_path / "pooled.json").read_text())["ranks"][0]["pairs"]["best_of_n - hgm"]["b_only"] == 4
+
+
+def test_lora_runs_the_evolved_policy_in_its_own_folder(fake: tuple[ModuleType, list], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    sc, _ = fake
+    loaded: list[dict[str, Any]] = []
+    monkeypatch.setattr(sc, "make_model", lambda spec, **options: loaded.append(options) or ScriptedFakeModel([]))
+    monkeypatch.setattr(sc, "RESULTS", tmp_path)
+    sc.main(["--model", "local", "--suite", "humaneval", "--tasks", "0:3", "--budgets", "1000", "--strategies",
+             "hgm", "--lora", str(tmp_path / "sft-3.gguf")])
+    assert loaded[0]["lora_path"] == str(tmp_path / "sft-3.gguf")
+    saved = json.loads((tmp_path / "qwen2.5-coder-0.5b+sft-3-humaneval-0-3" / "compare-b1000-proxy.json").read_text())
+    assert saved["lora"].endswith("sft-3.gguf") and saved["strategies"]["hgm"]["resolved"] == 3
