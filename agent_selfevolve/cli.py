@@ -280,7 +280,7 @@ def evolve(tasks: TasksOpt = "humaneval", model: ModelOpt = "local",
            episodes: Annotated[int, typer.Option(help="Search -> train -> gate rounds.")] = 2,
            strategy: Annotated[str, typer.Option(help="best_of_n | se_agent | hgm | mcts")] = "best_of_n",
            n: Annotated[int, typer.Option(help="best_of_n attempts per training task.")] = 4,
-           kinds: Annotated[str, typer.Option(help="Row kinds: sft[,dpo][,recovery].")] = "sft",
+           kinds: Annotated[str, typer.Option(help="Row kinds: sft[,dpo][,recovery][,rationalized].")] = "sft",
            runtime: Annotated[str, typer.Option(help="llama (GGUF LoRA) | transformers (peft)")] = "llama",
            lora_rank: int = 16, lr: float = 2e-4, epochs: int = 2, max_length: int = 4096, max_steps: int = 15,
            out: OutOpt = Path("runs/evolve"), run_id: str = "evolve", profile: ProfileOpt = "auto") -> None:

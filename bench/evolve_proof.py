@@ -57,7 +57,7 @@ CONFIG_OPTIONS = ("episodes", "humaneval_held_out", "humaneval_train", "factory_
 def arm_of(kinds: str) -> str:
     chosen = {k.strip() for k in kinds.split(",") if k.strip()}
     if not chosen <= set(ROW_KINDS) or "sft" not in chosen:
-        raise SystemExit(f"--kinds: 'sft' plus any of recovery, dpo (got {kinds!r})")
+        raise SystemExit(f"--kinds: 'sft' plus any of {', '.join(k for k in ROW_KINDS if k != 'sft')} (got {kinds!r})")
     return "+".join(k for k in ROW_KINDS if k in chosen)
 
 
@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--until-minutes", type=float, default=None, help="stop cleanly before this much time")
     parser.add_argument("--progress", type=Path, default=None, help="append one JSON line per finished task here")
     parser.add_argument("--report", action="store_true", help="only print and write the pooled report")
-    parser.add_argument("--kinds", default="sft", help="row kinds of the arm: sft | sft,recovery | sft,dpo | ...")
+    parser.add_argument("--kinds", default="sft", help="row kinds of the arm: sft | sft,recovery | sft,dpo | "
+                        "sft,rationalized | ...")
     parser.add_argument("--out", type=Path, default=None, help="results to commit (default bench/results/evolve-proof)")
     parser.add_argument("--work", type=Path, default=None, help="stores and adapters (default runs/evolve-proof)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp and torch threads")

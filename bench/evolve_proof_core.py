@@ -24,8 +24,8 @@ SEARCH_ARM = "sft"
 """The arm whose adapters do the searching: every arm trains on the same search data (an ablation arm differs
 from it only in the kinds of rows it trains on)."""
 ARMS = {"sft": ("sft",), "sft+recovery": ("sft", "recovery"), "sft+dpo": ("sft", "dpo"),
-        "sft+recovery+dpo": ("sft", "recovery", "dpo")}
-ROW_KINDS = ("sft", "recovery", "dpo")
+        "sft+recovery+dpo": ("sft", "recovery", "dpo"), "sft+rationalized": ("sft", "rationalized")}
+ROW_KINDS = ("sft", "recovery", "dpo", "rationalized")
 FACTORY_PREFIX = "factory__"
 
 

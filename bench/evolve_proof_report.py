@@ -150,7 +150,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"seed {s} search data: " + ", ".join(
                 f"ep{x['episode']} pass@n {x['pass_at_n']}/{x['n']} ({x['attempts_resolved']}/{x['attempts']} "
                 f"attempts, {x['tasks_with_both']} tasks with both)" for x in searches) +
-                f"; rows sft {data['sft']}, recovery {data['recovery']}, DPO pairs {data['dpo']}")
+                f"; rows sft {data['sft']}, recovery {data['recovery']}, DPO pairs {data['dpo']}, rationalized "
+                f"{data['rationalized']}")
     return "\n".join(lines)
 
 

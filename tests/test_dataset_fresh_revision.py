@@ -109,6 +109,8 @@ def test_dpo_and_recovery_rows_only_join_contexts_the_models_were_shown(task: Ta
     models = {"right": right_model, "failed": failed_model, "revised": revised_model, "other": other_model}
     out, report = build_dataset([right, failed, revised, other], kinds=("dpo", "recovery"))
     assert report.segmented == 3 and len(out["dpo"]) == 2 and len(out["recovery"]) == 2, report
+    # `revised` against its own first answer (the next test) is r1's pair again: deduplicated, r1's kept
+    assert report.dpo_from_revisions == 0 and report.duplicates == 1
     for row in out["dpo"]:
         win, lose = (models[a] for a in row["meta"]["attempt_ids"])
         for side, model in (("chosen", win), ("rejected", lose)):
@@ -127,6 +129,29 @@ def test_dpo_and_recovery_rows_only_join_contexts_the_models_were_shown(task: Ta
         assert seen(lose, messages[:k]) and seen(win, messages[:k])
         assert messages[k]["weight"] == 0 and messages[-1]["content"].endswith(code(RIGHT))
         assert REVISION_MARK not in json.dumps(row)
+
+
+def test_a_revision_that_fixed_the_first_answer_is_rationalized_and_paired_against_it(task: Task) -> None:
+    """STaR's rationalization: the revision's answer (made with the failed check in view) is trained after the
+    first turn's context alone, and chosen over the attempt's own first answer there. Not from an attempt right at
+    once, nor one whose revision failed, nor one that saw the whole conversation."""
+    revised, model = attempt(task, [code(WRONG), code(RIGHT)], "revised")
+    right, _ = attempt(task, [code(RIGHT)], "right", run="r2")
+    failed, _ = attempt(task, [code(WRONG), code(OTHER), SUBMIT], "failed", run="r3")
+    history, _ = attempt(task, [code(WRONG), code(RIGHT)], "history", run="r4", context="history")
+    out, report = build_dataset([revised, right, failed, history], kinds=("rationalized", "dpo"))
+    [row] = out["rationalized"]
+    first_context = model.requests[0]
+    assert row["meta"]["attempt_ids"] == ["revised"]
+    assert row["messages"] == [*first_context, {"role": "assistant", "content": code(RIGHT)}]
+    assert "failed the checks" not in json.dumps(row) and HIDDEN not in json.dumps(row)
+    [pair] = [r for r in out["dpo"] if r["meta"].get("source") == "revision"]
+    assert pair["prompt"] == first_context and pair["meta"]["attempt_ids"] == ["revised", "revised"]
+    assert pair["chosen"] == [{"role": "assistant", "content": code(RIGHT)}]
+    assert [m["content"] for m in pair["rejected"]] == [code(WRONG)]
+    assert report.rationalized == 1 and report.dpo_from_revisions == 1
+    empty, why = build_dataset([right, history], kinds=("rationalized",))
+    assert empty["rationalized"] == [] and "fresh revision" in why.empty["rationalized"]
 
 
 def test_rows_of_attempts_that_saw_the_conversation_are_unchanged(task: Task) -> None:

@@ -140,7 +140,7 @@ def test_the_full_run_finished_every_unit_with_paired_summaries(full_run: Path) 
     assert last["policy"]["episode"] == 1 and last["command"] == "" and last["sessions"]
     search = json.loads((seed_dir / "ep0" / "search" / "summary.json").read_text())
     assert search["attempts"] == 4 and search["samples_per_task"] == 2 and set(search["row_hashes"]) == {
-        "sft", "recovery", "dpo"}
+        "sft", "recovery", "dpo", "rationalized"}
     assert all("rows" not in r for r in read_records(seed_dir / "ep0" / "search" / "tasks.jsonl"))
 
 

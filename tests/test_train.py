@@ -519,3 +519,7 @@ def test_dpo_overrides_reach_the_dpo_stage_only(tmp_path: Path, monkeypatch: pyt
     assert dpo_init == sft_out and out == tmp_path / "dpo" and metrics["dpo_rows"] == 2
     with pytest.raises(stages.EmptyDatasetError):
         stages.train_sft_then_dpo(tmp_path, {"dpo": [{}]}, lambda s: tmp_path / s, {})
+    seen.clear()
+    _, metrics = stages.train_sft_then_dpo(tmp_path, {"sft": [{}], "recovery": [{}], "rationalized": [{}, {}]},
+                                           lambda s: tmp_path / s, {})
+    assert len(seen) == 1 and metrics["rows"] == 4 and metrics["rationalized_rows"] == 2  # one SFT stage

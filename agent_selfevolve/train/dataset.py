@@ -29,6 +29,13 @@ successful one's final segment at their branch point (longest shared prefix, as 
 were seen as they stand up to where they part (first answers to [system, user], or revisions after the same failed
 check). Skipping such attempts would lose selfcheck's first-answer pairs. Without fresh revisions an attempt is its
 own single segment: its rows are unchanged. The report counts attempts with fresh revisions ('segmented').
+
+Rationalized rows (STaR's rationalization, arXiv 2203.14465: generate with a hint, train without it) are the one
+exception, so they are their own kind: an attempt resolved by a fresh revision (asked with the failed check) is
+trained as if that answer had been its first, after the first turn's context alone. The same attempt also gives a
+DPO pair with no sibling needed: its first answer rejected, the revision's answer chosen, after that context
+(report: 'dpo_from_revisions'). The 0.5B's outcome is nearly a property of the task, so siblings with mixed
+outcomes are rare (4 in 100 tasks at T=0.8, README); a revision that fixed its own first answer is the common case.
 """
 
 from __future__ import annotations
@@ -47,16 +54,17 @@ from agent_selfevolve.models.base import EXTRA_KEY, Message
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.train.canonical import PROMPT_MODES, canonical_trajectory
 from agent_selfevolve.train.jsonl import Row, data_hash, read_jsonl, rows_to_jsonl, write_jsonl
-from agent_selfevolve.train.shown import final_view, has_fresh_revisions, segment_views, turn_steps
+from agent_selfevolve.train.shown import final_view, has_fresh_revisions, segment_views, shown_segments, turn_steps
 from agent_selfevolve.trajectory import INFRA_FAILURES, Status, Trajectory, used_native_tools
 
-__all__ = ["DatasetReport", "HeldOutLeakError", "Row", "assert_no_held_out", "build_dataset", "data_hash",
-           "dedup_rows", "dpo_pairs", "read_jsonl", "recovery_rows", "rows_to_jsonl", "sft_rows", "why_empty",
-           "write_jsonl"]
+__all__ = ["ROW_KINDS", "DatasetReport", "HeldOutLeakError", "Row", "assert_no_held_out", "build_dataset",
+           "data_hash", "dedup_rows", "dpo_pairs", "rationalized_rows", "read_jsonl", "recovery_rows", "rows_to_jsonl",
+           "sft_rows", "why_empty", "write_jsonl"]
 """The file helpers live in `jsonl.py` and are re-exported here, where callers have always found them."""
 
 log = logging.getLogger(__name__)
 
+ROW_KINDS = ("sft", "dpo", "recovery", "rationalized")
 REFLECTION = ("Looking back: my previous step was wrong{why}. That approach does not work, so I will go back to "
               "where I was before it and take a different path.")
 
@@ -70,6 +78,9 @@ class DatasetReport:
     sft: int = 0
     dpo: int = 0
     recovery: int = 0
+    rationalized: int = 0
+    dpo_from_revisions: int = 0
+    """DPO pairs of an attempt's own first answer against its successful fresh revision (no sibling)."""
     duplicates: int = 0
     held_out_skipped: int = 0
     prompts: str = "canonical"
@@ -245,12 +256,41 @@ def sft_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), min_rewa
     return rows
 
 
+def revised_answer(traj: Trajectory) -> tuple[list[Message], Message, Message] | None:
+    """(the first turn's context, the first answer, the final answer) of a resolved attempt whose final turn was a
+    fresh revision; None otherwise (no revision, or the attempt went on in the whole conversation after it)."""
+    if not traj.resolved or not _finished(traj) or not has_fresh_revisions(traj):
+        return None
+    segments = shown_segments(traj)
+    first, last = segments[0], segments[-1]
+    if not last.fresh or first.fresh or not first.replies:
+        return None
+    i = first.replies[0]
+    return copy.deepcopy(first.messages[:i]), copy.deepcopy(first.messages[i]), copy.deepcopy(
+        last.messages[last.replies[0]])
+
+
+def rationalized_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
+                      report: DatasetReport | None = None) -> list[Row]:
+    """For each attempt resolved by a fresh revision: the first turn's context, then the revision's answer (see
+    the module's docstring)."""
+    rows = []
+    for t in _visible(trajs, set(held_out), report):
+        if (found := revised_answer(t)) is not None:
+            context, _, answer = found
+            rows.append(_with_tools({"messages": [*context, answer], "meta": _meta("rationalized", t.task_id, t)},
+                                    t))
+    return rows
+
+
 def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pairs_per_task: int | None = None,
               report: DatasetReport | None = None) -> list[Row]:
     """For each failed sibling, one pair against its closest successful sibling, split at their branch point (of
-    segments the model saw, for fresh revisions: see the module's docstring)."""
+    segments the model saw, for fresh revisions: see the module's docstring); and for each attempt resolved by a
+    fresh revision, its first answer against the revision's after the first turn's context."""
     rows = []
-    for (_, task_id), group in sorted(_siblings(_visible(trajs, set(held_out), report)).items()):
+    visible = _visible(trajs, set(held_out), report)
+    for (_, task_id), group in sorted(_siblings(visible).items()):
         wins = [t for t in group if t.resolved]
         losses = [t for t in group if not t.resolved]
         if not wins or not losses:
@@ -269,6 +309,13 @@ def dpo_pairs(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), max_pai
                                           "rejected": copy.deepcopy(rejected), "meta": _meta("dpo", task_id, s, f)},
                                          sv))
         rows.extend(task_rows[:max_pairs_per_task] if max_pairs_per_task else task_rows)
+    for t in visible:  # after the siblings' pairs, so a duplicate keeps the pair whose sides were both seen
+        found = revised_answer(t)
+        if found is None or message_key(found[1]) == message_key(found[2]):
+            continue
+        context, first, answer = found
+        rows.append(_with_tools({"prompt": context, "chosen": [answer], "rejected": [first],
+                                 "meta": {**_meta("dpo", t.task_id, t, t), "source": "revision"}}, t))
     return rows
 
 
@@ -308,7 +355,7 @@ def build_dataset(source: TrajectoryStore | Iterable[Trajectory], *, run_id: str
                   held_out: Iterable[str] = (), kinds: Sequence[str] = ("sft",), min_reward: float | None = None,
                   max_pairs_per_task: int | None = None, prompts: str = "canonical",
                   ) -> tuple[dict[str, list[Row]], DatasetReport]:
-    """Rows of each requested kind ('sft', 'dpo', 'recovery'), deduplicated, with held-out tasks excluded.
+    """Rows of each requested kind (ROW_KINDS), deduplicated, with held-out tasks excluded.
 
     `prompts`: 'canonical' (default) rebuilds each first user message without search strategy/guidance, as
     evaluation prompts are; 'as_run' keeps it as served. Returns {kind: rows} and a report (which prompts, and why
@@ -329,15 +376,18 @@ def build_dataset(source: TrajectoryStore | Iterable[Trajectory], *, run_id: str
         visible = [t for t in rebuilt if t is not None]
     builders = {"sft": lambda: sft_rows(visible, held, min_reward),
                 "dpo": lambda: dpo_pairs(visible, held, max_pairs_per_task),
-                "recovery": lambda: recovery_rows(visible, held)}
+                "recovery": lambda: recovery_rows(visible, held),
+                "rationalized": lambda: rationalized_rows(visible, held)}
     out: dict[str, list[Row]] = {}
     for kind in kinds:
         if kind not in builders:
-            raise ValueError(f"unknown row kind '{kind}': sft, dpo or recovery")
+            raise ValueError(f"unknown row kind '{kind}': {', '.join(ROW_KINDS)}")
         rows, dropped = dedup_rows(builders[kind]())
         assert_no_held_out(rows, held)
         report.duplicates += dropped
         setattr(report, kind, len(rows))
+        if kind == "dpo":
+            report.dpo_from_revisions = sum(r["meta"].get("source") == "revision" for r in rows)
         out[kind] = rows
         if not rows:
             report.empty[kind] = why_empty(kind, visible, report)
@@ -360,6 +410,9 @@ def why_empty(kind: str, trajs: Sequence[Trajectory], report: DatasetReport) -> 
         if not any(t.resolved and _finished(t) for t in trajs):
             return f"none of {len(trajs)} attempts resolved its task" + tail
         return "every resolved attempt was below min_reward" + tail
+    if kind == "rationalized":
+        return ("no resolved attempt ended with a fresh revision (these rows need a set-up that revises afresh "
+                "after a failed check: selfcheck)" + tail)
     groups = _siblings(trajs)
     both = [g for g in groups.values() if any(t.resolved for t in g) and any(not t.resolved for t in g)]
     if not both:

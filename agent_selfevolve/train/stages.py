@@ -19,12 +19,13 @@ from agent_selfevolve.train.lora import EmptyDatasetError, TrainConfig, train_lo
 def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]], staging: Callable[[str], Path],
                        config: Mapping[str, Any], dpo_overrides: Mapping[str, Any] | None = None,
                        init_adapter: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train on `rows` by kind ('sft', 'recovery', 'dpo'); returns the final adapter dir and its metrics.
+    """Train on `rows` by kind ('sft', 'recovery' and 'rationalized' in the SFT stage, then 'dpo'); returns the
+    final adapter dir and its metrics.
 
     `staging(stage)` gives a fresh directory per stage (e.g. `AdapterRegistry.staging_path`); `dpo_overrides`
     changes TrainConfig fields for the DPO stage only (e.g. fewer epochs, `dpo_beta`); `init_adapter` is the
     adapter the SFT stage starts from (None: a fresh LoRA on the base model)."""
-    sft_stage = [*rows.get("sft", []), *rows.get("recovery", [])]
+    sft_stage = [*rows.get("sft", []), *rows.get("recovery", []), *rows.get("rationalized", [])]
     if not sft_stage:
         raise EmptyDatasetError("no SFT or recovery rows: nothing succeeded, so there is nothing to imitate")
     out = staging("sft")
@@ -34,6 +35,7 @@ def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]]
                                "sft_loss_last": sft.losses[-1] if sft.losses else None,
                                "steps": sft.steps, "time_s": sft.time_s, "rows": sft.rows,
                                "recovery_rows": len(rows.get("recovery", [])),
+                               "rationalized_rows": len(rows.get("rationalized", [])),
                                "init_adapter": str(init_adapter) if init_adapter else None}
     if rows.get("dpo"):
         dpo_out = staging("dpo")
