@@ -46,7 +46,7 @@ class BatchConfig:
     baseline: bool = False
     """Also run best-of-N at the token budget the strategy used (the compute-matched baseline)."""
     profile: str = "auto"
-    """Agent set-up (`setups`: a shipped name or a .yaml path); 'auto' picks `small` for the embedded models."""
+    """Agent set-up (`setups`: a shipped name or a .yaml path); 'auto' picks `selfcheck` for the embedded models."""
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Instance id (rep
 PatternOpt = Annotated[str | None, typer.Option("--pattern", help="Regex on instance_id.")]
 SliceOpt = Annotated[str | None, typer.Option("--slice", help="Python slice, e.g. 0:5.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
-ProfileOpt = Annotated[str, typer.Option("--profile", help="Agent set-up: auto (small for local models) | small | "
+ProfileOpt = Annotated[str, typer.Option("--profile", help="Agent set-up: auto (selfcheck for local models) | small | "
                                                           "selfcheck | default | a .yaml (see setups/).")]
 
 

@@ -43,7 +43,7 @@ def test_local_model_with_the_small_profile_writes_code_it_can_run(tmp_path) -> 
     from agent_selfevolve.setups import get_setup
 
     task = locate_tasks([t for t in humaneval_tasks() if t.instance_id == "humaneval__30"])[0]  # get_positive
-    profile = get_setup("auto", "local")
+    profile = get_setup("small", "local")
     model = make_model("local", cache_dir=REAL_MODEL_CACHE, **profile.model_options("local"))
     traj = run_attempt(task, model, AttemptSpec(task.instance_id), limits=Limits(max_steps=2),
                        agent=profile)

@@ -51,7 +51,7 @@ def test_coding_setup_gives_web_tasks_the_web_setup_and_auto_picks_by_model() ->
     small = get_setup("small")
     assert resolve_setup(small, "web").name == "web" and resolve_setup(small, "swe") is small
     assert resolve_setup(None, "web").name == "web" and resolve_setup(None, "swe").name == "default"
-    assert get_setup("auto", "local").name == "small" and get_setup("auto", "openai:gpt-4o").name == "default"
+    assert get_setup("auto", "local").name == "selfcheck" and get_setup("auto", "openai:gpt-4o").name == "default"
     assert small.model_options("local:qwen2.5-coder-1.5b") == {"tool_mode": "text", "max_tokens": 768}
     assert small.model_options("openai:gpt-4o") == {}
 

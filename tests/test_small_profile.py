@@ -96,9 +96,9 @@ def test_unknown_profile_is_named() -> None:
         get_setup("tiny")
 
 
-def test_auto_profile_picks_small_for_embedded_models_and_leaves_web_tasks_alone() -> None:
-    assert get_setup("auto", "local").name == "small" and get_setup("auto", "local:qwen2.5-coder-1.5b").name == \
-        "small"
+def test_auto_profile_picks_selfcheck_for_embedded_models_and_leaves_web_tasks_alone() -> None:
+    assert get_setup("auto", "local").name == "selfcheck" and get_setup("auto", "local:qwen2.5-coder-1.5b").name \
+        == "selfcheck"
     assert get_setup("auto", "openai:gpt-4o-mini").name == "default"
     small = get_setup("small")
     assert small.model_options("local") == {"tool_mode": "text", "max_tokens": 768}

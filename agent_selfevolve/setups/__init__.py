@@ -4,7 +4,8 @@ agent gets, as one typed config read from a YAML file (`<name>.yaml` here, or an
 Shipped: `default` (the general SWE agent), `small` (the embedded 0.5B/1.5B models), `selfcheck`
 (self-correction for the embedded models) and `web` (the browser agent). A set-up names the task kinds it is
 for; `for_task` falls back to the shipped set-up of a task's kind otherwise (a coding set-up chosen for a run
-leaves its web tasks to `web`). `auto` is `small` for the embedded local models and `default` for any other.
+leaves its web tasks to `web`). `auto` is `selfcheck` for the embedded local models (measured the best of the
+three with them: bench/agent_vs_direct.py) and `default` for any other.
 """
 
 from __future__ import annotations
@@ -130,10 +131,10 @@ def _shipped(name: str) -> AgentSetup:
 
 
 def get_setup(name: str, model_spec: str = "") -> AgentSetup:
-    """A shipped set-up by name, or one from a .yaml path; 'auto' is `small` for the embedded local models and
+    """A shipped set-up by name, or one from a .yaml path; 'auto' is `selfcheck` for the embedded local models and
     `default` for any other."""
     if name == "auto":
-        name = "small" if model_spec.startswith("local") else "default"
+        name = "selfcheck" if model_spec.startswith("local") else "default"
     if name.endswith((".yaml", ".yml")):
         return load_setup(name)
     if name not in SHIPPED:
