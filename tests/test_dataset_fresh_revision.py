@@ -154,6 +154,19 @@ def test_a_revision_that_fixed_the_first_answer_is_rationalized_and_paired_again
     assert empty["rationalized"] == [] and "fresh revision" in why.empty["rationalized"]
 
 
+def test_a_revision_that_only_submitted_is_not_the_answer_that_solved_the_task(task: Task) -> None:
+    """The first answer fails the visible doctest but passes the hidden test; the fresh revision submits. The
+    attempt is resolved, but by its first answer: no rationalized row teaches `submit`, no pair rejects the code
+    that solved it."""
+    body = "    return s.replace(',', ' ').split() if 'x' in s else []"
+    hidden_only = STUB.replace("    raise NotImplementedError", body)
+    traj, _ = attempt(task, [code(hidden_only), SUBMIT], "submitted")
+    assert traj.resolved and traj.steps[-1]["shown"] == "fresh_revision" and traj.steps[-1]["action"]["name"] == \
+        "submit"
+    out, report = build_dataset([traj], kinds=("rationalized", "dpo"))
+    assert out["rationalized"] == [] and out["dpo"] == [] and report.dpo_from_revisions == 0
+
+
 def test_rows_of_attempts_that_saw_the_conversation_are_unchanged(task: Task) -> None:
     """`revision_context: history`: every turn saw the conversation, so rows are built from it as they always were
     (the wrong code is context the model really had); the same without the steps' "shown" (older trajectories)."""

@@ -64,7 +64,8 @@ __all__ = ["ROW_KINDS", "DatasetReport", "HeldOutLeakError", "Row", "assert_no_h
 
 log = logging.getLogger(__name__)
 
-ROW_KINDS = ("sft", "dpo", "recovery", "rationalized")
+ROW_KINDS = ("sft", "recovery", "dpo", "rationalized")
+"""Every row kind, in the order arms are named (`sft+recovery+dpo`)."""
 REFLECTION = ("Looking back: my previous step was wrong{why}. That approach does not work, so I will go back to "
               "where I was before it and take a different path.")
 
@@ -263,11 +264,21 @@ def revised_answer(traj: Trajectory) -> tuple[list[Message], Message, Message] |
         return None
     segments = shown_segments(traj)
     first, last = segments[0], segments[-1]
-    if not last.fresh or first.fresh or not first.replies:
+    if not last.fresh or first.fresh or not first.replies or not _changed_the_code(last.steps[-1:]):
         return None
     i = first.replies[0]
     return copy.deepcopy(first.messages[:i]), copy.deepcopy(first.messages[i]), copy.deepcopy(
         last.messages[last.replies[0]])
+
+
+def _changed_the_code(final: list[dict[str, Any]]) -> bool:
+    """Whether the final step was an edit that went in (a file written, not an error, not the code given back
+    unchanged): a revision that only submitted or ran a command is not the answer that solved the task (the hidden
+    tests may pass an earlier answer the visible checks failed)."""
+    if not final or not final[0].get("action") or final[0].get("observation_error"):
+        return False
+    info = final[0].get("info") or {}
+    return bool(info.get("path")) and not info.get("unchanged")
 
 
 def rationalized_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (),
