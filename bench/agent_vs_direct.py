@@ -133,9 +133,8 @@ def table(rows: list[dict[str, Any]], arms: list[str], task_ids: list[str]) -> d
             "tokens_per_task": round(sum(r["tokens"] for r in done) / max(1, len(done))),
             "seconds_per_task": round(sum(r["seconds"] for r in done) / max(1, len(done)), 1),
             "statuses": {s: sum(r["status"] == s for r in done) for s in sorted({r["status"] for r in done})}}
-        bases = [b for b in arms if is_direct(b) and b != arm] if not is_direct(arm) else \
-            [b for b in arms if b == "direct" != arm]  # direct:function against direct; agents against both
-        for base in bases:
+        for base in (b for b in arms if b != arm and (b == "direct" or is_direct(b) and not is_direct(arm))):
+            # an agent arm against every direct arm; direct:function against direct
             paired = [t for t in task_ids if (arm, t) in by and (base, t) in by]
             if not paired:
                 continue
@@ -236,10 +235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tasks, problems = factory_tasks(args.source, args.tasks), {}
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     for arm in arms:
-        shown = arm.partition(":")[2]
-        if is_direct(arm) and arm != "direct" and (humaneval or shown not in DIRECT_SHOWN):
+        kind, _, variant = arm.partition(":")
+        if kind == "direct" and variant and (humaneval or variant not in DIRECT_SHOWN):
             parser.error(f"--arms {arm}: a direct arm is `direct`, or on factory tasks `direct:function`")
-        if not is_direct(arm) and not (arm.startswith("agent:") and shown):
+        if kind != "direct" and not (kind == "agent" and variant):
             parser.error(f"--arms {arm}: direct, direct:function or agent:<set-up> ({', '.join(SHIPPED)})")
     span = args.tasks.replace(":", "-") if args.tasks != ":" else "all"
     tag = args.tag or "-".join([args.model.replace(":", "-"), *([] if humaneval else [args.source.replace(":", "-")]),

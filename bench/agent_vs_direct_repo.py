@@ -24,7 +24,7 @@ from agent_selfevolve.envs.worktree import WorktreePool, git
 from agent_selfevolve.models.base import Model, ModelError
 from agent_selfevolve.setups import get_setup
 from agent_selfevolve.sources import locate_tasks, resolve_tasks
-from agent_selfevolve.sources.factory_repo import task_file, tasks_dir
+from agent_selfevolve.sources.factory_repo import project_of, task_file, tasks_dir
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.trajectory import Trajectory
 
@@ -83,7 +83,7 @@ def projects_in_turn(tasks: list[Task]) -> list[Task]:
     """Round-robin over projects (`factory__<project>-<digest>`), each project's tasks kept in order."""
     by_project: dict[str, list[Task]] = {}
     for task in tasks:
-        by_project.setdefault(task.instance_id.removeprefix("factory__").rsplit("-", 1)[0], []).append(task)
+        by_project.setdefault(project_of(task.instance_id) or "", []).append(task)
     queues = list(by_project.values())
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.tasks import Task
+from agent_selfevolve.train.dataset import ROW_KINDS as ROW_KINDS  # the dataset's own, for the proof's modules
 
 SEARCH_ARM = "sft"
 """The arm whose adapters do the searching: every arm trains on the same search data (an ablation arm differs
 from it only in the kinds of rows it trains on)."""
 ARMS = {"sft": ("sft",), "sft+recovery": ("sft", "recovery"), "sft+dpo": ("sft", "dpo"),
         "sft+recovery+dpo": ("sft", "recovery", "dpo"), "sft+rationalized": ("sft", "rationalized")}
-ROW_KINDS = ("sft", "recovery", "dpo", "rationalized")
-FACTORY_PREFIX = "factory__"
 
 
 class ProofError(RuntimeError):
@@ -94,11 +94,6 @@ def resolve_config(seed_dir: Path, seed: int, given: dict[str, Any]) -> ProofCon
 
 # -- the split ----------------------------------------------------------------------------------------------------
 
-def factory_project(task_id: str) -> str | None:
-    """`factory__toolz-6faf925eab` -> 'toolz'; None for other tasks."""
-    return task_id.removeprefix(FACTORY_PREFIX).rsplit("-", 1)[0] if task_id.startswith(FACTORY_PREFIX) else None
-
-
 @dataclass
 class Pools:
     """Where a split's tasks come from: HumanEval repo tasks, and factory tasks of the train and held-out
@@ -131,14 +126,14 @@ def make_split(config: ProofConfig, pools: Pools) -> dict[str, Any]:
         rng.shuffle(ids)
         return sorted(ids[:n])
 
-    held_projects = sorted({factory_project(t.instance_id) or "" for t in pools.factory_held})
+    held_projects = sorted({project_of(t.instance_id) or "" for t in pools.factory_held})
     split = {"seed": config.seed,
              "humaneval": {"held_out": he[:config.humaneval_held_out],
                            "train": he[config.humaneval_held_out:n_he]},
              "factory": {"held_out": pick(pools.factory_held, config.factory_held_out, "held-out"),
                          "train": pick(pools.factory_train, config.factory_train, "training"),
                          "held_out_projects": held_projects if config.factory_held_out else [],
-                         "train_projects": sorted({factory_project(t.instance_id) or ""
+                         "train_projects": sorted({project_of(t.instance_id) or ""
                                                    for t in pools.factory_train}) if config.factory_train else []}}
     check_split(split)
     return split
@@ -156,7 +151,7 @@ def check_split(split: dict[str, Any]) -> None:
     held, train = set(held_out_ids(split)), set(train_ids(split))
     if held & train:
         raise ProofError(f"tasks both held out and trained on: {sorted(held & train)[:5]}")
-    leaked = {factory_project(t) for t in train} & set(split["factory"]["held_out_projects"])
+    leaked = {project_of(t) for t in train} & set(split["factory"]["held_out_projects"])
     if leaked:
         raise ProofError(f"training tasks from held-out factory projects: {sorted(p for p in leaked if p)}")
 
@@ -175,7 +170,7 @@ def load_split(seed_dir: Path, config: ProofConfig, pools: Pools) -> tuple[dict[
     wanted = [*held_out_ids(split), *train_ids(split)]
     missing = [i for i in wanted if i not in known]
     if missing:
-        projects = sorted({factory_project(i) or "humaneval" for i in missing})
+        projects = sorted({project_of(i) or "humaneval" for i in missing})
         raise ProofError(f"{len(missing)} tasks of {path} are not on this machine ({', '.join(missing[:4])}...); "
                          f"make them first: " + "; ".join(f"selfevolve tasks make {p} --seed 0" for p in projects
                                                           if p != "humaneval"))
@@ -270,5 +265,5 @@ def check_rows(rows: Iterable[dict[str, Any]], split: dict[str, Any], where: str
     projects = set(split["factory"]["held_out_projects"])
     for i, row in enumerate(rows):
         task_id = (row.get("meta") or {}).get("task_id")
-        if task_id in held or factory_project(str(task_id)) in projects or task_id not in train:
+        if task_id in held or project_of(str(task_id)) in projects or task_id not in train:
             raise ProofError(f"{where}: row {i} comes from task {task_id!r}, which is not a training task")

@@ -14,12 +14,13 @@ from evolve_proof_core import ROW_KINDS, Unit, held_out_ids, read_records, train
 
 from agent_selfevolve.evolve import mcnemar
 from agent_selfevolve.fileio import save_figure_atomic, write_json_atomic
+from agent_selfevolve.sources.factory_repo import project_of
 
 SUITES = ("humaneval", "factory")
 
 
 def _suite(task_id: str) -> str:
-    return "factory" if task_id.split(":", 1)[-1].startswith("factory__") else "humaneval"
+    return "factory" if project_of(task_id.split(":", 1)[-1]) else "humaneval"
 
 
 def seed_dirs(root: Path) -> dict[int, Path]:

@@ -47,6 +47,7 @@ from agent_selfevolve.models.base import Usage
 from agent_selfevolve.search import best_of_n
 from agent_selfevolve.search.common import Budget, SearchContext
 from agent_selfevolve.setups import get_setup
+from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.train.dataset import build_dataset, dedup_rows
@@ -71,7 +72,7 @@ class Backend:
 
 
 def suite_of(task_id: str) -> str:
-    return "factory" if task_id.startswith("factory__") else "humaneval"
+    return "factory" if project_of(task_id) else "humaneval"
 
 
 def success_table(outcomes: dict[str, bool]) -> dict[str, Any]:

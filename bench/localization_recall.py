@@ -22,16 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_vs_direct_repo import LEVELS, edited_definitions, factory_tasks  # noqa: E402
 
 from agent_selfevolve.envs.grading import is_test_file  # noqa: E402
-from agent_selfevolve.envs.localize import MAX_NAMES, Definition, named_definitions  # noqa: E402
+from agent_selfevolve.envs.localize import MAX_NAMES, named_definitions  # noqa: E402
 from agent_selfevolve.envs.worktree import git  # noqa: E402
-from agent_selfevolve.tasks import Task  # noqa: E402
+from agent_selfevolve.sources.factory_repo import project_of  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def edited_definition(task: Task, files: dict[str, str]) -> Definition | None:
-    """The innermost definition around the gold patch's first edit."""
-    return next(iter(edited_definitions(task.patch, files)), None)
 
 
 def split_outcomes(log: Path, arm: str, localized: dict[str, bool]) -> dict[str, list[int]]:
@@ -69,9 +64,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 sources[key] = {f: git("show", f"{task.base_commit}:{f}", cwd=task.repo_path) for f in names
                                 if f.endswith(".py") and not is_test_file(f)}
             files = sources[key]
-            target = edited_definition(task, files)
+            target = next(iter(edited_definitions(task.patch, files)), None)  # around the fix's first edit
             shown = named_definitions(task.problem_statement, files, args.chars, args.names)
-            project = task.instance_id.removeprefix("factory__").rsplit("-", 1)[0]
+            project = project_of(task.instance_id) or ""
             total[project] += 1
             shown_target = bool(target) and any(
                 s.path == target.path and s.start <= target.start and target.end <= s.end for s in shown)

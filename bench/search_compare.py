@@ -42,6 +42,7 @@ from web_proof_stats import Deadline, compare_table, print_compare, read_rows  #
 
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.models import make_model  # noqa: E402
+from agent_selfevolve.sources.factory_repo import project_of  # noqa: E402
 from agent_selfevolve.tasks import Task, select_tasks  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search-compare"
@@ -53,8 +54,8 @@ STRATEGIES = ("best_of_n", "se_agent", "hgm", "mcts")
 
 def cluster_of(task: Task) -> str:
     """A factory task's project (its tasks share code and tests), a MiniWoB task's type, else the task itself."""
-    if task.instance_id.startswith("factory__"):
-        return task.instance_id.removeprefix("factory__").rsplit("-", 1)[0]
+    if (project := project_of(task.instance_id)) is not None:
+        return project
     if task.instance_id.startswith("miniwob."):
         return task.instance_id.split(".")[1]
     return task.instance_id

@@ -20,6 +20,7 @@ import pytest
 from conftest import FIX, HIDDEN_TEST, make_demo_repo
 
 from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
+from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.train import AdapterRegistry
 
@@ -32,7 +33,6 @@ from evolve_proof_core import (  # noqa: E402
     ProofError,
     Unit,
     append_record,
-    factory_project,
     held_out_ids,
     load_split,
     plan,
@@ -284,11 +284,11 @@ def test_factory_held_out_projects_never_reach_a_training_row(tmp_path: Path, de
     seed_dir = tmp_path / "r" / "seed0"
     split = json.loads((seed_dir / "split.json").read_text())
     assert split["factory"]["held_out_projects"] == held_projects and len(held_projects) == 1
-    assert {factory_project(i) for i in split["factory"]["held_out"]} == set(held_projects)
+    assert {project_of(i) for i in split["factory"]["held_out"]} == set(held_projects)
     outcomes = read_records(unit_dir(seed_dir, Unit("eval", 0, "sft")) / "outcomes.jsonl")
     assert len(outcomes) == 2 and all(r["resolved"] and r["suite"] == "factory" for r in outcomes)
     trained = [row["meta"]["task_id"] for call in trainer.calls for rows in call["rows"].values() for row in rows]
-    assert trained and not {factory_project(t) for t in trained} & set(held_projects)
+    assert trained and not {project_of(t) for t in trained} & set(held_projects)
     for path in seed_dir.glob("ep*/search/rows-*.jsonl"):
         assert not any(f"factory__{p}-" in path.read_text() for p in held_projects)
 

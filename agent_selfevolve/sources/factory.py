@@ -40,6 +40,7 @@ from agent_selfevolve.sources import factory_run as fr
 from agent_selfevolve.sources.build import locked
 from agent_selfevolve.sources.check import validate_task
 from agent_selfevolve.sources.factory_repo import (
+    ID_PREFIX,
     PREFIX,
     FactoryError,
     ProjectSpec,
@@ -318,7 +319,7 @@ class Factory:
                                                                               not in hidden]):
                 p2p += rng.sample(pool, min(self.opt.p2p - len(p2p), len(pool)))
         p2p.sort()
-        instance_id = f"factory__{self.spec.name}-{digest[:10]}"
+        instance_id = f"{ID_PREFIX}{self.spec.name}-{digest[:10]}"
         commit = commit_task(self.repo, upstream, m.path, mutant, hidden, message(self.spec))
         tag(self.repo, instance_id, commit)
         patch = diff(self.repo, commit, upstream, [m.path])

@@ -32,9 +32,15 @@ from agent_selfevolve.sources.registry import TaskSource, register_task_source
 from agent_selfevolve.tasks import Task, load_tasks
 
 PREFIX = "factory/"
+ID_PREFIX = "factory__"
 AUTOLOAD_OFF = "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
 SPLIT_SEEDS = (0, 1)
 HELD_OUT_FRACTION = 0.3
+
+
+def project_of(instance_id: str) -> str | None:
+    """`factory__toolz-6faf925eab` -> 'toolz'; None for a task the factory did not make."""
+    return instance_id.removeprefix(ID_PREFIX).rsplit("-", 1)[0] if instance_id.startswith(ID_PREFIX) else None
 
 
 class FactoryError(BundledError):
