@@ -342,3 +342,11 @@ def test_a_torn_last_line_is_ignored_and_cut_before_the_next_append(tmp_path: Pa
     assert [r["task_id"] for r in read_records(path)] == ["a"]
     append_record(path, {"task_id": "c"})
     assert [r["task_id"] for r in read_records(path)] == ["a", "c"]
+
+
+def test_the_dry_run_needs_no_seed_and_finishes_on_the_fake_pair(tmp_path: Path) -> None:
+    """The usage line `--dry-run` alone: seed 0 on the FAKE model and trainer, every unit finished."""
+    out, work = tmp_path / "results", tmp_path / "work"
+    assert ep.main(["--dry-run", "--out", str(out), "--work", str(work)]) == 0
+    assert json.loads((out / "seed0" / "config.json").read_text())["seed"] == 0
+    assert json.loads((out / "seed0" / "ep1" / "sft" / "summary.json").read_text())["n"] == 3
