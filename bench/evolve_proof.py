@@ -187,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_report(report))
         print(f"\nwrote {args.out / 'summary.json'} and {args.out / 'evolve.png'}")
         return 0
-    if args.seed is None and not args.dry_run:
+    if args.dry_run and args.seed is None:
+        args.seed = 0
+    if args.seed is None:
         parser.error("--seed is required (or --report)")
     if args.dry_run:
-        args.seed = 0 if args.seed is None else args.seed
         root = Path("runs/evolve-proof-dry") / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         args.out, args.work = args.out or root / "results", args.work or root / "work"
         dry = {"episodes": 2, "humaneval_held_out": 3, "humaneval_train": 2, "samples_per_task": 2,
