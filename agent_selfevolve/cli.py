@@ -406,6 +406,41 @@ def tasks_make(
         raise typer.Exit(2) from None
 
 
+@tasks_app.command("bundle")
+def tasks_bundle(
+        projects: Annotated[list[str], typer.Argument(help="Factory projects made on this machine.")],
+        to: Annotated[Path, typer.Option(help="Folder for <project>.json.gz.")] = Path("bench/results/factory-tasks"),
+) -> None:
+    """Write made factory tasks (recipe + task file) to one file per project, for `tasks install` elsewhere."""
+    from agent_selfevolve.sources.factory_repo import FactoryError, write_bundle
+
+    try:
+        for name in projects:
+            console.print(f"wrote {write_bundle(name, to)}")
+    except FactoryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@tasks_app.command("install")
+def tasks_install(
+        bundles: Annotated[list[Path], typer.Argument(help="Files written by `selfevolve tasks bundle`.")],
+        replace: Annotated[bool, typer.Option(help="Replace a project's tasks already on this machine.")] = False,
+) -> None:
+    """Install bundled factory tasks: rebuild each project's repository from its pinned sdist, check every task's
+    commit, then register the tasks (minutes, where `tasks make` takes hours)."""
+    from agent_selfevolve.infra import PackageDataError
+    from agent_selfevolve.sources.factory_repo import FactoryError, install_bundle
+
+    try:
+        for path in bundles:
+            name, n = install_bundle(path, replace=replace)
+            console.print(f"{name}: {n} tasks installed from {path}")
+    except (FactoryError, PackageDataError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def export(db: Annotated[Path, typer.Option(help="Trajectory store.")] = Path("runs/search/runs.sqlite"),
            out: Annotated[Path, typer.Option(help="JSONL file to write.")] = Path("trajectories.jsonl"),

@@ -71,8 +71,9 @@ def factory_tasks(source: str, slice_: str) -> list[Task]:
         raise SystemExit(f"--source {source}: the level is one of {', '.join(LEVELS)}, not {level!r}")
     path: Path = tasks_dir() if project == "all" else task_file(project)
     if not path.exists() or (path.is_dir() and not any(path.glob("*.jsonl"))):
-        raise SystemExit(f"--source {source}: no factory tasks at {path}; run `selfevolve tasks make "
-                         f"{'<project>' if project == 'all' else project}` first")
+        raise SystemExit(f"--source {source}: no factory tasks at {path}; run `selfevolve tasks install "
+                         f"bench/results/factory-tasks/{'*' if project == 'all' else project}.json.gz` (or "
+                         f"`selfevolve tasks make {'<project>' if project == 'all' else project}`) first")
     tasks = [t for t in resolve_tasks(str(path), locate=False) if not level or getattr(t, "difficulty", "") == level]
     if project == "all":
         tasks = projects_in_turn(tasks)

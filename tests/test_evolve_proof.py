@@ -291,6 +291,9 @@ def test_factory_held_out_projects_never_reach_a_training_row(tmp_path: Path, de
     assert trained and not {project_of(t) for t in trained} & set(held_projects)
     for path in seed_dir.glob("ep*/search/rows-*.jsonl"):
         assert not any(f"factory__{p}-" in path.read_text() for p in held_projects)
+    (folder / f"{held_projects[0]}.jsonl").unlink()  # a fresh machine without that project's tasks
+    with pytest.raises(ProofError, match=f"tasks install bench/results/factory-tasks/{held_projects[0]}.json.gz"):
+        ep.run_seed(args, "cmd", pools_of=ep.real_pools, backend_of=backend_of)
 
 
 def _write_eval(seed_dir: Path, unit: Unit, outcomes: dict[str, bool]) -> None:

@@ -24,7 +24,17 @@ from agent_selfevolve.envs.worktree import WorktreePool
 from agent_selfevolve.sources import factory_run as fr
 from agent_selfevolve.sources import get_task_source, locate_tasks
 from agent_selfevolve.sources.factory import Factory, Options
-from agent_selfevolve.sources.factory_repo import factory_repo, repo_dir, resolve_spec, split_projects, task_file
+from agent_selfevolve.sources.factory_repo import (
+    FactoryError,
+    factory_repo,
+    install_bundle,
+    projects_made,
+    repo_dir,
+    resolve_spec,
+    split_projects,
+    task_file,
+    write_bundle,
+)
 from agent_selfevolve.sources.mutations import OPERATORS, find_mutations, is_valid
 from agent_selfevolve.tasks import Task, load_tasks
 
@@ -254,6 +264,51 @@ def test_repo_rebuilds_to_the_same_commits_and_source_is_registered(made: dict[s
     listed = load_tasks(get_task_source("factory:tiny").task_file())
     assert [t.instance_id for t in listed] == [t.instance_id for t in made["tasks"]]
     assert json.loads(task_file("tiny", cache).read_text().splitlines()[0])["repo"] == "factory/tiny"
+
+
+def test_a_bundle_installs_the_same_tasks_and_commits_elsewhere(made: dict[str, Any], tmp_path: Path) -> None:
+    bundle = write_bundle("tiny", tmp_path / "bundles", made["cache"])
+    assert write_bundle("tiny", tmp_path / "again", made["cache"]).read_bytes() == bundle.read_bytes()
+    other = tmp_path / "other-cache"
+    assert install_bundle(bundle, other) == ("tiny", len(made["tasks"]))
+    assert task_file("tiny", other).read_text() == task_file("tiny", made["cache"]).read_text()
+    assert projects_made(other) == ["tiny"]
+    rebuilt = repo_dir("tiny", other)
+    assert all(_git(rebuilt, "rev-parse", f"{t.instance_id}^{{commit}}") == t.base_commit for t in made["tasks"])
+    assert install_bundle(bundle, other) == ("tiny", len(made["tasks"]))  # the same again: nothing to do
+
+
+def test_a_bundle_that_does_not_rebuild_installs_nothing(made: dict[str, Any], tmp_path: Path) -> None:
+    import gzip
+
+    data = json.loads(gzip.decompress(write_bundle("tiny", tmp_path, made["cache"]).read_bytes()))
+    data["tasks"][0]["base_commit"] = "0" * 40  # a task whose commit the pinned source does not give
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(gzip.compress(json.dumps(data).encode()))
+    other = tmp_path / "other-cache"
+    with pytest.raises(FactoryError, match=data["tasks"][0]["instance_id"]):
+        install_bundle(bad, other)
+    assert projects_made(other) == [] and not repo_dir("tiny", other).exists()
+    data["tasks"][1]["instance_id"] = "factory__elsewhere-123"
+    bad.write_bytes(gzip.compress(json.dumps(data).encode()))
+    with pytest.raises(FactoryError, match=r"tasks\[1\].*not a task of 'tiny'"):
+        install_bundle(bad, other)
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(FactoryError, match="not a factory bundle"):
+        install_bundle(bad, other)
+
+
+def test_a_bundle_never_overwrites_other_tasks_unless_asked(made: dict[str, Any], tmp_path: Path) -> None:
+    bundle = write_bundle("tiny", tmp_path, made["cache"])
+    other = tmp_path / "other-cache"
+    install_bundle(bundle, other)
+    mine = task_file("tiny", other).read_text().splitlines()[0] + "\n"
+    task_file("tiny", other).write_text(mine)
+    with pytest.raises(FactoryError, match="--replace"):
+        install_bundle(bundle, other)
+    assert task_file("tiny", other).read_text() == mine
+    install_bundle(bundle, other, replace=True)
+    assert task_file("tiny", other).read_text() == task_file("tiny", made["cache"]).read_text()
 
 
 def test_split_by_project_is_deterministic_and_disjoint() -> None:

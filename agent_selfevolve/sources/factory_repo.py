@@ -11,6 +11,7 @@ rebuilt from the recipe and the task file alone: each base tree is upstream with
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -243,6 +244,78 @@ def factory_repo(name: str, cache_dir: Path | None = None) -> Path:
 def write_tasks(name: str, tasks: list[Task], cache_dir: Path | None = None) -> Path:
     return write_text_atomic(task_file(name, cache_dir),
                              "".join(json.dumps(t.model_dump(exclude_defaults=True)) + "\n" for t in tasks))
+
+
+BUNDLE_FORMAT = "agent-selfevolve factory bundle 1"
+
+
+def bundle_path(name: str, folder: Path) -> Path:
+    return folder / f"{name}.json.gz"
+
+
+def write_bundle(name: str, folder: Path, cache_dir: Path | None = None) -> Path:
+    """`<folder>/<name>.json.gz`: the project's recipe and task file, all another machine needs to have the same
+    tasks without re-running the factory (hours for a slow test suite). Byte-identical for the same tasks."""
+    recipe = read_recipe(name, cache_dir)
+    if recipe is None or not task_file(name, cache_dir).is_file():
+        raise FactoryError(f"no factory tasks of {name!r} on this machine: run `selfevolve tasks make {name}` first")
+    tasks = [json.loads(line) for line in task_file(name, cache_dir).read_text().splitlines() if line.strip()]
+    data = json.dumps({"format": BUNDLE_FORMAT, "project": name, "recipe": recipe, "tasks": tasks},
+                      indent=0).encode()
+    path = bundle_path(name, folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
+    os.replace(tmp, path)
+    return path
+
+
+def read_bundle(path: Path) -> tuple[str, dict[str, Any], list[Task]]:
+    """(project, recipe, tasks) of a bundle, checked: a bad bundle fails here naming the file and the field."""
+    try:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, ValueError) as exc:
+        raise FactoryError(f"{path}: not a factory bundle (gzipped JSON): {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise FactoryError(f"{path}: 'format' is not {BUNDLE_FORMAT!r}")
+    name, recipe = data.get("project"), data.get("recipe")
+    if not isinstance(name, str) or not name:
+        raise FactoryError(f"{path}: 'project' must be a project name")
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("spec"), dict) or not recipe.get("upstream"):
+        raise FactoryError(f"{path}: 'recipe' needs 'spec' and 'upstream'")
+    tasks: list[Task] = []
+    for i, row in enumerate(data.get("tasks") or []):
+        try:
+            task = Task.model_validate(row)
+        except ValueError as exc:
+            raise FactoryError(f"{path}: tasks[{i}] is not a task: {exc}") from None
+        if project_of(task.instance_id) != name or task.repo != f"{PREFIX}{name}":
+            raise FactoryError(f"{path}: tasks[{i}] ({task.instance_id}) is not a task of {name!r}")
+        tasks.append(task)
+    if not tasks:
+        raise FactoryError(f"{path}: 'tasks' is empty")
+    return name, recipe, tasks
+
+
+def install_bundle(path: Path, cache_dir: Path | None = None, replace: bool = False) -> tuple[str, int]:
+    """Install a bundle's tasks in the cache after rebuilding the project's repository from the pinned source and
+    checking every task's commit hash. A project already made with other tasks is left alone unless `replace`.
+    Returns (project, number of tasks)."""
+    name, recipe, tasks = read_bundle(path)
+    lines = "".join(json.dumps(t.model_dump(exclude_defaults=True)) + "\n" for t in tasks)
+    existing = task_file(name, cache_dir)
+    if existing.is_file() and not replace:
+        if existing.read_text() == lines and read_recipe(name, cache_dir) == recipe:
+            return name, len(tasks)
+        raise FactoryError(f"{name}: this machine already has other factory tasks of it ({existing}); "
+                           "pass --replace to install the bundle's instead")
+    spec = ProjectSpec.from_dict(recipe["spec"])
+    with locked(f"factory__{name}", cache_dir):  # factory_repo's lock: no reader sees a half-installed project
+        build_atomically(repo_dir(name, cache_dir), lambda tmp: _rebuild(spec, recipe["upstream"], tasks, tmp,
+                                                                          cache_dir))
+        write_text_atomic(factory_dir(name, cache_dir) / "recipe.json", json.dumps(recipe, indent=2))
+        write_text_atomic(existing, lines)  # last: a project counts as made once its task file exists
+    return name, len(tasks)
 
 
 def projects_made(cache_dir: Path | None = None) -> list[str]:
