@@ -409,7 +409,7 @@ def tasks_make(
 @tasks_app.command("bundle")
 def tasks_bundle(
         projects: Annotated[list[str], typer.Argument(help="Factory projects made on this machine.")],
-        to: Annotated[Path, typer.Option(help="Folder for <project>.json.gz.")] = Path("bench/results/factory-tasks"),
+        to: Annotated[Path, typer.Option(help="Folder for <project>.json.xz.")] = Path("bench/results/factory-tasks"),
 ) -> None:
     """Write made factory tasks (recipe + task file) to one file per project, for `tasks install` elsewhere."""
     from agent_selfevolve.sources.factory_repo import FactoryError, write_bundle

@@ -72,7 +72,7 @@ def factory_tasks(source: str, slice_: str) -> list[Task]:
     path: Path = tasks_dir() if project == "all" else task_file(project)
     if not path.exists() or (path.is_dir() and not any(path.glob("*.jsonl"))):
         raise SystemExit(f"--source {source}: no factory tasks at {path}; run `selfevolve tasks install "
-                         f"bench/results/factory-tasks/{'*' if project == 'all' else project}.json.gz` (or "
+                         f"bench/results/factory-tasks/{'*' if project == 'all' else project}.json.xz` (or "
                          f"`selfevolve tasks make {'<project>' if project == 'all' else project}`) first")
     tasks = [t for t in resolve_tasks(str(path), locate=False) if not level or getattr(t, "difficulty", "") == level]
     if project == "all":

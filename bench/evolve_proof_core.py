@@ -173,7 +173,7 @@ def load_split(seed_dir: Path, config: ProofConfig, pools: Pools) -> tuple[dict[
         projects = sorted({project_of(i) or "humaneval" for i in missing})
         raise ProofError(f"{len(missing)} tasks of {path} are not on this machine ({', '.join(missing[:4])}...); "
                          "install them first: selfevolve tasks install " + " ".join(
-                             f"bench/results/factory-tasks/{p}.json.gz" for p in projects if p != "humaneval")
+                             f"bench/results/factory-tasks/{p}.json.xz" for p in projects if p != "humaneval")
                          + " (or `selfevolve tasks make PROJECT --seed 0`)")
     return split, {i: known[i] for i in wanted}
 

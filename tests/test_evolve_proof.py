@@ -292,7 +292,7 @@ def test_factory_held_out_projects_never_reach_a_training_row(tmp_path: Path, de
     for path in seed_dir.glob("ep*/search/rows-*.jsonl"):
         assert not any(f"factory__{p}-" in path.read_text() for p in held_projects)
     (folder / f"{held_projects[0]}.jsonl").unlink()  # a fresh machine without that project's tasks
-    with pytest.raises(ProofError, match=f"tasks install bench/results/factory-tasks/{held_projects[0]}.json.gz"):
+    with pytest.raises(ProofError, match=f"tasks install bench/results/factory-tasks/{held_projects[0]}.json.xz"):
         ep.run_seed(args, "cmd", pools_of=ep.real_pools, backend_of=backend_of)
 
 

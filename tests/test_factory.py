@@ -279,21 +279,21 @@ def test_a_bundle_installs_the_same_tasks_and_commits_elsewhere(made: dict[str, 
 
 
 def test_a_bundle_that_does_not_rebuild_installs_nothing(made: dict[str, Any], tmp_path: Path) -> None:
-    import gzip
+    import lzma
 
-    data = json.loads(gzip.decompress(write_bundle("tiny", tmp_path, made["cache"]).read_bytes()))
+    data = json.loads(lzma.decompress(write_bundle("tiny", tmp_path, made["cache"]).read_bytes()))
     data["tasks"][0]["base_commit"] = "0" * 40  # a task whose commit the pinned source does not give
-    bad = tmp_path / "bad.json.gz"
-    bad.write_bytes(gzip.compress(json.dumps(data).encode()))
+    bad = tmp_path / "bad.json.xz"
+    bad.write_bytes(lzma.compress(json.dumps(data).encode()))
     other = tmp_path / "other-cache"
     with pytest.raises(FactoryError, match=data["tasks"][0]["instance_id"]):
         install_bundle(bad, other)
     assert projects_made(other) == [] and not repo_dir("tiny", other).exists()
     data["tasks"][1]["instance_id"] = "factory__elsewhere-123"
-    bad.write_bytes(gzip.compress(json.dumps(data).encode()))
+    bad.write_bytes(lzma.compress(json.dumps(data).encode()))
     with pytest.raises(FactoryError, match=r"tasks\[1\].*not a task of 'tiny'"):
         install_bundle(bad, other)
-    bad.write_bytes(b"not gzip")
+    bad.write_bytes(b"not xz")
     with pytest.raises(FactoryError, match="not a factory bundle"):
         install_bundle(bad, other)
 

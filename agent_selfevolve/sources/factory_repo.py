@@ -11,10 +11,10 @@ rebuilt from the recipe and the task file alone: each base tree is upstream with
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import shlex
 import shutil
@@ -250,11 +250,11 @@ BUNDLE_FORMAT = "agent-selfevolve factory bundle 1"
 
 
 def bundle_path(name: str, folder: Path) -> Path:
-    return folder / f"{name}.json.gz"
+    return folder / f"{name}.json.xz"
 
 
 def write_bundle(name: str, folder: Path, cache_dir: Path | None = None) -> Path:
-    """`<folder>/<name>.json.gz`: the project's recipe and task file, all another machine needs to have the same
+    """`<folder>/<name>.json.xz`: the project's recipe and task file, all another machine needs to have the same
     tasks without re-running the factory (hours for a slow test suite). Byte-identical for the same tasks."""
     recipe = read_recipe(name, cache_dir)
     if recipe is None or not task_file(name, cache_dir).is_file():
@@ -265,7 +265,7 @@ def write_bundle(name: str, folder: Path, cache_dir: Path | None = None) -> Path
     path = bundle_path(name, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
+    tmp.write_bytes(lzma.compress(data, preset=9))  # xz: every task repeats the hidden test files
     os.replace(tmp, path)
     return path
 
@@ -273,9 +273,9 @@ def write_bundle(name: str, folder: Path, cache_dir: Path | None = None) -> Path
 def read_bundle(path: Path) -> tuple[str, dict[str, Any], list[Task]]:
     """(project, recipe, tasks) of a bundle, checked: a bad bundle fails here naming the file and the field."""
     try:
-        data = json.loads(gzip.decompress(path.read_bytes()))
-    except (OSError, EOFError, ValueError) as exc:
-        raise FactoryError(f"{path}: not a factory bundle (gzipped JSON): {exc}") from None
+        data = json.loads(lzma.decompress(path.read_bytes()))
+    except (OSError, lzma.LZMAError, ValueError) as exc:
+        raise FactoryError(f"{path}: not a factory bundle (xz-compressed JSON): {exc}") from None
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise FactoryError(f"{path}: 'format' is not {BUNDLE_FORMAT!r}")
     name, recipe = data.get("project"), data.get("recipe")
