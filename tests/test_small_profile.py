@@ -113,7 +113,7 @@ def test_flat_json_actions_are_understood() -> None:
     assert call.name == "bash" and call.arguments == {"command": "ls"}
     call = parse_text_action('```json\n{"tool": "bash", "arguments": {"command": "ls"}}\n```', SPECS)
     assert call.arguments == {"command": "ls"}
-    with pytest.raises(ActionFormatError, match="with a tool name from: write_file, bash"):
+    with pytest.raises(ActionFormatError, match="`fly` is not a tool. Tools: write_file, bash"):
         parse_text_action('```json\n{"action": "fly", "to": "moon"}\n```', SPECS)
 
 

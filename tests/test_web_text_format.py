@@ -99,12 +99,27 @@ def test_with_a_bash_tool_a_bash_block_stays_a_command_and_coding_errors_are_unc
 def test_the_web_first_prompt_in_text_mode_shows_a_web_example_and_no_bash_example(tmp_path: Path) -> None:
     """The prompt the shipped `web` set-up sends (the product's path: run_attempt with a FAKE page and model)."""
     system = first_turn("web", False, tmp_path)["messages"][0]["content"]
-    assert "Example:\n```click\n{\"id\": \"e12\"}\n```" in system
+    assert ("Examples:\nI will click the Submit button.\n```click\n{\"id\": \"e12\"}\n```\n"
+            "I will type the name into the text box.\n```fill\n{\"id\": \"e12\", \"text\": \"Alice\"}\n```") in system
     assert BASH_EXAMPLE not in system and "```bash" not in system and "```str_replace" not in system
     for specs in (WEB_TOOLS, BROWSERGYM_TOOLS):  # any tool set without bash
         rules = FencedText().describe(specs, None)
         assert BASH_EXAMPLE not in rules and "```bash" not in rules
     assert BASH_EXAMPLE in FencedText().describe(CODING, None)  # a coding tool set keeps its examples
+    no_fill = [s for s in WEB_TOOLS if s["function"]["name"] != "fill"]
+    assert "Example:\n```click\n{\"id\": \"e12\"}\n```" in FencedText().describe(no_fill, None)
+
+
+def test_a_json_block_naming_no_tool_is_answered_with_the_block_it_meant() -> None:
+    """The 0.5B writes the example's body as ```json {"id": "13"}: the error shows the same arguments under the
+    tools that take them, and never guesses one of them."""
+    with pytest.raises(ActionFormatError) as err:
+        parse('```json\n{"id": "13"}\n```', BROWSERGYM_TOOLS)
+    assert '```click\n{"id": "13"}\n```' in str(err.value) and "click, dblclick, hover" in str(err.value)
+    with pytest.raises(ActionFormatError, match="Put the tool's name as the block's language"):
+        parse('```json\n{"colour": "red"}\n```', BROWSERGYM_TOOLS)
+    assert parse('```json\n{"action": "click", "id": "13"}\n```', BROWSERGYM_TOOLS) == ToolCall("click",
+                                                                                                  {"id": "13"})
 
 
 class FakePage:

@@ -135,14 +135,33 @@ def parse_text_action(text: str, specs: list[dict[str, Any]]) -> ToolCall:
     if lang == "json":  # {"tool": ..., "arguments": {...}}, or flat: {"action": "click", "id": "e4"}
         key = next((k for k in ("tool", "action", "name") if isinstance(args, dict) and args.get(k) in known), None)
         if key is None:
-            raise ActionFormatError("A ```json action needs {\"tool\": <name>, \"arguments\": {...}} with a tool "
-                                    f"name from: {', '.join(known)}.")
+            raise ActionFormatError(_untitled_json_hint(args, known))
         rest = args.get("arguments") if isinstance(args.get("arguments"), dict) else \
             {k: v for k, v in args.items() if k != key}
         return ToolCall(args[key], dict(rest))
     if not isinstance(args, dict):
         raise ActionFormatError(f"The arguments of `{lang}` must be a JSON object.")
     return ToolCall(lang, args)
+
+
+def _untitled_json_hint(args: Any, known: dict[str, dict[str, Any]]) -> str:
+    """A ```json block that names no tool: small models copy the example's body and drop its language. Show the
+    same arguments under the tools that take them, which is the reply they meant."""
+    named = next((args[k] for k in ("tool", "action", "name") if isinstance(args, dict) and k in args), None)
+    if named is not None:
+        return f"`{named}` is not a tool. Tools: {', '.join(known)}."
+    fits = []
+    if isinstance(args, dict):
+        for name, fn in known.items():
+            params = fn.get("parameters", {})
+            if set(params.get("required", [])) <= set(args) <= set(params.get("properties", {})):
+                fits.append(name)
+    if not fits:
+        return ("A ```json block does not say which tool to run. Put the tool's name as the block's language and "
+                f"its arguments in the block, one of: {', '.join(known)}.")
+    return (f"A ```json block does not say which tool to run: write the tool's name instead of `json`, e.g.\n"
+            f"```{fits[0]}\n{json.dumps(args)}\n```" + (f"\n(tools taking these arguments: {', '.join(fits)})"
+                                                        if len(fits) > 1 else ""))
 
 
 def _no_action_hint(text: str, known: dict[str, dict[str, Any]]) -> str:
