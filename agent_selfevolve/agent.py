@@ -141,8 +141,8 @@ def call_model(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, A
         try:
             calls = fmt.parse(reply.message, ctx.env.tool_specs())
             repeated = _repeats(calls, state.get("steps", []))
-        except ActionFormatError:
-            calls, repeated = [], False
+        except ActionFormatError:  # the same malformed reply as last turn: greedy decoding will not leave it
+            calls, repeated = [], _repeats_rejected(reply.message, state.get("steps", []))
         if not repeated or replayed:
             break
     model_s = time.monotonic() - t0
@@ -195,7 +195,7 @@ def _rejected(state: AgentState, message: dict[str, Any], exc: ActionFormatError
     if errors >= max_errors:
         update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
     elif stuck_after:
-        update.update(status="format_errors", exit_message=f"repeated one action {stuck_after + 1} "
+        update.update(status="format_errors", exit_message=f"repeated one reply {stuck_after + 1} "
                                                            f"times, also when sampled: {exc}")
     return update
 
@@ -252,6 +252,13 @@ def _repeated(calls: list[ToolCall], steps: list[dict[str, Any]]) -> int | None:
 
 def _repeats(calls: list[ToolCall], steps: list[dict[str, Any]]) -> bool:
     return _repeated(calls, steps) is not None
+
+
+def _repeats_rejected(message: dict[str, Any], steps: list[dict[str, Any]]) -> bool:
+    """The reply is word for word the one the last turn refused (a 0.5B answers its format error with the same
+    block, and greedily it always will)."""
+    return bool(steps) and bool(steps[-1].get("format_error")) and \
+        (message.get("content") or "") == steps[-1].get("thought", "")
 
 
 def _refuse_repeat(calls: list[ToolCall], steps: list[dict[str, Any]]) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from evolve_proof_core import (  # noqa: E402
     ProofConfig,
     ProofError,
     append_record,
+    check_code,
     load_split,
     plan,
     resolve_config,
@@ -52,6 +54,13 @@ from agent_selfevolve.tasks import Task  # noqa: E402
 EXIT_MORE_TO_DO = 3
 CONFIG_OPTIONS = ("episodes", "humaneval_held_out", "humaneval_train", "factory_held_out", "factory_train",
                   "samples_per_task", "temperature", "max_steps", "profile", "model", "init")
+
+
+def _git_head() -> str:
+    """The checkout's commit (code.json's default note), or 'unknown' outside a git checkout."""
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                          text=True)
+    return f"commit {proc.stdout.strip()}" if proc.returncode == 0 else "unknown"
 
 
 def arm_of(kinds: str) -> str:
@@ -117,6 +126,7 @@ def run_seed(args: argparse.Namespace, command: str, pools_of: Any = real_pools,
     deadline = started + 60 * args.until_minutes if args.until_minutes is not None else None
     seed_dir = args.out / f"seed{args.seed}"
     config = resolve_config(seed_dir, args.seed, given_options(args))
+    check_code(seed_dir, args.code_note, args.allow_code_change)
     split, tasks = load_split(seed_dir, config, pools_of(config))
     if pools_of is real_pools:
         from agent_selfevolve.sources import locate_tasks
@@ -165,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", type=Path, default=None, help="stores and adapters (default runs/evolve-proof)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp and torch threads")
     parser.add_argument("--concurrency", type=int, default=2, help="search attempts at once")
+    parser.add_argument("--allow-code-change", action="store_true",
+                        help="go on although the agent's code differs from the seed's code.json (recorded there)")
+    parser.add_argument("--code-note", default=_git_head(),
+                        help="what code.json says the code is (default: the checkout's commit)")
     parser.add_argument("--dry-run", action="store_true", help="FAKE model and trainer on a tiny split")
     for name, kind in (("episodes", int), ("humaneval-held-out", int), ("humaneval-train", int),
                        ("factory-held-out", int), ("factory-train", int), ("factory-levels", str),

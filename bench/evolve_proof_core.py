@@ -92,6 +92,37 @@ def resolve_config(seed_dir: Path, seed: int, given: dict[str, Any]) -> ProofCon
     return config
 
 
+# -- the code -----------------------------------------------------------------------------------------------------
+
+def code_fingerprint() -> str:
+    """sha256 over the agent's code as imported: the package's files and its `tools/` bundles. Episodes are paired
+    against the base model's evaluation, so a change in how an attempt runs would count as a gain (or a loss)."""
+    import agent_selfevolve
+    from agent_selfevolve.infra import data_dir
+
+    digest = hashlib.sha256()
+    for root in (Path(agent_selfevolve.__file__).parent, data_dir("tools")):
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                           and p.suffix not in (".pyc", ".pyo")):
+            digest.update(f"{root.name}/{path.relative_to(root)}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def check_code(seed_dir: Path, note: str, allow_change: bool = False) -> None:
+    """`code.json` holds the fingerprint the seed runs with (written by its first run); a run whose code differs
+    stops here, naming what to run instead, unless `allow_change` (then the change is recorded beside the old)."""
+    path, now = seed_dir / "code.json", code_fingerprint()
+    record = json.loads(path.read_text()) if path.exists() else None
+    if record is None or (allow_change and record["fingerprint"] != now):
+        history = (record or {}).get("history", []) + ([{k: record[k] for k in ("fingerprint", "note")}]
+                                                       if record else [])
+        write_json_atomic(path, {"fingerprint": now, "note": note, "history": history})
+    elif record["fingerprint"] != now:
+        raise ProofError(f"the agent's code differs from the one {seed_dir.name} runs with ({path}: {record['note']})"
+                         ": a gain would mix training with the change. Run this seed from that code (`git worktree"
+                         " add <dir> <commit>`), or pass --allow-code-change to record the change and go on")
+
+
 # -- the split ----------------------------------------------------------------------------------------------------
 
 @dataclass

@@ -256,6 +256,38 @@ def test_until_minutes_zero_stops_before_any_work(tmp_path: Path, demo_repo: Pat
     assert [s["event"] for s in sessions] == ["start", "end"] and "min left" in sessions[1]["stopped"]
 
 
+def test_a_seed_refuses_to_continue_on_other_agent_code(tmp_path: Path, demo_repo: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base evaluation and every episode run the same agent: a changed package stops the run before any work,
+    unless the change is declared (and recorded beside the old fingerprint)."""
+    tasks = task_copies(demo_repo, [f"he-{i}" for i in range(6)])
+    argv = ["--seed", "0", "--until-minutes", "0", "--out", str(tmp_path / "r"), "--work", str(tmp_path / "w"),
+            "--episodes", "1", "--humaneval-held-out", "3", "--humaneval-train", "2", "--factory-held-out", "0",
+            "--factory-train", "0", "--code-note", "commit aaa"]
+
+    def run(*extra: str) -> int:
+        return ep.run_seed(ep.build_parser().parse_args([*argv, *extra]), "cmd",
+                           pools_of=lambda c: Pools(tasks, [], []),
+                           backend_of=lambda a, c, s, t, w: fake_backend(tasks, w, FakeTrainer()))
+
+    assert run() == ep.EXIT_MORE_TO_DO
+    code_json = tmp_path / "r" / "seed0" / "code.json"
+    first = json.loads(code_json.read_text())
+    assert first["note"] == "commit aaa" and first["history"] == []
+    assert run() == ep.EXIT_MORE_TO_DO  # the same code goes on
+    changed = tmp_path / "pkg" / "agent_selfevolve"
+    changed.mkdir(parents=True)
+    (changed / "__init__.py").write_text("# the agent, edited\n")
+    monkeypatch.setattr("agent_selfevolve.__file__", str(changed / "__init__.py"))  # where the code is read
+    with pytest.raises(ProofError, match="commit aaa.*--allow-code-change"):
+        run()
+    assert json.loads(code_json.read_text()) == first
+    assert run("--allow-code-change", "--code-note", "commit bbb") == ep.EXIT_MORE_TO_DO
+    now = json.loads(code_json.read_text())
+    assert now["note"] == "commit bbb" and now["history"] == [{"fingerprint": first["fingerprint"],
+                                                                "note": "commit aaa"}]
+
+
 def test_factory_held_out_projects_never_reach_a_training_row(tmp_path: Path, demo_repo: Path,
                                                               isolated_cache: Path) -> None:
     """Factory tasks of four projects through the real `factory-train-s0` / `factory-held-out-s0` sources; the

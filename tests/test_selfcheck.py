@@ -155,6 +155,18 @@ def test_an_attempt_whose_resamples_repeat_too_ends_at_once(task: Task) -> None:
     assert len(model.requests) == 1 + (1 + retries)  # the first write, then one round of greedy + resamples
 
 
+def test_a_reply_repeating_its_refused_reply_is_resampled(task: Task) -> None:
+    """Greedy, a small model answers its format error with the same reply (the 0.5B's ```json blocks on MiniWoB):
+    the word-for-word repeat is not shown again but resampled at the set-up's retry temperature."""
+    malformed = "I will write the function now."  # no block: a format error
+    model = ScriptedFakeModel([malformed, malformed, f"```python\n{RIGHT}```", "```submit\n```"],
+                              supports_tools=False)
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent="selfcheck")
+    assert traj.steps[0]["format_error"] and traj.steps[1]["action"] is not None  # one refusal, then the resample
+    assert model.params[2]["temperature"] == get_setup("selfcheck").retry_temperature
+    assert "temperature" not in model.params[1] or model.params[1]["temperature"] != model.params[2]["temperature"]
+
+
 def test_the_preview_leaves_out_a_file_the_issue_already_quotes(task: Task) -> None:
     """Shown twice (in the issue and again as the file), the 0.5B's first answer drifted from its direct one; a file
     the issue does not quote is still shown. With the selfcheck set-up's options, the issue-named code (for repos
