@@ -42,9 +42,9 @@ the next.
 {examples}"""
 """The rules for a tool set without bash (the browser's): the examples are its own tools, since a small model
 copies the example's form (with a bash example the 1.5B wrote `click (id: 13)` inside ```bash blocks). With one
-example the 0.5B kept its body and wrote it as ```json {"id": "13"}, naming no tool, on all five MiniWoB first
-turns tried; with two examples of different tools it names the tool (```json {"action": "click", ...}, which
-parses) on five of five, and the 1.5B still writes ```click blocks."""
+example the 0.5B wrote its body as ```json {"id": "13"}, naming no tool, and acted on none of five MiniWoB
+types; with a click and a fill it names the tool (```json {"action": "click", ...}, which parses) and solves
+two. The 1.5B solves one fewer of the five (it wrote both examples' actions in one reply): README, BrowserGym."""
 
 BROWSER_EXAMPLES = ("I will click the Submit button.", "I will type the name into the text box.")
 

@@ -126,7 +126,7 @@ def run_seed(args: argparse.Namespace, command: str, pools_of: Any = real_pools,
     deadline = started + 60 * args.until_minutes if args.until_minutes is not None else None
     seed_dir = args.out / f"seed{args.seed}"
     config = resolve_config(seed_dir, args.seed, given_options(args))
-    check_code(seed_dir, args.code_note, args.allow_code_change)
+    check_code(seed_dir, args.code_note or _git_head(), args.allow_code_change)
     split, tasks = load_split(seed_dir, config, pools_of(config))
     if pools_of is real_pools:
         from agent_selfevolve.sources import locate_tasks
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=2, help="search attempts at once")
     parser.add_argument("--allow-code-change", action="store_true",
                         help="go on although the agent's code differs from the seed's code.json (recorded there)")
-    parser.add_argument("--code-note", default=_git_head(),
+    parser.add_argument("--code-note", default=None,
                         help="what code.json says the code is (default: the checkout's commit)")
     parser.add_argument("--dry-run", action="store_true", help="FAKE model and trainer on a tiny split")
     for name, kind in (("episodes", int), ("humaneval-held-out", int), ("humaneval-train", int),

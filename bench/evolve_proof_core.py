@@ -119,8 +119,9 @@ def check_code(seed_dir: Path, note: str, allow_change: bool = False) -> None:
         write_json_atomic(path, {"fingerprint": now, "note": note, "history": history})
     elif record["fingerprint"] != now:
         raise ProofError(f"the agent's code differs from the one {seed_dir.name} runs with ({path}: {record['note']})"
-                         ": a gain would mix training with the change. Run this seed from that code (`git worktree"
-                         " add <dir> <commit>`), or pass --allow-code-change to record the change and go on")
+                         ": a gain would mix training with the change. Run this seed on that code (README, 'Long runs':"
+                         " this bench/ with that commit's agent_selfevolve/ and tools/), or pass --allow-code-change"
+                         " to record the change and go on")
 
 
 # -- the split ----------------------------------------------------------------------------------------------------

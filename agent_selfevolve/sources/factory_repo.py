@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.fileio import write_text_atomic
+from agent_selfevolve.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from agent_selfevolve.infra import Dist, cache_root, data_dir, fetch_dist, file_sha256, git
 from agent_selfevolve.sources.build import BundledError, build_atomically, dist_dir, has_commits, locked
 from agent_selfevolve.sources.registry import TaskSource, register_task_source
@@ -241,9 +241,13 @@ def factory_repo(name: str, cache_dir: Path | None = None) -> Path:
     return final
 
 
+def task_lines(tasks: list[Task]) -> str:
+    """A task file's text: one task per line, defaults left out."""
+    return "".join(json.dumps(t.model_dump(exclude_defaults=True)) + "\n" for t in tasks)
+
+
 def write_tasks(name: str, tasks: list[Task], cache_dir: Path | None = None) -> Path:
-    return write_text_atomic(task_file(name, cache_dir),
-                             "".join(json.dumps(t.model_dump(exclude_defaults=True)) + "\n" for t in tasks))
+    return write_text_atomic(task_file(name, cache_dir), task_lines(tasks))
 
 
 BUNDLE_FORMAT = "agent-selfevolve factory bundle 1"
@@ -262,12 +266,7 @@ def write_bundle(name: str, folder: Path, cache_dir: Path | None = None) -> Path
     tasks = [json.loads(line) for line in task_file(name, cache_dir).read_text().splitlines() if line.strip()]
     data = json.dumps({"format": BUNDLE_FORMAT, "project": name, "recipe": recipe, "tasks": tasks},
                       indent=0).encode()
-    path = bundle_path(name, folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(lzma.compress(data, preset=9))  # xz: every task repeats the hidden test files
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(bundle_path(name, folder), lzma.compress(data, preset=9))  # xz: tasks repeat test files
 
 
 def read_bundle(path: Path) -> tuple[str, dict[str, Any], list[Task]]:
@@ -302,19 +301,17 @@ def install_bundle(path: Path, cache_dir: Path | None = None, replace: bool = Fa
     checking every task's commit hash. A project already made with other tasks is left alone unless `replace`.
     Returns (project, number of tasks)."""
     name, recipe, tasks = read_bundle(path)
-    lines = "".join(json.dumps(t.model_dump(exclude_defaults=True)) + "\n" for t in tasks)
     existing = task_file(name, cache_dir)
     if existing.is_file() and not replace:
-        if existing.read_text() == lines and read_recipe(name, cache_dir) == recipe:
+        if existing.read_text() == task_lines(tasks) and read_recipe(name, cache_dir) == recipe:
             return name, len(tasks)
         raise FactoryError(f"{name}: this machine already has other factory tasks of it ({existing}); "
                            "pass --replace to install the bundle's instead")
-    spec = ProjectSpec.from_dict(recipe["spec"])
-    with locked(f"factory__{name}", cache_dir):  # factory_repo's lock: no reader sees a half-installed project
-        build_atomically(repo_dir(name, cache_dir), lambda tmp: _rebuild(spec, recipe["upstream"], tasks, tmp,
-                                                                          cache_dir))
-        write_text_atomic(factory_dir(name, cache_dir) / "recipe.json", json.dumps(recipe, indent=2))
-        write_text_atomic(existing, lines)  # last: a project counts as made once its task file exists
+    spec, repo = ProjectSpec.from_dict(recipe["spec"]), repo_dir(name, cache_dir)
+    with locked(repo.name, cache_dir):  # factory_repo's lock: no reader sees a half-installed project
+        build_atomically(repo, lambda tmp: _rebuild(spec, recipe["upstream"], tasks, tmp, cache_dir))
+        write_json_atomic(factory_dir(name, cache_dir) / "recipe.json", recipe)
+        write_tasks(name, tasks, cache_dir)  # last: a project counts as made once its task file exists
     return name, len(tasks)
 
 
