@@ -11,6 +11,7 @@ import sqlite3
 import time
 import traceback
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -126,7 +127,8 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, ag
     limits, capped = _chunk_limits(limits or setup.limits.apply(Limits()), spec.max_steps)
     options = {**setup.env_options(), **(env_options or {})}
     env = (env_factory or (lambda t, n: make_environment(t, n, **options)))(task, spec.attempt_id)
-    ctx = AgentContext(model=model, env=env, limits=limits, setup=setup, model_params=spec.model_params)
+    ctx = AgentContext(model=model, env=env, limits=limits, setup=setup,
+                       model_params=sampling_seeded(spec.model_params, spec.attempt_id))
     graph = compiled_agent(checkpointer)
     config: dict[str, Any] = {"configurable": {"thread_id": spec.attempt_id},
                               "recursion_limit": 4 * limits.max_steps + 4 * limits.max_format_errors + 20}
@@ -156,6 +158,19 @@ def run_attempt(task: Task, model: Model, spec: AttemptSpec | None = None, *, ag
     if store is not None:
         store.record(traj)
     return traj
+
+
+def sampling_seeded(params: dict[str, Any], attempt_id: str) -> dict[str, Any]:
+    """`params` with a seed of the attempt's own when it samples (temperature > 0) and names none.
+
+    Backends seed every call (llama.cpp with 0 by default), so without this, siblings sampled at T=0.8 from the
+    same prompt were the same attempt token for token. The seed comes from the attempt id, so a resumed or rerun
+    attempt draws the same tokens. Greedy attempts keep their params: their few sampled turns (revision, repeat
+    retries) stay as they were."""
+    temperature = params.get("temperature")
+    if params.get("seed") is not None or not isinstance(temperature, int | float) or temperature <= 0:
+        return params
+    return {**params, "seed": zlib.crc32(attempt_id.encode()) & 0x7FFFFFFF}
 
 
 def _chunk_limits(limits: Limits, max_steps: int | None) -> tuple[Limits, bool]:

@@ -173,3 +173,27 @@ def test_repeating_the_same_action_is_refused_and_ends_a_loop(demo_task: Task) -
     assert "exact `bash` action" in traj.steps[1]["format_error"]
     ok = run_attempt(demo_task, ScriptedFakeModel([bash("ls"), bash("pwd"), bash("ls"), tool_call("submit", {})]))
     assert ok.status == "submitted"  # the same command again after another one is fine
+
+
+def test_litellm_sends_a_search_seed_only_to_providers_that_take_one() -> None:
+    """Sampled attempts carry a seed of their own (attempt.sampling_seeded); Anthropic's API rejects the
+    parameter, so the backend leaves it out there and keeps it for OpenAI-style providers."""
+    from types import SimpleNamespace
+
+    from agent_selfevolve.models.litellm_backend import LiteLLMModel
+
+    sent: list[dict] = []
+
+    def completion(**kwargs: object) -> object:
+        sent.append(kwargs)
+        message = SimpleNamespace(content="hi", tool_calls=None, role="assistant")
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)],
+                               usage=SimpleNamespace(prompt_tokens=3, completion_tokens=1))
+
+    for name in ("anthropic/claude-3-5-haiku-20241022", "openai/gpt-4o-mini"):
+        model = LiteLLMModel(name, api_key="sk-test")
+        model.litellm = SimpleNamespace(completion=completion, completion_cost=lambda **_: 0.0,
+                                        get_supported_openai_params=model.litellm.get_supported_openai_params)
+        model.chat([{"role": "user", "content": "hi"}], temperature=0.8, seed=7)
+    assert "seed" not in sent[0] and sent[1]["seed"] == 7
+    assert sent[0]["temperature"] == sent[1]["temperature"] == 0.8

@@ -52,3 +52,22 @@ def test_local_model_with_the_small_profile_writes_code_it_can_run(tmp_path) -> 
     assert first["action"]["name"] == "write_file" and first["action"]["arguments"]["path"] == "solution.py"
     assert "def get_positive" in first["action"]["arguments"]["content"]
     assert traj.evaluation is not None and traj.evaluation["source"] == "tests"
+
+
+def test_local_model_siblings_sampled_at_t08_are_different_attempts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The evolve proof's search (selfcheck, best-of-2 at T=0.8) with the real model: llama.cpp seeds every call,
+    and with one seed for both siblings they were the same attempt token for token (92 of 94 proof tasks), which
+    left no sibling pairs to learn from. Each sampled attempt now draws with its own seed."""
+    pytest.importorskip("llama_cpp", reason="needs the [local] extra (llama-cpp-python)")
+    from agent_selfevolve.models import make_model
+    from agent_selfevolve.setups import get_setup
+
+    task = locate_tasks([t for t in humaneval_tasks() if t.instance_id == "humaneval__30"])[0]
+    profile = get_setup("selfcheck", "local")
+    model = make_model("local", cache_dir=REAL_MODEL_CACHE, **profile.model_options("local"))
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=1), agent=profile)
+    best_of_n(ctx, n=2, temperature=0.8, max_concurrency=1, run_id="siblings")
+    first, second = sorted(store.attempts(run_id="siblings"), key=lambda t: t.attempt_id)
+    replies = [next(m["content"] for m in t.messages if m["role"] == "assistant") for t in (first, second)]
+    assert replies[0] != replies[1], replies[0]

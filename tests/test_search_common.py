@@ -8,7 +8,7 @@ from conftest import solving_script
 from typer.testing import CliRunner
 
 from agent_selfevolve.agent import Limits
-from agent_selfevolve.attempt import AttemptSpec, run_attempt
+from agent_selfevolve.attempt import AttemptSpec, run_attempt, sampling_seeded
 from agent_selfevolve.batch import BatchConfig, run_batch
 from agent_selfevolve.cli import app
 from agent_selfevolve.models.base import Usage
@@ -36,6 +36,35 @@ def test_best_of_n_runs_n_attempts_and_keeps_the_best(demo_task: Task, tmp_path:
     assert [e["event"] for e in events].count("attempt_finished") == 3 and events[-1]["event"] == "search_finished"
     again = best_of_n(SearchContext(task=demo_task, model=ScriptedFakeModel([]), store=store), n=3, run_id="b1")
     assert again.to_dict() == result.to_dict()  # finished run: nothing re-run (the empty script would fail)
+
+
+def test_sampled_siblings_draw_different_tokens_and_draw_them_again_on_a_rerun(demo_task: Task,
+                                                                              tmp_path: Path) -> None:
+    """FAKE model recording its sampling params. Backends seed every call (llama.cpp with 0), so best-of-N at
+    T=0.8 once gave N copies of one attempt: each sampled attempt must carry its own seed, the same on a rerun,
+    while a greedy attempt carries none (its revision and retry turns keep their fixed seeds)."""
+
+    first = [p["seed"] for p in _params_of_run(demo_task, tmp_path / "a.sqlite", "seeded")]
+    assert len(set(first)) == 3, first  # one seed per attempt, shared by its turns, none shared between attempts
+    # the seed is a function of the attempt id alone, so a rerun (a new process, a resumed attempt) draws the same
+    assert first == [sampling_seeded({"temperature": 0.8}, f"seeded:sample:{i}")["seed"] for i in range(3)]
+    other = [p["seed"] for p in _params_of_run(demo_task, tmp_path / "b.sqlite", "other")]
+    assert not set(other) & set(first)
+    greedy = ScriptedFakeModel(responder)
+    run_attempt(demo_task, greedy, AttemptSpec(demo_task.instance_id, model_params={"temperature": 0.0}))
+    assert greedy.params and all("seed" not in p for p in greedy.params)
+
+
+def _params_of_run(task: Task, store_path: Path, run_id: str) -> list[dict]:
+    """The sampling params of the first call of each attempt of a T=0.8 best-of-3 (one attempt at a time, four
+    calls each), in attempt order; every call of an attempt has its attempt's seed."""
+    model = ScriptedFakeModel(responder)
+    best_of_n(SearchContext(task=task, model=model, store=TrajectoryStore(store_path)), n=3, temperature=0.8,
+              max_concurrency=1, run_id=run_id)
+    assert len(model.params) == 12 and all(p["temperature"] == 0.8 for p in model.params)
+    attempts = [model.params[i:i + 4] for i in range(0, 12, 4)]
+    assert all(len({p["seed"] for p in calls}) == 1 for calls in attempts)
+    return [calls[0] for calls in attempts]
 
 
 def test_budget_clips_attempts_and_stops_between_waves(demo_task: Task, tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ class LiteLLMModel:
 
     def chat(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, **params: Any) -> ModelReply:
         kwargs = {**self.params, **params, "timeout": self.timeout_s, "num_retries": 0}
+        if "seed" in kwargs and not self._takes_seed():
+            del kwargs["seed"]  # a search's per-attempt seed; a provider without one samples freshly anyway
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self.api_key:
@@ -54,3 +56,12 @@ class LiteLLMModel:
         if not resp.choices:
             raise ModelError("litellm returned no choices")
         return ModelReply(message_from_openai(resp.choices[0].message), usage, time.monotonic() - start)
+
+    def _takes_seed(self) -> bool:
+        """Whether the provider accepts `seed` (Anthropic's API rejects it); unknown providers are sent it."""
+        try:
+            supported = self.litellm.get_supported_openai_params(model=self.model)
+        except Exception:
+            return True
+        return supported is None or "seed" in supported
+
