@@ -332,7 +332,10 @@ def train(db: Annotated[Path, typer.Option(help="Trajectory store to learn from.
           kinds: str = "sft", lora_rank: int = 16, lr: float = 2e-4, epochs: int = 2, max_length: int = 4096,
           registry_dir: Annotated[Path, typer.Option("--registry")] = Path("runs/registry"),
           name: str = "policy") -> None:
-    """Build SFT (and DPO/recovery) rows from stored trajectories and train a LoRA adapter version."""
+    """Build SFT (and DPO/recovery) rows from stored trajectories and train a LoRA adapter version. A killed run,
+    rerun with the same rows and options, goes on from its last saved state (every 10 min, under the registry)."""
+    import shutil
+
     from agent_selfevolve.store import TrajectoryStore
     from agent_selfevolve.train import AdapterRegistry, build_dataset, train_sft_then_dpo
 
@@ -342,10 +345,13 @@ def train(db: Annotated[Path, typer.Option(help="Trajectory store to learn from.
     registry = AdapterRegistry(registry_dir)
     parent = registry.latest(name)  # the new version continues from it, so the recorded parent is the truth
     init = registry.check_base(parent.ref, base_dir).path if parent else None
+    resume = registry_dir / ".resume" / name
     out, metrics = train_sft_then_dpo(base_dir, rows, lambda stage: registry.staging_path(f"{name}-{stage}"),
-                                      _train_config(lora_rank, lr, epochs, max_length), init_adapter=init)
+                                      _train_config(lora_rank, lr, epochs, max_length), init_adapter=init,
+                                      resume_dir=resume)
     metrics = {**metrics, "trained_from": parent.ref if parent else "base", "train_prompts": report.prompts}
     version = registry.register(name, out, parent=parent.ref if parent else None, metrics=metrics)
+    shutil.rmtree(resume, ignore_errors=True)
     console.print(f"registered {version.ref}: {json.dumps(metrics)}")
 
 

@@ -80,7 +80,7 @@ def real_pools(config: ProofConfig) -> Pools:
                  factory_held=resolve_tasks(f"factory-held-out-s{config.seed}", locate=False) if factory else [])
 
 
-def real_backend(config: ProofConfig, work: Path, threads: int | None) -> Backend:
+def real_backend(config: ProofConfig, work: Path, threads: int | None, train_threads: int = 1) -> Backend:
     from agent_selfevolve.models.weights import ensure_gguf
     from agent_selfevolve.serving import llama_cpp_policy
     from agent_selfevolve.setups import get_setup
@@ -91,7 +91,7 @@ def real_backend(config: ProofConfig, work: Path, threads: int | None) -> Backen
     policy = llama_cpp_policy(config.model, registry, base_dir, n_threads=threads,
                               **get_setup(config.profile).model_options("local"))
     return Backend(policy=policy, train=train_sft_then_dpo, base_hf_dir=Path(base_dir), registry=registry,
-                   label=f"llama.cpp {config.model} + LoRA", train_runtime={"threads": threads})
+                   label=f"llama.cpp {config.model} + LoRA", train_runtime={"threads": train_threads})
 
 
 def fake_backend(tasks: list[Task], work: Path) -> Backend:
@@ -105,7 +105,8 @@ def fake_backend(tasks: list[Task], work: Path) -> Backend:
 
 def default_backend(args: argparse.Namespace, config: ProofConfig, split: dict[str, Any], tasks: dict[str, Task],
                     work: Path) -> Backend:
-    return fake_backend(list(tasks.values()), work) if args.dry_run else real_backend(config, work, args.threads)
+    return fake_backend(list(tasks.values()), work) if args.dry_run else real_backend(config, work, args.threads,
+                                                                                          args.train_threads)
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sft,rationalized | ...")
     parser.add_argument("--out", type=Path, default=None, help="results to commit (default bench/results/evolve-proof)")
     parser.add_argument("--work", type=Path, default=None, help="stores and adapters (default runs/evolve-proof)")
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp and torch threads")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    parser.add_argument("--train-threads", type=int, default=1,
+                        help="torch threads for LoRA (1: with 2 shared cores, 2 threads ran 6-9x slower a step)")
     parser.add_argument("--concurrency", type=int, default=2, help="search attempts at once")
     parser.add_argument("--allow-code-change", action="store_true",
                         help="go on although the agent's code differs from the seed's code.json (recorded there)")

@@ -20,6 +20,7 @@ from typing import Any
 
 from agent_selfevolve.models.fake import ScriptedFakeModel, bash, tool_call
 from agent_selfevolve.tasks import Task
+from agent_selfevolve.train.lora import TrainingPaused
 
 FAKE_BASE = {"id": "fake-base", "hash": "fake-base-0"}
 FAKE_RATES = (0.3, 0.5, 0.6, 0.7, 0.8)
@@ -69,15 +70,24 @@ def fake_policy(tasks: list[Task], rates: tuple[float, ...] = FAKE_RATES, always
 
 class FakeTrainer:
     """FAKE `train_sft_then_dpo`: same signature and return shape; the adapter's weights file is a hash of the
-    rows, config and starting adapter, so a re-derivation from the same inputs gives the same adapter hash."""
+    rows, config and starting adapter, so a re-derivation from the same inputs gives the same adapter hash. Its
+    first `pauses` calls stop at the deadline (TrainingPaused) after writing a state file into `resume_dir`."""
 
-    def __init__(self) -> None:
+    def __init__(self, pauses: int = 0) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.pauses = pauses
 
     def __call__(self, base_model_dir: str | Path, rows: Mapping[str, list[dict[str, Any]]],
                  staging: Callable[[str], Path], config: Mapping[str, Any],
                  dpo_overrides: Mapping[str, Any] | None = None,
-                 init_adapter: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+                 init_adapter: str | Path | None = None, resume_dir: str | Path | None = None,
+                 stop_at: float | None = None) -> tuple[Path, dict[str, Any]]:
+        if self.pauses and resume_dir is not None:
+            self.pauses -= 1
+            Path(resume_dir).mkdir(parents=True, exist_ok=True)
+            (Path(resume_dir) / "fake-state").write_text("half way")
+            self.calls.append({"paused": True, "resume_dir": str(resume_dir)})
+            raise TrainingPaused("FAKE training paused at the deadline", 1, 2)
         out = staging("fake")
         out.mkdir(parents=True)
         init = (Path(init_adapter) / "adapter_model.safetensors").read_text() if init_adapter else ""
@@ -87,6 +97,8 @@ class FakeTrainer:
         (out / "train_metrics.json").write_text(json.dumps({"base_model": FAKE_BASE}))
         sft = [*rows.get("sft", []), *rows.get("recovery", [])]
         self.calls.append({"rows": {k: list(v) for k, v in rows.items()}, "config": dict(config),
-                           "init": str(init_adapter) if init_adapter else None})
+                           "init": str(init_adapter) if init_adapter else None,
+                           "resume_dir": str(resume_dir) if resume_dir is not None else None,
+                           "resumed": resume_dir is not None and (Path(resume_dir) / "fake-state").exists()})
         return out, {"rows": len(sft), "recovery_rows": len(rows.get("recovery", [])),
                      "dpo_rows": len(rows.get("dpo", [])), "steps": 1, "time_s": 0.0, "fake": True}

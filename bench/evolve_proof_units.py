@@ -1,11 +1,13 @@
 """The evolution proof's units of work: held-out evaluation, search on training tasks, LoRA training.
 
 Each unit resumes task by task from its committed per-task JSONL (a task recorded there is never run again) and
-is finished when its summary is written (atomically). Before each task, and before each training, the run checks
-that the work fits before the deadline (from this unit's measured seconds per task, else an earlier unit's, else a
-default) and stops cleanly if not. An adapter the run needs but does not have (a fresh machine: adapters are never
-committed) is trained again from the committed rows and config, after checking their hash against the one recorded
-when it was first trained.
+is finished when its summary is written (atomically). Before each task the run checks that the task fits before the
+deadline (from this unit's measured seconds per task, else an earlier unit's, else a default) and stops cleanly if
+not. A training runs until the deadline and pauses there (its state under `<work>/resume/`, saved every 10 min as
+well, so a kill loses at most that), and the next run goes on from it: an episode's LoRA on a 2-core CPU takes
+longer than a session. An adapter the run needs but does not have (a fresh machine: adapters are never committed)
+is trained again from the committed rows and config, after checking their hash against the one recorded when it
+was first trained.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,10 +55,13 @@ from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.train.dataset import build_dataset, dedup_rows
 from agent_selfevolve.train.jsonl import read_jsonl, write_jsonl
+from agent_selfevolve.train.lora import TrainingPaused
 
 DEFAULT_SECONDS = {"eval": 90.0, "search": 90.0, "train_row_epoch": 20.0, "train_overhead": 300.0}
 """Estimates before anything is measured: seconds per held-out attempt, per search sample, per training row and
 epoch, and a training's fixed cost (loading, GGUF export). Measured seconds replace them as units finish."""
+TRAIN_MIN_SECONDS = 900.0
+"""A training (resumable) starts when this much time is left, or its whole estimate if that is less."""
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Proof:
                  clock: Callable[[], float] = time.time):
         self.config, self.split, self.tasks, self.seed_dir = config, split, tasks, seed_dir
         self.backend, self.deadline, self.progress, self.command = backend, deadline, progress, command
+        self.work_dir = work_dir
         self.concurrency, self.log, self.clock = concurrency, log, clock
         work_dir.mkdir(parents=True, exist_ok=True)
         self.store = TrajectoryStore(work_dir / "runs.sqlite")
@@ -292,7 +299,7 @@ class Proof:
         if not rows.get("sft") and not rows.get("recovery"):
             info["skipped"] = "no SFT or recovery rows: nothing succeeded in the searches so far"
         else:
-            self.fits(self.train_seconds(total), unit.name)
+            self.fits(min(self.train_seconds(total), TRAIN_MIN_SECONDS), unit.name)
             start = self.clock()
             version = self._train(arm, k, rows, digest)
             info.update(seconds=round(self.clock() - start, 1), adapter_hash=version.adapter_hash,
@@ -301,16 +308,26 @@ class Proof:
                           {**info, "command": self.command, "session": self.session, "backend": self.backend.label})
 
     def _train(self, arm: str, k: int, rows: dict[str, list[dict[str, Any]]], digest: str) -> Any:
+        """Train (or go on training) `arm`'s episode-k adapter until the deadline; OutOfTime when it paused there.
+        The seconds recorded are this call's, so a training that spanned runs reports its last part only; the
+        trainer's own `time_s` (in the metrics) is the whole."""
         registry = self.backend.registry
         init = self.adapter(arm, k - 1) if self.config.init == "previous" and k > 0 else None
         name = f"{self.prefix}-{arm.replace('+', '_')}"
-        out, metrics = self.backend.train(
-            self.backend.base_hf_dir, rows, lambda stage: registry.staging_path(f"{name}-ep{k}-{stage}"),
-            {**self.config.train, "seed": self.config.seed, **self.backend.train_runtime},
-            init_adapter=init.path if init is not None else None)
+        resume = self.work_dir / "resume" / f"{name}-ep{k}-{digest[:16]}"
+        try:
+            out, metrics = self.backend.train(
+                self.backend.base_hf_dir, rows, lambda stage: registry.staging_path(f"{name}-ep{k}-{stage}"),
+                {**self.config.train, "seed": self.config.seed, **self.backend.train_runtime},
+                init_adapter=init.path if init is not None else None, resume_dir=resume, stop_at=self.deadline)
+        except TrainingPaused as exc:
+            self.event(event="train_paused", arm=arm, episode=k, step=exc.step, total=exc.total)
+            raise OutOfTime(f"training {arm} episode {k} paused at step {exc.step}/{exc.total} (state in "
+                            f"{resume}); the next run goes on from there") from exc
         version = registry.register(name, out, parent=init.ref if init is not None else None, data_hashes=[digest],
                                     metrics={**metrics, "train_hash": digest, "episode": k, "arm": arm})
         self._adapters[(arm, k)] = version
+        shutil.rmtree(resume, ignore_errors=True)  # registered: the paused state and stage copies are spent
         return version
 
     def adapter(self, arm: str, k: int) -> Any:
@@ -334,7 +351,8 @@ class Proof:
             if digest != info["train_hash"]:
                 raise ProofError(f"cannot re-derive {arm} episode {k}: its rows and config hash to {digest[:12]}, "
                                  f"{path} recorded {info['train_hash'][:12]} (rows or config changed)")
-            self.fits(self.train_seconds(sum(len(v) for v in rows.values())), f"re-deriving {arm} episode {k}")
+            self.fits(min(self.train_seconds(sum(len(v) for v in rows.values())), TRAIN_MIN_SECONDS),
+                      f"re-deriving {arm} episode {k}")
             start = self.clock()
             found = self._train(arm, k, rows, digest)
             append_record(path.with_name("rederived.jsonl"), {

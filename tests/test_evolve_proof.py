@@ -192,6 +192,24 @@ def test_a_kill_mid_unit_reruns_only_the_unfinished_task_and_rederives_the_adapt
     assert {k: v for k, v in snapshot(root).items() if not k.startswith("seed0/ep1/sft/")} == others
 
 
+def test_a_training_that_outlasts_the_session_pauses_and_the_next_run_goes_on_from_its_state(
+        full_run: Path, tmp_path: Path) -> None:
+    """FAKE trainer that pauses at the deadline once: the unit stays unfinished (no train.json, nothing else
+    changed), the run stops as out of time, and the next run trains from the same resume dir and finishes."""
+    root = copy_results(full_run, tmp_path)
+    folder = root / "seed0" / "ep0" / "sft"
+    (folder / "train.json").unlink()
+    before = snapshot(root)
+    trainer = FakeTrainer(pauses=1)
+    with pytest.raises(OutOfTime, match="paused at step 1/2"):
+        make_proof(root, tmp_path / "work", trainer, deadline=10**12).run_unit(Unit("train", 0, "sft"))
+    assert snapshot(root) == before and trainer.calls[0]["paused"]
+    make_proof(root, tmp_path / "work", trainer, deadline=10**12).run_unit(Unit("train", 0, "sft"))
+    assert trainer.calls[1]["resumed"] and trainer.calls[1]["resume_dir"] == trainer.calls[0]["resume_dir"]
+    assert json.loads((folder / "train.json").read_text())["train_hash"] == \
+        json.loads((full_run / "seed0" / "ep0" / "sft" / "train.json").read_text())["train_hash"]
+
+
 def test_tampered_rows_or_a_changed_config_fail_loudly_on_rederivation(full_run: Path, tmp_path: Path) -> None:
     root = copy_results(full_run, tmp_path)
     rows = root / "seed0" / "ep0" / "search" / "rows-sft.jsonl"

@@ -28,6 +28,7 @@ from agent_selfevolve.train import (
     RegistryError,
     TrainConfig,
     TrainingError,
+    TrainingPaused,
     TrainResult,
     assert_no_held_out,
     build_dataset,
@@ -36,6 +37,7 @@ from agent_selfevolve.train import (
     start_training,
     tokenize_chat,
     train_lora,
+    train_sft_then_dpo,
     write_jsonl,
 )
 from agent_selfevolve.train.masking import IGNORE_INDEX, MaskStats
@@ -412,6 +414,70 @@ def test_killed_training_leaves_registry_consistent(tiny: Path, tmp_path: Path) 
     assert reg.clean_staging(min_age_s=0) == 1
 
 
+def test_training_killed_mid_run_resumes_to_the_losses_of_an_unbroken_run(tiny: Path, tmp_path: Path) -> None:
+    """An episode's LoRA outlasts a session on the CPU: a run killed -9 goes on from its last saved state and
+    ends where a run never stopped ends (same losses, same weights: dropout's RNG is part of the state)."""
+    cfg = TrainConfig(epochs=40, grad_accum=1, lr=1e-2, **{**FAST, "dropout": 0.1})
+    whole = train_lora(tiny, MEMO, tmp_path / "whole", cfg, spawn_process=False)
+    resume = tmp_path / "resume"
+    job = start_training(tiny, MEMO, tmp_path / "a", cfg, resume_dir=resume, checkpoint_every_s=0)
+    deadline = time.monotonic() + 120
+    while len(job.progress()) < 8 and time.monotonic() < deadline:
+        assert job.job is not None and job.job.alive(), "the training process exited early"
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)
+    with pytest.raises(TrainingError, match="died"):
+        job.wait(timeout=30)
+    with pytest.raises(TrainingPaused) as paused:  # a deadline already past: no step runs, nothing is lost
+        train_lora(tiny, MEMO, tmp_path / "b", cfg, spawn_process=False, resume_dir=resume, stop_at=time.time())
+    assert 8 <= paused.value.step < paused.value.total == whole.steps and not (tmp_path / "b").exists()
+    resumed = train_lora(tiny, MEMO, tmp_path / "c", cfg, spawn_process=False, resume_dir=resume)
+    assert resumed.losses == whole.losses and resumed.steps == whole.steps
+    assert torch.equal(_logits(tiny, tmp_path / "c"), _logits(tiny, tmp_path / "whole"))
+    again = train_lora(tiny, MEMO, tmp_path / "d", cfg, spawn_process=False, resume_dir=resume, stop_at=time.time())
+    assert again.losses == whole.losses  # finished before: its adapter, even past the deadline
+    other = train_lora(tiny, MEMO[:2], tmp_path / "e", cfg, spawn_process=False, resume_dir=resume)
+    assert other.rows == 2 and len(other.losses) == other.steps  # other data: started over, not resumed
+
+
+def test_a_two_stage_recipe_paused_in_dpo_keeps_its_sft_stage(tiny: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """SFT then DPO with a resume dir: a deadline hit in the DPO stage, then a rerun, trains DPO from its state
+    and takes the finished SFT adapter as it was (the SFT stage does not run again)."""
+    import agent_selfevolve.train.lora as lora
+
+    pairs = [{"prompt": [{"role": "user", "content": f"say {w}"}],
+              "chosen": [{"role": "assistant", "content": f"the {w} fox"}],
+              "rejected": [{"role": "assistant", "content": "error bug"}]} for w in WORDS[:4]]
+    rows = {"sft": MEMO, "dpo": pairs}
+    config = {"epochs": 4, "grad_accum": 1, "lr": 1e-2, **FAST}
+    stages: list[str] = []
+
+    def staging(stage: str) -> Path:
+        stages.append(stage)
+        return tmp_path / f"{stage}-{len(stages)}"
+
+    whole, whole_metrics = train_sft_then_dpo(tiny, rows, staging, config, spawn_process=False)
+    real_optimise = lora._optimise
+    ran: list[str] = []
+
+    def deadline_in_dpo(model: Any, batches: Any, total: int, cfg: Any, *args: Any) -> Any:
+        ran.append(cfg.objective)
+        if cfg.objective == "dpo" and len(ran) == 2 and args[-1] is not None:
+            args[-1].stop_at = time.time()  # the session ends while DPO trains
+        return real_optimise(model, batches, total, cfg, *args)
+
+    monkeypatch.setattr(lora, "_optimise", deadline_in_dpo)
+    resume = tmp_path / "resume"
+    with pytest.raises(TrainingPaused):
+        train_sft_then_dpo(tiny, rows, staging, config, resume_dir=resume, spawn_process=False)
+    out, metrics = train_sft_then_dpo(tiny, rows, staging, config, resume_dir=resume, spawn_process=False)
+    assert ran == ["sft", "dpo", "dpo"]  # the rerun went straight to DPO
+    assert metrics["sft_loss_last"] == whole_metrics["sft_loss_last"]
+    assert metrics["dpo_loss_last"] == whole_metrics["dpo_loss_last"]
+    assert torch.equal(_logits(tiny, out), _logits(tiny, whole))
+
+
 # -- the real model (slow) ----------------------------------------------------------------------------------------
 REAL_CACHE = Path(os.environ.get("AGENT_SELFEVOLVE_CACHE") or Path.home() / ".cache" / "agent-selfevolve")
 """Read at import, before conftest isolates the cache per test: the slow test reuses the real model cache."""
@@ -506,7 +572,7 @@ def test_dpo_overrides_reach_the_dpo_stage_only(tmp_path: Path, monkeypatch: pyt
 
     seen: list[Any] = []
 
-    def record(base: Any, rows: Any, out: Any, cfg: Any, init_adapter: Any = None) -> Any:
+    def record(base: Any, rows: Any, out: Any, cfg: Any, init_adapter: Any = None, **_: Any) -> Any:
         seen.append((cfg, init_adapter, out))
         return TrainResult(str(out), 1, [0.5], 10, 5, 0.1, 10.0, len(rows), 0, "cpu", "float32", "", {}, {})
 

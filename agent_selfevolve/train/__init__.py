@@ -22,6 +22,7 @@ from agent_selfevolve.train.lora import (
     TrainConfig,
     TrainingError,
     TrainingJob,
+    TrainingPaused,
     TrainResult,
     start_training,
     train_lora,
@@ -32,6 +33,6 @@ from agent_selfevolve.train.stages import train_sft_then_dpo
 
 __all__ = ["AdapterRegistry", "AdapterVersion", "BaseModelMismatchError", "DatasetReport", "EmptyDatasetError",
            "EmptyMaskError", "HeldOutLeakError", "RegistryError", "TrainConfig", "TrainResult", "TrainingError",
-           "TrainingJob", "assert_no_held_out", "base_model_identity", "build_dataset", "check_template",
-           "dpo_pairs", "hf_base_from_gguf", "read_jsonl", "recovery_rows", "sft_rows", "start_training",
-           "tokenize_chat", "tokenize_rows", "train_lora", "train_sft_then_dpo", "write_jsonl"]
+           "TrainingJob", "TrainingPaused", "assert_no_held_out", "base_model_identity", "build_dataset",
+           "check_template", "dpo_pairs", "hf_base_from_gguf", "read_jsonl", "recovery_rows", "sft_rows",
+           "start_training", "tokenize_chat", "tokenize_rows", "train_lora", "train_sft_then_dpo", "write_jsonl"]

@@ -14,10 +14,17 @@ starting adapter instead of the bare base.
 
 Atomicity: the child trains in a hidden staging directory next to `out_dir` and renames the finished adapter
 into place as its last act; a run killed mid-way leaves no `out_dir` at all (and `kill()` removes the staging).
+
+Resuming: with a `resume_dir`, the child saves its state there (the LoRA weights, optimizer, schedule, step, losses,
+RNG) every `checkpoint_every_s` and when `stop_at` comes (then `TrainingPaused`), and the same call later goes on
+from it, to the same losses as a run never stopped; the state is keyed by everything that decides the result, so a
+changed dataset or config starts over. A finished stage leaves its adapter there too, so a two-stage recipe paused
+in its second stage does not train the first again. On a 2-core CPU an episode's LoRA outlasts a working session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -37,6 +44,10 @@ from agent_selfevolve.train.masking import EmptyMaskError, check_template, token
 from agent_selfevolve.train.objectives import dpo_step, reference_logps, sft_step
 
 METRICS_FILE = "train_metrics.json"
+RESUME_STATE = "state.pt"
+"""In a resume dir: the state of an unfinished run. `done/` holds the finished adapter, `key` what both belong to."""
+RUNTIME_FIELDS = ("progress", "threads")
+"""TrainConfig fields that do not change the result: left out of the resume key."""
 
 
 class EmptyDatasetError(ValueError):
@@ -45,6 +56,14 @@ class EmptyDatasetError(ValueError):
 
 class TrainingError(RuntimeError):
     """The training process failed or was killed; no adapter was written."""
+
+
+class TrainingPaused(RuntimeError):
+    """Training reached `stop_at` with steps left: its state is in the resume dir, and the same call goes on."""
+
+    def __init__(self, message: str, step: int = 0, total: int = 0):
+        super().__init__(message)
+        self.step, self.total = step, total
 
 
 @dataclass
@@ -178,9 +197,76 @@ def _batches(items: list[Any], cfg: TrainConfig) -> list[list[Any]]:
     return batches
 
 
+@dataclass
+class _Resume:
+    """Where and when a resumable run saves its state (`run_training`'s resume_dir, stop_at, checkpoint_every_s)."""
+
+    dir: Path
+    key: str
+    stop_at: float | None
+    every_s: float
+
+    @property
+    def state(self) -> Path:
+        return self.dir / RESUME_STATE
+
+
+def _resume_key(rows: list[Row], cfg: TrainConfig, base_dir: str, init_adapter: str | None) -> str:
+    """What decides a run's result: the data, the config (less its runtime fields), the base weights and the
+    starting adapter's weights."""
+    start = None
+    if init_adapter:
+        digest = hashlib.sha256()
+        for f in sorted(Path(init_adapter).glob("adapter_model.*")):
+            digest.update(f.read_bytes())
+        start = digest.hexdigest()
+    config = {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    spec = {"data": data_hash(rows), "config": config, "base": base_model_identity(base_dir), "init": start}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_state(model: Any, opt: Any, sched: Any, resume: _Resume, done: dict[str, Any]) -> None:
+    import torch
+
+    state = {"key": resume.key, **done, "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "rng": torch.get_rng_state(),
+             "lora": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    resume.dir.mkdir(parents=True, exist_ok=True)
+    tmp = resume.state.with_name(f".{RESUME_STATE}.{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, resume.state)
+
+
+def _load_state(model: Any, opt: Any, sched: Any, resume: _Resume) -> dict[str, Any] | None:
+    """The saved progress (step, losses, extra, seconds) with the weights, optimizer, schedule and RNG restored;
+    None when there is no state of this run (a state of another dataset or config is removed)."""
+    import torch
+
+    if not resume.state.exists():
+        return None
+    state = torch.load(resume.state, weights_only=False)
+    if state.get("key") != resume.key:
+        resume.state.unlink()
+        return None
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["lora"].items():
+            params[name].copy_(value.to(params[name].device))
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return {k: state[k] for k in ("step", "losses", "extra", "seconds")}
+
+
 def _optimise(model: Any, batches: list[list[Any]], total: int, cfg: TrainConfig, pad: int, device: Any,
-              ref: dict[Any, Any], progress_path: Path) -> tuple[list[float], dict[str, list[float]], float]:
-    """The optimisation loop: (losses, per-step DPO metrics, seconds). Each step's loss goes to `progress_path`."""
+              ref: dict[Any, Any], progress_path: Path, resume: _Resume | None = None,
+              ) -> tuple[list[float], dict[str, list[float]], float, int]:
+    """The optimisation loop: (losses, per-step DPO metrics, seconds, steps done); fewer steps than `total` when
+    `resume.stop_at` came first (the state is saved). Each step's loss goes to `progress_path`."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,11 +279,24 @@ def _optimise(model: Any, batches: list[list[Any]], total: int, cfg: TrainConfig
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     losses: list[float] = []
     extra: dict[str, list[float]] = {"reward_accuracy": [], "reward_margin": []}
+    first, before = 0, 0.0
+    if resume is not None and (saved := _load_state(model, opt, sched, resume)) is not None:
+        first, losses, extra, before = saved["step"], saved["losses"], saved["extra"], saved["seconds"]
     bar, task = _progress(cfg.progress, total)
-    t0 = time.monotonic()
+    bar.update(task, completed=first)
+    t0 = last_save = time.monotonic()
     model.train()
+
+    def save(step: int) -> None:
+        if resume is not None:
+            _save_state(model, opt, sched, resume, {"step": step, "losses": losses, "extra": extra,
+                                                    "seconds": before + time.monotonic() - t0})
+
     with bar, open(progress_path, "a", encoding="utf-8") as plog:
-        for step in range(total):
+        for step in range(first, total):
+            if resume is not None and resume.stop_at is not None and time.time() >= resume.stop_at:
+                save(step)
+                return losses, extra, before + time.monotonic() - t0, step
             group = batches[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
             if cfg.objective == "sft":
                 step_loss = sft_step(model, group, pad, device)
@@ -211,19 +310,47 @@ def _optimise(model: Any, batches: list[list[Any]], total: int, cfg: TrainConfig
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(step_loss)
-            plog.write(json.dumps({"step": step + 1, "loss": step_loss, "t": time.monotonic() - t0}) + "\n")
+            plog.write(json.dumps({"step": step + 1, "loss": step_loss, "t": before + time.monotonic() - t0}) + "\n")
             plog.flush()
             bar.update(task, advance=1, loss=f"{step_loss:.4f}")
-    return losses, extra, time.monotonic() - t0
+            if resume is not None and step + 1 < total and time.monotonic() - last_save >= resume.every_s:
+                save(step + 1)
+                last_save = time.monotonic()
+    return losses, extra, before + time.monotonic() - t0, total
+
+
+def _finished(resume: _Resume | None, out_dir: str) -> dict[str, Any] | None:
+    """This run's adapter from an earlier call that finished (a resumed recipe's earlier stage), copied to
+    `out_dir`; None if there is none."""
+    if resume is None or not (resume.dir / "done" / METRICS_FILE).exists():
+        return None
+    key = resume.dir / "key"
+    if not key.exists() or key.read_text() != resume.key:
+        shutil.rmtree(resume.dir / "done")
+        return None
+    shutil.copytree(resume.dir / "done", out_dir)
+    metrics = json.loads((resume.dir / "done" / METRICS_FILE).read_text())
+    return {**metrics, "adapter_dir": str(out_dir)}
 
 
 def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, config: dict[str, Any],
-                 init_adapter: str | None = None) -> dict[str, Any]:
-    """Child-process body. Trains, saves into `staging/adapter`, renames it to `out_dir`; returns the metrics."""
+                 init_adapter: str | None = None, resume_dir: str | None = None, stop_at: float | None = None,
+                 checkpoint_every_s: float = 600.0) -> dict[str, Any]:
+    """Child-process body. Trains, saves into `staging/adapter`, renames it to `out_dir`; returns the metrics, or
+    {"paused": ...} when `stop_at` (wall-clock seconds) came first with a `resume_dir` to continue from."""
     import torch
     from transformers import AutoTokenizer
 
     cfg = TrainConfig(**config)
+    rows = read_jsonl(data_path)
+    resume = None
+    if resume_dir is not None:
+        resume = _Resume(Path(resume_dir), _resume_key(rows, cfg, base_dir, init_adapter), stop_at,
+                         checkpoint_every_s)
+        if (done := _finished(resume, out_dir)) is not None:
+            return done
+        resume.dir.mkdir(parents=True, exist_ok=True)
+        (resume.dir / "key").write_text(resume.key)
     device, dtype = _pick(cfg)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) // 2))
@@ -231,16 +358,17 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     check_template(tokenizer)
-    rows = read_jsonl(data_path)
     items = _tokenized(rows, tokenizer, cfg)
     model = _load(base_dir, cfg, init_adapter, device, dtype)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total = _total_steps(len(items), cfg)
     batches = _batches(items, cfg)
     ref = reference_logps(model, items, pad, device, cfg.batch_size, not init_adapter) \
-        if cfg.objective == "dpo" else {}
-    losses, extra, elapsed = _optimise(model, batches, total, cfg, pad, device, ref,
-                                       Path(staging) / "progress.jsonl")
+        if cfg.objective == "dpo" else {}  # before any resumed weights: the reference is the starting policy
+    losses, extra, elapsed, steps = _optimise(model, batches, total, cfg, pad, device, ref,
+                                              Path(staging) / "progress.jsonl", resume)
+    if steps < total:
+        return {"paused": True, "step": steps, "total": total}
     adapter = Path(staging) / "adapter"
     model.save_pretrained(adapter)
     seen = [r for b in batches[:total * cfg.grad_accum] for r in b]
@@ -253,11 +381,23 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
         base_model=base_model_identity(base_dir), config=asdict(cfg),
         extra={k: v for k, v in extra.items() if v})
     write_json_atomic(adapter / METRICS_FILE, asdict(result))
+    if resume is not None:  # kept for a later stage's rerun; the unfinished state is no longer needed
+        shutil.rmtree(resume.dir / "done", ignore_errors=True)
+        shutil.copytree(adapter, resume.dir / ".done-tmp", dirs_exist_ok=True)
+        os.replace(resume.dir / ".done-tmp", resume.dir / "done")
+        resume.state.unlink(missing_ok=True)
     os.rename(adapter, out_dir)
     return asdict(result)
 
 
 # -- the parent: starts, waits, kills ---------------------------------------------------------------------------
+def _result(data: dict[str, Any]) -> TrainResult:
+    if data.get("paused"):
+        raise TrainingPaused(f"training paused at step {data['step']}/{data['total']}; the same call continues it",
+                             data["step"], data["total"])
+    return TrainResult.from_dict(data)
+
+
 _ERRORS: dict[str, type[Exception]] = {"EmptyDatasetError": EmptyDatasetError, "EmptyMaskError": EmptyMaskError}
 
 
@@ -295,14 +435,17 @@ class TrainingJob:
             finally:
                 if not self.job.alive():
                     shutil.rmtree(self.staging, ignore_errors=True)
-        return TrainResult.from_dict(self.result)
+        return _result(self.result)
 
 
 def start_training(base_model_dir: str | Path, data: list[Row] | str | Path, out_dir: str | Path,
                    config: TrainConfig | None = None, init_adapter: str | Path | None = None,
-                   spawn_process: bool = True) -> TrainingJob:
+                   spawn_process: bool = True, resume_dir: str | Path | None = None, stop_at: float | None = None,
+                   checkpoint_every_s: float = 600.0) -> TrainingJob:
     """Start a LoRA run writing the adapter to `out_dir` (which must not exist yet). In-process when
-    `spawn_process` is False (debugging, tests); the same code runs either way."""
+    `spawn_process` is False (debugging, tests); the same code runs either way. With `resume_dir` the run saves
+    its state there every `checkpoint_every_s` and goes on from a saved one; at `stop_at` (wall-clock seconds,
+    `time.time()`) it saves and `wait()` raises TrainingPaused."""
     cfg = config or TrainConfig()
     rows = read_jsonl(data) if isinstance(data, (str, Path)) else list(data)
     if not rows:
@@ -316,7 +459,9 @@ def start_training(base_model_dir: str | Path, data: list[Row] | str | Path, out
     (staging / "owner.pid").write_text(str(os.getpid()))
     write_jsonl(staging / "data.jsonl", rows)
     kwargs = {"base_dir": str(base_model_dir), "data_path": str(staging / "data.jsonl"), "staging": str(staging),
-              "out_dir": str(out), "config": asdict(cfg), "init_adapter": str(init_adapter) if init_adapter else None}
+              "out_dir": str(out), "config": asdict(cfg), "init_adapter": str(init_adapter) if init_adapter else None,
+              "resume_dir": str(resume_dir) if resume_dir is not None else None, "stop_at": stop_at,
+              "checkpoint_every_s": checkpoint_every_s}
     tj = TrainingJob(out, staging)
     if not spawn_process:
         try:
@@ -331,9 +476,12 @@ def start_training(base_model_dir: str | Path, data: list[Row] | str | Path, out
 
 def train_lora(base_model_dir: str | Path, data: list[Row] | str | Path, out_dir: str | Path,
                config: TrainConfig | None = None, init_adapter: str | Path | None = None,
-               spawn_process: bool = True) -> TrainResult:
-    """Train a LoRA adapter and return its metrics (losses per step, tokens, time); see `start_training`.
+               spawn_process: bool = True, resume_dir: str | Path | None = None, stop_at: float | None = None,
+               checkpoint_every_s: float = 600.0) -> TrainResult:
+    """Train a LoRA adapter and return its metrics (losses per step, tokens, time); see `start_training`
+    (TrainingPaused when it stopped at `stop_at`, to go on from `resume_dir`).
 
     The child is started with `spawn`, which re-imports the caller's main module: a script calling this must
     guard its top level with `if __name__ == "__main__":`."""
-    return start_training(base_model_dir, data, out_dir, config, init_adapter, spawn_process).wait()
+    return start_training(base_model_dir, data, out_dir, config, init_adapter, spawn_process, resume_dir, stop_at,
+                          checkpoint_every_s).wait()
