@@ -94,34 +94,45 @@ def resolve_config(seed_dir: Path, seed: int, given: dict[str, Any]) -> ProofCon
 
 # -- the code -----------------------------------------------------------------------------------------------------
 
-def code_fingerprint() -> str:
-    """sha256 over the agent's code as imported: the package's files and its `tools/` bundles. Episodes are paired
-    against the base model's evaluation, so a change in how an attempt runs would count as a gain (or a loss)."""
+TREE_FILE = "AGENT_TREE.json"
+"""At a checkout's root: the recipe bench/agent_tree.py built it from (base commit + later files), for code.json."""
+
+
+def code_fingerprint(tree: Path | None = None) -> str:
+    """sha256 over the agent's code: the package's files and its `tools/` bundles, as imported (or of the checkout
+    `tree`). Episodes are paired against the base model's evaluation, so a change in how an attempt runs would
+    count as a gain (or a loss)."""
     import agent_selfevolve
     from agent_selfevolve.infra import data_dir
 
+    roots = (tree / "agent_selfevolve", tree / "tools") if tree is not None else \
+        (Path(agent_selfevolve.__file__).parent, data_dir("tools"))
     digest = hashlib.sha256()
-    for root in (Path(agent_selfevolve.__file__).parent, data_dir("tools")):
+    for root in roots:
         for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
                            and p.suffix not in (".pyc", ".pyo")):
             digest.update(f"{root.name}/{path.relative_to(root)}\0".encode() + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def check_code(seed_dir: Path, note: str, allow_change: bool = False) -> None:
+def check_code(seed_dir: Path, note: str, allow_change: bool = False, checkout: Path | None = None) -> None:
     """`code.json` holds the fingerprint the seed runs with (written by its first run); a run whose code differs
     stops here, naming what to run instead, unless `allow_change` (then the change is recorded beside the old)."""
     path, now = seed_dir / "code.json", code_fingerprint()
     record = json.loads(path.read_text()) if path.exists() else None
+    tree_file = (checkout or Path(__file__).resolve().parents[1]) / TREE_FILE
+    tree = {"tree": json.loads(tree_file.read_text())} if tree_file.exists() else {}
     if record is None or (allow_change and record["fingerprint"] != now):
-        history = (record or {}).get("history", []) + ([{k: record[k] for k in ("fingerprint", "note")}]
-                                                       if record else [])
-        write_json_atomic(path, {"fingerprint": now, "note": note, "history": history})
+        history = (record or {}).get("history", []) + ([{k: record[k] for k in ("fingerprint", "note", "tree")
+                                                         if k in record}] if record else [])
+        write_json_atomic(path, {"fingerprint": now, "note": note, **tree, "history": history})
     elif record["fingerprint"] != now:
         raise ProofError(f"the agent's code differs from the one {seed_dir.name} runs with ({path}: {record['note']})"
-                         ": a gain would mix training with the change. Run this seed on that code (README, 'Long runs':"
-                         " this bench/ with that commit's agent_selfevolve/ and tools/), or pass --allow-code-change"
-                         " to record the change and go on")
+                         ": a gain would mix training with the change. Run this seed on that code (`python "
+                         f"bench/agent_tree.py --seed {seed_dir.name.removeprefix('seed')} DIR`, then run from DIR), "
+                         "or pass --allow-code-change to record the change and go on")
+    elif tree and "tree" not in record:  # the recipe of the code it already runs on, recorded once
+        write_json_atomic(path, {**record, **tree})
 
 
 # -- the split ----------------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from evolve_proof_core import (  # noqa: E402
     ProofError,
     Unit,
     append_record,
+    check_code,
+    code_fingerprint,
     held_out_ids,
     load_split,
     plan,
@@ -304,6 +306,58 @@ def test_a_seed_refuses_to_continue_on_other_agent_code(tmp_path: Path, demo_rep
     now = json.loads(code_json.read_text())
     assert now["note"] == "commit bbb" and now["history"] == [{"fingerprint": first["fingerprint"],
                                                                 "note": "commit aaa"}]
+
+
+def test_the_agent_tree_builder_lays_files_over_a_base_and_refuses_a_tree_that_is_not_the_seeds(
+        tmp_path: Path) -> None:
+    """bench/agent_tree.py on this repository's HEAD (a CI clone may have no older commit): the tree gets HEAD's
+    bench/ and the base's agent with the named files over it, its recipe in AGENT_TREE.json; built for a seed, a
+    fingerprint other than code.json's leaves nothing behind, and the recorded one builds."""
+    import agent_tree
+
+    root = Path(__file__).resolve().parents[1]
+    head_attempt = subprocess.run(["git", "show", "HEAD:agent_selfevolve/attempt.py"], cwd=root,
+                                  capture_output=True, check=True).stdout
+    fingerprint = agent_tree.build(tmp_path / "a", "HEAD", {"agent_selfevolve/attempt.py": "HEAD"})
+    assert (tmp_path / "a" / "agent_selfevolve" / "attempt.py").read_bytes() == head_attempt
+    assert (tmp_path / "a" / "bench" / "evolve_proof.py").exists() and (tmp_path / "a" / "tools").is_dir()
+    assert json.loads((tmp_path / "a" / "AGENT_TREE.json").read_text()) == {
+        "base": "HEAD", "files": {"agent_selfevolve/attempt.py": "HEAD"}}
+    assert fingerprint == code_fingerprint(tmp_path / "a")
+    with pytest.raises(SystemExit, match="only files of agent_selfevolve"):
+        agent_tree.build(tmp_path / "b", "HEAD", {"bench/evolve_proof.py": "HEAD"})
+    results = tmp_path / "results"
+    (results / "seed0").mkdir(parents=True)
+    tree = {"base": "HEAD", "files": {}}
+    (results / "seed0" / "code.json").write_text(json.dumps({"fingerprint": "0" * 64, "note": "x", "tree": tree}))
+    with pytest.raises(SystemExit, match="is not seed 0's"):
+        agent_tree.main(["--seed", "0", "--results", str(results), str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists()
+    (results / "seed0" / "code.json").write_text(json.dumps({"fingerprint": agent_tree.build(
+        tmp_path / "d", "HEAD", {}), "note": "x", "tree": tree}))
+    agent_tree.main(["--seed", "0", "--results", str(results), str(tmp_path / "e")])
+    assert (tmp_path / "e" / "AGENT_TREE.json").exists()
+
+
+def test_code_json_records_the_recipe_of_the_tree_the_seed_runs_on(tmp_path: Path) -> None:
+    """A run from a built tree records its recipe: on a new record, on a declared change (the old recipe goes to
+    the history), and once on a record that lacked it."""
+    checkout, seed_dir = tmp_path / "checkout", tmp_path / "seed0"
+    checkout.mkdir()
+    seed_dir.mkdir()
+    check_code(seed_dir, "first", checkout=checkout)
+    assert "tree" not in json.loads((seed_dir / "code.json").read_text())
+    (checkout / "AGENT_TREE.json").write_text(json.dumps({"base": "abc", "files": {}}))
+    check_code(seed_dir, "same code", checkout=checkout)
+    record = json.loads((seed_dir / "code.json").read_text())
+    assert record["tree"] == {"base": "abc", "files": {}} and record["note"] == "first"
+    record["fingerprint"] = "f" * 64  # as if the seed had run on other code
+    (seed_dir / "code.json").write_text(json.dumps(record))
+    (checkout / "AGENT_TREE.json").write_text(json.dumps({"base": "abc", "files": {"agent_selfevolve/x.py": "d"}}))
+    check_code(seed_dir, "with x.py", allow_change=True, checkout=checkout)
+    now = json.loads((seed_dir / "code.json").read_text())
+    assert now["tree"]["files"] == {"agent_selfevolve/x.py": "d"} and now["note"] == "with x.py"
+    assert now["history"] == [{"fingerprint": "f" * 64, "note": "first", "tree": {"base": "abc", "files": {}}}]
 
 
 def test_factory_held_out_projects_never_reach_a_training_row(tmp_path: Path, demo_repo: Path,
