@@ -122,10 +122,10 @@ def _spy_training(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     calls: list[dict] = []
     real = stages.train_lora
 
-    def spy(base: object, data: object, out: object, cfg: Any, init_adapter: object = None) -> object:
+    def spy(base: object, data: object, out: object, cfg: Any, init_adapter: object = None, **more: Any) -> object:
         rows = data if isinstance(data, list) else read_jsonl(data)
         calls.append({"rows": rows, "objective": cfg.objective, "out": out, "init": init_adapter})
-        return real(base, data, out, cfg, init_adapter=init_adapter)
+        return real(base, data, out, cfg, init_adapter=init_adapter, **more)
 
     monkeypatch.setattr(stages, "train_lora", spy)
     return calls
