@@ -341,6 +341,22 @@ def test_real_qwen_0_5b_assembles_loads_and_answers() -> None:
     model.close()
 
 
+@pytest.mark.slow
+def test_real_model_samples_fresh_without_a_seed_and_repeats_with_one() -> None:
+    """What a caller of the local model (an agent behind `selfevolve serve`) gets at T=0.8: without a seed, a new
+    draw each call, as from OpenAI's API (a fixed default seed made every sample the same reply); with one, the same
+    reply again. Both engines."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install 'agent-selfevolve[local]'")
+    ask = [{"role": "user", "content": "Name a colour and a fruit, then write one sentence about them."}]
+    for engine in ("batched", "simple"):
+        model = LlamaCppModel("qwen2.5-coder-0.5b", n_ctx=2048, max_tokens=40, cache_dir=REAL_MODELS, engine=engine)
+        free = {model.chat(ask, temperature=0.8).message["content"] for _ in range(3)}
+        assert len(free) > 1, (engine, free)
+        seeded = {model.chat(ask, temperature=0.8, seed=7).message["content"] for _ in range(2)}
+        assert len(seeded) == 1, (engine, seeded)
+        model.close()
+
+
 def test_threads_can_be_forced_over_the_load_guess(monkeypatch: pytest.MonkeyPatch) -> None:
     """The 1-minute load average still counts a process that has just ended; a benchmark sets its threads."""
     from agent_selfevolve.models import llama_cpp

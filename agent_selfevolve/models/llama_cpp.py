@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -141,7 +142,8 @@ class LlamaCppModel:
     """
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
-                 n_threads: int | None = None, temperature: float = 0.0, max_tokens: int = 1024, seed: int = 0,
+                 n_threads: int | None = None, temperature: float = 0.0, max_tokens: int = 1024,
+                 seed: int | None = None,
                  lora_path: str | os.PathLike[str] | None = None, tool_mode: ToolMode = TOOL_MODE_DEFAULT,
                  cache_dir: str | os.PathLike[str] | None = None, repeat_penalty: float = 1.0, n_batch: int = 512,
                  constrained: bool = True, thought: bool = False, extra_bufts: bool | None = None,
@@ -162,6 +164,8 @@ class LlamaCppModel:
             raise ModelError(f"unknown local model '{model}': use one of {', '.join(MODELS)} or a path to a .gguf file")
         self.n_ctx, self.n_threads = n_ctx, n_threads or free_cores()
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        """A seed for every call that names none; None: a fresh one for each sampled call, as OpenAI's API does
+        without a seed (a fixed default made every sample of one prompt the same reply)."""
         self.repeat_penalty, self.n_batch, self.verbose = repeat_penalty, n_batch, verbose
         self.lora_path = Path(lora_path) if lora_path else None
         self.tool_mode: ToolMode = tool_mode
@@ -206,7 +210,7 @@ class LlamaCppModel:
             with _model_params_patch(extra):  # batched: this context only tokenizes; the engine makes its own
                 self._llm = llama_cls(model_path=str(self.path), n_ctx=512 if batched else self.n_ctx,
                                       n_threads=self.n_threads,
-                                      n_threads_batch=self.n_threads, n_batch=self.n_batch, seed=self.seed,
+                                      n_threads_batch=self.n_threads, n_batch=self.n_batch, seed=self.seed or 0,
                                       lora_path=str(self.lora_path) if self.lora_path else None,
                                       verbose=self.verbose)
         except (ValueError, RuntimeError, OSError) as exc:
@@ -255,6 +259,8 @@ class LlamaCppModel:
         sampling: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
                                     "repeat_penalty": self.repeat_penalty}
         sampling.update({k: v for k, v in params.items() if k in _SAMPLING_PARAMS and v is not None})
+        if sampling["seed"] is None:
+            sampling["seed"] = random.getrandbits(31) if sampling["temperature"] > 0 else 0
         if self.engine == "batched":
             return self._chat_batched(prompt, tools if native else None, sampling, start)
         with self._lock:
