@@ -165,7 +165,7 @@ def sampling_seeded(params: dict[str, Any], attempt_id: str) -> dict[str, Any]:
 
     Backends seed every call (llama.cpp with 0 by default), so without this, siblings sampled at T=0.8 from the
     same prompt were the same attempt token for token. The seed comes from the attempt id, so a resumed or rerun
-    attempt draws the same tokens. Greedy attempts keep their params: their few sampled turns (revision, repeat
+    attempt draws with the same seed. Greedy attempts keep their params: their few sampled turns (revision, repeat
     retries) stay as they were."""
     temperature = params.get("temperature")
     if params.get("seed") is not None or not isinstance(temperature, int | float) or temperature <= 0:

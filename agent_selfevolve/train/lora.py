@@ -25,6 +25,7 @@ in its second stage does not train the first again. On a 2-core CPU an episode's
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.fileio import write_bytes_atomic, write_json_atomic
 from agent_selfevolve.train._subprocess import SpawnedJob, SubprocessError, spawn
 from agent_selfevolve.train.base_model import base_model_identity
 from agent_selfevolve.train.dataset import Row, data_hash, read_jsonl, write_jsonl
@@ -45,7 +46,7 @@ from agent_selfevolve.train.objectives import dpo_step, reference_logps, sft_ste
 
 METRICS_FILE = "train_metrics.json"
 RESUME_STATE = "state.pt"
-"""In a resume dir: the state of an unfinished run. `done/` holds the finished adapter, `key` what both belong to."""
+"""In a resume dir: the state of an unfinished run (it holds its key). `done-<key>/` holds a finished adapter."""
 RUNTIME_FIELDS = ("progress", "threads")
 """TrainConfig fields that do not change the result: left out of the resume key."""
 
@@ -210,6 +211,10 @@ class _Resume:
     def state(self) -> Path:
         return self.dir / RESUME_STATE
 
+    @property
+    def done(self) -> Path:
+        return self.dir / f"done-{self.key[:16]}"
+
 
 def _resume_key(rows: list[Row], cfg: TrainConfig, base_dir: str, init_adapter: str | None) -> str:
     """What decides a run's result: the data, the config (less its runtime fields), the base weights and the
@@ -233,10 +238,9 @@ def _save_state(model: Any, opt: Any, sched: Any, resume: _Resume, done: dict[st
              "lora": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    resume.dir.mkdir(parents=True, exist_ok=True)
-    tmp = resume.state.with_name(f".{RESUME_STATE}.{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, resume.state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(resume.state, buffer.getvalue())
 
 
 def _load_state(model: Any, opt: Any, sched: Any, resume: _Resume) -> dict[str, Any] | None:
@@ -322,15 +326,10 @@ def _optimise(model: Any, batches: list[list[Any]], total: int, cfg: TrainConfig
 def _finished(resume: _Resume | None, out_dir: str) -> dict[str, Any] | None:
     """This run's adapter from an earlier call that finished (a resumed recipe's earlier stage), copied to
     `out_dir`; None if there is none."""
-    if resume is None or not (resume.dir / "done" / METRICS_FILE).exists():
+    if resume is None or not (resume.done / METRICS_FILE).exists():
         return None
-    key = resume.dir / "key"
-    if not key.exists() or key.read_text() != resume.key:
-        shutil.rmtree(resume.dir / "done")
-        return None
-    shutil.copytree(resume.dir / "done", out_dir)
-    metrics = json.loads((resume.dir / "done" / METRICS_FILE).read_text())
-    return {**metrics, "adapter_dir": str(out_dir)}
+    shutil.copytree(resume.done, out_dir)
+    return {**json.loads((resume.done / METRICS_FILE).read_text()), "adapter_dir": str(out_dir)}
 
 
 def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, config: dict[str, Any],
@@ -349,8 +348,6 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
                          checkpoint_every_s)
         if (done := _finished(resume, out_dir)) is not None:
             return done
-        resume.dir.mkdir(parents=True, exist_ok=True)
-        (resume.dir / "key").write_text(resume.key)
     device, dtype = _pick(cfg)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) // 2))
@@ -382,9 +379,12 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
         extra={k: v for k, v in extra.items() if v})
     write_json_atomic(adapter / METRICS_FILE, asdict(result))
     if resume is not None:  # kept for a later stage's rerun; the unfinished state is no longer needed
-        shutil.rmtree(resume.dir / "done", ignore_errors=True)
-        shutil.copytree(adapter, resume.dir / ".done-tmp", dirs_exist_ok=True)
-        os.replace(resume.dir / ".done-tmp", resume.dir / "done")
+        for old in resume.dir.glob("done-*"):
+            shutil.rmtree(old)
+        tmp = resume.dir / f".{resume.done.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(adapter, tmp)
+        os.replace(tmp, resume.done)
         resume.state.unlink(missing_ok=True)
     os.rename(adapter, out_dir)
     return asdict(result)
