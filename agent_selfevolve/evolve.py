@@ -7,14 +7,16 @@ p < `alpha`. The final test split decides nothing: it is evaluated once, for the
 the last gate, so its number is free of the selection the gate made (the gate's own numbers are not).
 
 A LangGraph graph checkpointed in SQLite, so `selfevolve evolve` resumes after a crash: attempts are never re-run
-(fixed ids, looked up in the store), a registered adapter is never trained twice, and each episode's report is
-written atomically.
+(fixed ids, looked up in the store), a registered adapter is never trained twice, an interrupted training goes on
+from its saved state, and each episode's report is written atomically.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -90,6 +92,10 @@ class EvolveContext:
     """The final test split: evaluated once at the end, for the base and the final policy, and read by nothing
     that decides. The gate picks the best-looking candidate on its own split, so that split's score is biased
     upwards; this one is not. Empty: the run reports no final number."""
+    train_stop_at: float | None = None
+    """Wall-clock time (`time.time()`) at which LoRA training pauses: its state is saved under the registry's
+    `.resume/`, `train.TrainingPaused` propagates, and the same `evolve` call later goes on from that state. Without
+    it training still saves its state every 10 minutes, so a killed run loses at most that much."""
 
 
 class EvolveState(TypedDict, total=False):
@@ -199,13 +205,16 @@ def train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]
         return {"candidate": done.ref, "train_metrics": done.metrics}
     init = ctx.registry.check_base(current, ctx.base_hf_dir).path if current else None
     rows = {kind: read_jsonl(path) for kind, path in data["files"].items()}
+    resume = ctx.registry.root / ".resume" / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', state['run_id'])}-ep{state['episode']}"
     out, metrics = train_sft_then_dpo(ctx.base_hf_dir, rows,
                                       lambda stage: ctx.registry.staging_path(f"ep{state['episode']}-{stage}"),
-                                      ctx.config.train, init_adapter=init)
+                                      ctx.config.train, init_adapter=init, resume_dir=resume,
+                                      stop_at=ctx.train_stop_at)
     metrics = {**metrics, "trained_from": current or "base", "train_prompts": data["report"]["prompts"],
                "kinds": list(ctx.config.kinds), "episode": state["episode"], "run_id": state["run_id"]}
     version = ctx.registry.register(ctx.config.adapter_name, out, parent=current,
                                     data_hashes=list(data["hashes"].values()), metrics=metrics)
+    shutil.rmtree(resume, ignore_errors=True)
     emit({"event": "trained", "episode": state["episode"], "adapter": version.ref, **metrics}, on_event=ctx.on_event)
     return {"candidate": version.ref, "train_metrics": metrics}
 

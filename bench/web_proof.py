@@ -21,7 +21,8 @@ LoRA -> gate -> final); the paired result is base vs final policy on the final t
 
 Every stage resumes: rows already logged are skipped (an infrastructure error is retried under a new attempt id),
 searches and attempts keep fixed ids in `<dir>/runs.sqlite` and its checkpoints. `--until-minutes` starts no new
-unit after that time (the unit running finishes; evolve stops at its next event and resumes on the next run).
+unit after that time (the unit running finishes; evolve stops at its next event, or pauses its LoRA training with
+the state saved, and resumes on the next run).
 Results are written atomically; `--progress FILE` is rewritten after every unit.
 
 Why these 45 types (of BrowserGym's 125): single-page tasks whose goal and state are in the accessibility tree and
@@ -41,6 +42,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -228,7 +230,7 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
     from agent_selfevolve.models.weights import ensure_gguf
     from agent_selfevolve.serving import llama_cpp_policy
     from agent_selfevolve.setups import get_setup
-    from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
+    from agent_selfevolve.train import AdapterRegistry, TrainingPaused, hf_base_from_gguf
 
     key = model_key(args.model)
     base_dir = hf_base_from_gguf(ensure_gguf(key))
@@ -248,13 +250,14 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
         if deadline.expired():
             raise OutOfTime
 
+    stop_at = None if deadline.end is None else time.time() + deadline.end - deadline.clock()
     ctx = EvolveContext(train_tasks=tasks_for(split["train"], seeds), held_out=tasks_for(split["gate"], seeds),
                         final_test=tasks_for(split["final"], seeds), store=TrajectoryStore(out / "runs.sqlite"),
                         registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out / "evolve",
-                        config=config, on_event=on_event)
+                        config=config, on_event=on_event, train_stop_at=stop_at)
     try:
         summary = evolve(ctx, run_id=f"web-proof:evolve:s{args.split_seed}:n{args.n}")
-    except OutOfTime:
+    except (OutOfTime, TrainingPaused):
         print("stopped: --until-minutes reached; rerun the same command to resume")
         return None
     final = summary.get("final_test") or {}

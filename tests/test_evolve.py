@@ -10,6 +10,7 @@ the real model.
 import json
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -124,7 +125,10 @@ def _spy_training(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
     def spy(base: object, data: object, out: object, cfg: Any, init_adapter: object = None, **more: Any) -> object:
         rows = data if isinstance(data, list) else read_jsonl(data)
-        calls.append({"rows": rows, "objective": cfg.objective, "out": out, "init": init_adapter})
+        resume = more.get("resume_dir")
+        calls.append({"rows": rows, "objective": cfg.objective, "out": out, "init": init_adapter, "resume": resume,
+                      "saved_state": resume is not None and (Path(resume) / "state.pt").exists(),
+                      "stop_at": more.get("stop_at")})
         return real(base, data, out, cfg, init_adapter=init_adapter, **more)
 
     monkeypatch.setattr(stages, "train_lora", spy)
@@ -177,6 +181,40 @@ def test_episode_loop_trains_gates_reports_and_resumes(demo_task: Task, tmp_path
     again = evolve(ctx, run_id="ev1")  # finished: nothing re-run, nothing re-trained
     assert again == summary and store.count() == attempts
     assert len(registry.versions("policy")) == 2
+
+
+def test_a_training_paused_at_its_deadline_goes_on_from_its_state_in_the_next_run(
+        demo_task: Task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train_stop_at` already past: the training pauses (TrainingPaused out of `evolve`) with its state saved under
+    the registry's `.resume/` and nothing registered. The same call without a deadline trains from that state (the
+    same resume dir, the state there when it starts), registers the adapter, removes the state, and runs no search
+    attempt again."""
+    from test_train import FAST, _tiny_model
+
+    from agent_selfevolve.train import AdapterRegistry, TrainingPaused
+
+    calls = _spy_training(monkeypatch)
+    policy = adapter_policy({None: {"train": "solve"}, "policy@1": {"train": "solve", "gate": "solve"}})
+    registry = AdapterRegistry(tmp_path / "registry")
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": 1},
+                          train={**FAST, "epochs": 1, "grad_accum": 1, "max_length": 2048})
+    ctx = EvolveContext(train_tasks=copies(demo_task, "train", 2), held_out=copies(demo_task, "gate", 2),
+                        store=store, registry=registry, base_hf_dir=_tiny_model(tmp_path / "tiny", seed=0),
+                        policy=policy, out_dir=tmp_path / "evolve", config=config, train_stop_at=time.time() - 1)
+    with pytest.raises(TrainingPaused):
+        evolve(ctx, run_id="web:s0")
+    assert registry.versions("policy") == []
+    paused = calls[-1]
+    assert paused["stop_at"] == ctx.train_stop_at and (Path(paused["resume"]) / "state.pt").exists()
+    searched = {t.attempt_id for t in store.attempts() if t.run_id.startswith("web:s0:ep")}
+    ctx.train_stop_at = None
+    summary = evolve(ctx, run_id="web:s0")
+    resumed = calls[-1]
+    assert resumed["resume"] == paused["resume"] and resumed["saved_state"] and resumed["stop_at"] is None
+    assert summary["episodes"][0]["candidate"] == "policy@1" and summary["episodes"][0]["promoted"] is not None
+    assert not Path(paused["resume"]).exists()  # registered: the state is gone
+    assert {t.attempt_id for t in store.attempts() if t.run_id.startswith("web:s0:ep")} == searched
 
 
 def test_the_final_split_never_reaches_the_gate(demo_task: Task, tmp_path: Path) -> None:
