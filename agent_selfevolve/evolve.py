@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -205,7 +204,7 @@ def train(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str, Any]
         return {"candidate": done.ref, "train_metrics": done.metrics}
     init = ctx.registry.check_base(current, ctx.base_hf_dir).path if current else None
     rows = {kind: read_jsonl(path) for kind, path in data["files"].items()}
-    resume = ctx.registry.root / ".resume" / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', state['run_id'])}-ep{state['episode']}"
+    resume = ctx.registry.resume_path(f"{state['run_id']}-ep{state['episode']}")
     out, metrics = train_sft_then_dpo(ctx.base_hf_dir, rows,
                                       lambda stage: ctx.registry.staging_path(f"ep{state['episode']}-{stage}"),
                                       ctx.config.train, init_adapter=init, resume_dir=resume,

@@ -42,7 +42,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -250,11 +249,10 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
         if deadline.expired():
             raise OutOfTime
 
-    stop_at = None if deadline.end is None else time.time() + deadline.end - deadline.clock()
     ctx = EvolveContext(train_tasks=tasks_for(split["train"], seeds), held_out=tasks_for(split["gate"], seeds),
                         final_test=tasks_for(split["final"], seeds), store=TrajectoryStore(out / "runs.sqlite"),
                         registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out / "evolve",
-                        config=config, on_event=on_event, train_stop_at=stop_at)
+                        config=config, on_event=on_event, train_stop_at=deadline.wall_clock_end())
     try:
         summary = evolve(ctx, run_id=f"web-proof:evolve:s{args.split_seed}:n{args.n}")
     except (OutOfTime, TrainingPaused):

@@ -69,6 +69,10 @@ class Deadline:
     def elapsed(self) -> float:
         return self.clock() - self.start
 
+    def wall_clock_end(self) -> float | None:
+        """The end as `time.time()` seconds, for what takes a wall-clock deadline (the trainer's `stop_at`)."""
+        return None if self.end is None else time.time() + self.end - self.clock()
+
 
 def write_progress(path: Path | None, stage: str, done: int, total: int, elapsed_s: float, seconds: list[float],
                    last: dict[str, Any] | None, stopped: str | None = None) -> None:

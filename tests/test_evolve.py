@@ -207,13 +207,16 @@ def test_a_training_paused_at_its_deadline_goes_on_from_its_state_in_the_next_ru
     assert registry.versions("policy") == []
     paused = calls[-1]
     assert paused["stop_at"] == ctx.train_stop_at and (Path(paused["resume"]) / "state.pt").exists()
+    resume_dir = registry.resume_path("web:s0-ep0")  # the run's, per episode; the SFT stage's state in sft/
+    assert Path(paused["resume"]) == resume_dir / "sft" and resume_dir.parent == registry.root / ".resume"
     searched = {t.attempt_id for t in store.attempts() if t.run_id.startswith("web:s0:ep")}
+    assert len(searched) == 2  # one attempt per training task, made before training began
     ctx.train_stop_at = None
     summary = evolve(ctx, run_id="web:s0")
     resumed = calls[-1]
     assert resumed["resume"] == paused["resume"] and resumed["saved_state"] and resumed["stop_at"] is None
-    assert summary["episodes"][0]["candidate"] == "policy@1" and summary["episodes"][0]["promoted"] is not None
-    assert not Path(paused["resume"]).exists()  # registered: the state is gone
+    assert summary["episodes"][0]["candidate"] == "policy@1"
+    assert not resume_dir.exists()  # registered: the state is gone
     assert {t.attempt_id for t in store.attempts() if t.run_id.startswith("web:s0:ep")} == searched
 
 

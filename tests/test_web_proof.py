@@ -226,3 +226,16 @@ def test_task_types_are_at_least_40_distinct_browsergym_miniwob_tasks() -> None:
 
     assert len(set(wp.TASK_TYPES)) == len(wp.TASK_TYPES) >= 40
     assert set(wp.TASK_TYPES) <= set(miniwob_task_names())
+
+
+def test_the_deadline_gives_the_trainer_the_same_end_on_the_wall_clock() -> None:
+    """`evolve --until-minutes` hands the trainer a `time.time()` stop: the monotonic deadline's remaining time."""
+    import time
+
+    now = [1000.0]
+    deadline = stats.Deadline(2.0, clock=lambda: now[0])
+    now[0] += 30.0  # half a minute used: 90 s left
+    before = time.time()
+    end = deadline.wall_clock_end()
+    assert end is not None and before + 90.0 <= end <= time.time() + 90.0
+    assert stats.Deadline(None).wall_clock_end() is None

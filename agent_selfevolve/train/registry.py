@@ -161,6 +161,11 @@ class AdapterRegistry:
         """A fresh path under the registry to train into (so killed runs leave debris only in .staging)."""
         return self.root / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}"
 
+    def resume_path(self, key: str) -> Path:
+        """Where a training known by `key` keeps its resumable state (`train_sft_then_dpo(resume_dir=...)`): the
+        same key finds it again after a kill or a pause; remove it once the adapter is registered."""
+        return self.root / ".resume" / re.sub(r"[^A-Za-z0-9_.-]", "-", key)
+
     def register(self, name: str, adapter_dir: str | Path, *, base_model: dict[str, str] | None = None,
                  parent: str | None = None, data_hashes: Iterable[str] = (), config: dict[str, Any] | None = None,
                  metrics: dict[str, Any] | None = None) -> AdapterVersion:
