@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     final = report.save()
     print_table(final["rows"])
     failures = final["goals_missed"]
+    for row in final["rows"]:  # what the report knows of each miss, so a CI log alone can explain it
+        if any(row.get(g) for g in GOALS):
+            print(f"notes of {row['part']}/{row['case']}: " + " | ".join(row.get("notes", [])[:10]))
     print(f"\n{len(failures)} goal(s) missed{': ' + '; '.join(failures) if failures else ''}  -> {out} "
           f"({round(time.time() - start, 1)} s)")
     return 1 if failures else 0

@@ -124,8 +124,8 @@ class Scenario:
     name: str
     argv: Callable[[Path], list[str]]
     store: Callable[[Path], Path]
-    final_check: Callable[[Path], dict[str, int]]
-    """-> {"lost": n, "duplicated": n} from the finished run's own outputs."""
+    final_check: Callable[[Path], dict[str, Any]]
+    """-> {"lost": n, "duplicated": n, "notes": [why, ...]} from the finished run's own outputs."""
     guess_s: float = 20.0
     """First guess of a full run's length; replaced by measured lengths."""
 
@@ -157,15 +157,17 @@ def kill_summary(times: list[float]) -> dict[str, float]:
     return {"min": round(t[0], 2), "median": round(t[len(t) // 2], 2), "max": round(t[-1], 2)} if t else {}
 
 
-def _check_snapshot(before: dict[str, tuple[float, bool]], after: dict[str, tuple[float, bool]]) -> Counter[str]:
+def _check_snapshot(before: dict[str, tuple[float, bool]], after: dict[str, tuple[float, bool]]) -> dict[str, Any]:
     """An attempt stored before a kill must still be there, never re-run: its created_at may change only when it
-    is graded late (an MCTS choice), never once it was graded."""
-    out: Counter[str] = Counter()
+    is graded late (an MCTS choice), never once it was graded. -> {"lost": n, "duplicated": n, "why": [...]}"""
+    out: dict[str, Any] = {"lost": 0, "duplicated": 0, "why": []}
     for aid, (created, graded) in before.items():
         if aid not in after:
             out["lost"] += 1
+            out["why"].append(f"stored attempt {aid} gone")
         elif after[aid][0] != created and graded:
             out["duplicated"] += 1
+            out["why"].append(f"graded attempt {aid} re-run")
     return out
 
 
@@ -226,13 +228,15 @@ def run_scenario(sc: Scenario, work: Path, kills: int, rng: random.Random, deadl
         est = max(2.0, 0.5 * est + 0.5 * (time.time() - started) if killed_here == 0 else est)
         tally.runs_completed += 1
         final = stored_attempts(sc.store(out))
-        for snap in snapshots:
+        for k, snap in enumerate(snapshots):
             counts = _check_snapshot(snap, final)
             tally.lost += counts["lost"]
             tally.duplicated += counts["duplicated"]
+            tally.notes += [f"{out.name}: after kill {k + 1}: {', '.join(counts['why'])}"] if counts["why"] else []
         own = sc.final_check(out)
         tally.lost += own.get("lost", 0)
         tally.duplicated += own.get("duplicated", 0)
+        tally.notes += [f"{out.name}: {why}" for why in own.get("notes", [])]
         left = [p.name for p in (cache / "worktrees").iterdir()] if (cache / "worktrees").exists() else []
         tally.worktrees_left += len(left)
         if left:
@@ -263,9 +267,21 @@ def batch_scenario(task_file: Path, fake_file: Path, n_tasks: int, workers: int 
         summary = json.loads((out / "batch" / "summary.json").read_text())
         dup = sum(c - 1 for c in Counter(ids).values()) + sum(c - 1 for c in Counter(preds).values())
         lost = n_tasks - len(set(ids)) + n_tasks - len(set(preds)) + (n_tasks - summary["resolved_instances"])
-        return {"lost": lost, "duplicated": dup}
+        return {"lost": lost, "duplicated": dup, "notes": _batch_losses(out / "batch") if lost else []}
 
     return Scenario("batch", argv, lambda out: out / "batch" / "runs.sqlite", final_check, guess_s=15.0)
+
+
+def _batch_losses(batch: Path) -> list[str]:
+    """Why a finished batch's tasks count as lost: each unresolved result's status, error and stop reason."""
+    why = []
+    for line in (batch / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError, TypeError, KeyError):
+            rec = json.loads(line)
+            if not rec.get("resolved"):
+                why.append(f"{rec['instance_id']}: ok={rec.get('ok')} status={rec.get('status')} "
+                           f"stop={rec.get('stop_reason')} error={str(rec.get('error', ''))[:200]}")
+    return why or ["results.jsonl or preds.jsonl lacks a task"]
 
 
 def search_scenario(strategy: str, task_file: Path) -> Scenario:

@@ -49,6 +49,46 @@ def test_a_resumed_attempt_that_never_reset_removes_its_worktree(demo_task: Task
     assert not first.path.exists()
 
 
+def test_an_attempt_rerun_after_a_kill_starts_on_a_clean_checkout(demo_task: Task, tmp_path: Path) -> None:
+    """A batch attempt killed before it was recorded runs again from the start (no checkpoint): the rerun must not
+    find the dead run's files under its worktree name, neither in what it sees nor in the patch it submits."""
+    from agent_selfevolve.attempt import AttemptSpec, run_attempt
+    from agent_selfevolve.models.fake import ScriptedFakeModel, bash, tool_call
+
+    stale = WorktreePool().create(demo_task, "rerun-1")  # the killed run's tree, left at its name
+    (stale / "KILLED_RUN_MARKER.txt").write_text("left by a dead attempt\n")
+    (stale / "calc.py").write_text("# KILLED_RUN_MARKER edit\n")
+    model = ScriptedFakeModel([bash("ls; cat calc.py"), tool_call("submit", {})])
+    traj = run_attempt(demo_task, model, AttemptSpec(demo_task.instance_id, attempt_id="rerun-1"),
+                       env_options={"isolate": False})
+    seen = json.dumps(traj.messages)
+    assert "def add" in seen and "KILLED_RUN_MARKER" not in seen and "KILLED_RUN_MARKER" not in traj.patch
+
+
+def test_a_removal_killed_midway_leaves_no_half_deleted_tree_under_its_name(demo_task: Task,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill inside `remove` (here: the delete dies after the rename) must not leave a tree with `.git` but
+    without its files, which a rerun would take up; the next removal sweeps what the dead one left."""
+    import agent_selfevolve.envs.worktree as worktree
+
+    pool = WorktreePool()
+    path = pool.create(demo_task, "half-1")
+    real_rmtree = worktree.shutil.rmtree
+
+    def killed(target: object, ignore_errors: bool = False) -> None:
+        raise KeyboardInterrupt("killed mid-delete")
+
+    monkeypatch.setattr(worktree.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pool.remove(path)
+    monkeypatch.setattr(worktree.shutil, "rmtree", real_rmtree)
+    assert not path.exists() and len(list((pool.root / "trash").iterdir())) == 1
+    again = pool.create(demo_task, "half-1")
+    assert (again / "calc.py").exists() and (again / ".git").is_dir()
+    pool.remove(again)
+    assert not again.exists() and list((pool.root / "trash").iterdir()) == []
+
+
 def test_scratch_checkouts_of_a_dead_owner_are_swept(demo_task: Task, tmp_path: Path) -> None:
     pool = WorktreePool(tmp_path / "cache")
     dead = subprocess.Popen(["true"])

@@ -425,12 +425,14 @@ def test_training_killed_mid_run_resumes_to_the_losses_of_an_unbroken_run(tiny: 
     while len(job.progress()) < 8 and time.monotonic() < deadline:
         assert job.job is not None and job.job.alive(), "the training process exited early"
         time.sleep(0.05)
+    logged = len(job.progress())
     os.kill(job.pid, signal.SIGKILL)
     with pytest.raises(TrainingError, match="died"):
         job.wait(timeout=30)
     with pytest.raises(TrainingPaused) as paused:  # a deadline already past: no step runs, nothing is lost
         train_lora(tiny, MEMO, tmp_path / "b", cfg, spawn_process=False, resume_dir=resume, stop_at=time.time())
-    assert 8 <= paused.value.step < paused.value.total == whole.steps and not (tmp_path / "b").exists()
+    # a step's loss is logged just before its state is saved, so the kill may fall between them: one step lost
+    assert logged - 1 <= paused.value.step < paused.value.total == whole.steps and not (tmp_path / "b").exists()
     resumed = train_lora(tiny, MEMO, tmp_path / "c", cfg, spawn_process=False, resume_dir=resume)
     assert resumed.losses == whole.losses and resumed.steps == whole.steps
     assert torch.equal(_logits(tiny, tmp_path / "c"), _logits(tiny, tmp_path / "whole"))

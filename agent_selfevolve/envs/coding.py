@@ -88,9 +88,14 @@ class CodingEnvironment:
         return [b.openai_schema() for b in self.bundles]
 
     def reset(self) -> Observation:
-        """Create (or re-attach to) the worktree and the sandbox around it; SandboxError if that cannot work."""
+        """Start the attempt on a fresh worktree (files a killed run left under this name are discarded) in its
+        sandbox; SandboxError if that cannot work."""
+        return self._open(fresh=True)
+
+    def _open(self, fresh: bool) -> Observation:
+        """Create the worktree (`fresh`), or re-attach to it (a resumed attempt's first step), and the sandbox."""
         global _warned_unsandboxed
-        self.path = self.pool.create(self.task, self.name)
+        self.path = self.pool.create(self.task, self.name, fresh=fresh)
         python_dir = str(Path(self.python).parent)
         self.runner = CommandRunner(self.path, timeout_s=self.command_timeout_s, isolate=self.isolate,
                                     env={"PATH": f"{python_dir}:/usr/local/bin:/usr/bin:/bin"},
@@ -164,8 +169,8 @@ class CodingEnvironment:
         return obs
 
     def _step(self, call: ToolCall) -> Observation:
-        if self.runner is None:
-            self.reset()
+        if self.runner is None:  # resumed from a checkpoint after `reset`: go on with the attempt's files
+            self._open(fresh=False)
         assert self.runner is not None
         bundle = next((b for b in self.bundles if b.name == call.name), None)
         spawns = bundle is not None and bundle.builtin not in ("submit", "check", "define")  # passed as argv

@@ -14,6 +14,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 from agent_selfevolve.fileio import file_lock
@@ -71,9 +72,13 @@ class WorktreePool:
                     raise RepoError(f"commit {task.base_commit} of task {task.instance_id} is not in {src}")
         return mirror
 
-    def create(self, task: Task, name: str) -> Path:
-        """A fresh working copy of `task.base_commit`; an existing one of that name is reused (a resume)."""
+    def create(self, task: Task, name: str, fresh: bool = False) -> Path:
+        """A working copy of `task.base_commit` named `name`. An existing one is reused (an attempt resumed from its
+        checkpoint goes on with its files) unless `fresh`: an attempt starting over must not find the files of a
+        run killed before it was recorded."""
         path = self.root / "worktrees" / name
+        if fresh and path.exists():
+            self.remove(path)
         if (path / ".git").is_dir():
             return path
         mirror = self.mirror(task)
@@ -125,10 +130,23 @@ class WorktreePool:
                 git("worktree", "prune", cwd=mirror, check=False)
 
     def remove(self, path: Path) -> None:
+        """Delete a working copy. It is first renamed into `<root>/trash/`, so a process killed mid-delete leaves
+        no half-deleted tree under its name for a rerun to take up; what a killed delete left is swept here."""
         path = Path(path)
         if (path / ".git").is_file():
             self._detach_legacy(path)
-        shutil.rmtree(path, ignore_errors=True)
+        trash = self.root / "trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        doomed = trash / f"{path.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            path.rename(doomed)
+        except FileNotFoundError:
+            return
+        except OSError:  # not under this pool's root (another file system): delete in place
+            doomed = path
+        shutil.rmtree(doomed, ignore_errors=True)
+        for left in trash.iterdir():  # a removal killed before it finished (another process's may be under way)
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def _copy_base(base: Path, commit: str, dest: Path, keep_files: bool) -> None:
