@@ -33,6 +33,15 @@ def outcomes(seed_dir: Path, unit: Unit) -> dict[str, bool] | None:
     return {r["task_id"]: r["resolved"] for r in read_records(unit_dir(seed_dir, unit) / "outcomes.jsonl")}
 
 
+def endings(seed_dir: Path, unit: Unit) -> dict[str, int]:
+    """How the unit's attempts ended (submitted, step_limit, format_errors, ...): an adapter that repeats itself
+    or stops submitting shows here before it shows in the success rate."""
+    counts: dict[str, int] = {}
+    for r in read_records(unit_dir(seed_dir, unit) / "outcomes.jsonl"):
+        counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def arms_of(seed_dir: Path) -> list[str]:
     return sorted({p.parent.name for p in seed_dir.glob("ep*/*/summary.json") if p.parent.name != "search"})
 
@@ -59,7 +68,8 @@ def build_report(root: Path) -> dict[str, Any]:
     pooled_pairs: dict[str, dict[int, dict[str, dict[str, bool]]]] = {}
     for seed, folder in seed_dirs(root).items():
         base = outcomes(folder, Unit("eval"))
-        entry: dict[str, Any] = {"base": _rate(base) if base is not None else None, "arms": {}, "searches": []}
+        entry: dict[str, Any] = {"base": _rate(base) if base is not None else None, "arms": {}, "searches": [],
+                                 "base_endings": endings(folder, Unit("eval")) if base is not None else None}
         for k in episodes_of(folder):
             path = unit_dir(folder, Unit("search", k)) / "summary.json"
             if path.exists():
@@ -76,6 +86,7 @@ def build_report(root: Path) -> dict[str, Any]:
                     break
                 summary = json.loads((unit_dir(folder, Unit("eval", k, arm)) / "summary.json").read_text())
                 rows.append({"episode": k, **_rate(after), "by_suite": summary.get("by_suite"),
+                             "endings": endings(folder, Unit("eval", k, arm)),
                              "vs_base": mcnemar(base, after) if base is not None else None,
                              "vs_previous": mcnemar(prev, after) if prev is not None else None,
                              "tokens": summary.get("tokens"), "seconds": summary.get("seconds")})
@@ -126,6 +137,10 @@ def _test(m: dict[str, Any] | None) -> str:
     return "-" if not m else f"+{m['gained']} -{m['lost']} p={m['p_value']:.3g} (1-sided {m['p_one_sided']:.3g})"
 
 
+def _endings(counts: dict[str, int]) -> str:
+    return " ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
 def format_report(report: dict[str, Any]) -> str:
     seeds = sorted(report["seeds"])
     head = f"{'arm':16} {'episode':8} " + " ".join(f"{'seed ' + str(s):16}" for s in seeds) + \
@@ -144,6 +159,12 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{arm:16} {'ep' + str(k):8} {' '.join(per_seed)} {_cell(row['after']):16} "
                          f"{' '.join(suites)} {_test(row['mcnemar']):40} {_test(row['vs_previous'])}"
                          + (f" / {_test(row['vs_sft'])}" if row.get("vs_sft") else ""))
+    for s in seeds:
+        entry = report["seeds"][s]
+        if entry.get("base_endings"):
+            lines.append(f"seed {s} attempts ended as: base {_endings(entry['base_endings'])}" + "".join(
+                f"; {arm} ep{r['episode']} {_endings(r.get('endings') or {})}"
+                for arm, rows in entry["arms"].items() for r in rows))
     for s in seeds:
         data = report["seeds"][s]["data"]
         searches = report["seeds"][s]["searches"]

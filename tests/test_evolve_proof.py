@@ -403,7 +403,8 @@ def test_factory_held_out_projects_never_reach_a_training_row(tmp_path: Path, de
 def _write_eval(seed_dir: Path, unit: Unit, outcomes: dict[str, bool]) -> None:
     folder = unit_dir(seed_dir, unit)
     for task_id, ok in outcomes.items():
-        append_record(folder / "outcomes.jsonl", {"task_id": task_id, "resolved": ok, "seconds": 1.0, "tokens": 1})
+        append_record(folder / "outcomes.jsonl", {"task_id": task_id, "resolved": ok, "seconds": 1.0, "tokens": 1,
+                                                  "status": "submitted" if ok else "format_errors"})
     n = len(outcomes)
     (folder / "summary.json").write_text(json.dumps({"kind": "eval", "n": n, "resolved": sum(outcomes.values()),
                                                      "success": sum(outcomes.values()) / n, "seconds": n}))
@@ -431,6 +432,8 @@ def test_the_report_pools_the_pairs_of_both_seeds(tmp_path: Path) -> None:
     assert abs(pooled["mcnemar"]["p_one_sided"] - 7 / 64) < 1e-12
     factory = pooled["by_suite"]["factory"]
     assert factory["after"]["n"] == 4 and factory["after"]["resolved"] == 1 and factory["mcnemar"]["gained"] == 1
+    assert report["seeds"]["1"]["base_endings"] == {"format_errors": 5, "submitted": 1}  # how attempts ended
+    assert s0["endings"] == {"format_errors": 3, "submitted": 3}
 
 
 def test_the_committed_config_is_frozen(tmp_path: Path) -> None:
