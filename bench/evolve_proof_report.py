@@ -7,6 +7,7 @@ each seed has its own held-out split), so two seeds of 128 held-out tasks give o
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,8 @@ def outcomes(seed_dir: Path, unit: Unit) -> dict[str, bool] | None:
 def endings(seed_dir: Path, unit: Unit) -> dict[str, int]:
     """How the unit's attempts ended (submitted, step_limit, format_errors, ...): an adapter that repeats itself
     or stops submitting shows here before it shows in the success rate."""
-    counts: dict[str, int] = {}
-    for r in read_records(unit_dir(seed_dir, unit) / "outcomes.jsonl"):
-        counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(r.get("status", "?") for r in read_records(unit_dir(seed_dir, unit) /
+                                                                          "outcomes.jsonl")).items()))
 
 
 def arms_of(seed_dir: Path) -> list[str]:

@@ -67,26 +67,32 @@ def test_an_attempt_rerun_after_a_kill_starts_on_a_clean_checkout(demo_task: Tas
 
 def test_a_removal_killed_midway_leaves_no_half_deleted_tree_under_its_name(demo_task: Task,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kill inside `remove` (here: the delete dies after the rename) must not leave a tree with `.git` but
-    without its files, which a rerun would take up; the next removal sweeps what the dead one left."""
+    """A kill inside `remove` (here: the delete dies after the rename, in a process that is then gone) must not
+    leave a tree with `.git` but without its files, which a rerun would take up; the next removal sweeps what the
+    dead process left, and never a live process's removal under way."""
     import agent_selfevolve.envs.worktree as worktree
 
     pool = WorktreePool()
     path = pool.create(demo_task, "half-1")
-    real_rmtree = worktree.shutil.rmtree
+    dead = subprocess.Popen(["true"])
+    dead.wait()
 
     def killed(target: object, ignore_errors: bool = False) -> None:
         raise KeyboardInterrupt("killed mid-delete")
 
     monkeypatch.setattr(worktree.shutil, "rmtree", killed)
+    monkeypatch.setattr(worktree.os, "getpid", lambda: dead.pid)
     with pytest.raises(KeyboardInterrupt):
         pool.remove(path)
-    monkeypatch.setattr(worktree.shutil, "rmtree", real_rmtree)
-    assert not path.exists() and len(list((pool.root / "trash").iterdir())) == 1
+    monkeypatch.undo()
+    trash = pool.root / "trash"
+    live = trash / f"{os.getpid()}-0000-other"  # a removal under way in a live process
+    live.mkdir()
+    assert not path.exists() and len(list(trash.iterdir())) == 2
     again = pool.create(demo_task, "half-1")
     assert (again / "calc.py").exists() and (again / ".git").is_dir()
     pool.remove(again)
-    assert not again.exists() and list((pool.root / "trash").iterdir()) == []
+    assert not again.exists() and list(trash.iterdir()) == [live]
 
 
 def test_scratch_checkouts_of_a_dead_owner_are_swept(demo_task: Task, tmp_path: Path) -> None:

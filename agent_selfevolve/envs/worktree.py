@@ -11,6 +11,7 @@ that does not point into the cache, which its sandbox hides.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from agent_selfevolve.fileio import file_lock
-from agent_selfevolve.infra import GitError, cache_root, git
+from agent_selfevolve.infra import GitError, cache_root, git, pid_alive
 from agent_selfevolve.tasks import Task
 
 
@@ -130,14 +131,15 @@ class WorktreePool:
                 git("worktree", "prune", cwd=mirror, check=False)
 
     def remove(self, path: Path) -> None:
-        """Delete a working copy. It is first renamed into `<root>/trash/`, so a process killed mid-delete leaves
-        no half-deleted tree under its name for a rerun to take up; what a killed delete left is swept here."""
+        """Delete a working copy. It is first renamed into `<root>/trash/<pid>-...`, so a process killed
+        mid-delete leaves no half-deleted tree under its name for a rerun to take up; what such a dead process
+        left in the trash is swept here (a live one's removal under way is its own)."""
         path = Path(path)
         if (path / ".git").is_file():
             self._detach_legacy(path)
         trash = self.root / "trash"
         trash.mkdir(parents=True, exist_ok=True)
-        doomed = trash / f"{path.name}-{uuid.uuid4().hex[:8]}"
+        doomed = trash / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}"
         try:
             path.rename(doomed)
         except FileNotFoundError:
@@ -145,8 +147,10 @@ class WorktreePool:
         except OSError:  # not under this pool's root (another file system): delete in place
             doomed = path
         shutil.rmtree(doomed, ignore_errors=True)
-        for left in trash.iterdir():  # a removal killed before it finished (another process's may be under way)
-            shutil.rmtree(left, ignore_errors=True)
+        for left in trash.iterdir():
+            owner = left.name.split("-", 1)[0]
+            if owner.isdigit() and not pid_alive(int(owner)):
+                shutil.rmtree(left, ignore_errors=True)
 
 
 def _copy_base(base: Path, commit: str, dest: Path, keep_files: bool) -> None:
