@@ -4,6 +4,7 @@
     python bench/web_proof.py compare --model local --budget 12000 --until-minutes 50
     python bench/web_proof.py evolve  --model local:qwen2.5-coder-1.5b --dry-run     # the split, nothing run
     python bench/web_proof.py sweep   --model local --report-only                      # the table of what is logged
+    python bench/web_proof.py sweep   --model local:qwen2.5-coder-1.5b --report-only --against local   # paired
 
 Stage 1, `sweep`: one greedy attempt (temperature 0) per (task type, seed) over `TASK_TYPES` x seeds 0-2, each
 outcome (reward, resolved, steps, tokens, seconds) one row of `bench/results/web-proof/<model>/sweep.jsonl`. It
@@ -172,6 +173,19 @@ def sweep_report(rows: list[dict[str, Any]], types: list[str], seeds: list[int],
             "hours_left_at_this_rate": round(left * (summary["seconds_per_attempt"] or 0) / 3600, 2)}
 
 
+def paired_sweeps(rows: list[dict[str, Any]], other: list[dict[str, Any]], other_model: str) -> dict[str, Any]:
+    """This sweep against another model's on the tasks both graded (infrastructure errors left out): each
+    one's resolved count and McNemar's exact test (gained: solved here, not there)."""
+    from agent_selfevolve.evolve import mcnemar
+
+    mine, theirs = ({k: r["resolved"] for k, r in latest(rs, lambda r: r["task_id"]).items()
+                     if r["status"] not in INFRA} for rs in (rows, other))
+    keys = sorted(set(mine) & set(theirs))
+    return {"model": other_model, "tasks": len(keys), "resolved": sum(mine[k] for k in keys),
+            "other_resolved": sum(theirs[k] for k in keys),
+            "mcnemar": mcnemar({k: theirs[k] for k in keys}, {k: mine[k] for k in keys})}
+
+
 def print_sweep(rows: list[dict[str, Any]], report: dict[str, Any], seeds: list[int]) -> None:
     last = latest(rows, lambda r: r["task_id"])
     print(f"{'type':28s} " + " ".join(f"s{s:<5d}" for s in seeds) + "  class")
@@ -186,6 +200,10 @@ def print_sweep(rows: list[dict[str, Any]], report: dict[str, Any], seeds: list[
     print(f"\nresolved {s['resolved']}/{s['graded']} (95% CI {s['resolved_ci95']}), errors {s['errors']}; per attempt "
           f"{s['seconds_per_attempt']} s, {s['tokens_per_attempt']} tokens, {s['steps_per_attempt']} steps; "
           f"mixed types: {len(report['mixed'])}; {report['hours_left_at_this_rate']} h left at this rate")
+    if vs := report.get("against"):
+        m = vs["mcnemar"]
+        print(f"against {vs['model']} on the {vs['tasks']} tasks both graded: {vs['resolved']} vs "
+              f"{vs['other_resolved']}, +{m['gained']} -{m['lost']}, McNemar exact p = {m['p_value']:.3g}")
 
 
 # -- stage 2 -------------------------------------------------------------------------------------------------------
@@ -281,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true", help="print the table of the log; run nothing")
+    parser.add_argument("--against", default=None,
+                        help="sweep: pair with this model's sweep on the same tasks (McNemar), e.g. local")
     parser.add_argument("--budget", type=int, default=12_000, help="compare: tokens per task per strategy")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--select-with", choices=["tests", "proxy"], default="tests",
@@ -308,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         ids = {t.instance_id for t in tasks}
         shown = [r for r in sweep_rows if r["task_id"] in ids]  # this invocation's types and seeds
         report = sweep_report(shown, list(args.types), seeds, len(tasks))
+        if args.against:
+            report["against"] = paired_sweeps(shown, read_rows(args.out / model_key(args.against) / "sweep.jsonl"),
+                                              args.against)
         write_json_atomic(out / "sweep.json", {"model": args.model, "seeds": seeds, **report})
         print_sweep(shown, report, seeds)
         return

@@ -239,3 +239,22 @@ def test_the_deadline_gives_the_trainer_the_same_end_on_the_wall_clock() -> None
     end = deadline.wall_clock_end()
     assert end is not None and before + 90.0 <= end <= time.time() + 90.0
     assert stats.Deadline(None).wall_clock_end() is None
+
+
+def test_a_sweep_pairs_with_another_models_sweep_on_the_tasks_both_graded(tmp_path: Path) -> None:
+    """`sweep --report-only --against M`: McNemar on the shared tasks, the latest row per task, errors left out."""
+    def log(model: str, outcomes: dict[str, object]) -> None:
+        for task_id, outcome in outcomes.items():
+            status = "env_error" if outcome == "err" else "submitted"
+            stats.append_row(tmp_path / model / "sweep.jsonl", {
+                "task_id": f"browsergym.miniwob.click-test.{task_id}", "type": "click-test", "seed": int(task_id),
+                "resolved": outcome is True, "status": status, "reward": 0.0, "steps": 1, "tokens": 1, "seconds": 1.0})
+
+    log("big", {"0": True, "1": True, "2": False, "3": "err"})
+    log("small", {"0": False, "1": True, "2": True, "3": True})
+    log("small", {"2": False})  # a retried row: the latest one counts
+    wp.main(["sweep", "--model", "big", "--against", "small", "--report-only", "--types", "click-test",
+             "--seeds", "0,1,2,3", "--out", str(tmp_path)])
+    vs = json.loads((tmp_path / "big" / "sweep.json").read_text())["against"]
+    assert (vs["model"], vs["tasks"], vs["resolved"], vs["other_resolved"]) == ("small", 3, 2, 1)
+    assert (vs["mcnemar"]["gained"], vs["mcnemar"]["lost"]) == (1, 0)
