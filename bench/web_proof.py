@@ -17,7 +17,8 @@ BrowserGym's own verdict, so by default (`--select-with tests`) the search choos
 grades it: an ORACLE figure, labelled so, as in bench/search_compare.py. `--select-with proxy` chooses without
 it (stopped with an answer: 1, stopped: 0.5), a held-out figure. There is no judge for web attempts (the LLM
 judge grades a patch). Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
-test types (every seed of a type in one split), run through `agent_selfevolve.evolve` (search on train ->
+test types (every seed of a type in one split; by default each of the model's sweep classes always / mixed /
+never is cut in proportion, `--no-stratify` to cut at random), run through `agent_selfevolve.evolve` (search on train ->
 LoRA -> gate -> final); the paired result is base vs final policy on the final test types.
 
 Every stage resumes: rows already logged are skipped (an infrastructure error is retried under a new attempt id),
@@ -221,14 +222,41 @@ def compare(tasks: list[Task], model: Model, out: Path, **options: Any) -> list[
 
 
 # -- stage 3 -------------------------------------------------------------------------------------------------------
-def split_types(types: list[str], seed: int, n_gate: int, n_final: int) -> dict[str, list[str]]:
+def split_types(types: list[str], seed: int, n_gate: int, n_final: int,
+                classes: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Task types shuffled with `seed` and cut into final test, gate and train (the rest): a held-out type's
-    page and instruction template are never trained on."""
+    page and instruction template are never trained on. With `classes` (type -> the base sweep's 'always' /
+    'mixed' / 'never'), each class is cut in proportion (largest remainder), so the final split has the whole
+    set's mix of difficulty: an unstratified cut can hold almost only never-solved types, and then a paired
+    test has no discordant pairs to see."""
     if n_gate < 1 or n_final < 1 or n_gate + n_final >= len(types):
         raise ValueError(f"{len(types)} types cannot give {n_gate} gate and {n_final} final types and a train split")
-    order = sorted(types)
-    random.Random(seed).shuffle(order)
-    return {"final": order[:n_final], "gate": order[n_final:n_final + n_gate], "train": order[n_final + n_gate:]}
+    rng = random.Random(seed)
+    if classes is None:
+        order = sorted(types)
+        rng.shuffle(order)
+        return {"final": order[:n_final], "gate": order[n_final:n_final + n_gate], "train": order[n_final + n_gate:]}
+    if missing := sorted(t for t in types if t not in classes):
+        raise ValueError(f"no sweep class for types {missing}: finish the sweep first, or split unstratified")
+    groups: dict[str, list[str]] = {}
+    for t in sorted(types):
+        groups.setdefault(classes[t], []).append(t)
+    for name in sorted(groups):
+        rng.shuffle(groups[name])
+    split: dict[str, list[str]] = {"final": [], "gate": [], "train": []}
+    for part, want in (("final", n_final), ("gate", n_gate)):
+        left = {name: g for name, g in groups.items() if g}
+        total = sum(len(g) for g in left.values())
+        quota = {name: want * len(g) / total for name, g in left.items()}
+        take = {name: int(q) for name, q in quota.items()}
+        room = [n for n in left if take[n] < len(left[n])]
+        for name in sorted(room, key=lambda n: (take[n] - quota[n], n))[:want - sum(take.values())]:
+            take[name] += 1
+        for name, k in take.items():
+            split[part] += groups[name][:k]
+            groups[name] = groups[name][k:]
+    split["train"] = [t for name in sorted(groups) for t in groups[name]]
+    return split
 
 
 def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[str, Any] | None:
@@ -239,9 +267,14 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
     from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evolve
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    split = split_types(list(args.types), args.split_seed, args.gate_types, args.final_types)
+    classes = None
+    if args.stratify:
+        classes = type_classes(read_rows(out / "sweep.jsonl"), seeds)
+        classes = {t: c for t, c in classes.items() if c != "incomplete"}
+    split = split_types(list(args.types), args.split_seed, args.gate_types, args.final_types, classes)
     plan = {name: [t.instance_id for t in tasks_for(types, seeds)] for name, types in split.items()}
-    print(json.dumps({"split_seed": args.split_seed, "types": split, "tasks": {k: len(v) for k, v in plan.items()}}))
+    print(json.dumps({"split_seed": args.split_seed, "stratified": classes is not None, "types": split,
+                      "tasks": {k: len(v) for k, v in plan.items()}}))
     if args.dry_run:
         return None
     from agent_selfevolve.models.weights import ensure_gguf
@@ -311,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gate-types", type=int, default=10)
     parser.add_argument("--final-types", type=int, default=10)
     parser.add_argument("--n", type=int, default=4, help="evolve: best-of-N attempts per training task")
+    parser.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=True,
+                        help="evolve: cut each of the model's sweep classes (always/mixed/never) in proportion")
     parser.add_argument("--dry-run", action="store_true", help="evolve: print the split, run nothing")
     args = parser.parse_args(argv)
     out = args.out / model_key(args.model)

@@ -214,6 +214,23 @@ def test_evolve_split_is_by_type_fixed_by_seed_and_disjoint() -> None:
         wp.split_types(types[:5], 0, 3, 2)
 
 
+def test_stratified_evolve_split_cuts_each_sweep_class_in_proportion() -> None:
+    types = list(wp.TASK_TYPES)
+    classes = {t: ("always" if i % 9 == 0 else "mixed" if i % 9 in (1, 2) else "never") for i, t in enumerate(types)}
+    counts = {c: sum(v == c for v in classes.values()) for c in ("always", "mixed", "never")}  # 5, 10, 30 of 45
+    for seed in range(5):  # unstratified, seed 2 gives a final split with no mixed type at all
+        split = wp.split_types(types, seed, 10, 10, classes)
+        assert split == wp.split_types(list(reversed(types)), seed, 10, 10, classes)
+        assert sorted(split["final"] + split["gate"] + split["train"]) == sorted(types)
+        for part, size in (("final", 10), ("gate", 10)):
+            got = {c: sum(classes[t] == c for t in split[part]) for c in counts}
+            assert len(split[part]) == size
+            for c, n in counts.items():  # within one of the proportional share
+                assert abs(got[c] - n * size / len(types)) < 1, (seed, part, got)
+    with pytest.raises(ValueError, match="no sweep class"):
+        wp.split_types(types, 0, 10, 10, {t: c for t, c in classes.items() if t != types[3]})
+
+
 def test_model_key_names_the_results_folder() -> None:
     assert wp.model_key("local") == "qwen2.5-coder-0.5b"
     assert wp.model_key("local:qwen2.5-coder-1.5b") == "qwen2.5-coder-1.5b"
