@@ -41,6 +41,22 @@ def endings(seed_dir: Path, unit: Unit) -> dict[str, int]:
                                                                           "outcomes.jsonl")).items()))
 
 
+def rows_by_suite(seed_dir: Path) -> dict[str, dict[str, int]]:
+    """Training rows of each kind per suite, over the finished searches: a pool that is nearly all one suite
+    teaches that suite's first move (HumanEval's: write the function at once) to the other."""
+    out: dict[str, dict[str, int]] = {}
+    for k in episodes_of(seed_dir):
+        folder = unit_dir(seed_dir, Unit("search", k))
+        if not (folder / "summary.json").exists():
+            continue
+        for kind in ROW_KINDS:
+            for row in read_records(folder / f"rows-{kind}.jsonl"):
+                suite = _suite(str((row.get("meta") or {}).get("task_id", "")))
+                out.setdefault(kind, {}).setdefault(suite, 0)
+                out[kind][suite] += 1
+    return {kind: dict(sorted(counts.items())) for kind, counts in out.items()}
+
+
 def arms_of(seed_dir: Path) -> list[str]:
     return sorted({p.parent.name for p in seed_dir.glob("ep*/*/summary.json") if p.parent.name != "search"})
 
@@ -95,6 +111,7 @@ def build_report(root: Path) -> dict[str, Any]:
             entry["arms"][arm] = rows
         entry["data"] = {kind: sum((s.get("rows") or {}).get(kind, 0) for s in entry["searches"])
                          for kind in ROW_KINDS}
+        entry["data_by_suite"] = rows_by_suite(folder)
         seeds[seed] = entry
     pooled: dict[str, list[dict[str, Any]]] = {}
     afters: dict[tuple[str, int], dict[str, bool]] = {}
@@ -173,6 +190,11 @@ def format_report(report: dict[str, Any]) -> str:
                 f"attempts, {x['tasks_with_both']} tasks with both)" for x in searches) +
                 f"; rows sft {data['sft']}, recovery {data['recovery']}, DPO pairs {data['dpo']}, rationalized "
                 f"{data['rationalized']}")
+            by_suite = report["seeds"][s].get("data_by_suite") or {}
+            if by_suite:
+                lines.append(f"seed {s} rows by suite: " + "; ".join(
+                    f"{kind} " + ", ".join(f"{suite} {n}" for suite, n in counts.items())
+                    for kind, counts in by_suite.items()))
     return "\n".join(lines)
 
 

@@ -419,9 +419,17 @@ def test_the_report_pools_the_pairs_of_both_seeds(tmp_path: Path) -> None:
     for seed in (0, 1):
         _write_eval(tmp_path / f"seed{seed}", Unit("eval"), base[seed])
         _write_eval(tmp_path / f"seed{seed}", Unit("eval", 0, "sft"), after[seed])
+    for k, finished in ((0, True), (1, False)):  # an unfinished search's rows are not counted yet
+        search = unit_dir(tmp_path / "seed0", Unit("search", k))
+        for task_id in ("humaneval__7", "humaneval__8", "factory__alpha-3"):
+            append_record(search / "rows-sft.jsonl", {"messages": [], "meta": {"task_id": task_id}})
+        append_record(search / "rows-dpo.jsonl", {"meta": {"task_id": "factory__alpha-3"}})
+        if finished:
+            (search / "summary.json").write_text(json.dumps({"episode": k, "rows": {"sft": 3, "dpo": 1}}))
     assert ep.main(["--report", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "summary.json").read_text())
     assert (tmp_path / "evolve.png").stat().st_size > 1000
+    assert report["seeds"]["0"]["data_by_suite"] == {"sft": {"factory": 1, "humaneval": 2}, "dpo": {"factory": 1}}
     s0, s1 = report["seeds"]["0"]["arms"]["sft"][0], report["seeds"]["1"]["arms"]["sft"][0]
     assert (s0["vs_base"]["gained"], s0["vs_base"]["lost"], s1["vs_base"]["gained"], s1["vs_base"]["lost"]) == \
         (3, 0, 2, 1)
