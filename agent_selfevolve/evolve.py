@@ -69,6 +69,10 @@ class EvolveConfig:
     """...and an exact one-sided McNemar test on the paired gate outcomes (binomial on the tasks where the two
     differ) to give p < alpha (the gate's significance level; LoRA's alpha is `train["alpha"]`). 1 gained, 0 lost
     is p = 0.5 however large the gate split; 5 gained, 0 lost is 0.031."""
+    final_candidate: bool = False
+    """Also run the last episode's candidate on the final split when the gate kept the incumbent: what training
+    did, apart from the gate's decision (a one-episode run whose gain is real but too small for the gate's test
+    otherwise reports base against base). Reported beside the final policy, labelled as not promoted."""
     adapter_name: str = "policy"
     profile: str = "default"
     """Agent set-up (`setups`: a shipped name or a .yaml path); web tasks get the `web` set-up."""
@@ -287,9 +291,16 @@ def final_eval(state: EvolveState, runtime: Runtime[EvolveContext]) -> dict[str,
     final = base if policy is None else \
         evaluate_policy(ctx, policy, ctx.final_test, eval_run_id(state["run_id"], "final", policy), "final")
     n = len(base)
-    return {"final": {"policy": policy or "base", "n": n, "base": sum(base.values()) / n,
-                      "final": sum(final.values()) / n, "paired": mcnemar(base, final),
-                      "outcomes": {"base": base, "final": final}}}
+    report = {"policy": policy or "base", "n": n, "base": sum(base.values()) / n, "final": sum(final.values()) / n,
+              "paired": mcnemar(base, final), "outcomes": {"base": base, "final": final}}
+    candidate = ((state.get("episodes") or [{}])[-1]).get("candidate")
+    if ctx.config.final_candidate and candidate and candidate != policy:
+        tried = evaluate_policy(ctx, candidate, ctx.final_test, eval_run_id(state["run_id"], "final", candidate),
+                                "final")
+        report["candidate"] = {"policy": candidate, "promoted": False, "final": sum(tried.values()) / n,
+                               "paired": mcnemar(base, tried)}
+        report["outcomes"]["candidate"] = tried
+    return {"final": report}
 
 
 def summary_of(state: EvolveState | dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,9 @@ grades it: an ORACLE figure, labelled so, as in bench/search_compare.py. `--sele
 it (stopped with an answer: 1, stopped: 0.5), a held-out figure. There is no judge for web attempts (the LLM
 judge grades a patch). Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
 test types (every seed of a type in one split; by default each of the model's sweep classes always / mixed /
-never is cut in proportion, `--no-stratify` to cut at random), run through `agent_selfevolve.evolve` (search on train ->
-LoRA -> gate -> final); the paired result is base vs final policy on the final test types.
+never is cut in proportion, `--no-stratify` to cut at random), run through `agent_selfevolve.evolve` (search on
+train -> LoRA -> gate -> final); the paired result is base vs final policy on the final test types, and beside it
+the trained candidate against the base when the gate did not promote it (labelled so).
 
 Every stage resumes: rows already logged are skipped (an infrastructure error is retried under a new attempt id),
 searches and attempts keep fixed ids in `<dir>/runs.sqlite` and its checkpoints. `--until-minutes` starts no new
@@ -287,7 +288,8 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
     registry = AdapterRegistry(out / "evolve" / "registry")
     policy = llama_cpp_policy(key, registry, base_dir, n_threads=args.threads,
                               **get_setup(PROFILE).model_options("local"))
-    config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": args.n, "temperature": 0.8},
+    config = EvolveConfig(episodes=1, final_candidate=True,
+                          strategy="best_of_n", strategy_options={"n": args.n, "temperature": 0.8},
                           limits={"max_steps": args.max_steps}, profile=PROFILE,
                           train={"rank": 16, "alpha": 32, "lr": 1e-4, "epochs": 2, "max_length": 4096,
                                  "threads": args.threads})
@@ -315,6 +317,9 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
     write_json_atomic(out / "evolve-result.json", {"split": split, "final_ci95": cis, "summary": summary})
     print(f"final test types {split['final']}: base {final.get('base')} {cis.get('base')} -> {final.get('policy')} "
           f"{final.get('final')} {cis.get('final')} (paired, McNemar: {final.get('paired')})")
+    if candidate := final.get("candidate"):
+        print(f"the candidate the gate did not promote, {candidate['policy']}: {candidate['final']} "
+              f"{cis.get('candidate')} (paired with the base, McNemar: {candidate['paired']})")
     return summary
 
 

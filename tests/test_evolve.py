@@ -254,6 +254,39 @@ def test_the_final_split_never_reaches_the_gate(demo_task: Task, tmp_path: Path)
         assert all(not e["task_id"].startswith("final") for e in events[:last_gate] if e["event"] == "eval")
 
 
+def test_a_candidate_the_gate_kept_out_is_reported_on_the_final_split_beside_the_base(
+        demo_task: Task, tmp_path: Path) -> None:
+    """The gate cannot promote (alpha 0: no p is below it), so the final policy is the base. With `final_candidate`
+    the candidate still runs on the final split (planted: it solves both final tasks the base fails), labelled as
+    not promoted, and the headline final figure stays the base's own."""
+    from test_train import FAST, _tiny_model
+
+    from agent_selfevolve.train import AdapterRegistry
+
+    tiny = _tiny_model(tmp_path / "tiny", seed=0)
+    finals = {}
+    for report_candidate in (False, True):
+        name = f"c{int(report_candidate)}"
+        policy = adapter_policy({None: {"train": "solve"},
+                                 "policy@1": {"train": "solve", "gate": "solve", "final": "solve"}})
+        config = EvolveConfig(episodes=1, strategy="best_of_n", strategy_options={"n": 1}, alpha=0.0,
+                              final_candidate=report_candidate,
+                              train={**FAST, "epochs": 1, "grad_accum": 1, "max_length": 2048})
+        ctx = EvolveContext(train_tasks=copies(demo_task, "train", 1), held_out=copies(demo_task, "gate", 2),
+                            final_test=copies(demo_task, "final", 2),
+                            store=TrajectoryStore(tmp_path / name / "runs.sqlite"),
+                            registry=AdapterRegistry(tmp_path / name / "registry"), base_hf_dir=tiny,
+                            policy=policy, out_dir=tmp_path / name / "evolve", config=config)
+        summary = evolve(ctx, run_id="cand")
+        assert not summary["episodes"][0]["promoted"] and summary["final_policy"] == "base"
+        finals[report_candidate] = summary["final_test"]
+    assert "candidate" not in finals[False]
+    final = finals[True]
+    assert (final["policy"], final["base"], final["final"]) == ("base", 0.0, 0.0)
+    assert final["candidate"]["policy"] == "policy@1" and not final["candidate"]["promoted"]
+    assert final["candidate"]["final"] == 1.0 and final["candidate"]["paired"]["gained"] == 2
+
+
 def test_the_profile_reaches_every_held_out_attempt(demo_task: Task, tmp_path: Path) -> None:
     """EvolveConfig.profile sets each attempt's prompt and tools (here `small`: write_file, the worked example)."""
     from agent_selfevolve.evolve import evaluate_policy
