@@ -45,6 +45,9 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
     its checkpoints under the same run id. Returns every row of the log."""
     from agent_selfevolve.search import Budget, SearchContext
     from agent_selfevolve.search import strategies as registry
+    from agent_selfevolve.search.rewards import llm_judge
+
+    judge = llm_judge(model) if select_with == "judge" else None  # the policy judges its own attempts
 
     path, deadline = compare_log(out, budget, select_with), deadline or Deadline(None)
     rows = read_rows(path)
@@ -62,7 +65,7 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
                            "until-minutes reached")
             break
         ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=max_steps),
-                            budget=Budget(max_tokens=budget), select_with=select_with, agent=agent)
+                            budget=Budget(max_tokens=budget), select_with=select_with, judge=judge, agent=agent)
         opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if name == "se_agent" else {})}
         start = time.monotonic()
         result = registry()[name](ctx, run_id=f"{run_prefix}:{name}:{task.instance_id}:b{budget}:{select_with}",

@@ -15,8 +15,9 @@ seed of the types the sweep found mixed (`--all`: every swept type), one row per
 difference with a cluster bootstrap over task types, McNemar's exact p. Selection: MiniWoB's page reward is
 BrowserGym's own verdict, so by default (`--select-with tests`) the search chooses with the same reward that
 grades it: an ORACLE figure, labelled so, as in bench/search_compare.py. `--select-with proxy` chooses without
-it (stopped with an answer: 1, stopped: 0.5), a held-out figure. There is no judge for web attempts (the LLM
-judge grades a patch). Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
+it (stopped with an answer: 1, stopped: 0.5), a held-out figure, and so does `--select-with judge` (the model
+scores each attempt from the first page and its actions, each with the element it named; its calls count
+against the budget). Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
 test types (every seed of a type in one split; by default each of the model's sweep classes always / mixed /
 never is cut in proportion, `--no-stratify` to cut at random), run through `agent_selfevolve.evolve` (search on
 train -> LoRA -> gate -> final); the paired result is base vs final policy on the final test types, and beside it
@@ -341,8 +342,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="sweep: pair with this model's sweep on the same tasks (McNemar), e.g. local")
     parser.add_argument("--budget", type=int, default=12_000, help="compare: tokens per task per strategy")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--select-with", choices=["tests", "proxy"], default="tests",
-                        help="compare: tests = the page reward chooses (ORACLE); proxy = held-out")
+    parser.add_argument("--select-with", choices=["tests", "proxy", "judge"], default="tests",
+                        help="compare: tests = the page reward chooses (ORACLE); proxy or judge (the model reads "
+                             "the first page and its actions, each with the element it named) = held-out")
     parser.add_argument("--pool-size", type=int, default=2, help="SE-Agent's initial pool")
     parser.add_argument("--all", action="store_true", help="compare on every swept type, not only mixed ones")
     parser.add_argument("--split-seed", type=int, default=0)
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
                                              "select_with": args.select_with, "oracle": args.select_with == "tests",
                                              "types": chosen, "seeds": seeds, **table})
     plot_compare(table, out / f"{name}.png", f"MiniWoB, {model_key(args.model)}, {args.budget:,} tokens/task, "
-                 f"{'ORACLE' if args.select_with == 'tests' else 'proxy'} selection")
+                 f"{'ORACLE' if args.select_with == 'tests' else args.select_with} selection")
     print_compare(table, args.budget, args.select_with)
 
 

@@ -118,6 +118,35 @@ def test_run_attempt_gets_browsergym_reward_errors_are_observations_and_no_brows
 
 
 @web
+def test_the_web_judge_reads_the_clicked_elements_label_and_never_the_pages_verdict(task: Task) -> None:
+    """Judge selection on a real MiniWoB attempt: the judge's prompt (a FAKE judge model records it) names the
+    goal and the button each attempt clicked by its label, so a right and a wrong click read differently; the
+    page's verdict (BrowserGym's reward and task_info) never reaches it."""
+    from agent_selfevolve.search.rewards import llm_judge
+
+    def right(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return tool_call("click", {"id": button_ids(last_observation(messages))[goal_button(messages)]})
+
+    def wrong(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = button_ids(last_observation(messages))
+        return tool_call("click", {"id": next(i for name, i in ids.items() if name != goal_button(messages))})
+
+    for name, agent in (("right", right), ("wrong", wrong)):
+        judge_model = ScriptedFakeModel(['{"score": 6, "reason": "r"}'])
+        traj = run_attempt(task, ScriptedFakeModel(agent), AttemptSpec(task.instance_id, attempt_id=f"bg-j-{name}"),
+                           select_with="judge", judge=llm_judge(judge_model))
+        assert traj.selection["source"] == "judge" and traj.selection["reward"] == 0.6
+        assert traj.resolved == (name == "right")  # graded by the page all the same
+        prompt = judge_model.requests[0][0]["content"]
+        goal = goal_button(traj.messages)
+        clicked = traj.steps[0]["action"]["arguments"]["id"]
+        label = next(n for n, i in button_ids(traj.messages[1]["content"]).items() if i == clicked)
+        assert f'Goal: Click on the "{goal}" button' in prompt
+        assert f"0. click [{clicked}] button '{label}'" in prompt
+        assert "REWARD" not in prompt and "reward" not in prompt.lower()
+
+
+@web
 def test_best_of_n_keeps_the_attempt_browsergym_validated(tmp_path: Path) -> None:
     """On click-link, whose links are clickable <span>s: the observation must give them ids to be solvable."""
     from agent_selfevolve.search import best_of_n

@@ -131,6 +131,51 @@ def test_llm_judge_scores_and_never_sees_hidden_tests(demo_task: Task) -> None:
     assert "return a + b" in prompt and "test_add_hidden" not in prompt and demo_task.test_patch not in prompt
 
 
+def test_the_web_judge_prompt_labels_each_target_from_the_page_it_was_on_and_hides_the_verdict() -> None:
+    """A hand-made web attempt: the first click's id means 'Cheree' on the first page and something else on the
+    second (ids change with the page), so the label must come from the page the action was taken on. A marker
+    planted in the page's verdict, the evaluation and the selection never reaches the prompt."""
+    from agent_selfevolve.trajectory import Trajectory
+
+    marker = "VERDICT_MARKER_91"
+    first = ("Goal: click on the file named \"Cheree\".\nPage:\n- list '' [id=16]\n  - listitem '', clickable [id=17]\n"
+             "    - StaticText 'Cheree'\n  - listitem '', clickable [id=19]\n    - StaticText 'Sergio'\n")
+    second = "Goal: ...\nLast action error: none\nPage:\n- button 'Submit' [id=17]\n- textbox 'Name' [id=20]\n"
+    traj = Trajectory(attempt_id="w", task_id="web.t", model="m", status="submitted",
+                      messages=[{"role": "system", "content": "s"}, {"role": "user", "content": first}],
+                      steps=[{"index": 0, "action": {"name": "click", "arguments": {"id": "[id=17]"}},
+                              "observation": second},
+                             {"index": 1, "action": {"name": "fill", "arguments": {"id": "20", "text": "Ada"}},
+                              "observation": "Last action error: none\nThe task page says the episode is over."},
+                             {"index": 2, "format_error": "no action"}],
+                      outcome={"answer": "", "reward_info": {"reward": 1.0, "note": marker}},
+                      evaluation={"resolved": True, "details": marker}, selection={"source": "tests", "x": marker})
+    task = Task(instance_id="web.t", kind="web", start_url="http://127.0.0.1:1/", problem_statement="p")
+    judge_model = ScriptedFakeModel(['{"score": 9}'])
+    verdict = llm_judge(judge_model)(task, traj)
+    prompt = judge_model.requests[0][0]["content"]
+    assert verdict["reward"] == 0.9 and verdict["source"] == "judge"
+    assert "0. click [17] listitem '', clickable (text: Cheree)" in prompt
+    assert "1. fill [20] textbox 'Name' text=\"Ada\"" in prompt and "2. (no valid action)" in prompt
+    assert "Final answer: none" in prompt and 'click on the file named "Cheree"' in prompt
+    assert marker not in prompt and "reward" not in prompt.lower()
+
+
+def test_judge_calls_count_against_the_search_budget(demo_task: Task, tmp_path: Path) -> None:
+    """Best-of-2 with judge selection: the search's usage is the agents' tokens plus one judge call per attempt,
+    so 'equal tokens' means the same for judge and proxy selection."""
+    judge_model = ScriptedFakeModel(['{"score": 8, "reason": "long enough to cost tokens"}'] * 2)
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(keyed_script({"": solving_script()})),
+                        store=TrajectoryStore(tmp_path / "s.sqlite"), judge=llm_judge(judge_model))
+    res = best_of_n(ctx, n=2, run_id="judged", max_concurrency=1)
+    trajs = ctx.store.attempts(run_id="judged")
+    agents = sum(t.total_usage.total_tokens for t in trajs)
+    judged = sum(Usage.from_dict(t.selection["usage"]).total_tokens for t in trajs)
+    assert len(trajs) == 2 and judged > 0 and {t.selection["source"] for t in trajs} == {"judge"}
+    assert res.usage["prompt_tokens"] + res.usage["completion_tokens"] == agents + judged
+    assert res.usage["calls"] == sum(t.total_usage.calls for t in trajs) + 2
+
+
 def test_compute_matched_baseline_in_batch(demo_task: Task, tmp_path: Path) -> None:
     operator = json.dumps({"diagnosis": "d", "strategy": "s", "guidance": "g"})
 

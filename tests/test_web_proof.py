@@ -275,3 +275,39 @@ def test_a_sweep_pairs_with_another_models_sweep_on_the_tasks_both_graded(tmp_pa
     vs = json.loads((tmp_path / "big" / "sweep.json").read_text())["against"]
     assert (vs["model"], vs["tasks"], vs["resolved"], vs["other_resolved"]) == ("small", 3, 2, 1)
     assert (vs["mcnemar"]["gained"], vs["mcnemar"]["lost"]) == (1, 0)
+
+
+def _web_attempt(attempt_id: str, task_id: str, target: str, resolved: bool) -> Trajectory:
+    page = "Goal: Click on the \"yes\" button.\nPage:\n- button 'yes' [id=1]\n- button 'no' [id=2]\n"
+    return Trajectory(attempt_id=attempt_id, task_id=task_id, model="m", status="submitted",
+                      messages=[{"role": "system", "content": "s"}, {"role": "user", "content": page}],
+                      steps=[{"index": 0, "action": {"name": "click", "arguments": {"id": target}},
+                              "observation": "The task page says the episode is over; the attempt ends."}],
+                      outcome={"answer": None, "stopped": False, "reward_info": {"reward": float(resolved)}},
+                      evaluation={"resolved": resolved, "reward": float(resolved), "source": "browsergym"})
+
+
+def test_web_judge_agreement_scores_decisive_tasks_once_per_prompt(tmp_path: Path) -> None:
+    """A FAKE judge that likes the click on 'yes': it ranks the resolved attempt first (pick 1.0, AUC 1.0), where
+    the proxy ties all three (each ended without an answer: 0.5) and so picks as a coin would (1/3). The duplicate
+    wrong click is judged once; a task every attempt solved is not decisive; a rerun judges nothing again."""
+    from agent_selfevolve.store import TrajectoryStore
+
+    agreement = _load("web_judge_agreement")
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    for traj in (_web_attempt("a1", "t.a", "1", True), _web_attempt("a2", "t.a", "2", False),
+                 _web_attempt("a3", "t.a", "2", False), _web_attempt("b1", "t.b", "1", True)):
+        store.record(traj)
+    script = tmp_path / "judge.json"
+    script.write_text(json.dumps({"by_prompt": {"click [1] button 'yes'": ['{"score": 9}']},
+                                  "default": ['{"score": 2}']}))
+    args = ["--store", str(tmp_path / "runs.sqlite"), "--model", f"fake:{script}"]
+    agreement.main(args)
+    result = json.loads(next(tmp_path.glob("judge-*.json")).read_text())
+    assert (result["decisive_tasks"], result["tasks_judged"], result["attempts"]) == (1, 1, 3)
+    assert result["unique_prompts"] == 2 and result["judge_pick"] == 1.0 and result["judge_auc"] == 1.0
+    assert result["proxy_pick"] == round(1 / 3, 3) and result["proxy_auc"] == 0.5
+    cache = next(tmp_path.glob("judge-*.jsonl"))
+    assert len(cache.read_text().splitlines()) == 2
+    agreement.main(args)
+    assert len(cache.read_text().splitlines()) == 2

@@ -111,12 +111,19 @@ class SearchContext:
         return self.select_with == "tests"
 
 
+def attempt_cost(traj: Trajectory) -> Usage:
+    """The attempt's own calls plus the judge call that scored it: with judge selection every attempt costs one
+    more call, and a budget that left it out would favour the judge over the proxy at 'equal' tokens."""
+    return traj.total_usage + Usage.from_dict((traj.selection or {}).get("usage"))
+
+
 def record_of(traj: Trajectory) -> AttemptRecord:
     """The slice of a trajectory a search decides on (see `AttemptRecord`)."""
     sel = traj.selection or {}
     return AttemptRecord(attempt_id=traj.attempt_id, task_id=traj.task_id, status=traj.status,
                          reward=float(sel.get("reward", 0.0)), reward_source=sel.get("source", ""),
-                         reward_ceiling=sel.get("ceiling", 1.0), hidden_resolved=traj.resolved, usage=traj.usage,
+                         reward_ceiling=sel.get("ceiling", 1.0), hidden_resolved=traj.resolved,
+                         usage=attempt_cost(traj).to_dict(),
                          parent_ids=traj.parent_ids, operator=traj.operator, node_id=traj.node_id,
                          steps=len(traj.steps), patch_chars=len(traj.patch))
 
@@ -156,9 +163,9 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
                        checkpointer=ctx.attempt_checkpointer, select_with=ctx.select_with, judge=ctx.judge,
                        env_options=ctx.env_options, agent=ctx.agent)
     rec = record_of(traj)
-    used = Usage.from_dict(payload.get("used")) + traj.total_usage
+    used = Usage.from_dict(payload.get("used")) + attempt_cost(traj)
     event = AttemptFinished(event="attempt_finished", task_id=traj.task_id, attempt_id=traj.attempt_id,
-                            reward=rec["reward"], status=traj.status, tokens=traj.total_usage.total_tokens,
+                            reward=rec["reward"], status=traj.status, tokens=attempt_cost(traj).total_tokens,
                             budget_used={"tokens": used.total_tokens, "calls": used.calls, "cost": used.cost,
                                          "wall_s": time.time() - ctx.started_at},
                             budget={k: v for k, v in asdict(ctx.budget).items() if v is not None})
