@@ -77,6 +77,10 @@ def auc(scores: list[float], resolved: list[bool]) -> float | None:
     return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def report(groups: dict[str, list[Trajectory]], judged: dict[str, float]) -> dict[str, Any]:
     """Per decisive task with every attempt judged: the judge's, the proxy's and a random top pick."""
     rows, all_scores, all_proxy, all_resolved = [], [], [], []
@@ -98,8 +102,8 @@ def report(groups: dict[str, list[Trajectory]], judged: dict[str, float]) -> dic
 
     return {"decisive_tasks": len(groups), "tasks_judged": n, "attempts": len(all_resolved),
             "unique_prompts": len(judged), "judge_pick": mean("judge_pick"), "proxy_pick": mean("proxy_pick"),
-            "random_pick": mean("random_pick"), "judge_auc": auc(all_scores, all_resolved),
-            "proxy_auc": auc(all_proxy, all_resolved), "tasks": rows}
+            "random_pick": mean("random_pick"), "judge_auc": _round(auc(all_scores, all_resolved)),
+            "proxy_auc": _round(auc(all_proxy, all_resolved)), "tasks": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
