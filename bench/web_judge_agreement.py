@@ -7,7 +7,8 @@ Reads web attempts already stored (the web proof's compare runs, graded by Brows
 (some attempts resolved, some not: the only tasks where a choice matters), and scores every attempt with the LLM
 judge (`search.rewards.llm_judge`: the first page and the actions, each with the element it named; never the
 page's verdict). Attempts whose judge prompt is the same text (the same clicks on the same page) are judged once.
-Reported beside the web proxy (1 stopped with an answer, 0.5 stopped, 0 otherwise), per decisive task: the chance
+Reported beside the web proxy (1 stopped with an answer, 0.5 stopped, 0 otherwise,
+as each attempt's selection recorded it), per decisive task: the chance
 that the attempt each one ranks first is resolved (ties split evenly, as a random tie-break would), against a random
 pick's chance; and over all attempts the AUC of each score against the verdict (0.5: no signal).
 
@@ -31,25 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from web_proof_stats import append_row, read_rows  # noqa: E402
 
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
-from agent_selfevolve.search.rewards import WEB_JUDGE_PROMPT, head_tail, llm_judge, web_actions_text  # noqa: E402
+from agent_selfevolve.search.rewards import llm_judge, web_judge_prompt  # noqa: E402
 from agent_selfevolve.store import TrajectoryStore  # noqa: E402
 from agent_selfevolve.tasks import Task  # noqa: E402
 from agent_selfevolve.trajectory import Trajectory  # noqa: E402
 
 
 def web_proxy(traj: Trajectory) -> float:
-    """The web proxy's number, from the stored outcome (as BrowserGymEnvironment.proxy_evaluate gives it)."""
-    answered = bool(str(traj.outcome.get("answer") or "").strip())
-    ended = bool(traj.outcome.get("stopped")) or any("episode is over" in s.get("observation", "")
-                                                      for s in traj.steps[-1:])
-    return 1.0 if ended and answered else 0.5 if ended else 0.0
-
-
-def judge_prompt(traj: Trajectory) -> str:
-    """The text the judge reads (as llm_judge builds it); its hash keys the cache."""
-    first = next((m.get("content") or "" for m in traj.messages if m.get("role") == "user"), "")
-    return WEB_JUDGE_PROMPT.format(page=head_tail(first if isinstance(first, str) else "", 4000),
-                                   actions=head_tail(web_actions_text(traj), 3000))
+    """The web proxy's number as the search recorded it (these stores come from proxy-selected compares)."""
+    selection = traj.selection or {}
+    if selection.get("source") != "proxy":
+        raise ValueError(f"{traj.attempt_id} was selected by {selection.get('source')!r}, not the proxy: read a "
+                         "store of a `--select-with proxy` compare")
+    return float(selection["reward"])
 
 
 def decisive(store: TrajectoryStore) -> dict[str, list[Trajectory]]:
@@ -85,7 +80,7 @@ def report(groups: dict[str, list[Trajectory]], judged: dict[str, float]) -> dic
     """Per decisive task with every attempt judged: the judge's, the proxy's and a random top pick."""
     rows, all_scores, all_proxy, all_resolved = [], [], [], []
     for task_id, trajs in groups.items():
-        keys = [hashlib.sha256(judge_prompt(t).encode()).hexdigest() for t in trajs]
+        keys = [hashlib.sha256(web_judge_prompt(t).encode()).hexdigest() for t in trajs]
         if not all(k in judged for k in keys):
             continue
         scores, proxy, resolved = [judged[k] for k in keys], [web_proxy(t) for t in trajs], [t.resolved for t in trajs]
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     todo: dict[str, Trajectory] = {}
     for trajs in groups.values():
         for t in trajs:
-            key = hashlib.sha256(judge_prompt(t).encode()).hexdigest()
+            key = hashlib.sha256(web_judge_prompt(t).encode()).hexdigest()
             if key not in judged:
                 todo.setdefault(key, t)
     if todo and not args.report_only:

@@ -269,14 +269,17 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
     from agent_selfevolve.evolve import EvolveConfig, EvolveContext, evolve
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    sweep_rows = read_rows(out / "sweep.jsonl")
     classes = None
     if args.stratify:
-        classes = type_classes(read_rows(out / "sweep.jsonl"), seeds)
-        classes = {t: c for t, c in classes.items() if c != "incomplete"}
+        classes = {t: c for t, c in type_classes(sweep_rows, seeds).items() if c != "incomplete"}
     split = split_types(list(args.types), args.split_seed, args.gate_types, args.final_types, classes)
     plan = {name: [t.instance_id for t in tasks_for(types, seeds)] for name, types in split.items()}
+    greedy = latest(sweep_rows, lambda r: r["task_id"])  # the base's one greedy attempt per task, if swept
     print(json.dumps({"split_seed": args.split_seed, "stratified": classes is not None, "types": split,
-                      "tasks": {k: len(v) for k, v in plan.items()}}))
+                      "tasks": {k: len(v) for k, v in plan.items()},
+                      "sweep_solved": {k: sum(bool((greedy.get(i) or {}).get("resolved")) for i in v)
+                                       for k, v in plan.items()}}))
     if args.dry_run:
         return None
     from agent_selfevolve.models.weights import ensure_gguf

@@ -284,7 +284,8 @@ def _web_attempt(attempt_id: str, task_id: str, target: str, resolved: bool) -> 
                       steps=[{"index": 0, "action": {"name": "click", "arguments": {"id": target}},
                               "observation": "The task page says the episode is over; the attempt ends."}],
                       outcome={"answer": None, "stopped": False, "reward_info": {"reward": float(resolved)}},
-                      evaluation={"resolved": resolved, "reward": float(resolved), "source": "browsergym"})
+                      evaluation={"resolved": resolved, "reward": float(resolved), "source": "browsergym"},
+                      selection={"source": "proxy", "reward": 0.5})
 
 
 def test_web_judge_agreement_scores_decisive_tasks_once_per_prompt(tmp_path: Path) -> None:

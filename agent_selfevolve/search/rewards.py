@@ -73,12 +73,19 @@ def element_labels(page: str) -> dict[str, str]:
     return out
 
 
+def web_judge_prompt(traj: Trajectory) -> str:
+    """What the judge reads of a web attempt: the first page (the goal is on it) and the labelled actions."""
+    first = next((m.get("content") or "" for m in traj.messages if m.get("role") == "user"), "")
+    return WEB_JUDGE_PROMPT.format(page=head_tail(first if isinstance(first, str) else "", 4000),
+                                   actions=head_tail(web_actions_text(traj), 3000))
+
+
 def web_actions_text(traj: Trajectory) -> str:
     """One line per step: the action, its arguments, and the element it named, as labelled on the page the agent
     acted on (an id alone says nothing to a reader who never saw that page); then what came back, in brief."""
     first = next((m.get("content") or "" for m in traj.messages if m.get("role") == "user"), "")
     page = first if isinstance(first, str) else ""
-    lines = []
+    lines, labels = [], element_labels(page)
     for step in traj.step_records():
         if step.format_error or not step.action:
             lines.append(f"{step.index}. (no valid action)")
@@ -86,7 +93,7 @@ def web_actions_text(traj: Trajectory) -> str:
         args = dict(step.action.get("arguments") or {})
         named = re.search(r"[A-Za-z]*\d+", str(args.pop("id", "") or ""))  # '13', '[id=13]', 'bid=a13'
         target = named.group(0) if named else ""
-        label = element_labels(page).get(target, "(not on the page shown)") if target else ""
+        label = labels.get(target, "(not on the page shown)") if target else ""
         shown = f"{step.action.get('name')}" + (f" [{target}] {label}" if target else "") + \
             "".join(f" {k}={json.dumps(v)[:200]}" for k, v in args.items())
         result = step.observation.strip().splitlines()
@@ -97,7 +104,7 @@ def web_actions_text(traj: Trajectory) -> str:
         brief = error or ("" if quiet else result[0])
         lines.append(f"{step.index}. {shown}" + (f"\n   -> {brief[:200]}" if brief else ""))
         if "[id=" in step.observation:
-            page = step.observation
+            labels = element_labels(step.observation)
     answer = str(traj.outcome.get("answer") or "").strip()
     lines.append(f"Final answer: {answer[:300]}" if answer else "Final answer: none")
     return "\n".join(lines)
@@ -119,9 +126,7 @@ def llm_judge(model: Model, max_patch_chars: int = 6000) -> Any:
         if task.kind == "web":
             if not traj.steps:
                 return {"reward": 0.0, "source": "judge", "reason": "no action"}
-            first = next((m.get("content") or "" for m in traj.messages if m.get("role") == "user"), "")
-            prompt = WEB_JUDGE_PROMPT.format(page=head_tail(first if isinstance(first, str) else "", 4000),
-                                             actions=head_tail(web_actions_text(traj), 3000))
+            prompt = web_judge_prompt(traj)
         elif not traj.patch.strip():
             return {"reward": 0.0, "source": "judge", "reason": "empty patch"}
         else:
