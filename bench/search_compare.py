@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from strategy_runs import compare, compare_log, model_key  # noqa: E402
+from strategy_runs import compare, compare_log, fill_attempt_tokens, model_key  # noqa: E402
 from web_proof_stats import Deadline, compare_table, print_compare, read_rows  # noqa: E402
 
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
@@ -50,6 +50,8 @@ MINIWOB_SUBSET = ["click-link", "click-button", "focus-text", "click-dialog", "e
                   "click-tab", "login-user", "choose-list", "click-option"]
 """Single-page MiniWoB++ tasks a small model can plausibly do in a few actions."""
 STRATEGIES = ("best_of_n", "se_agent", "hgm", "mcts")
+RUN_PREFIX = "search-compare"
+"""Search run ids: `<prefix>:<strategy>:<task>:b<budget>:<selection>` (strategy_runs.run_id_of)."""
 
 
 def cluster_of(task: Task) -> str:
@@ -155,8 +157,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     options["lora_path"] = str(args.lora)
                 model = make_model(args.model, **options)
             compare(tasks, model, out, strategies=strategies, budget=budget, select_with=args.select_with,
-                    cluster_of=cluster_of, run_prefix="search-compare", agent=profile, max_steps=args.max_steps,
+                    cluster_of=cluster_of, run_prefix=RUN_PREFIX, agent=profile, max_steps=args.max_steps,
                     pool_size=args.pool_size, deadline=deadline, progress=args.progress)
+        fill_attempt_tokens(out, budget, args.select_with, RUN_PREFIX)  # rows logged before they carried it
         ids = {t.instance_id for t in tasks}
         rows = [r for r in read_rows(compare_log(out, budget, args.select_with)) if r["task_id"] in ids]
         table = compare_table(rows, strategies)

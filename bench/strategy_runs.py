@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from web_proof_stats import Deadline, append_row, read_rows, write_progress
+from web_proof_stats import Deadline, append_row, read_rows, write_progress, write_rows
 
 from agent_selfevolve.agent import Limits
 from agent_selfevolve.models import DEFAULT_LOCAL_MODEL
@@ -68,11 +68,12 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
                             budget=Budget(max_tokens=budget), select_with=select_with, judge=judge, agent=agent)
         opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if name == "se_agent" else {})}
         start = time.monotonic()
-        result = registry()[name](ctx, run_id=f"{run_prefix}:{name}:{task.instance_id}:b{budget}:{select_with}",
-                                  **opts)
+        run_id = run_id_of(run_prefix, name, task.instance_id, budget, select_with)
+        result = registry()[name](ctx, run_id=run_id, **opts)
         row = {"strategy": name, "task_id": task.instance_id, "type": cluster_of(task), "resolved": result.resolved,
                "pass_at_n": result.pass_at_n, "best_reward": result.best_reward, "attempts": result.attempts,
-               "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"], "budget": budget,
+               "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"],
+               "attempt_tokens": attempt_tokens(store, run_id), "budget": budget,
                "seconds": round(time.monotonic() - start, 2), "stop": result.stop_reason,
                "select_with": select_with, "oracle": result.oracle, "model": model.name}
         append_row(path, row)
@@ -88,3 +89,36 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
 
 def compare_log(out: Path, budget: int, select_with: str) -> Path:
     return out / f"compare-b{budget}-{select_with}.jsonl"
+
+
+def run_id_of(run_prefix: str, strategy: str, task_id: str, budget: int, select_with: str) -> str:
+    return f"{run_prefix}:{strategy}:{task_id}:b{budget}:{select_with}"
+
+
+def attempt_tokens(store: TrajectoryStore, run_id: str) -> int:
+    """Tokens the run's attempts spent themselves; the rest of its budget went to operator calls (SE-Agent's
+    ratings and plans, HGM's and MCTS's model calls) and judge verdicts."""
+    return sum(t.total_usage.total_tokens for t in store.attempts(run_id=run_id))
+
+
+def fill_attempt_tokens(out: Path, budget: int, select_with: str, run_prefix: str) -> int:
+    """Add `attempt_tokens` from `<out>/runs.sqlite` to logged rows written before rows carried it (the log is
+    rewritten atomically, other fields untouched); rows whose run is not in the store stay as they are. Returns
+    how many rows were filled."""
+    path, db = compare_log(out, budget, select_with), out / "runs.sqlite"
+    rows = read_rows(path)
+    missing = [r for r in rows if "attempt_tokens" not in r]
+    if not missing or not db.exists():
+        return 0
+    store, filled = TrajectoryStore(db), 0
+    try:
+        for row in missing:
+            run_id = run_id_of(run_prefix, row["strategy"], row["task_id"], budget, select_with)
+            if store.count(run_id):
+                row["attempt_tokens"] = attempt_tokens(store, run_id)
+                filled += 1
+    finally:
+        store.close()
+    if filled:
+        write_rows(path, rows)
+    return filled

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from strategy_runs import compare as run_strategies  # noqa: E402
-from strategy_runs import compare_log, model_key  # noqa: E402
+from strategy_runs import compare_log, fill_attempt_tokens, model_key  # noqa: E402
 from web_proof_stats import (  # noqa: E402
     INFRA,
     Deadline,
@@ -90,6 +90,8 @@ TASK_TYPES: tuple[str, ...] = (
     "unicode-test")
 SEEDS = (0, 1, 2)
 STRATEGIES = ("best_of_n", "se_agent", "hgm")
+RUN_PREFIX = "web-proof"
+"""Search run ids: `<prefix>:<strategy>:<task>:b<budget>:<selection>` (strategy_runs.run_id_of)."""
 SWEEP_RUN = "web-proof:sweep"
 MAX_TRIES = 3
 """Attempts per task when the sandbox or harness breaks (a crash is retried under a new attempt id, then left)."""
@@ -220,7 +222,7 @@ def compare_types(sweep_rows: list[dict[str, Any]], types: list[str], seeds: lis
 def compare(tasks: list[Task], model: Model, out: Path, **options: Any) -> list[dict[str, Any]]:
     """strategy_runs.compare with MiniWoB task types as the clusters and the web proof's run ids."""
     options.setdefault("agent", PROFILE)
-    return run_strategies(tasks, model, out, cluster_of=task_type, run_prefix="web-proof", **options)
+    return run_strategies(tasks, model, out, cluster_of=task_type, run_prefix=RUN_PREFIX, **options)
 
 
 # -- stage 3 -------------------------------------------------------------------------------------------------------
@@ -388,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         compare(tasks, _model(args.model, args.threads), out, strategies=strategies, budget=args.budget,
                 select_with=args.select_with, max_steps=args.max_steps, pool_size=args.pool_size, deadline=deadline,
                 progress=args.progress)
+    fill_attempt_tokens(out, args.budget, args.select_with, RUN_PREFIX)  # rows logged before they carried it
     table = compare_table(read_rows(compare_log(out, args.budget, args.select_with)), strategies)
     name = f"compare-b{args.budget}-{args.select_with}"
     write_json_atomic(out / f"{name}.json", {"model": args.model, "budget_tokens_per_task": args.budget,

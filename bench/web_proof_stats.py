@@ -48,6 +48,11 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     write_text_atomic(path, old + json.dumps(row, sort_keys=True) + "\n")
 
 
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a JSONL log atomically (a backfilled field added to old rows)."""
+    write_text_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
 def latest(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict[str, Any]]:
     """The last row per key (a retried row supersedes the one it retried)."""
     out: dict[Any, dict[str, Any]] = {}
@@ -165,7 +170,8 @@ def compare_table(rows: list[dict[str, Any]], strategies: list[str], reps: int =
             "ci95": wilson(k, len(done)), "pass_at_any": sum(bool(r["pass_at_n"]) for r in done),
             "tokens_per_task": round(sum(r["tokens"] for r in done) / len(done)) if done else None,
             "attempts_per_task": round(sum(r["attempts"] for r in done) / len(done), 2) if done else None,
-            "seconds_per_task": round(sum(r["seconds"] for r in done) / len(done), 1) if done else None}
+            "seconds_per_task": round(sum(r["seconds"] for r in done) / len(done), 1) if done else None,
+            "operator_token_share": operator_share(done)}
     for i, a in enumerate(strategies):
         for b in strategies[i + 1:]:
             paired = sorted(t for (s, t) in by if s == a and (b, t) in by)
@@ -183,6 +189,14 @@ def compare_table(rows: list[dict[str, Any]], strategies: list[str], reps: int =
     return out
 
 
+def operator_share(rows: list[dict[str, Any]]) -> float | None:
+    """The part of the tokens spent outside attempts (operators, judge); None unless every row says how much."""
+    total = sum(r["tokens"] for r in rows)
+    if not rows or not total or any("attempt_tokens" not in r for r in rows):
+        return None
+    return round(1 - sum(r["attempt_tokens"] for r in rows) / total, 3)
+
+
 def print_compare(table: dict[str, Any], budget: int | None, select_with: str) -> None:
     """The table; `budget` None for pooled runs (their budgets are printed above it). `oracle pass@N` (any attempt
     of the search resolved the task) is an oracle figure whatever chose."""
@@ -190,11 +204,12 @@ def print_compare(table: dict[str, Any], budget: int | None, select_with: str) -
     print(f"\n{'pooled budgets' if budget is None else f'{budget:,} tokens'} per task per strategy; selection: "
           f"{select_with}" + (" (ORACLE: the hidden check chose; not a held-out figure)" if oracle else " (held-out)"))
     print(f"{'strategy':10s} {'resolved':>9s} {'95% CI':>15s} {'oracle pass@N':>13s} {'tokens/task':>11s} "
-          f"{'s/task':>7s}")
+          f"{'s/task':>7s} {'operators':>9s}")
     for name, r in table["strategies"].items():
         ci = "-" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+        share = "-" if r.get("operator_token_share") is None else f"{r['operator_token_share']:.0%}"
         print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {ci:>15s} {r['pass_at_any']:>13d} "
-              f"{r['tokens_per_task'] or 0:>11,d} {r['seconds_per_task'] or 0:>7.0f}")
+              f"{r['tokens_per_task'] or 0:>11,d} {r['seconds_per_task'] or 0:>7.0f} {share:>9s}")
     for pair, p in table["pairs"].items():
         ci = "-" if p["diff_ci95"] is None else f"[{p['diff_ci95'][0]:+.2f}, {p['diff_ci95'][1]:+.2f}]"
         diff = "-" if p["diff"] is None else f"{p['diff']:+.3f}"

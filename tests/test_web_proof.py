@@ -194,6 +194,48 @@ def test_compare_runs_each_missing_pair_once_and_labels_oracle_selection(tmp_pat
     assert ran == []  # every pair logged: a rerun runs nothing
 
 
+def test_rows_say_what_the_attempts_spent_so_the_table_shows_the_operators_share(tmp_path: Path,
+                                                                                  monkeypatch: Any) -> None:
+    """Each FAKE strategy stores two 1,000-token attempts under its run id; best_of_n reports exactly those, the
+    others 1,000 (se_agent) or 500 (hgm) tokens more, spent on operators. A row logged before rows carried the
+    field is filled from the store; a row whose run is not in the store is left alone."""
+    import agent_selfevolve.search as search
+    from agent_selfevolve.store import TrajectoryStore
+
+    extra = {"best_of_n": 0, "se_agent": 1000, "hgm": 500}
+
+    def fake_strategy(name: str) -> Any:
+        def run(ctx: Any, run_id: str, **opts: Any) -> Any:
+            for k in range(2):
+                ctx.store.record(Trajectory(attempt_id=f"{run_id}:a{k}", task_id=ctx.task.instance_id, run_id=run_id,
+                                            usage={"prompt_tokens": 900, "completion_tokens": 100}))
+            return SimpleNamespace(resolved=False, pass_at_n=False, best_reward=0.0, attempts=2, stop_reason="budget",
+                                   usage={"prompt_tokens": 1800 + extra[name], "completion_tokens": 200},
+                                   oracle=False)
+        return run
+
+    monkeypatch.setattr(search, "strategies", lambda: {n: fake_strategy(n) for n in wp.STRATEGIES})
+    tasks = [_task("click-tab", 0), _task("click-tab", 1)]
+    rows = wp.compare(tasks, ScriptedFakeModel([]), tmp_path, strategies=list(wp.STRATEGIES), budget=5000,
+                      select_with="proxy")
+    assert {(r["strategy"], r["attempt_tokens"], r["tokens"]) for r in rows} == {
+        ("best_of_n", 2000, 2000), ("se_agent", 2000, 3000), ("hgm", 2000, 2500)}
+    shares = {s: v["operator_token_share"] for s, v in stats.compare_table(rows, list(wp.STRATEGIES),
+                                                                           reps=10)["strategies"].items()}
+    assert shares == {"best_of_n": 0.0, "se_agent": 0.333, "hgm": 0.2}
+
+    log = wp.compare_log(tmp_path, 5000, "proxy")
+    old = [{k: v for k, v in r.items() if k != "attempt_tokens"} for r in rows]
+    old.append({**_row("hgm", "browsergym.miniwob.click-tab.9", False, "click-tab"), "budget": 5000})  # not stored
+    stats.write_rows(log, old)
+    assert wp.fill_attempt_tokens(tmp_path, 5000, "proxy", wp.RUN_PREFIX) == 6
+    again = stats.read_rows(log)
+    assert again[:6] == rows and "attempt_tokens" not in again[6]
+    table = stats.compare_table(again, list(wp.STRATEGIES), reps=10)
+    assert table["strategies"]["hgm"]["operator_token_share"] is None  # one hgm row cannot say: no share
+    assert TrajectoryStore(tmp_path / "runs.sqlite").count() == 12
+
+
 def test_compare_table_printout_says_oracle_only_for_page_reward_selection(capsys: Any) -> None:
     table = stats.compare_table([_row("a", "x.0", True), _row("b", "x.0", False)], ["a", "b"], reps=10)
     stats.print_compare(table, 1000, "tests")
