@@ -10,14 +10,15 @@ Stage 1, `sweep`: one greedy attempt (temperature 0) per (task type, seed) over 
 outcome (reward, resolved, steps, tokens, seconds) one row of `bench/results/web-proof/<model>/sweep.jsonl`. It
 sorts the types into always / never / mixed for the model.
 Stage 2, `compare`: best_of_n vs se_agent vs hgm, each with the same per-task token budget (`--budget`), on every
-seed of the types the sweep found mixed (`--all`: every swept type), one row per (strategy, task) in
-`compare-b<budget>-<selection>.jsonl`; the table pairs strategies per task: resolved with Wilson intervals, the
-difference with a cluster bootstrap over task types, McNemar's exact p. Selection: MiniWoB's page reward is
-BrowserGym's own verdict, so by default (`--select-with tests`) the search chooses with the same reward that
-grades it: an ORACLE figure, labelled so, as in bench/search_compare.py. `--select-with proxy` chooses without
-it (stopped with an answer: 1, stopped: 0.5), a held-out figure, and so does `--select-with judge` (the model
-scores each attempt from the first page and its actions, each with the element it named; its calls count
-against the budget). Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
+seed of the types the sweep found mixed (`--classes never`: those greedy never solved; `--all`: every swept type),
+one row per (strategy, task) in `compare-b<budget>-<selection>.jsonl`; the table pairs strategies per task: resolved
+with Wilson intervals, the difference with a cluster bootstrap over task types, McNemar's exact p. Selection:
+MiniWoB's page reward is BrowserGym's own verdict, so by default (`--select-with tests`) the search chooses with the
+same reward that grades it: an ORACLE figure, labelled so, as in bench/search_compare.py. `--select-with proxy`
+chooses without it (stopped with an answer: 1, stopped: 0.5), a held-out figure, and so does `--select-with judge`
+(the model scores each attempt from the first page and its actions, each with the element it named; its calls count
+against the budget).
+Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
 test types (every seed of a type in one split; by default each of the model's sweep classes always / mixed /
 never is cut in proportion, `--no-stratify` to cut at random), run through `agent_selfevolve.evolve` (search on
 train -> LoRA -> gate -> final); the paired result is base vs final policy on the final test types, and beside it
@@ -46,7 +47,7 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ TASK_TYPES: tuple[str, ...] = (
     "unicode-test")
 SEEDS = (0, 1, 2)
 STRATEGIES = ("best_of_n", "se_agent", "hgm")
+CLASSES = ("always", "mixed", "never")
+"""What the sweep calls a type by its greedy outcomes over the seeds."""
 RUN_PREFIX = "web-proof"
 """Search run ids: `<prefix>:<strategy>:<task>:b<budget>:<selection>` (strategy_runs.run_id_of)."""
 SWEEP_RUN = "web-proof:sweep"
@@ -212,11 +215,19 @@ def print_sweep(rows: list[dict[str, Any]], report: dict[str, Any], seeds: list[
 
 
 # -- stage 2 -------------------------------------------------------------------------------------------------------
-def compare_types(sweep_rows: list[dict[str, Any]], types: list[str], seeds: list[int], every: bool) -> list[str]:
-    """The types to compare on: those the greedy sweep found neither always nor never right (`every`: all
-    swept types). A type still incomplete in the sweep is not chosen."""
-    classes = type_classes(sweep_rows, seeds)
-    return [t for t in types if classes.get(t) == "mixed" or (every and classes.get(t) in ("always", "never"))]
+def swept_seeds(sweep_rows: list[dict[str, Any]], fallback: list[int]) -> list[int]:
+    """The seeds a type's class is judged over: every seed the sweep ran, whatever seeds a later stage runs (a
+    compare on seed 0 of the never-solved types must not call a type 'never' for failing seed 0 alone)."""
+    return sorted({int(r["seed"]) for r in sweep_rows}) or fallback
+
+
+def compare_types(sweep_rows: list[dict[str, Any]], types: list[str], seeds: list[int],
+                  classes: Collection[str] = ("mixed",)) -> list[str]:
+    """The types to compare on: by default those the greedy sweep found neither always nor never right over its
+    seeds; `classes` picks others (`never`: can sampling find what greedy never did?). A type still incomplete in
+    the sweep is not chosen."""
+    found = type_classes(sweep_rows, swept_seeds(sweep_rows, seeds))
+    return [t for t in types if found.get(t) in classes]
 
 
 def compare(tasks: list[Task], model: Model, out: Path, **options: Any) -> list[dict[str, Any]]:
@@ -274,7 +285,8 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
     sweep_rows = read_rows(out / "sweep.jsonl")
     classes = None
     if args.stratify:
-        classes = {t: c for t, c in type_classes(sweep_rows, seeds).items() if c != "incomplete"}
+        classes = {t: c for t, c in type_classes(sweep_rows, swept_seeds(sweep_rows, seeds)).items()
+                   if c != "incomplete"}
     split = split_types(list(args.types), args.split_seed, args.gate_types, args.final_types, classes)
     plan = {name: [t.instance_id for t in tasks_for(types, seeds)] for name, types in split.items()}
     greedy = latest(sweep_rows, lambda r: r["task_id"])  # the base's one greedy attempt per task, if swept
@@ -351,7 +363,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="compare: tests = the page reward chooses (ORACLE); proxy or judge (the model reads "
                              "the first page and its actions, each with the element it named) = held-out")
     parser.add_argument("--pool-size", type=int, default=2, help="SE-Agent's initial pool")
-    parser.add_argument("--all", action="store_true", help="compare on every swept type, not only mixed ones")
+    parser.add_argument("--classes", type=lambda s: s.split(","), default=["mixed"],
+                        help="compare: the sweep classes to run, from always,mixed,never (default mixed)")
+    parser.add_argument("--all", action="store_true", help="compare: every swept type (--classes always,mixed,never)")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--gate-types", type=int, default=10)
     parser.add_argument("--final-types", type=int, default=10)
@@ -381,7 +395,10 @@ def main(argv: list[str] | None = None) -> None:
         write_json_atomic(out / "sweep.json", {"model": args.model, "seeds": seeds, **report})
         print_sweep(shown, report, seeds)
         return
-    chosen = compare_types(sweep_rows, list(args.types), seeds, args.all)
+    bad = set(args.classes) - {"always", "mixed", "never"}
+    if bad:
+        parser.error(f"--classes: {', '.join(sorted(bad))} is not one of always, mixed, never")
+    chosen = compare_types(sweep_rows, list(args.types), seeds, CLASSES if args.all else args.classes)
     strategies = args.strategies.split(",")
     print(f"comparing on {len(chosen)} types x {len(seeds)} seeds: {', '.join(chosen) or '(none: run the sweep)'}")
     logged = {(r["strategy"], r["task_id"]) for r in read_rows(compare_log(out, args.budget, args.select_with))}

@@ -120,13 +120,17 @@ def test_append_row_keeps_earlier_rows_and_reading_skips_a_torn_line(tmp_path: P
     assert [r["task_id"] for r in stats.read_rows(log)] == ["a", "c"]
 
 
-def test_types_to_compare_are_the_mixed_ones_unless_all() -> None:
+def test_types_to_compare_are_the_mixed_ones_unless_other_classes_are_asked_for() -> None:
     rows = [{"task_id": f"t.{name}.{s}", "type": name, "seed": s, "resolved": ok, "status": "submitted"}
             for name, oks in (("always", (1, 1, 1)), ("never", (0, 0, 0)), ("mixed", (1, 0, 0)), ("short", (1, 0)))
             for s, ok in enumerate(oks)]
     types = ["always", "never", "mixed", "short", "unswept"]
-    assert wp.compare_types(rows, types, [0, 1, 2], every=False) == ["mixed"]
-    assert wp.compare_types(rows, types, [0, 1, 2], every=True) == ["always", "never", "mixed"]
+    assert wp.compare_types(rows, types, [0, 1, 2]) == ["mixed"]
+    assert wp.compare_types(rows, types, [0, 1, 2], wp.CLASSES) == ["always", "never", "mixed"]
+    assert wp.compare_types(rows, types, [0, 1, 2], ["never"]) == ["never"]
+    assert wp.compare_types(rows, types, [1], ["never"]) == ["never"]  # mixed fails seed 1: judged over all seeds
+    with pytest.raises(SystemExit):
+        wp.main(["compare", "--classes", "nevr", "--report-only", "--out", "/nonexistent"])
 
 
 def test_wilson_interval_matches_known_values() -> None:
