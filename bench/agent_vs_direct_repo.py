@@ -60,10 +60,11 @@ def slice_of(items: list[Task], spec: str) -> list[Task]:
     return items[int(lo or 0):int(hi) if hi else None]
 
 
-def factory_tasks(source: str, slice_: str) -> list[Task]:
+def factory_tasks(source: str, slice_: str, keep: set[str] | None = None) -> list[Task]:
     """`factory:<project or all>[:<level>]`: that project's tasks in their file's order, of one difficulty level
     when given, sliced by `--tasks`; only the chosen ones are located. With `all`, the projects take turns (each
-    one's first task, then each one's second, ...), so a slice is a mix of projects, not the first project."""
+    one's first task, then each one's second, ...), so a slice is a mix of projects, not the first project.
+    `keep`: only these task ids, before the slice."""
     _, _, rest = source.partition(":")
     project, _, level = rest.partition(":")
     project = project or "all"
@@ -75,6 +76,8 @@ def factory_tasks(source: str, slice_: str) -> list[Task]:
                          f"bench/results/factory-tasks/{'*' if project == 'all' else project}.json.xz` (or "
                          f"`selfevolve tasks make {'<project>' if project == 'all' else project}`) first")
     tasks = [t for t in resolve_tasks(str(path), locate=False) if not level or getattr(t, "difficulty", "") == level]
+    if keep is not None:
+        tasks = [t for t in tasks if t.instance_id in keep]
     if project == "all":
         tasks = projects_in_turn(tasks)
     return locate_tasks(slice_of(tasks, slice_))

@@ -7,10 +7,14 @@
     python bench/search_compare.py --pool bench/results/search-compare/qwen2.5-coder-0.5b-humaneval-0-30,\\
 bench/results/search-compare/qwen2.5-coder-0.5b-factory-all-easy-0-30      # one table per budget rank, pooled
     python bench/search_compare.py --suite miniwob --strategies best_of_n,se_agent --budgets 8000 --max-steps 4
+    python bench/search_compare.py --suite humaneval --held-out-of bench/results/evolve-proof/seed0/split.json \
+        --tasks 0:30 --budgets 4000,8000 --lora <work>/seed0/registry/gguf/<adapter>.gguf   # the evolved policy
 
 Each strategy gets the same per-task token budget (the compute-matched comparison SE-Agent's users asked for), and
 every budget of `--budgets` is a separate comparison on the same tasks. Suites: `humaneval` (repo tasks), the task
-factory's `factory:<project or all>[:<level>]`, `bundled`, `miniwob`; `--tasks lo:hi` slices them.
+factory's `factory:<project or all>[:<level>]`, `bundled`, `miniwob`; `--tasks lo:hi` slices them, after
+`--held-out-of` (an evolve proof's split.json) has kept only the tasks that proof's adapters never trained on:
+the base and the evolved policy (`--lora`, which needs it) are then compared on the same tasks.
 
 Selection uses the proxy reward (no hidden tests), so `resolved` (hidden tests, graded afterwards) is a held-out
 figure; the `oracle pass@N` column counts a task when any attempt of the search resolved it, an ORACLE figure kept
@@ -29,6 +33,7 @@ budget rank: the lowest budget of each run together, then the next.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -63,18 +68,33 @@ def cluster_of(task: Task) -> str:
     return task.instance_id
 
 
-def suite_tasks(suite: str, slice_: str | None, seeds: list[int]) -> list[Task]:
+def suite_tasks(suite: str, slice_: str | None, seeds: list[int], keep: set[str] | None = None) -> list[Task]:
+    """The suite's tasks, only those in `keep` when given (before `slice_`), repositories built."""
     if suite == "miniwob":
         from agent_selfevolve.web_tasks import miniwob_tasks
 
+        if keep is not None:
+            raise SystemExit("--held-out-of: MiniWoB tasks have no evolve-proof split; leave it out")
         return select_tasks(miniwob_tasks(MINIWOB_SUBSET, seeds=seeds), slice_=slice_)
     if suite.startswith("factory"):
         from agent_vs_direct_repo import factory_tasks
 
-        return factory_tasks(suite, slice_ or ":")
-    from agent_selfevolve.sources import resolve_tasks
+        return factory_tasks(suite, slice_ or ":", keep)
+    from agent_selfevolve.sources import locate_tasks, resolve_tasks
 
-    return resolve_tasks(suite, slice_=slice_)  # "humaneval" or "bundled", with their repositories built
+    listed = resolve_tasks(suite, locate=False)  # "humaneval" or "bundled"
+    return locate_tasks(select_tasks([t for t in listed if keep is None or t.instance_id in keep], slice_=slice_))
+
+
+def held_out_ids(split_file: Path) -> tuple[int, set[str]]:
+    """The evolve proof's held-out task ids of every suite in its `split.json` (bench/evolve_proof.py), and its
+    seed: the tasks an adapter of that seed never trained on."""
+    try:
+        split = json.loads(split_file.read_text())
+        ids = {i for part in split.values() if isinstance(part, dict) for i in part.get("held_out", [])}
+        return int(split["seed"]), ids
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--held-out-of {split_file}: not an evolve-proof split.json ({e})") from e
 
 
 def budgets_in(out: Path, select_with: str) -> list[int]:
@@ -113,6 +133,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: free cores)")
     parser.add_argument("--lora", type=Path, default=None, help="a GGUF LoRA adapter on the local model: the "
                         "evolved policy (bench/evolve_proof.py leaves them in <work>/seed<s>/registry/gguf/)")
+    parser.add_argument("--held-out-of", type=Path, default=None, help="an evolve proof's split.json "
+                        "(bench/results/evolve-proof/seed<s>/split.json): only its held-out tasks, before --tasks; "
+                        "needed with --lora, so the adapter is never graded on what it trained on")
     parser.add_argument("--until-minutes", type=float, default=None, help="start no search after this long")
     parser.add_argument("--progress", type=Path, default=None, help="rewritten after every search")
     parser.add_argument("--out", type=Path, default=None,
@@ -136,9 +159,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     from agent_selfevolve.setups import get_setup
 
+    if args.lora and not args.held_out_of:
+        parser.error("--lora: give --held-out-of <the proof's seed<s>/split.json>; an adapter graded on tasks it "
+                     "trained on measures memory, not search")
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [args.budget]
-    tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")])
-    span = (args.tasks or "all").replace(":", "-")
+    split_seed, keep = held_out_ids(args.held_out_of) if args.held_out_of else (None, None)
+    tasks = suite_tasks(args.suite, args.tasks, [int(s) for s in args.seeds.split(",")], keep)
+    if not tasks:
+        raise SystemExit(f"no tasks: suite {args.suite}, --tasks {args.tasks}"
+                         + (f", held out of {args.held_out_of}" if keep is not None else ""))
+    span = (args.tasks or "all").replace(":", "-") + (f"-heldout-s{split_seed}" if keep is not None else "")
     policy = model_key(args.model) + (f"+{args.lora.stem}" if args.lora else "")
     out = args.out or RESULTS / f"{policy}-{args.suite.replace(':', '-')}-{span}"
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +195,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         table = compare_table(rows, strategies)
         write_json_atomic(out / f"compare-b{budget}-{args.select_with}.json", {
             "model": args.model, "lora": str(args.lora) if args.lora else None, "suite": args.suite,
-            "tasks": args.tasks, "budget_tokens_per_task": budget,
+            "tasks": args.tasks, "held_out_of": str(args.held_out_of) if args.held_out_of else None,
+            "budget_tokens_per_task": budget,
             "select_with": args.select_with, "oracle": args.select_with == "tests", "profile": args.profile,
             "max_steps": args.max_steps, **table})
         print(f"\n{args.suite} {args.tasks or 'all'}: {len(tasks)} tasks, model {args.model}")

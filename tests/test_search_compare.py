@@ -50,8 +50,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[str, s
         return run
 
     monkeypatch.setattr(search, "strategies", lambda: {n: strategy(n) for n in sc.STRATEGIES})
-    monkeypatch.setattr(sc, "suite_tasks", lambda suite, slice_, seeds: [
-        Task(instance_id=i, repo_path="/nonexistent", problem_statement="x") for i in IDS])
+    monkeypatch.setattr(sc, "suite_tasks", lambda suite, slice_, seeds, keep=None: [
+        Task(instance_id=i, repo_path="/nonexistent", problem_statement="x") for i in IDS
+        if keep is None or i in keep])
     monkeypatch.setattr(sc, "make_model", lambda spec, **options: ScriptedFakeModel([]))
     return sc, ran
 
@@ -104,8 +105,31 @@ def test_lora_runs_the_evolved_policy_in_its_own_folder(fake: tuple[ModuleType, 
     loaded: list[dict[str, Any]] = []
     monkeypatch.setattr(sc, "make_model", lambda spec, **options: loaded.append(options) or ScriptedFakeModel([]))
     monkeypatch.setattr(sc, "RESULTS", tmp_path)
-    sc.main(["--model", "local", "--suite", "humaneval", "--tasks", "0:3", "--budgets", "1000", "--strategies",
-             "hgm", "--lora", str(tmp_path / "sft-3.gguf")])
+    split = tmp_path / "split.json"  # the proof's split: the adapter trained on toolz-a1, never on the others
+    split.write_text(json.dumps({"seed": 3, "factory": {"train": [IDS[0]], "held_out": IDS[1:]}}))
+    argv = ["--model", "local", "--suite", "humaneval", "--tasks", "0:3", "--budgets", "1000", "--strategies", "hgm",
+            "--lora", str(tmp_path / "sft-3.gguf")]
+    with pytest.raises(SystemExit):  # an adapter graded on tasks it may have trained on: refused
+        sc.main(argv)
+    assert loaded == []
+    sc.main([*argv, "--held-out-of", str(split)])
     assert loaded[0]["lora_path"] == str(tmp_path / "sft-3.gguf")
-    saved = json.loads((tmp_path / "qwen2.5-coder-0.5b+sft-3-humaneval-0-3" / "compare-b1000-proxy.json").read_text())
-    assert saved["lora"].endswith("sft-3.gguf") and saved["strategies"]["hgm"]["resolved"] == 3
+    folder = tmp_path / "qwen2.5-coder-0.5b+sft-3-humaneval-0-3-heldout-s3"
+    saved = json.loads((folder / "compare-b1000-proxy.json").read_text())
+    assert saved["lora"].endswith("sft-3.gguf") and saved["strategies"]["hgm"]["tasks"] == 2
+    assert saved["held_out_of"] == str(split)
+
+
+def test_held_out_of_keeps_only_the_proofs_held_out_tasks_before_the_slice(tmp_path: Path) -> None:
+    """The real suite loader: the slice counts held-out tasks only, in the suite's order."""
+    sc = _load()
+    split = tmp_path / "split.json"
+    held = ["humaneval__40", "humaneval__11", "humaneval__7"]
+    split.write_text(json.dumps({"seed": 0, "humaneval": {"train": ["humaneval__0"], "held_out": held}}))
+    seed, keep = sc.held_out_ids(split)
+    tasks = sc.suite_tasks("humaneval", "0:2", [0], keep)
+    assert seed == 0 and [t.instance_id for t in tasks] == ["humaneval__7", "humaneval__11"]
+    assert all(Path(t.repo_path).is_dir() for t in tasks)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not an evolve-proof split"):
+        sc.held_out_ids(tmp_path / "bad.json")
