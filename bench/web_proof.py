@@ -47,6 +47,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -315,8 +316,16 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
     class OutOfTime(Exception):
         pass
 
+    seen: dict[str, int] = {}
+
     def on_event(event: dict[str, Any]) -> None:
         print(json.dumps(event, default=str)[:160], flush=True)
+        kind = f"{event.get('event')}:{event.get('split', '')}".rstrip(":")
+        seen[kind] = seen.get(kind, 0) + 1
+        if args.progress:  # where the run stands: events of this invocation by kind, and the last one
+            write_json_atomic(args.progress, {"stage": "evolve", "tasks": {k: len(v) for k, v in plan.items()},
+                                              "events_this_run": seen, "elapsed_s": round(deadline.elapsed(), 1),
+                                              "last": event, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if deadline.expired():
             raise OutOfTime
 
@@ -408,7 +417,12 @@ def main(argv: list[str] | None = None) -> None:
                 select_with=args.select_with, max_steps=args.max_steps, pool_size=args.pool_size, deadline=deadline,
                 progress=args.progress)
     fill_attempt_tokens(out, args.budget, args.select_with, RUN_PREFIX)  # rows logged before they carried it
-    table = compare_table(read_rows(compare_log(out, args.budget, args.select_with)), strategies)
+    ids = {t.instance_id for t in tasks}  # the chosen types' rows only: one log may hold other classes' runs
+    rows = [r for r in read_rows(compare_log(out, args.budget, args.select_with)) if r["task_id"] in ids]
+    if not rows:
+        print("nothing logged for these tasks yet: no table written")
+        return
+    table = compare_table(rows, strategies)
     name = f"compare-b{args.budget}-{args.select_with}"
     write_json_atomic(out / f"{name}.json", {"model": args.model, "budget_tokens_per_task": args.budget,
                                              "select_with": args.select_with, "oracle": args.select_with == "tests",

@@ -133,6 +133,70 @@ def test_types_to_compare_are_the_mixed_ones_unless_other_classes_are_asked_for(
         wp.main(["compare", "--classes", "nevr", "--report-only", "--out", "/nonexistent"])
 
 
+def test_a_compare_table_holds_only_the_chosen_classes_rows(tmp_path: Path) -> None:
+    """A never-class search logged in the same file (same budget and selection) must not enter the mixed table, and
+    a report with nothing logged for its tasks writes no empty table."""
+    out = tmp_path / wp.model_key("local")
+    sweep = [{"task_id": f"browsergym.miniwob.{name}.{s}", "type": name, "seed": s, "resolved": ok,
+              "status": "submitted"} for name, oks in (("click-tab", (1, 0, 0)), ("enter-date", (0, 0, 0)))
+             for s, ok in enumerate(oks)]
+    for row in sweep:
+        stats.append_row(out / "sweep.jsonl", row)
+    log = wp.compare_log(out, 5000, "tests")
+    for s in range(3):
+        stats.append_row(log, {**_row("best_of_n", f"browsergym.miniwob.click-tab.{s}", s == 0, "click-tab"),
+                               "budget": 5000})
+    stats.append_row(log, {**_row("best_of_n", "browsergym.miniwob.enter-date.0", True, "enter-date"), "budget": 5000})
+    argv = ["compare", "--model", "local", "--budget", "5000", "--strategies", "best_of_n", "--report-only",
+            "--types", "click-tab,enter-date", "--out", str(tmp_path)]
+    wp.main(argv)
+    saved = json.loads((out / "compare-b5000-tests.json").read_text())
+    assert saved["types"] == ["click-tab"] and saved["strategies"]["best_of_n"]["tasks"] == 3
+    assert saved["strategies"]["best_of_n"]["resolved"] == 1
+    (out / "compare-b5000-tests.json").unlink()
+    wp.main([*argv, "--classes", "always"])
+    assert not (out / "compare-b5000-tests.json").exists()
+
+
+def test_the_web_evolve_hands_its_splits_to_evolve_writes_progress_and_the_paired_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/web_proof.py evolve around a FAKE `evolve` (no model, no training): the context's three splits are
+    the printed split's tasks, each event rewrites --progress, and the final split's outcomes reach
+    evolve-result.json with their intervals."""
+    import agent_selfevolve.evolve as evolve_mod
+    import agent_selfevolve.models.weights as weights
+    import agent_selfevolve.serving as serving
+    import agent_selfevolve.train as train
+
+    seen: dict[str, Any] = {}
+
+    def fake_evolve(ctx: Any, run_id: str) -> dict[str, Any]:
+        seen.update(train=[t.instance_id for t in ctx.train_tasks], gate=[t.instance_id for t in ctx.held_out],
+                    final=[t.instance_id for t in ctx.final_test])
+        ctx.on_event({"event": "search", "episode": 0, "task_id": ctx.train_tasks[0].instance_id})
+        ctx.on_event({"event": "eval", "split": "final", "policy": "base", "task_id": seen["final"][0]})
+        base = dict.fromkeys(seen["final"], False)
+        return {"final_test": {"base": 0.0, "final": 0.5, "policy": "sft-1", "paired": {"p_value": 0.5},
+                               "outcomes": {"base": base, "final": {i: k % 2 == 0 for k, i in enumerate(base)}}}}
+
+    monkeypatch.setattr(evolve_mod, "evolve", fake_evolve)
+    monkeypatch.setattr(weights, "ensure_gguf", lambda key: tmp_path / "m.gguf")
+    monkeypatch.setattr(train, "hf_base_from_gguf", lambda path: tmp_path / "hf")
+    monkeypatch.setattr(serving, "llama_cpp_policy", lambda *a, **k: "FAKE policy")
+    types = ["click-tab", "enter-date", "focus-text", "click-link"]
+    progress = tmp_path / "progress.json"
+    wp.main(["evolve", "--model", "local", "--types", ",".join(types), "--seeds", "0,1", "--gate-types", "1",
+             "--final-types", "1", "--no-stratify", "--out", str(tmp_path), "--progress", str(progress)])
+    assert sorted(seen["train"] + seen["gate"] + seen["final"]) == sorted(f"browsergym.miniwob.{t}.{s}"
+                                                                          for t in types for s in (0, 1))
+    assert len(seen["final"]) == 2 and {i.rsplit(".", 1)[0] for i in seen["final"]} == {seen["final"][0][:-2]}
+    state = json.loads(progress.read_text())
+    assert state["events_this_run"] == {"search": 1, "eval:final": 1} and state["tasks"]["train"] == 4
+    result = json.loads((tmp_path / wp.model_key("local") / "evolve-result.json").read_text())
+    assert result["final_ci95"]["final"] == list(stats.wilson(1, 2)) and result["split"]["final"] == [
+        seen["final"][0].split(".")[2]]
+
+
 def test_wilson_interval_matches_known_values() -> None:
     assert stats.wilson(5, 10) == (0.2366, 0.7634)
     lo, hi = stats.wilson(0, 10)
