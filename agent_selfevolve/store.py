@@ -129,6 +129,12 @@ class TrajectoryStore:
         rows = self._conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
         return [Trajectory.from_dict(json.loads(r[0])) for r in rows]
 
+    def tokens(self, run_id: str) -> int:
+        """Prompt plus completion tokens of the run's stored attempts (from their columns: no trajectory is read)."""
+        row = self._conn.execute("SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM attempts "
+                                 "WHERE run_id=?", (run_id,)).fetchone()
+        return int(row[0])
+
     def count(self, run_id: str | None = None) -> int:
         if run_id is None:
             return self._conn.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]

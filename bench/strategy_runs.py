@@ -73,7 +73,7 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
         row = {"strategy": name, "task_id": task.instance_id, "type": cluster_of(task), "resolved": result.resolved,
                "pass_at_n": result.pass_at_n, "best_reward": result.best_reward, "attempts": result.attempts,
                "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"],
-               "attempt_tokens": attempt_tokens(store, run_id), "budget": budget,
+               "attempt_tokens": store.tokens(run_id), "budget": budget,  # the rest went to operators and judge
                "seconds": round(time.monotonic() - start, 2), "stop": result.stop_reason,
                "select_with": select_with, "oracle": result.oracle, "model": model.name}
         append_row(path, row)
@@ -95,16 +95,11 @@ def run_id_of(run_prefix: str, strategy: str, task_id: str, budget: int, select_
     return f"{run_prefix}:{strategy}:{task_id}:b{budget}:{select_with}"
 
 
-def attempt_tokens(store: TrajectoryStore, run_id: str) -> int:
-    """Tokens the run's attempts spent themselves; the rest of its budget went to operator calls (SE-Agent's
-    ratings and plans, HGM's and MCTS's model calls) and judge verdicts."""
-    return sum(t.total_usage.total_tokens for t in store.attempts(run_id=run_id))
-
-
 def fill_attempt_tokens(out: Path, budget: int, select_with: str, run_prefix: str) -> int:
-    """Add `attempt_tokens` from `<out>/runs.sqlite` to logged rows written before rows carried it (the log is
-    rewritten atomically, other fields untouched); rows whose run is not in the store stay as they are. Returns
-    how many rows were filled."""
+    """Add `attempt_tokens` (what the run's attempts spent themselves; the rest of its tokens went to operator calls,
+    SE-Agent's ratings and plans, HGM's and MCTS's, and judge verdicts) from `<out>/runs.sqlite` to logged rows
+    written before rows carried it. The log is rewritten atomically, other fields untouched; rows whose run is not in
+    the store stay as they are. Returns how many rows were filled."""
     path, db = compare_log(out, budget, select_with), out / "runs.sqlite"
     rows = read_rows(path)
     missing = [r for r in rows if "attempt_tokens" not in r]
@@ -115,7 +110,7 @@ def fill_attempt_tokens(out: Path, budget: int, select_with: str, run_prefix: st
         for row in missing:
             run_id = run_id_of(run_prefix, row["strategy"], row["task_id"], budget, select_with)
             if store.count(run_id):
-                row["attempt_tokens"] = attempt_tokens(store, run_id)
+                row["attempt_tokens"] = store.tokens(run_id)
                 filled += 1
     finally:
         store.close()

@@ -10,14 +10,14 @@ Stage 1, `sweep`: one greedy attempt (temperature 0) per (task type, seed) over 
 outcome (reward, resolved, steps, tokens, seconds) one row of `bench/results/web-proof/<model>/sweep.jsonl`. It
 sorts the types into always / never / mixed for the model.
 Stage 2, `compare`: best_of_n vs se_agent vs hgm, each with the same per-task token budget (`--budget`), on every
-seed of the types the sweep found mixed (`--classes never`: those greedy never solved; `--all`: every swept type),
-one row per (strategy, task) in `compare-b<budget>-<selection>.jsonl`; the table pairs strategies per task: resolved
-with Wilson intervals, the difference with a cluster bootstrap over task types, McNemar's exact p. Selection:
-MiniWoB's page reward is BrowserGym's own verdict, so by default (`--select-with tests`) the search chooses with the
-same reward that grades it: an ORACLE figure, labelled so, as in bench/search_compare.py. `--select-with proxy`
-chooses without it (stopped with an answer: 1, stopped: 0.5), a held-out figure, and so does `--select-with judge`
-(the model scores each attempt from the first page and its actions, each with the element it named; its calls count
-against the budget).
+seed of the types the sweep found mixed (`--classes never`: those greedy never solved; `--classes
+always,mixed,never`: all), one row per (strategy, task) in `compare-b<budget>-<selection>.jsonl`; the table pairs
+strategies per task: resolved with Wilson intervals, the difference with a cluster bootstrap over task types,
+McNemar's exact p. Selection: MiniWoB's page reward is BrowserGym's own verdict, so by default (`--select-with
+tests`) the search chooses with the same reward that grades it: an ORACLE figure, labelled so, as in
+bench/search_compare.py. `--select-with proxy` chooses without it (stopped with an answer: 1, stopped: 0.5), a held-
+out figure, and so does `--select-with judge` (the model scores each attempt from the first page and its actions,
+each with the element it named; its calls count against the budget).
 Stage 3, `evolve`: task types shuffled with `--split-seed`, cut into train / gate / final
 test types (every seed of a type in one split; by default each of the model's sweep classes always / mixed /
 never is cut in proportion, `--no-stratify` to cut at random), run through `agent_selfevolve.evolve` (search on
@@ -374,7 +374,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-size", type=int, default=2, help="SE-Agent's initial pool")
     parser.add_argument("--classes", type=lambda s: s.split(","), default=["mixed"],
                         help="compare: the sweep classes to run, from always,mixed,never (default mixed)")
-    parser.add_argument("--all", action="store_true", help="compare: every swept type (--classes always,mixed,never)")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--gate-types", type=int, default=10)
     parser.add_argument("--final-types", type=int, default=10)
@@ -404,10 +403,9 @@ def main(argv: list[str] | None = None) -> None:
         write_json_atomic(out / "sweep.json", {"model": args.model, "seeds": seeds, **report})
         print_sweep(shown, report, seeds)
         return
-    bad = set(args.classes) - {"always", "mixed", "never"}
-    if bad:
-        parser.error(f"--classes: {', '.join(sorted(bad))} is not one of always, mixed, never")
-    chosen = compare_types(sweep_rows, list(args.types), seeds, CLASSES if args.all else args.classes)
+    if bad := set(args.classes) - set(CLASSES):
+        parser.error(f"--classes: {', '.join(sorted(bad))} is not one of {', '.join(CLASSES)}")
+    chosen = compare_types(sweep_rows, list(args.types), seeds, args.classes)
     strategies = args.strategies.split(",")
     print(f"comparing on {len(chosen)} types x {len(seeds)} seeds: {', '.join(chosen) or '(none: run the sweep)'}")
     logged = {(r["strategy"], r["task_id"]) for r in read_rows(compare_log(out, args.budget, args.select_with))}
