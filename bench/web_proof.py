@@ -11,7 +11,9 @@ outcome (reward, resolved, steps, tokens, seconds) one row of `bench/results/web
 sorts the types into always / never / mixed for the model.
 Stage 2, `compare`: best_of_n vs se_agent vs hgm, each with the same per-task token budget (`--budget`), on every
 seed of the types the sweep found mixed (`--classes never`: those greedy never solved; `--classes
-always,mixed,never`: all), one row per (strategy, task) in `compare-b<budget>-<selection>.jsonl`; the table pairs
+always,mixed,never`: all), one row per (strategy, task) in
+`compare-b<budget>-<selection>.jsonl` (one log for every class; a table of other classes than mixed is
+`...-<classes>.json`, e.g. `compare-b12000-tests-never.json`); the table pairs
 strategies per task: resolved with Wilson intervals, the difference with a cluster bootstrap over task types,
 McNemar's exact p. Selection: MiniWoB's page reward is BrowserGym's own verdict, so by default (`--select-with
 tests`) the search chooses with the same reward that grades it: an ORACLE figure, labelled so, as in
@@ -231,6 +233,13 @@ def compare_types(sweep_rows: list[dict[str, Any]], types: list[str], seeds: lis
     return [t for t in types if found.get(t) in classes]
 
 
+def table_name(budget: int, select_with: str, classes: Collection[str]) -> str:
+    """A compare table's file stem. The log is shared by every class run at one budget and selection; each class set
+    gets its own table, so a run on the always or never types cannot overwrite the mixed types' table."""
+    chosen = [c for c in CLASSES if c in set(classes)]
+    return f"compare-b{budget}-{select_with}" + ("" if chosen == ["mixed"] else "-" + "+".join(chosen))
+
+
 def compare(tasks: list[Task], model: Model, out: Path, **options: Any) -> list[dict[str, Any]]:
     """strategy_runs.compare with MiniWoB task types as the clusters and the web proof's run ids."""
     options.setdefault("agent", PROFILE)
@@ -421,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
         print("nothing logged for these tasks yet: no table written")
         return
     table = compare_table(rows, strategies)
-    name = f"compare-b{args.budget}-{args.select_with}"
+    name = table_name(args.budget, args.select_with, args.classes)
     write_json_atomic(out / f"{name}.json", {"model": args.model, "budget_tokens_per_task": args.budget,
                                              "select_with": args.select_with, "oracle": args.select_with == "tests",
                                              "types": chosen, "seeds": seeds, **table})
