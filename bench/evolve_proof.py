@@ -4,6 +4,7 @@
     python bench/evolve_proof.py --seed 1 --until-minutes 150     # the other split; rerun either until done
     python bench/evolve_proof.py --report                         # per seed and pooled; summary.json, evolve.png
     python bench/evolve_proof.py --seed 0 --kinds sft,dpo --until-minutes 150   # an ablation arm
+    python bench/evolve_proof.py --seed 0 --kinds sft,dpo --at-episode 2        # ... at the last episode only
     python bench/evolve_proof.py --dry-run                        # FAKE model + FAKE trainer, tiny split
 
 Per seed s: a seeded split into training and held-out tasks (HumanEval repo tasks; factory tasks held out by
@@ -128,6 +129,8 @@ def run_seed(args: argparse.Namespace, command: str, pools_of: Any = real_pools,
     seed_dir = args.out / f"seed{args.seed}"
     config = resolve_config(seed_dir, args.seed, given_options(args))
     check_code(seed_dir, args.code_note or _git_head(), args.allow_code_change)
+    arm = arm_of(args.kinds)
+    units = plan(config, arm, args.at_episode)  # a bad --at-episode fails before any model is loaded
     split, tasks = load_split(seed_dir, config, pools_of(config))
     if pools_of is real_pools:
         from agent_selfevolve.sources import locate_tasks
@@ -135,14 +138,13 @@ def run_seed(args: argparse.Namespace, command: str, pools_of: Any = real_pools,
         tasks = {t.instance_id: t for t in locate_tasks(list(tasks.values()))}
     work = args.work / f"seed{args.seed}"
     backend = (backend_of or default_backend)(args, config, split, tasks, work)
-    arm = arm_of(args.kinds)
     proof = Proof(config, split, tasks, seed_dir, work, backend, deadline=deadline, progress=args.progress,
                   command=command, concurrency=args.concurrency)
     append_record(seed_dir / "sessions.jsonl", {"session": proof.session, "event": "start", "command": command,
-                                                "arm": arm, "until_minutes": args.until_minutes,
+                                                "arm": arm, "at_episode": args.at_episode,
+                                                "until_minutes": args.until_minutes,
                                                 "backend": backend.label,
                                                 "at": datetime.now(UTC).isoformat()})
-    units = plan(config, arm)
     stopped = None
     try:
         for unit in units:
@@ -172,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", action="store_true", help="only print and write the pooled report")
     parser.add_argument("--kinds", default="sft", help="row kinds of the arm: sft | sft,recovery | sft,dpo | "
                         "sft,rationalized | ...")
+    parser.add_argument("--at-episode", type=int, default=None,
+                        help="an ablation arm (--kinds other than sft) trained and evaluated at this episode only")
     parser.add_argument("--out", type=Path, default=None, help="results to commit (default bench/results/evolve-proof)")
     parser.add_argument("--work", type=Path, default=None, help="stores and adapters (default runs/evolve-proof)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")

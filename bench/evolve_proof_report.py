@@ -97,8 +97,9 @@ def build_report(root: Path) -> dict[str, Any]:
             prev = base
             for k in episodes_of(folder):
                 after = outcomes(folder, Unit("eval", k, arm))
-                if after is None:
-                    break
+                if after is None:  # not run yet, or an ablation arm run at a later episode only (--at-episode)
+                    prev = None
+                    continue
                 summary = json.loads((unit_dir(folder, Unit("eval", k, arm)) / "summary.json").read_text())
                 rows.append({"episode": k, **_rate(after), "by_suite": summary.get("by_suite"),
                              "endings": endings(folder, Unit("eval", k, arm)),
@@ -120,15 +121,17 @@ def build_report(root: Path) -> dict[str, Any]:
             before: dict[str, bool] = {}
             after: dict[str, bool] = {}
             prev: dict[str, bool] = {}
+            has_previous = True
             for seed, out in by_seed.items():
                 folder = seed_dirs(root)[seed]
                 base = outcomes(folder, Unit("eval")) or {}
                 last = base if k == 0 else outcomes(folder, Unit("eval", k - 1, arm)) or {}
                 before.update({f"s{seed}:{t}": v for t, v in base.items()})
                 prev.update({f"s{seed}:{t}": v for t, v in last.items()})
+                has_previous = has_previous and bool(last)
                 after.update({f"s{seed}:{t}": v for t, v in out.items()})
             row = {"episode": k, "seeds": sorted(by_seed), **_paired(before, after),
-                   "vs_previous": _paired(prev, after)["mcnemar"], "by_suite": {}}
+                   "vs_previous": _paired(prev, after)["mcnemar"] if has_previous else None, "by_suite": {}}
             for suite in SUITES:
                 keys = [t for t in after if _suite(t) == suite]
                 if keys:

@@ -130,6 +130,11 @@ def test_units_run_in_order_and_an_ablation_arm_trains_the_search_arm_first() ->
     assert [u.name for u in plan(config, "sft+dpo")] == [
         "base-eval", "search-ep0", "train-ep0[sft+dpo]", "eval-ep0[sft+dpo]", "train-ep0[sft]", "search-ep1",
         "train-ep1[sft+dpo]", "eval-ep1[sft+dpo]"]
+    assert [u.name for u in plan(config, "sft+dpo", at_episode=1)] == [
+        "base-eval", "search-ep0", "train-ep0[sft]", "search-ep1", "train-ep1[sft+dpo]", "eval-ep1[sft+dpo]"]
+    for arm, at, init in (("sft", 1, "base"), ("sft+dpo", 2, "base"), ("sft+dpo", 1, "previous")):
+        with pytest.raises(ProofError):  # the search arm, an episode the seed lacks, a chained adapter
+            plan(ProofConfig(seed=0, episodes=2, init=init), arm, at_episode=at)
     assert ep.arm_of("dpo,sft") == "sft+dpo" and ep.arm_of("sft, recovery") == "sft+recovery"
     with pytest.raises(SystemExit):
         ep.arm_of("dpo")
@@ -442,6 +447,26 @@ def test_the_report_pools_the_pairs_of_both_seeds(tmp_path: Path) -> None:
     assert factory["after"]["n"] == 4 and factory["after"]["resolved"] == 1 and factory["mcnemar"]["gained"] == 1
     assert report["seeds"]["1"]["base_endings"] == {"format_errors": 5, "submitted": 1}  # how attempts ended
     assert s0["endings"] == {"format_errors": 3, "submitted": 3}
+
+
+def test_an_ablation_arm_run_at_the_last_episode_only_is_reported_against_sft_there(tmp_path: Path) -> None:
+    """`--at-episode 1`: the arm has no episode-0 evaluation. Its one row must still be reported (not dropped at
+    the missing episode 0), compared with SFT at the same episode and the base, with no 'previous' to compare."""
+    ids = [f"humaneval__{i}" for i in range(6)]
+    seed_dir = tmp_path / "seed0"
+    _write_eval(seed_dir, Unit("eval"), dict.fromkeys(ids, False))
+    _write_eval(seed_dir, Unit("eval", 0, "sft"), {i: n < 1 for n, i in enumerate(ids)})
+    _write_eval(seed_dir, Unit("eval", 1, "sft"), {i: n < 2 for n, i in enumerate(ids)})
+    _write_eval(seed_dir, Unit("eval", 1, "sft+dpo"), {i: n < 4 for n, i in enumerate(ids)})
+    assert ep.main(["--report", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "summary.json").read_text())
+    (row,) = report["seeds"]["0"]["arms"]["sft+dpo"]
+    assert row["episode"] == 1 and row["resolved"] == 4 and row["vs_previous"] is None
+    assert row["vs_base"]["gained"] == 4
+    (pooled,) = report["pooled"]["sft+dpo"]
+    assert pooled["vs_previous"] is None and (pooled["vs_sft"]["gained"], pooled["vs_sft"]["lost"]) == (2, 0)
+    assert [r["episode"] for r in report["pooled"]["sft"]] == [0, 1]
+    assert report["pooled"]["sft"][1]["vs_previous"]["gained"] == 1
 
 
 def test_the_committed_config_is_frozen(tmp_path: Path) -> None:
