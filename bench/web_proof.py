@@ -64,6 +64,7 @@ from web_proof_stats import (  # noqa: E402
     Deadline,
     append_row,
     compare_table,
+    held_out_table,
     latest,
     plot_compare,
     print_compare,
@@ -284,6 +285,26 @@ def split_types(types: list[str], seed: int, n_gate: int, n_final: int,
     return split
 
 
+def evolve_held_out(store: TrajectoryStore, run_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """The base and the evolved policy on the gate types (the first episode's candidate, before the gate decided)
+    and on the final types, per task from the run's store; both splits hold types never trained on."""
+    from agent_selfevolve.evolve import eval_run_id
+
+    def outcomes(eval_run: str) -> dict[str, bool]:
+        return {t.task_id: t.resolved for t in store.attempts(run_id=eval_run)}
+
+    splits = {}
+    if episodes := summary.get("episodes"):
+        first = episodes[0]
+        splits["gate"] = (outcomes(eval_run_id(run_id, "gate", first["policy_before"], first["episode"])),
+                          outcomes(eval_run_id(run_id, "gate", first["candidate"], first["episode"])))
+    if final := summary.get("final_test"):  # a candidate the gate kept out is still the one measured here
+        label = (final.get("candidate") or {}).get("policy") or final["policy"]
+        splits["final"] = (outcomes(eval_run_id(run_id, "final", "base")),
+                           outcomes(eval_run_id(run_id, "final", label)))
+    return held_out_table(splits, lambda task_id: task_id.rsplit(".", 1)[0].rsplit(".", 1)[-1])
+
+
 def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[str, Any] | None:
     """A thin wrapper of bench/evolve.py's set-up for web tasks. Needs: torch + transformers + peft (LoRA training,
     CPU works but takes hours), the model's HF weights (rebuilt from the GGUF by `hf_base_from_gguf`) and
@@ -306,6 +327,10 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
                                        for k, v in plan.items()}}))
     if args.dry_run:
         return None
+    run_id = f"web-proof:evolve:s{args.split_seed}:n{args.n}"
+    if args.report_only:  # the finished run's summary; its held-out outcomes read again from the store
+        summary = json.loads((out / "evolve-result.json").read_text())["summary"]
+        return write_evolve_result(out, split, summary, TrajectoryStore(out / "runs.sqlite"), run_id)
     from agent_selfevolve.models.weights import ensure_gguf
     from agent_selfevolve.serving import llama_cpp_policy
     from agent_selfevolve.setups import get_setup
@@ -343,14 +368,26 @@ def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[
                         registry=registry, base_hf_dir=base_dir, policy=policy, out_dir=out / "evolve",
                         config=config, on_event=on_event, train_stop_at=deadline.wall_clock_end())
     try:
-        summary = evolve(ctx, run_id=f"web-proof:evolve:s{args.split_seed}:n{args.n}")
+        summary = evolve(ctx, run_id=run_id)
     except (OutOfTime, TrainingPaused):
         print("stopped: --until-minutes reached; rerun the same command to resume")
         return None
+    return write_evolve_result(out, split, summary, ctx.store, run_id)
+
+
+def write_evolve_result(out: Path, split: dict[str, list[str]], summary: dict[str, Any], store: TrajectoryStore,
+                        run_id: str) -> dict[str, Any]:
     final = summary.get("final_test") or {}
     outcomes = final.get("outcomes") or {}
     cis = {side: wilson(sum(v.values()), len(v)) for side, v in outcomes.items()}
-    write_json_atomic(out / "evolve-result.json", {"split": split, "final_ci95": cis, "summary": summary})
+    held_out = evolve_held_out(store, run_id, summary)
+    write_json_atomic(out / "evolve-result.json", {"split": split, "final_ci95": cis, "held_out": held_out,
+                                                   "summary": summary})
+    for name, row in held_out.items():
+        m = row["mcnemar"]
+        print(f"{name:7} base {row['base']}/{row['n']} -> {row['after']}/{row['n']}  +{m['gained']} -{m['lost']} "
+              f"McNemar p = {m['p_value']:.3g}; types up {row['types_up']}, down {row['types_down']}; gain "
+              f"{(row['after'] - row['base']) / max(1, row['n']):+.3f}, by type CI {row['gain_cluster_ci95']}")
     print(f"final test types {split['final']}: base {final.get('base')} {cis.get('base')} -> {final.get('policy')} "
           f"{final.get('final')} {cis.get('final')} (paired, McNemar: {final.get('paired')})")
     if candidate := final.get("candidate"):

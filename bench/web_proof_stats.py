@@ -156,6 +156,33 @@ def cluster_bootstrap_diff(diffs: dict[str, list[float]], reps: int = 10_000, se
     return (round(lo, 4), round(hi, 4))
 
 
+def held_out_table(splits: dict[str, tuple[dict[str, bool], dict[str, bool]]], type_of: Callable[[str], str],
+                   reps: int = 10_000) -> dict[str, Any]:
+    """Base against the evolved policy on each held-out split ({split: (base, after)} per task id) and pooled over
+    them: rates with Wilson intervals, McNemar over tasks, and a cluster bootstrap of the gain over task types, since
+    seeds of one type succeed or fail together (McNemar alone counts them as independent)."""
+    out: dict[str, Any] = {}
+    pooled: tuple[dict[str, bool], dict[str, bool]] = ({}, {})
+    for name, (base, after) in [*splits.items(), ("pooled", pooled)]:
+        if name != "pooled":
+            pooled[0].update(base)
+            pooled[1].update(after)
+        ids = sorted(set(base) & set(after))
+        by_type: dict[str, list[float]] = {}
+        for i in ids:
+            by_type.setdefault(type_of(i), []).append(float(after[i]) - float(base[i]))
+        n, b, a = len(ids), sum(base[i] for i in ids), sum(after[i] for i in ids)
+        out[name] = {"n": n, "base": b, "after": a, "base_ci95": wilson(b, n), "after_ci95": wilson(a, n),
+                     "mcnemar": mcnemar({i: base[i] for i in ids}, {i: after[i] for i in ids}),
+                     "gain_cluster_ci95": cluster_bootstrap_diff(by_type, reps=reps),
+                     "types_up": sum(sum(v) > 0 for v in by_type.values()),
+                     "types_down": sum(sum(v) < 0 for v in by_type.values()),
+                     "by_type": {t: [sum(base[i] for i in ids if type_of(i) == t),
+                                     sum(after[i] for i in ids if type_of(i) == t), len(v)]
+                                 for t, v in sorted(by_type.items())}}
+    return out
+
+
 def compare_table(rows: list[dict[str, Any]], strategies: list[str], reps: int = 10_000) -> dict[str, Any]:
     """Per strategy: resolved with its Wilson interval and tokens per task; per pair of strategies, on the tasks
     both finished (paired): a - b resolved rate with a cluster-bootstrap interval, wins/losses and McNemar p."""

@@ -180,8 +180,19 @@ def test_the_web_evolve_hands_its_splits_to_evolve_writes_progress_and_the_paire
         ctx.on_event({"event": "search", "episode": 0, "task_id": ctx.train_tasks[0].instance_id})
         ctx.on_event({"event": "eval", "split": "final", "policy": "base", "task_id": seen["final"][0]})
         base = dict.fromkeys(seen["final"], False)
-        return {"final_test": {"base": 0.0, "final": 0.5, "policy": "sft-1", "paired": {"p_value": 0.5},
-                               "outcomes": {"base": base, "final": {i: k % 2 == 0 for k, i in enumerate(base)}}}}
+        after = {i: k % 2 == 0 for k, i in enumerate(base)}
+        planted = {evolve_mod.eval_run_id(run_id, "gate", "base", 0): dict.fromkeys(seen["gate"], False),
+                   evolve_mod.eval_run_id(run_id, "gate", "sft-1", 0): dict.fromkeys(seen["gate"], True),
+                   evolve_mod.eval_run_id(run_id, "final", "base"): base,
+                   evolve_mod.eval_run_id(run_id, "final", "sft-1"): after,
+                   f"{run_id}:other": dict.fromkeys(seen["final"], True)}  # not an evaluation: must not count
+        for eval_run, verdicts in planted.items():
+            for task_id, ok in verdicts.items():
+                ctx.store.record(Trajectory(attempt_id=f"{eval_run}:{task_id}", task_id=task_id, run_id=eval_run,
+                                            evaluation={"resolved": ok}))
+        return {"episodes": [{"episode": 0, "policy_before": "base", "candidate": "sft-1"}],
+                "final_test": {"base": 0.0, "final": 0.5, "policy": "sft-1", "paired": {"p_value": 0.5},
+                               "outcomes": {"base": base, "final": after}}}
 
     monkeypatch.setattr(evolve_mod, "evolve", fake_evolve)
     monkeypatch.setattr(weights, "ensure_gguf", lambda key: tmp_path / "m.gguf")
@@ -199,6 +210,17 @@ def test_the_web_evolve_hands_its_splits_to_evolve_writes_progress_and_the_paire
     result = json.loads((tmp_path / wp.model_key("local") / "evolve-result.json").read_text())
     assert result["final_ci95"]["final"] == list(stats.wilson(1, 2)) and result["split"]["final"] == [
         seen["final"][0].split(".")[2]]
+    held = result["held_out"]  # base vs the evolved policy per split, from the store's evaluation runs only
+    assert (held["gate"]["base"], held["gate"]["after"], held["gate"]["n"]) == (0, 2, 2)
+    assert (held["final"]["base"], held["final"]["after"], held["final"]["mcnemar"]["gained"]) == (0, 1, 1)
+    assert held["pooled"]["n"] == 4 and held["pooled"]["after"] == 3 and held["pooled"]["types_up"] == 2
+    assert held["gate"]["by_type"] == {seen["gate"][0].split(".")[2]: [0, 2, 2]}
+    before = json.loads(json.dumps(result))
+    (tmp_path / wp.model_key("local") / "evolve-result.json").unlink()
+    (tmp_path / wp.model_key("local") / "evolve-result.json").write_text(json.dumps(before))
+    wp.main(["evolve", "--model", "local", "--types", ",".join(types), "--seeds", "0,1", "--gate-types", "1",
+             "--final-types", "1", "--no-stratify", "--out", str(tmp_path), "--report-only"])
+    assert json.loads((tmp_path / wp.model_key("local") / "evolve-result.json").read_text()) == before
 
 
 def test_wilson_interval_matches_known_values() -> None:
