@@ -34,11 +34,16 @@ def outcomes(seed_dir: Path, unit: Unit) -> dict[str, bool] | None:
     return {r["task_id"]: r["resolved"] for r in read_records(unit_dir(seed_dir, unit) / "outcomes.jsonl")}
 
 
-def endings(seed_dir: Path, unit: Unit) -> dict[str, int]:
-    """How the unit's attempts ended (submitted, step_limit, format_errors, ...): an adapter that repeats itself
-    or stops submitting shows here before it shows in the success rate."""
-    return dict(sorted(Counter(r.get("status", "?") for r in read_records(unit_dir(seed_dir, unit) /
-                                                                          "outcomes.jsonl")).items()))
+def endings(seed_dir: Path, unit: Unit, suite: str | None = None) -> dict[str, int]:
+    """How the unit's attempts ended (submitted, step_limit, format_errors, ...), over one suite's tasks if given:
+    an adapter that repeats itself or stops submitting shows here before it shows in the success rate."""
+    records = read_records(unit_dir(seed_dir, unit) / "outcomes.jsonl")
+    return dict(sorted(Counter(r.get("status", "?") for r in records
+                               if suite is None or _suite(r["task_id"]) == suite).items()))
+
+
+def endings_by_suite(seed_dir: Path, unit: Unit) -> dict[str, dict[str, int]]:
+    return {suite: endings(seed_dir, unit, suite) for suite in SUITES}
 
 
 def rows_by_suite(seed_dir: Path) -> dict[str, dict[str, int]]:
@@ -84,7 +89,9 @@ def build_report(root: Path) -> dict[str, Any]:
     for seed, folder in seed_dirs(root).items():
         base = outcomes(folder, Unit("eval"))
         entry: dict[str, Any] = {"base": _rate(base) if base is not None else None, "arms": {}, "searches": [],
-                                 "base_endings": endings(folder, Unit("eval")) if base is not None else None}
+                                 "base_endings": endings(folder, Unit("eval")) if base is not None else None,
+                                 "base_endings_by_suite": endings_by_suite(folder, Unit("eval")) if base is not None
+                                 else None}
         for k in episodes_of(folder):
             path = unit_dir(folder, Unit("search", k)) / "summary.json"
             if path.exists():
@@ -103,6 +110,7 @@ def build_report(root: Path) -> dict[str, Any]:
                 summary = json.loads((unit_dir(folder, Unit("eval", k, arm)) / "summary.json").read_text())
                 rows.append({"episode": k, **_rate(after), "by_suite": summary.get("by_suite"),
                              "endings": endings(folder, Unit("eval", k, arm)),
+                             "endings_by_suite": endings_by_suite(folder, Unit("eval", k, arm)),
                              "vs_base": mcnemar(base, after) if base is not None else None,
                              "vs_previous": mcnemar(prev, after) if prev is not None else None,
                              "tokens": summary.get("tokens"), "seconds": summary.get("seconds")})
@@ -184,6 +192,10 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"seed {s} attempts ended as: base {_endings(entry['base_endings'])}" + "".join(
                 f"; {arm} ep{r['episode']} {_endings(r.get('endings') or {})}"
                 for arm, rows in entry["arms"].items() for r in rows))
+            for suite in SUITES:
+                lines.append(f"  {suite}: base {_endings(entry['base_endings_by_suite'][suite])}" + "".join(
+                    f"; {arm} ep{r['episode']} {_endings(r['endings_by_suite'][suite])}"
+                    for arm, rows in entry["arms"].items() for r in rows))
     for s in seeds:
         data = report["seeds"][s]["data"]
         searches = report["seeds"][s]["searches"]

@@ -106,8 +106,13 @@ PROFILE = "small"
 """The embedded models' set-up: its text action format is the model options; a web task runs the `web` set-up."""
 
 
+def type_of_id(task_id: str) -> str:
+    """browsergym.miniwob.<type>.<seed> -> <type>."""
+    return task_id.split(".")[2]
+
+
 def task_type(task: Task) -> str:
-    return task.instance_id.split(".")[2]
+    return type_of_id(task.instance_id)
 
 
 def tasks_for(types: list[str], seeds: list[int]) -> list[Task]:
@@ -302,7 +307,7 @@ def evolve_held_out(store: TrajectoryStore, run_id: str, summary: dict[str, Any]
         label = (final.get("candidate") or {}).get("policy") or final["policy"]
         splits["final"] = (outcomes(eval_run_id(run_id, "final", "base")),
                            outcomes(eval_run_id(run_id, "final", label)))
-    return held_out_table(splits, lambda task_id: task_id.rsplit(".", 1)[0].rsplit(".", 1)[-1])
+    return held_out_table(splits, type_of_id)
 
 
 def run_evolve(args: argparse.Namespace, out: Path, deadline: Deadline) -> dict[str, Any] | None:
@@ -384,10 +389,9 @@ def write_evolve_result(out: Path, split: dict[str, list[str]], summary: dict[st
     write_json_atomic(out / "evolve-result.json", {"split": split, "final_ci95": cis, "held_out": held_out,
                                                    "summary": summary})
     for name, row in held_out.items():
-        m = row["mcnemar"]
-        print(f"{name:7} base {row['base']}/{row['n']} -> {row['after']}/{row['n']}  +{m['gained']} -{m['lost']} "
-              f"McNemar p = {m['p_value']:.3g}; types up {row['types_up']}, down {row['types_down']}; gain "
-              f"{(row['after'] - row['base']) / max(1, row['n']):+.3f}, by type CI {row['gain_cluster_ci95']}")
+        print(f"{name:7} base {row['base']}/{row['n']} -> {row['after']}/{row['n']}  +{row['a_only']} "
+              f"-{row['b_only']} McNemar p = {row['mcnemar_p']:.3g}; types up {row['types_up']}, down "
+              f"{row['types_down']}; gain {row['diff']:+.3f}, by type CI {row['diff_ci95']}")
     print(f"final test types {split['final']}: base {final.get('base')} {cis.get('base')} -> {final.get('policy')} "
           f"{final.get('final')} {cis.get('final')} (paired, McNemar: {final.get('paired')})")
     if candidate := final.get("candidate"):

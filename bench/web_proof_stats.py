@@ -156,30 +156,42 @@ def cluster_bootstrap_diff(diffs: dict[str, list[float]], reps: int = 10_000, se
     return (round(lo, 4), round(hi, 4))
 
 
+def paired_difference(a: dict[str, bool], b: dict[str, bool], type_of: Callable[[str], str],
+                      reps: int = 10_000) -> dict[str, Any]:
+    """a - b on the tasks both have: the difference of rates with a cluster bootstrap over task types (seeds of one
+    type succeed or fail together, which McNemar alone treats as independent), tasks only a or only b solves, and
+    McNemar's exact p."""
+    paired = sorted(set(a) & set(b))
+    diffs: dict[str, list[float]] = {}
+    for t in paired:
+        diffs.setdefault(type_of(t), []).append(float(a[t]) - float(b[t]))
+    test = mcnemar({t: b[t] for t in paired}, {t: a[t] for t in paired})  # "gained": a right where b was wrong
+    return {"paired_tasks": len(paired), "types": len(diffs),
+            "diff": round(sum(a[t] for t in paired) / len(paired) - sum(b[t] for t in paired) / len(paired), 4)
+            if paired else None,
+            "diff_ci95": cluster_bootstrap_diff(diffs, reps=reps), "a_only": test["gained"], "b_only": test["lost"],
+            "mcnemar_p": round(test["p_value"], 4), "types_up": sum(sum(v) > 0 for v in diffs.values()),
+            "types_down": sum(sum(v) < 0 for v in diffs.values())}
+
+
 def held_out_table(splits: dict[str, tuple[dict[str, bool], dict[str, bool]]], type_of: Callable[[str], str],
                    reps: int = 10_000) -> dict[str, Any]:
-    """Base against the evolved policy on each held-out split ({split: (base, after)} per task id) and pooled over
-    them: rates with Wilson intervals, McNemar over tasks, and a cluster bootstrap of the gain over task types, since
-    seeds of one type succeed or fail together (McNemar alone counts them as independent)."""
+    """The evolved policy against the base on each held-out split ({split: (base, after)} per task id; splits hold
+    different task types) and pooled over them: rates with Wilson intervals, the paired difference, and per type
+    [base solved, after solved, tasks]."""
+    pooled = ({t: v for base, _ in splits.values() for t, v in base.items()},
+              {t: v for _, after in splits.values() for t, v in after.items()})
     out: dict[str, Any] = {}
-    pooled: tuple[dict[str, bool], dict[str, bool]] = ({}, {})
-    for name, (base, after) in [*splits.items(), ("pooled", pooled)]:
-        if name != "pooled":
-            pooled[0].update(base)
-            pooled[1].update(after)
+    for name, (base, after) in {**splits, "pooled": pooled}.items():
         ids = sorted(set(base) & set(after))
-        by_type: dict[str, list[float]] = {}
-        for i in ids:
-            by_type.setdefault(type_of(i), []).append(float(after[i]) - float(base[i]))
-        n, b, a = len(ids), sum(base[i] for i in ids), sum(after[i] for i in ids)
-        out[name] = {"n": n, "base": b, "after": a, "base_ci95": wilson(b, n), "after_ci95": wilson(a, n),
-                     "mcnemar": mcnemar({i: base[i] for i in ids}, {i: after[i] for i in ids}),
-                     "gain_cluster_ci95": cluster_bootstrap_diff(by_type, reps=reps),
-                     "types_up": sum(sum(v) > 0 for v in by_type.values()),
-                     "types_down": sum(sum(v) < 0 for v in by_type.values()),
-                     "by_type": {t: [sum(base[i] for i in ids if type_of(i) == t),
-                                     sum(after[i] for i in ids if type_of(i) == t), len(v)]
-                                 for t, v in sorted(by_type.items())}}
+        by_type: dict[str, list[int]] = {}
+        for t in ids:
+            counts = by_type.setdefault(type_of(t), [0, 0, 0])
+            counts[0], counts[1], counts[2] = counts[0] + base[t], counts[1] + after[t], counts[2] + 1
+        n, solved_before, solved_after = len(ids), sum(base[t] for t in ids), sum(after[t] for t in ids)
+        out[name] = {"n": n, "base": solved_before, "after": solved_after, "base_ci95": wilson(solved_before, n),
+                     "after_ci95": wilson(solved_after, n), **paired_difference(after, base, type_of, reps),
+                     "by_type": dict(sorted(by_type.items()))}
     return out
 
 
@@ -199,20 +211,11 @@ def compare_table(rows: list[dict[str, Any]], strategies: list[str], reps: int =
             "attempts_per_task": round(sum(r["attempts"] for r in done) / len(done), 2) if done else None,
             "seconds_per_task": round(sum(r["seconds"] for r in done) / len(done), 1) if done else None,
             "operator_token_share": operator_share(done)}
+    resolved = {s: {t: bool(r["resolved"]) for (name, t), r in by.items() if name == s} for s in strategies}
     for i, a in enumerate(strategies):
         for b in strategies[i + 1:]:
-            paired = sorted(t for (s, t) in by if s == a and (b, t) in by)
-            ra = {t: bool(by[(a, t)]["resolved"]) for t in paired}
-            rb = {t: bool(by[(b, t)]["resolved"]) for t in paired}
-            diffs: dict[str, list[float]] = {}
-            for t in paired:
-                diffs.setdefault(types[t], []).append(float(ra[t]) - float(rb[t]))
-            test = mcnemar(rb, ra)  # "gained": a right where b was wrong
-            out["pairs"][f"{a} - {b}"] = {
-                "paired_tasks": len(paired), "types": len(diffs),
-                "diff": round(sum(ra.values()) / len(paired) - sum(rb.values()) / len(paired), 4) if paired else None,
-                "diff_ci95": cluster_bootstrap_diff(diffs, reps=reps), "a_only": test["gained"],
-                "b_only": test["lost"], "mcnemar_p": round(test["p_value"], 4)}
+            pair = paired_difference(resolved[a], resolved[b], types.__getitem__, reps)
+            out["pairs"][f"{a} - {b}"] = {k: v for k, v in pair.items() if k not in ("types_up", "types_down")}
     return out
 
 

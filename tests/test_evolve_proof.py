@@ -446,6 +446,8 @@ def test_the_report_pools_the_pairs_of_both_seeds(tmp_path: Path) -> None:
     factory = pooled["by_suite"]["factory"]
     assert factory["after"]["n"] == 4 and factory["after"]["resolved"] == 1 and factory["mcnemar"]["gained"] == 1
     assert report["seeds"]["1"]["base_endings"] == {"format_errors": 5, "submitted": 1}  # how attempts ended
+    assert report["seeds"]["1"]["base_endings_by_suite"] == {"humaneval": {"format_errors": 3, "submitted": 1},
+                                                             "factory": {"format_errors": 2}}
     assert s0["endings"] == {"format_errors": 3, "submitted": 3}
 
 

@@ -212,15 +212,18 @@ def test_the_web_evolve_hands_its_splits_to_evolve_writes_progress_and_the_paire
         seen["final"][0].split(".")[2]]
     held = result["held_out"]  # base vs the evolved policy per split, from the store's evaluation runs only
     assert (held["gate"]["base"], held["gate"]["after"], held["gate"]["n"]) == (0, 2, 2)
-    assert (held["final"]["base"], held["final"]["after"], held["final"]["mcnemar"]["gained"]) == (0, 1, 1)
+    assert (held["final"]["base"], held["final"]["after"], held["final"]["a_only"], held["final"]["b_only"]) == \
+        (0, 1, 1, 0)
     assert held["pooled"]["n"] == 4 and held["pooled"]["after"] == 3 and held["pooled"]["types_up"] == 2
-    assert held["gate"]["by_type"] == {seen["gate"][0].split(".")[2]: [0, 2, 2]}
-    before = json.loads(json.dumps(result))
-    (tmp_path / wp.model_key("local") / "evolve-result.json").unlink()
-    (tmp_path / wp.model_key("local") / "evolve-result.json").write_text(json.dumps(before))
+    assert held["pooled"]["diff"] == 0.75 and held["gate"]["by_type"] == {seen["gate"][0].split(".")[2]: [0, 2, 2]}
+
+    def no_rerun(ctx: Any, run_id: str) -> dict[str, Any]:
+        raise AssertionError("--report-only ran the evolution again")
+
+    monkeypatch.setattr(evolve_mod, "evolve", no_rerun)  # the report comes from the summary and the store alone
     wp.main(["evolve", "--model", "local", "--types", ",".join(types), "--seeds", "0,1", "--gate-types", "1",
              "--final-types", "1", "--no-stratify", "--out", str(tmp_path), "--report-only"])
-    assert json.loads((tmp_path / wp.model_key("local") / "evolve-result.json").read_text()) == before
+    assert json.loads((tmp_path / wp.model_key("local") / "evolve-result.json").read_text()) == result
 
 
 def test_wilson_interval_matches_known_values() -> None:
