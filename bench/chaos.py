@@ -10,8 +10,8 @@ in-process; the sandbox has no network), bounded in count and in time:
    completed, attempts lost / duplicated, corrupt files, orphaned processes, worktrees left in the cache;
 2. fuzz: bad task files, tool arguments, model replies and web actions: tried vs handled with a clear error, no
    crash, no write outside the worktree, nothing already done lost;
-3. runaway: fork bomb, endless output, sleep forever, gigabytes written, a port bound, the network tried, each
-   inside the sandbox: stopped within its limit, nothing left running;
+3. runaway: fork bombs (foreground, detached), endless output, sleep forever, gigabytes written, a port bound, the
+   network tried, each inside the sandbox: stopped within its limit, nothing left running;
 4. disk: the store and the output folder turned unwritable mid-run: a clear message, then a resume losing nothing.
 Prints a table and writes `bench/results/chaos-<mode>.json` as it goes (after every completed kill run, under a
 lock), so a long run cut short keeps its figures. `--resume` extends that file instead of replacing it: each kill

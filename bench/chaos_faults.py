@@ -267,8 +267,12 @@ def runaway(work: Path) -> dict[str, Any]:
     as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups " if os.getuid() == 0 else ""
     rows, left_running, not_stopped = {}, 0, []
     commands = {  # each: (command, did it stop as it should?)
-        "fork bomb": (f"{as_nobody}bash -c 'b() {{ b | b & }}; b; wait'",
+        # The bomb held in the foreground keeps the command busy until the process limit or the timeout stops it.
+        "fork bomb": (f"{as_nobody}bash -c 'b() {{ b | b; }}; b # MARK'",
                       lambda r: r.timed_out or r.returncode != 0 or "Resource temporarily unavailable" in r.output),
+        # The classic bomb detaches: its first shell returns 0 at once (whether forks already failed is a race), so
+        # what counts is that none of its copies (the mark is in each one's command line) outlives the command.
+        "detached fork bomb": (f"{as_nobody}bash -c 'b() {{ b | b & }}; b # MARK'", lambda r: True),
         "infinite output": ("yes chaos", lambda r: r.truncated and len(r.output) < 3 * runner.max_output_chars),
         "sleep forever": ("sleep 100000", lambda r: r.timed_out),
         "writing gigabytes": ("head -c 3000000000 /dev/zero > big.bin",
@@ -281,7 +285,7 @@ def runaway(work: Path) -> dict[str, Any]:
     for name, (command, stopped) in commands.items():
         mark = f"chaos-{uuid.uuid4().hex[:10]}"
         t0 = time.monotonic()
-        result = runner.run(f"{command} # {mark}")
+        result = runner.run(f"{command.replace('MARK', mark)} # {mark}")
         took = time.monotonic() - t0
         ok = stopped(result) and took < timeout + 10
         time.sleep(0.3)
@@ -292,7 +296,7 @@ def runaway(work: Path) -> dict[str, Any]:
         goes_on = "still-ok" in runner.run("echo still-ok").output
         rows[name] = {"seconds": round(took, 2), "stopped": ok, "left_running": len(left), "goes_on": goes_on,
                       "exit": result.returncode, "timed_out": result.timed_out}
-        if not (ok and goes_on):
+        if not (ok and goes_on and not left):
             not_stopped.append(name)
     host.close()
     (work / "big.bin").unlink(missing_ok=True)
