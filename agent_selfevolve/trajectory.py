@@ -88,7 +88,7 @@ class Trajectory:
     run_id: str = ""
     parent_ids: list[str] = field(default_factory=list)
     operator: str = ""
-    """What produced this attempt: 'sample', 'revision', 'recombination', 'mutation', 'expand'..."""
+    """What produced this attempt: 'sample', 'greedy', 'revision', 'recombination', 'mutation', 'expand'..."""
     node_id: str = ""
     guidance: str = ""
     strategy: str = ""

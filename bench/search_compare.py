@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from strategy_runs import compare, compare_log, fill_attempt_tokens, model_key  # noqa: E402
+from strategy_runs import check_strategies, compare, compare_log, fill_attempt_tokens, model_key  # noqa: E402
 from web_proof_stats import Deadline, compare_table, print_compare, read_rows  # noqa: E402
 
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--pool", default=None, help="run folders to pool by budget rank (comma-separated)")
     args = parser.parse_args(argv)
     strategies = args.strategies.split(",")
+    try:
+        check_strategies(strategies)
+    except ValueError as e:
+        parser.error(f"--strategies: {e}")
     web = args.suite == "miniwob"
     args.select_with = args.select_with or ("tests" if web else "proxy")
     if args.pool:

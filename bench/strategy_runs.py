@@ -23,10 +23,20 @@ from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 
 OPTIONS = {"best_of_n": {"n": 1000, "temperature": 0.8},
+           "best_of_n_greedy": {"n": 1000, "temperature": 0.8, "greedy_first": True},
            "se_agent": {"pool_size": 4, "generations": 3, "elites": 2, "revisions": 1, "recombinations": 1},
            "hgm": {"max_evals": 1000},
            "mcts": {"max_iterations": 1000, "children": 2, "step_chunk": 2}}
-"""Each strategy's options: counts high enough that the token budget, the same for all, is what stops them."""
+"""Each strategy's options: counts high enough that the token budget, the same for all, is what stops them.
+`best_of_n_greedy` is best-of-N whose first attempt is the greedy one (which also wins selection ties)."""
+STRATEGY_OF = {"best_of_n_greedy": "best_of_n"}
+"""A row name that is a variant of a registered strategy -> that strategy."""
+
+
+def check_strategies(names: list[str]) -> None:
+    """Fail before any model loads on a name that is not a strategy of OPTIONS."""
+    if bad := [n for n in names if n not in OPTIONS]:
+        raise ValueError(f"unknown strategy {', '.join(bad)}: choose from {', '.join(OPTIONS)}")
 
 
 def model_key(spec: str) -> str:
@@ -69,7 +79,7 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
         opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if name == "se_agent" else {})}
         start = time.monotonic()
         run_id = run_id_of(run_prefix, name, task.instance_id, budget, select_with)
-        result = registry()[name](ctx, run_id=run_id, **opts)
+        result = registry()[STRATEGY_OF.get(name, name)](ctx, run_id=run_id, **opts)
         row = {"strategy": name, "task_id": task.instance_id, "type": cluster_of(task), "resolved": result.resolved,
                "pass_at_n": result.pass_at_n, "best_reward": result.best_reward, "attempts": result.attempts,
                "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"],

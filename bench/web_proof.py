@@ -57,8 +57,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from strategy_runs import check_strategies, compare_log, fill_attempt_tokens, model_key  # noqa: E402
 from strategy_runs import compare as run_strategies  # noqa: E402
-from strategy_runs import compare_log, fill_attempt_tokens, model_key  # noqa: E402
 from web_proof_stats import (  # noqa: E402
     INFRA,
     Deadline,
@@ -457,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--classes: {', '.join(sorted(bad))} is not one of {', '.join(CLASSES)}")
     chosen = compare_types(sweep_rows, list(args.types), seeds, args.classes)
     strategies = args.strategies.split(",")
+    try:
+        check_strategies(strategies)
+    except ValueError as e:
+        parser.error(f"--strategies: {e}")
     print(f"comparing on {len(chosen)} types x {len(seeds)} seeds: {', '.join(chosen) or '(none: run the sweep)'}")
     logged = {(r["strategy"], r["task_id"]) for r in read_rows(compare_log(out, args.budget, args.select_with))}
     tasks = tasks_for(chosen, seeds) if chosen else []

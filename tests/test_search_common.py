@@ -67,6 +67,37 @@ def _params_of_run(task: Task, store_path: Path, run_id: str) -> list[dict]:
     return [calls[0] for calls in attempts]
 
 
+def test_greedy_first_adds_the_greedy_attempt_and_it_wins_a_tie(demo_task: Task, tmp_path: Path) -> None:
+    """FAKE model whose greedy attempt (temperature 0) takes a detour (one `ls` more) before the same fix the
+    samples make: every attempt gets the same proxy reward, the samples are cheaper, and still the greedy attempt
+    is chosen, since on a tie it is the model's most likely answer."""
+    from agent_selfevolve.models.fake import bash
+
+    def greedy_responder(messages: list[dict]) -> dict:
+        turn = sum(m["role"] == "assistant" for m in messages)
+        return [bash("ls"), *solving_script()][min(turn, 4)]
+
+    class ByTemperature(ScriptedFakeModel):
+        def chat(self, messages, tools=None, **params):  # type: ignore[no-untyped-def]
+            self.script = greedy_responder if params.get("temperature") == 0.0 else responder
+            return super().chat(messages, tools, **params)
+
+    model, store = ByTemperature(responder), TrajectoryStore(tmp_path / "s.sqlite")
+    result = best_of_n(SearchContext(task=demo_task, model=model, store=store), n=3, temperature=0.8,
+                       greedy_first=True, max_concurrency=1, run_id="g")
+    assert [p["temperature"] for p in model.params] == [0.0] * 5 + [0.8] * 8
+    assert all("seed" not in p for p in model.params[:5]) and all("seed" in p for p in model.params[5:])
+    attempts = {t.attempt_id: t for t in store.attempts(run_id="g")}
+    assert sorted(attempts) == ["g:greedy:0", "g:sample:1", "g:sample:2"]
+    assert len({t.reward for t in attempts.values()}) == 1 and all(t.resolved for t in attempts.values())
+    tokens = {k: Usage.from_dict(t.usage).total_tokens for k, t in attempts.items()}
+    assert tokens["g:greedy:0"] > tokens["g:sample:1"]
+    assert result.best_attempt_id == "g:greedy:0"
+    plain = best_of_n(SearchContext(task=demo_task, model=ByTemperature(responder), store=store), n=2,
+                      temperature=0.8, max_concurrency=1, run_id="p")
+    assert plain.best_attempt_id and ":sample:" in plain.best_attempt_id  # off by default: samples only
+
+
 def test_budget_clips_attempts_and_stops_between_waves(demo_task: Task, tmp_path: Path) -> None:
     budget = Budget(max_tokens=1000)
     clipped = budget.clip(Limits(max_tokens=10_000), Usage(600, 100), share=3)
@@ -222,6 +253,12 @@ def test_search_cli_shows_progress_and_writes_summary(demo_task: Task, tmp_path:
     page = tmp_path / "o" / "viewer" / f"{demo_task.instance_id}.html"
     assert page.is_file() and "<html" in page.read_text().lower()[:500]
     assert "look inside" in text and str(page) in "".join(result.output.split()), result.output  # rich wraps paths
+    greedy = CliRunner().invoke(app, ["search", "--tasks", str(tmp_path / "tasks.json"), "--model",
+                                      f"fake:{tmp_path / 'fake.json'}", "--n", "2", "--out", str(tmp_path / "g"),
+                                      "--greedy-first"])
+    assert greedy.exit_code == 0, greedy.output
+    operators = sorted(t.operator for t in TrajectoryStore(tmp_path / "g" / "runs.sqlite").attempts())
+    assert operators == ["greedy", "sample"]
 
 
 def test_an_oracle_run_is_labelled_everywhere(demo_task: Task, tmp_path: Path) -> None:

@@ -133,3 +133,29 @@ def test_held_out_of_keeps_only_the_proofs_held_out_tasks_before_the_slice(tmp_p
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="not an evolve-proof split"):
         sc.held_out_ids(tmp_path / "bad.json")
+
+
+def test_the_greedy_first_variant_runs_best_of_n_with_its_option_under_its_own_name(
+        fake: tuple[ModuleType, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent_selfevolve.search as search
+
+    sc, _ = fake
+    calls: list[tuple[str, bool]] = []
+
+    def best_of_n(ctx: Any, run_id: str, **opts: Any) -> Any:
+        calls.append((run_id, opts.get("greedy_first", False)))
+        return SimpleNamespace(resolved=True, pass_at_n=True, best_reward=1.0, attempts=1, stop_reason="budget",
+                               usage={"prompt_tokens": 1, "completion_tokens": 1}, oracle=False)
+
+    monkeypatch.setattr(search, "strategies", lambda: {"best_of_n": best_of_n})
+    sc.main(["--model", "fake", "--suite", "humaneval", "--budgets", "1000", "--strategies",
+             "best_of_n,best_of_n_greedy", "--out", str(tmp_path)])
+    assert sorted(flag for _, flag in calls) == [False] * 3 + [True] * 3
+    assert all(("best_of_n_greedy" in run_id) == flag for run_id, flag in calls)
+    rows = [json.loads(line) for line in (tmp_path / "compare-b1000-proxy.jsonl").read_text().splitlines()]
+    assert sorted({r["strategy"] for r in rows}) == ["best_of_n", "best_of_n_greedy"]
+    calls.clear()
+    with pytest.raises(SystemExit):  # a misspelt name fails before any model loads or search runs
+        sc.main(["--model", "fake", "--suite", "humaneval", "--budgets", "1000", "--strategies", "best_of_n,bogus",
+                 "--out", str(tmp_path / "bad")])
+    assert calls == [] and not (tmp_path / "bad").exists()

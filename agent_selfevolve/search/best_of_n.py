@@ -35,6 +35,10 @@ class BestOfNConfig(StrategyConfig):
     wave_size: int | None = None
     """Attempts per wave (the budget is checked between waves); None: `max_concurrency`."""
     temperature: float | None = 0.7
+    greedy_first: bool = False
+    """The first attempt at temperature 0 (operator 'greedy'), the rest at `temperature`. The model's most likely
+    attempt is then always a candidate and wins selection ties: on tasks one greedy attempt already solves, samples
+    alone can all miss, and a proxy that cannot tell a right answer from a wrong one picks among them by chance."""
     stop_on_perfect: bool = False
     """Stop between waves once an attempt's selection reward is as high as it can be (every visible check passes).
     Off for comparisons at a fixed N; the quick start turns it on so solved tasks do not spend the rest of N."""
@@ -77,11 +81,19 @@ def perfect(record: AttemptRecord) -> bool:
 def route(state: BestOfNState) -> list[Send] | str:
     if state.get("stop_reason"):
         return "select"
-    done, temperature = len(state.get("attempts", [])), BestOfNConfig.of(state).temperature
-    params = {"temperature": temperature} if temperature is not None else {}
-    specs = [AttemptSpec(state["task_id"], attempt_id=f"{state['run_id']}:sample:{i}", run_id=state["run_id"],
-                         operator="sample", model_params=params) for i in range(done, state["planned"])]
-    return sends(specs, state)
+    config, done = BestOfNConfig.of(state), len(state.get("attempts", []))
+    return sends([attempt_spec(state, config, i) for i in range(done, state["planned"])], state)
+
+
+def attempt_spec(state: BestOfNState, config: BestOfNConfig, i: int) -> AttemptSpec:
+    """Attempt `i` of the run; with `greedy_first`, attempt 0 is the greedy one."""
+    if config.greedy_first and i == 0:
+        operator_name, params = "greedy", {"temperature": 0.0}
+    else:
+        operator_name = "sample"
+        params = {"temperature": config.temperature} if config.temperature is not None else {}
+    return AttemptSpec(state["task_id"], attempt_id=f"{state['run_id']}:{operator_name}:{i}", run_id=state["run_id"],
+                       operator=operator_name, model_params=params)
 
 
 def select(state: BestOfNState, runtime: Runtime[SearchContext]) -> dict[str, Any]:

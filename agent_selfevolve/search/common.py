@@ -174,10 +174,11 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
 
 
 def best_record(records: list[AttemptRecord]) -> AttemptRecord | None:
-    """Highest selection reward; ties go to a submitted attempt, then to the cheaper one."""
+    """Highest selection reward; ties go to a submitted attempt, then to a greedy one (the model's most likely
+    attempt, which best-of-N's `greedy_first` adds), then to the cheaper one."""
     if not records:
         return None
-    return max(records, key=lambda r: (r["reward"], r["status"] == Status.SUBMITTED,
+    return max(records, key=lambda r: (r["reward"], r["status"] == Status.SUBMITTED, r.get("operator") == "greedy",
                                        -Usage.from_dict(r["usage"]).total_tokens))
 
 
