@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,19 @@ def compare_table(rows: list[dict[str, Any]], strategies: list[str], reps: int =
     return out
 
 
+GREEDY = "greedy"
+"""The sweep's one attempt at temperature 0 beside the strategies: the reference a search must at least keep. It
+spent what one attempt spends, not the strategies' budget."""
+
+
+def greedy_rows(sweep_rows: list[dict[str, Any]], task_ids: Collection[str]) -> list[dict[str, Any]]:
+    """The sweep's graded verdicts on `task_ids` as compare rows of the pseudo-strategy `GREEDY`."""
+    last = latest(sweep_rows, lambda r: r["task_id"])
+    return [{"strategy": GREEDY, "task_id": t, "type": r["type"], "resolved": bool(r["resolved"]),
+             "pass_at_n": bool(r["resolved"]), "attempts": 1, "tokens": r.get("tokens", 0),
+             "attempt_tokens": r.get("tokens", 0), "seconds": r.get("seconds", 0.0)} for t, r in last.items() if t in task_ids and r.get("status") not in INFRA]
+
+
 def operator_share(rows: list[dict[str, Any]]) -> float | None:
     """The part of the tokens spent outside attempts (operators, judge); None unless every row says how much."""
     total = sum(r["tokens"] for r in rows)
@@ -233,17 +246,21 @@ def print_compare(table: dict[str, Any], budget: int | None, select_with: str) -
     oracle = select_with == "tests"
     print(f"\n{'pooled budgets' if budget is None else f'{budget:,} tokens'} per task per strategy; selection: "
           f"{select_with}" + (" (ORACLE: the hidden check chose; not a held-out figure)" if oracle else " (held-out)"))
-    print(f"{'strategy':10s} {'resolved':>9s} {'95% CI':>15s} {'oracle pass@N':>13s} {'tokens/task':>11s} "
+    width = max([10, *map(len, table["strategies"])])
+    print(f"{'strategy':{width}s} {'resolved':>9s} {'95% CI':>15s} {'oracle pass@N':>13s} {'tokens/task':>11s} "
           f"{'s/task':>7s} {'operators':>9s}")
     for name, r in table["strategies"].items():
         ci = "-" if r["ci95"] is None else f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
         share = "-" if r.get("operator_token_share") is None else f"{r['operator_token_share']:.0%}"
-        print(f"{name:10s} {r['resolved']:>4d}/{r['tasks']:<4d} {ci:>15s} {r['pass_at_any']:>13d} "
+        print(f"{name:{width}s} {r['resolved']:>4d}/{r['tasks']:<4d} {ci:>15s} {r['pass_at_any']:>13d} "
               f"{r['tokens_per_task'] or 0:>11,d} {r['seconds_per_task'] or 0:>7.0f} {share:>9s}")
+    if GREEDY in table["strategies"]:
+        print(f"({GREEDY}: the sweep's one attempt at temperature 0, with the tokens one attempt spends)")
+    width = max([22, *map(len, table["pairs"])])
     for pair, p in table["pairs"].items():
         ci = "-" if p["diff_ci95"] is None else f"[{p['diff_ci95'][0]:+.2f}, {p['diff_ci95'][1]:+.2f}]"
         diff = "-" if p["diff"] is None else f"{p['diff']:+.3f}"
-        print(f"{pair:22s} paired {p['paired_tasks']:>3d} ({p['types']} types): diff {diff} (cluster bootstrap "
+        print(f"{pair:{width}s} paired {p['paired_tasks']:>3d} ({p['types']} types): diff {diff} (cluster bootstrap "
               f"95% CI {ci}); only first {p['a_only']}, only second {p['b_only']}, McNemar p {p['mcnemar_p']}")
 
 

@@ -451,3 +451,30 @@ def test_web_judge_agreement_scores_decisive_tasks_once_per_prompt(tmp_path: Pat
     assert len(cache.read_text().splitlines()) == 2
     agreement.main(args)
     assert len(cache.read_text().splitlines()) == 2
+
+
+def test_the_compare_table_sets_the_sweeps_greedy_attempt_beside_the_strategies(tmp_path: Path) -> None:
+    """The greedy reference is the sweep's verdict on the same tasks, paired like a strategy; a crashed sweep row
+    (infrastructure, not the model) is no verdict and leaves its task out of the greedy column."""
+    out = tmp_path / wp.model_key("local")
+    oks = {0: True, 1: False, 2: True}
+    for s, ok in oks.items():
+        stats.append_row(out / "sweep.jsonl", {"task_id": f"browsergym.miniwob.click-tab.{s}", "type": "click-tab",
+                                               "seed": s, "resolved": ok, "status": "submitted", "tokens": 700,
+                                               "seconds": 4.0})
+    crash = {"task_id": "browsergym.miniwob.click-tab.2", "type": "click-tab", "seed": 2, "resolved": False,
+             "status": stats.INFRA[0], "tokens": 0, "seconds": 1.0}
+    log = wp.compare_log(out, 5000, "proxy")
+    for s in range(3):
+        stats.append_row(log, {**_row("best_of_n", f"browsergym.miniwob.click-tab.{s}", s == 1, "click-tab"),
+                               "budget": 5000})
+    argv = ["compare", "--model", "local", "--budget", "5000", "--strategies", "best_of_n", "--report-only",
+            "--select-with", "proxy", "--types", "click-tab", "--out", str(tmp_path)]
+    wp.main(argv)
+    saved = json.loads((out / "compare-b5000-proxy.json").read_text())
+    greedy = saved["strategies"][stats.GREEDY]
+    assert (greedy["tasks"], greedy["resolved"], greedy["tokens_per_task"]) == (3, 2, 700)
+    pair = saved["pairs"][f"best_of_n - {stats.GREEDY}"]
+    assert (pair["paired_tasks"], pair["a_only"], pair["b_only"]) == (3, 1, 2)
+    stats.append_row(out / "sweep.jsonl", crash)  # the latest row of seed 2 is now a crash: no verdict
+    assert [r["task_id"] for r in stats.greedy_rows(stats.read_rows(out / "sweep.jsonl"), {crash["task_id"]})] == []
