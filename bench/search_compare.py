@@ -54,7 +54,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "search-compare"
 MINIWOB_SUBSET = ["click-link", "click-button", "focus-text", "click-dialog", "enter-text", "click-checkboxes",
                   "click-tab", "login-user", "choose-list", "click-option"]
 """Single-page MiniWoB++ tasks a small model can plausibly do in a few actions."""
-STRATEGIES = ("best_of_n", "se_agent", "hgm", "mcts")
+STRATEGIES = ("best_of_n", "se_agent", "hgm", "mcts", "best_of_n_greedy")
+"""best_of_n_greedy (best-of-N whose first attempt is the greedy one) is the reference every search must keep."""
 RUN_PREFIX = "search-compare"
 """Search run ids: `<prefix>:<strategy>:<task>:b<budget>:<selection>` (strategy_runs.run_id_of)."""
 

@@ -229,7 +229,8 @@ def greedy_rows(sweep_rows: list[dict[str, Any]], task_ids: Collection[str]) -> 
     last = latest(sweep_rows, lambda r: r["task_id"])
     return [{"strategy": GREEDY, "task_id": t, "type": r["type"], "resolved": bool(r["resolved"]),
              "pass_at_n": bool(r["resolved"]), "attempts": 1, "tokens": r.get("tokens", 0),
-             "attempt_tokens": r.get("tokens", 0), "seconds": r.get("seconds", 0.0)} for t, r in last.items() if t in task_ids and r.get("status") not in INFRA]
+             "attempt_tokens": r.get("tokens", 0), "seconds": r.get("seconds", 0.0)}
+            for t, r in last.items() if t in task_ids and r.get("status") not in INFRA]
 
 
 def operator_share(rows: list[dict[str, Any]]) -> float | None:
