@@ -16,6 +16,7 @@ from langgraph.types import Send
 
 from agent_selfevolve.attempt import AttemptSpec
 from agent_selfevolve.search.common import (
+    GREEDY_OPERATOR,
     SearchContext,
     SearchResult,
     attempt_node,
@@ -88,7 +89,7 @@ def route(state: BestOfNState) -> list[Send] | str:
 def attempt_spec(state: BestOfNState, config: BestOfNConfig, i: int) -> AttemptSpec:
     """Attempt `i` of the run; with `greedy_first`, attempt 0 is the greedy one."""
     if config.greedy_first and i == 0:
-        operator_name, params = "greedy", {"temperature": 0.0}
+        operator_name, params = GREEDY_OPERATOR, {"temperature": 0.0}
     else:
         operator_name = "sample"
         params = {"temperature": config.temperature} if config.temperature is not None else {}

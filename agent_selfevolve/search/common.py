@@ -173,13 +173,17 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
     return {"attempts": [rec]}
 
 
+GREEDY_OPERATOR = "greedy"
+"""The operator of an attempt sampled at temperature 0 (best-of-N's `greedy_first`): selection ties go to it."""
+
+
 def best_record(records: list[AttemptRecord]) -> AttemptRecord | None:
     """Highest selection reward; ties go to a submitted attempt, then to a greedy one (the model's most likely
     attempt, which best-of-N's `greedy_first` adds), then to the cheaper one."""
     if not records:
         return None
-    return max(records, key=lambda r: (r["reward"], r["status"] == Status.SUBMITTED, r.get("operator") == "greedy",
-                                       -Usage.from_dict(r["usage"]).total_tokens))
+    return max(records, key=lambda r: (r["reward"], r["status"] == Status.SUBMITTED,
+                                       r.get("operator") == GREEDY_OPERATOR, -Usage.from_dict(r["usage"]).total_tokens))
 
 
 @dataclass
