@@ -201,12 +201,23 @@ def search(strategy: str = typer.Option("best_of_n", help="best_of_n | se_agent 
            baseline: bool = typer.Option(False, help="Also run best-of-N at the same token budget (compute-matched)."),
            stop_on_perfect: bool = typer.Option(False, help="best_of_n: stop a task once an attempt passes every "
                                                             "visible check (not for fixed-N comparisons)."),
-           greedy_first: bool = typer.Option(False, help="best_of_n: the first attempt greedy (temperature 0); "
-                                                         "it also wins selection ties."),
+           greedy_first: bool = typer.Option(False, help="best_of_n, se_agent, hgm: one attempt greedy "
+                                                         "(temperature 0; the first sample, SE-Agent's first pool "
+                                                         "member, HGM's first root evaluation); it wins selection "
+                                                         "ties."),
            profile: ProfileOpt = "auto") -> None:
     """Search over trajectories for every task (resumable: rerun the same command)."""
-    options: dict[str, Any] = {"n": n, "stop_on_perfect": stop_on_perfect, "greedy_first": greedy_first} \
-        if strategy == "best_of_n" else {}
+    options: dict[str, Any] = {"n": n, "stop_on_perfect": stop_on_perfect} if strategy == "best_of_n" else {}
+    if greedy_first:
+        from dataclasses import fields
+
+        from agent_selfevolve.search.registry import registered
+
+        having = [name for name, s in registered().items() if "greedy_first" in {f.name for f in fields(s.config_cls)}]
+        if strategy not in having:
+            raise typer.BadParameter(f"it is an option of {', '.join(having)}, not of {strategy}",
+                                     param_hint="--greedy-first")
+        options["greedy_first"] = True
     budget = {"max_tokens": budget_tokens, "max_calls": budget_calls, "max_cost": budget_cost,
               "max_wall_s": budget_time}
     _run_batch(resolve_tasks(tasks, ids, pattern, slice_), out, model, base_url, strategy, options, budget,

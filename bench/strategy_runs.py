@@ -22,14 +22,18 @@ from agent_selfevolve.setups import AgentSetup
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
 
+_SE_AGENT = {"pool_size": 4, "generations": 3, "elites": 2, "revisions": 1, "recombinations": 1}
 OPTIONS = {"best_of_n": {"n": 1000, "temperature": 0.8},
            "best_of_n_greedy": {"n": 1000, "temperature": 0.8, "greedy_first": True},
-           "se_agent": {"pool_size": 4, "generations": 3, "elites": 2, "revisions": 1, "recombinations": 1},
+           "se_agent": _SE_AGENT,
+           "se_agent_greedy": {**_SE_AGENT, "greedy_first": True},
            "hgm": {"max_evals": 1000},
+           "hgm_greedy": {"max_evals": 1000, "greedy_first": True},
            "mcts": {"max_iterations": 1000, "children": 2, "step_chunk": 2}}
 """Each strategy's options: counts high enough that the token budget, the same for all, is what stops them.
-`best_of_n_greedy` is best-of-N whose first attempt is the greedy one (which also wins selection ties)."""
-STRATEGY_OF = {"best_of_n_greedy": "best_of_n"}
+A `*_greedy` name is its strategy with `greedy_first`: one attempt at temperature 0 (best-of-N's first, SE-Agent's
+first pool member, HGM's first root evaluation) that stays a candidate and wins selection ties."""
+STRATEGY_OF = {"best_of_n_greedy": "best_of_n", "se_agent_greedy": "se_agent", "hgm_greedy": "hgm"}
 """A row name that is a variant of a registered strategy -> that strategy."""
 
 
@@ -76,10 +80,11 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
             break
         ctx = SearchContext(task=task, model=model, store=store, limits=Limits(max_steps=max_steps),
                             budget=Budget(max_tokens=budget), select_with=select_with, judge=judge, agent=agent)
-        opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if name == "se_agent" else {})}
+        strategy = STRATEGY_OF.get(name, name)
+        opts = {**OPTIONS[name], "max_concurrency": 1, **({"pool_size": pool_size} if strategy == "se_agent" else {})}
         start = time.monotonic()
         run_id = run_id_of(run_prefix, name, task.instance_id, budget, select_with)
-        result = registry()[STRATEGY_OF.get(name, name)](ctx, run_id=run_id, **opts)
+        result = registry()[strategy](ctx, run_id=run_id, **opts)
         row = {"strategy": name, "task_id": task.instance_id, "type": cluster_of(task), "resolved": result.resolved,
                "pass_at_n": result.pass_at_n, "best_reward": result.best_reward, "attempts": result.attempts,
                "tokens": result.usage["prompt_tokens"] + result.usage["completion_tokens"],

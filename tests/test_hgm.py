@@ -430,3 +430,34 @@ def test_resume_after_kill_9_has_no_duplicates_and_same_decisions(tmp_path: Path
 
     assert strip(res["extra"]["decisions"]) == strip(ref["extra"]["decisions"])
     assert res["extra"]["final_node"] == ref["extra"]["final_node"]
+
+
+def test_greedy_first_makes_the_roots_first_evaluation_greedy_and_keeps_it_a_candidate(
+        tmp_path: Path, task: Task) -> None:
+    """FAKE models. The root's first evaluation runs at temperature 0 (no sampling seed) as operator 'greedy'.
+    When the tree finds a better reward, that wins; when nothing does (every attempt submits at reward 0), the
+    greedy attempt is the answer even though the final variant is another node."""
+    ctx = make_ctx(tmp_path, task)
+    res = hgm(ctx, max_evals=6, wave_size=2, max_concurrency=2, seed=3, greedy_first=True, seed_evaluations=True,
+              run_id="hgm-greedy")
+    greedy = ctx.store.get("hgm-greedy:n0:e0")
+    assert greedy is not None and greedy.operator == "greedy" and greedy.node_id == "n0"
+    model = ctx.model
+    assert isinstance(model, ScriptedFakeModel)
+    greedy_calls = [p for p in model.params if p.get("temperature") == 0.0]
+    calls = sum(m["role"] == "assistant" for m in greedy.messages)
+    assert calls and greedy_calls == [{"temperature": 0.0}] * calls  # its calls only, unseeded
+    assert all("seed" in p for p in model.params if p.get("temperature") != 0.0)  # the others: seeded samples
+    assert res.resolved and res.best_attempt_id != "hgm-greedy:n0:e0"  # a higher reward beats greedy
+
+    def no_fix(messages: list[dict[str, Any]]) -> str:
+        return '{"diagnosis": "unclear", "strategy": "look around", "guidance": "read calc.py"}'
+
+    for greedy_first, run_id in ((True, "hgm-tie"), (False, "hgm-tie-off")):
+        ctx = make_ctx(tmp_path, task)
+        ctx.operator_model = ScriptedFakeModel(no_fix, name="fake/operator")
+        res = hgm(ctx, max_evals=5, wave_size=1, max_concurrency=1, seed=3, greedy_first=greedy_first,
+                  run_id=run_id)
+        assert res.best_reward == 0.0 and res.extra["final_node"] != "n0"
+        chosen = ctx.store.get(res.best_attempt_id or "")
+        assert chosen is not None and (chosen.operator == "greedy") == greedy_first

@@ -321,3 +321,38 @@ def test_resume_after_kill_9_reruns_nothing_finished(env: tuple[Task, Trajectory
     assert sorted(o for o, _ in ops.values()) == ["initial"] * 4 + ["mutation"] * 2 + ["recombination", "refinement",
                                                                                       "revision"]
     assert result.stop_reason and store.get_run("se-kill")["status"] == "done"
+
+
+def test_greedy_first_puts_the_plain_greedy_attempt_in_the_pool_and_it_wins_reward_ties(
+        env: tuple[Task, TrajectoryStore]) -> None:
+    """FAKE model. With `greedy_first` the pool's first member runs without a planning strategy at temperature 0.
+    In generation 0 every attempt submits unchanged code (equal proxy rewards) and the rater scores STRAT-D's
+    highest: the plain search picks STRAT-D's, the greedy-first one the greedy attempt. A revised child that
+    fixes the bug has a higher reward and beats it."""
+    task, store = env
+    strategies = ["STRAT-C submit at once.", "STRAT-D guess."]
+    rate = {"rate": lambda u: json.dumps({"quality": 9 if "STRAT-D" in u else 1})}
+    chosen = {}
+    for greedy_first in (True, False):
+        model = ScriptedFakeModel(Scenario(rate))
+        run_id = f"se-greedy-{greedy_first}"
+        result = se_agent(SearchContext(task=task, model=model, store=store), pool_size=2, generations=0,
+                          strategies=strategies, greedy_first=greedy_first, run_id=run_id, max_concurrency=1)
+        attempts = {t.attempt_id: t for t in store.attempts(run_id=run_id)}
+        assert len(attempts) == 2 and result.best_reward == 0.0 and not result.resolved
+        best_score = result.extra["best_score_attempt_id"]
+        assert "STRAT-D" in attempts[best_score].messages[1]["content"]
+        chosen[greedy_first] = attempts[result.best_attempt_id or ""]
+        if greedy_first:
+            greedy = attempts[f"{run_id}:g0:greedy:0"]
+            assert greedy.operator == "greedy" and "STRAT-" not in greedy.messages[1]["content"]
+            agent_params = [p for p, r in zip(model.params, model.requests, strict=True) if operator_kind(r) is None]
+            assert agent_params[0] == {"temperature": 0.0} and all(p.get("temperature") != 0.0
+                                                                  for p in agent_params[1:])
+    assert chosen[True].operator == "greedy"
+    assert "STRAT-D" in chosen[False].messages[1]["content"]
+    model = ScriptedFakeModel(Scenario(rate))
+    result = se_agent(SearchContext(task=task, model=model, store=store), pool_size=2, generations=1, revisions=1,
+                      recombinations=0, refinements=0, strategies=strategies, greedy_first=True,
+                      run_id="se-greedy-fixed", max_concurrency=1)
+    assert result.resolved and ":revision:" in (result.best_attempt_id or "")

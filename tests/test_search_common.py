@@ -259,6 +259,18 @@ def test_search_cli_shows_progress_and_writes_summary(demo_task: Task, tmp_path:
     assert greedy.exit_code == 0, greedy.output
     operators = sorted(t.operator for t in TrajectoryStore(tmp_path / "g" / "runs.sqlite").attempts())
     assert operators == ["greedy", "sample"]
+    hgm = CliRunner().invoke(app, ["search", "--tasks", str(tmp_path / "tasks.json"), "--model",
+                                   f"fake:{tmp_path / 'fake.json'}", "--strategy", "hgm", "--out", str(tmp_path / "h"),
+                                   "--budget-calls", "6", "--greedy-first"])
+    assert hgm.exit_code == 0, hgm.output
+    hgm_store = TrajectoryStore(tmp_path / "h" / "runs.sqlite")
+    ops = {t.attempt_id.rsplit(":", 1)[1]: t.operator for t in hgm_store.attempts()}
+    assert ops["e0"] == "greedy" and "greedy" not in {op for e, op in ops.items() if e != "e0"}
+    mcts = CliRunner().invoke(app, ["search", "--tasks", str(tmp_path / "tasks.json"), "--model",
+                                    f"fake:{tmp_path / 'fake.json'}", "--strategy", "mcts",
+                                    "--out", str(tmp_path / "m"), "--greedy-first"])
+    assert mcts.exit_code == 2 and "not of mcts" in " ".join(mcts.output.split())
+    assert not (tmp_path / "m" / "runs.sqlite").exists()  # refused before any search ran
 
 
 def test_an_oracle_run_is_labelled_everywhere(demo_task: Task, tmp_path: Path) -> None:

@@ -138,25 +138,32 @@ def test_held_out_of_keeps_only_the_proofs_held_out_tasks_before_the_slice(tmp_p
         sc.held_out_ids(tmp_path / "bad.json")
 
 
-def test_the_greedy_first_variant_runs_best_of_n_with_its_option_under_its_own_name(
+def test_each_greedy_first_variant_runs_its_strategy_with_the_option_under_its_own_name(
         fake: tuple[ModuleType, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import agent_selfevolve.search as search
 
     sc, _ = fake
-    calls: list[tuple[str, bool]] = []
+    calls: list[tuple[str, str, bool, int | None]] = []
 
-    def best_of_n(ctx: Any, run_id: str, **opts: Any) -> Any:
-        calls.append((run_id, opts.get("greedy_first", False)))
-        return SimpleNamespace(resolved=True, pass_at_n=True, best_reward=1.0, attempts=1, stop_reason="budget",
-                               usage={"prompt_tokens": 1, "completion_tokens": 1}, oracle=False)
+    def strategy(name: str) -> Any:
+        def run(ctx: Any, run_id: str, **opts: Any) -> Any:
+            calls.append((name, run_id, opts.get("greedy_first", False), opts.get("pool_size")))
+            return SimpleNamespace(resolved=True, pass_at_n=True, best_reward=1.0, attempts=1, stop_reason="budget",
+                                   usage={"prompt_tokens": 1, "completion_tokens": 1}, oracle=False)
+        return run
 
-    monkeypatch.setattr(search, "strategies", lambda: {"best_of_n": best_of_n})
-    sc.main(["--model", "fake", "--suite", "humaneval", "--budgets", "1000", "--strategies",
-             "best_of_n,best_of_n_greedy", "--out", str(tmp_path)])
-    assert sorted(flag for _, flag in calls) == [False] * 3 + [True] * 3
-    assert all(("best_of_n_greedy" in run_id) == flag for run_id, flag in calls)
+    names = ("best_of_n", "se_agent", "hgm")
+    monkeypatch.setattr(search, "strategies", lambda: {n: strategy(n) for n in names})
+    variants = [f"{n}{suffix}" for n in names for suffix in ("", "_greedy")]
+    sc.main(["--model", "fake", "--suite", "humaneval", "--budgets", "1000", "--strategies", ",".join(variants),
+             "--pool-size", "3", "--out", str(tmp_path)])
+    assert len(calls) == 3 * len(variants)
+    for name, run_id, flag, pool in calls:  # each variant ran its strategy, with the option, under its own name
+        assert f":{name}_greedy:" in run_id if flag else f":{name}:" in run_id
+        assert pool == (3 if name == "se_agent" else None)
+    assert sum(flag for *_, flag, _ in calls) == 9
     rows = [json.loads(line) for line in (tmp_path / "compare-b1000-proxy.jsonl").read_text().splitlines()]
-    assert sorted({r["strategy"] for r in rows}) == ["best_of_n", "best_of_n_greedy"]
+    assert sorted({r["strategy"] for r in rows}) == sorted(variants)
     calls.clear()
     with pytest.raises(SystemExit):  # a misspelt name fails before any model loads or search runs
         sc.main(["--model", "fake", "--suite", "humaneval", "--budgets", "1000", "--strategies", "best_of_n,bogus",

@@ -21,7 +21,8 @@ of `stop_at_success` and the line between failed and other attempts) is above wh
 *expansion* is one operator LLM call (`ctx.op_model`) that diagnoses the parent's failed attempts from
 `summarize_trajectory` summaries (proxy or judge reward only; an oracle run shows none) and writes the child's
 variant; its usage goes into `op_usage`, so the search budget covers it. The final variant is the one with the
-highest epsilon-quantile of Beta(1 + s, 1 + f); the answer is its best attempt by selection reward.
+highest epsilon-quantile of Beta(1 + s, 1 + f); the answer is its best attempt by selection reward (with
+`greedy_first`, the root's first evaluation is greedy and stays a candidate beside them, winning reward ties).
 
 Ids (node ids, attempt ids) and the random generator of each decision (`decision_rng(seed, counter)`) are fixed
 in checkpointed state before any work starts, so a run killed with `kill -9` resumes the same decisions and
@@ -45,6 +46,7 @@ from agent_selfevolve.events import HGMExpanded
 from agent_selfevolve.infra import emit
 from agent_selfevolve.models.base import Usage
 from agent_selfevolve.search.common import (
+    GREEDY_OPERATOR,
     SearchContext,
     SearchResult,
     attempt_node,
@@ -94,6 +96,10 @@ class HGMConfig(StrategyConfig):
     stop_at_success: bool = False
     final_answer: Literal["variant", "any"] = "variant"
     """'any' returns the best attempt of the whole tree instead of the final variant's."""
+    greedy_first: bool = False
+    """The root's first evaluation runs at temperature 0 (operator 'greedy'), and the answer is chosen from the
+    final variant's attempts and that greedy one, which wins reward ties: as for best-of-N's option of that name,
+    the model's most likely attempt then stays a candidate wherever the tree goes."""
 
     def resolve(self, max_concurrency: int) -> HGMConfig:
         return replace(self, wave_size=self.wave_size or max_concurrency,
@@ -107,7 +113,7 @@ class HGMConfig(StrategyConfig):
         """The options a run's report lists."""
         return {"max_evals": self.max_evals, "alpha": self.alpha, "epsilon": self.epsilon,
                 "threshold": self.threshold, "counts": self.counts, "wave_size": self.wave_size,
-                "final_answer": self.final_answer}
+                "final_answer": self.final_answer, "greedy_first": self.greedy_first}
 
 
 class HGMState(TypedDict, total=False):
@@ -233,16 +239,24 @@ def plan(state: HGMState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
             "decision_log": log}
 
 
+def greedy_attempt_id(run_id: str) -> str:
+    """The root's first evaluation: the greedy attempt when `greedy_first` is on."""
+    return f"{run_id}:{ROOT}:e0"
+
+
 def _eval_spec(state: HGMState, action: HGMAction) -> AttemptSpec:
-    node = state["nodes"][action["node"]]
+    config, node = HGMConfig.of(state), state["nodes"][action["node"]]
     variant = node["variant"]
     params = dict(variant.get("model_params") or {})
-    if HGMConfig.of(state).seed_evaluations:
+    operator_name = "root" if node["id"] == ROOT else "evaluate"
+    if config.greedy_first and action["attempt_id"] == greedy_attempt_id(state["run_id"]):
+        params, operator_name = {**params, "temperature": 0.0}, GREEDY_OPERATOR
+    elif config.seed_evaluations:
         params["seed"] = int(action["attempt_id"].rsplit(":e", 1)[-1])
     return AttemptSpec(state["task_id"], attempt_id=action["attempt_id"], run_id=state["run_id"],
                        guidance=variant.get("guidance", ""), strategy=variant.get("strategy", ""),
-                       operator="root" if node["id"] == ROOT else "evaluate", parent_ids=list(node["parent_ids"]),
-                       node_id=node["id"], model_params=params)
+                       operator=operator_name, parent_ids=list(node["parent_ids"]), node_id=node["id"],
+                       model_params=params)
 
 
 def route(state: HGMState) -> list[Send] | str:
@@ -321,7 +335,8 @@ def select(state: HGMState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
     if config.final_answer == "any" or final is None:
         best = best_any
     else:
-        best = best_record([r for r in records if r.get("node_id") == final])
+        greedy = greedy_attempt_id(state["run_id"]) if config.greedy_first else None
+        best = best_record([r for r in records if r.get("node_id") == final or r["attempt_id"] == greedy])
     extra = {"final_node": final, "root": ROOT, "tree": tree_view(nodes, epsilon),
              "evaluations": len(records), "expansions": len(nodes) - 1,
              "best_any_attempt_id": best_any["attempt_id"] if best_any else None,

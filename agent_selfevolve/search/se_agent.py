@@ -2,7 +2,8 @@
 
     seed -> plan -> Send(attempt) waves -> plan -> assess -> revise -> recombine -> refine -> plan ... -> select
 
-* seed: the initial pool, distinct planning strategies plus mutations (strategy twist + another temperature).
+* seed: the initial pool, distinct planning strategies plus mutations (strategy twist + another temperature);
+  with `greedy_first`, its first member is the plain greedy attempt, which wins reward ties in the final choice.
 * assess (refinement's evaluation): score every new trajectory (selection reward, an operator rating of its
   reasoning, efficiency), extract what worked / blind spots / risks, keep k elites chosen for score and diversity,
   and stop on budget, generation limit, a perfect reward or no improvement for `patience` generations.
@@ -33,6 +34,7 @@ from langgraph.types import Send
 from agent_selfevolve.attempt import AttemptSpec
 from agent_selfevolve.models.base import Usage
 from agent_selfevolve.search.common import (
+    GREEDY_OPERATOR,
     SearchContext,
     SearchResult,
     attempt_node,
@@ -91,6 +93,10 @@ class SEAgentConfig(StrategyConfig):
     """Planning strategies of the initial pool; None: `operators.DEFAULT_STRATEGIES`."""
     temperature: float | None = 0.7
     mutation_temperature: float | None = 1.0
+    greedy_first: bool = False
+    """The pool's first member is the plain greedy attempt (no planning strategy, temperature 0, operator
+    'greedy'), and among attempts of equal selection reward the final choice takes it: as for best-of-N's option
+    of that name, the model's most likely attempt then stays a candidate however the samples and operators fare."""
     patience: int = 2
     """Stop when the best refinement score has not improved for this many generations."""
     diversity_weight: float = 0.5
@@ -138,17 +144,27 @@ def seed(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]
     specs: list[AttemptSpec] = []
     for i in range(n):
         base, round_ = i % len(strategies), i // len(strategies)
-        if round_ == 0:
-            specs.append(AttemptSpec(state["task_id"], attempt_id=f"{run_id}:g0:initial:{i}", run_id=run_id,
+        if i == 0 and config.greedy_first:
+            specs.append(AttemptSpec(state["task_id"], attempt_id=initial_id(run_id, 0, config), run_id=run_id,
+                                     operator=GREEDY_OPERATOR, node_id="g0", model_params={"temperature": 0.0}))
+        elif round_ == 0:
+            specs.append(AttemptSpec(state["task_id"], attempt_id=initial_id(run_id, i, config), run_id=run_id,
                                      strategy=strategies[base], operator="initial", node_id="g0",
                                      model_params=sampling_params(config.temperature)))
         else:
             twist = MUTATION_TWISTS[(round_ - 1 + base) % len(MUTATION_TWISTS)]
             specs.append(AttemptSpec(state["task_id"], attempt_id=f"{run_id}:g0:mutation:{i}", run_id=run_id,
                                      strategy=f"{strategies[base]} {twist}", operator="mutation", node_id="g0",
-                                     parent_ids=[f"{run_id}:g0:initial:{base}"],
+                                     parent_ids=[initial_id(run_id, base, config)],
                                      model_params=sampling_params(config.mutation_temperature)))
     return {"generation": 0, "queue": [asdict(s) for s in specs], "wave": []}
+
+
+def initial_id(run_id: str, i: int, config: SEAgentConfig) -> str:
+    """Id of the initial pool's member `i` (with `greedy_first`, member 0 is the greedy attempt)."""
+    if i == 0 and config.greedy_first:
+        return f"{run_id}:g0:{GREEDY_OPERATOR}:0"
+    return f"{run_id}:g0:initial:{i}"
 
 
 def plan(state: SEAgentState, runtime: Runtime[SearchContext]) -> dict[str, Any]:
@@ -265,11 +281,13 @@ def route_to(next_node: str) -> Callable[[SEAgentState], str]:
 
 
 def choose(records: list[AttemptRecord], scores: dict[str, dict[str, Any]]) -> AttemptRecord | None:
-    """The returned attempt: highest selection reward; among equal rewards the best refinement score, then a
-    submitted one, then the cheaper one. Hidden-test results never enter the choice."""
+    """The returned attempt: highest selection reward; among equal rewards the greedy attempt (only
+    `greedy_first` makes one), then the best refinement score, then a submitted one, then the cheaper one.
+    Hidden-test results never enter the choice."""
     if not records:
         return None
-    return max(records, key=lambda r: (r["reward"], scores.get(r["attempt_id"], {}).get("score", -1.0),
+    return max(records, key=lambda r: (r["reward"], r.get("operator") == GREEDY_OPERATOR,
+                                       scores.get(r["attempt_id"], {}).get("score", -1.0),
                                        r["status"] == Status.SUBMITTED, -Usage.from_dict(r["usage"]).total_tokens))
 
 
