@@ -320,3 +320,16 @@ def test_graphs_stream_typed_progress_events(demo_task: Task, tmp_path: Path) ->
     assert kinds.count("attempt_finished") == 2 and kinds[-1] == "search_finished"
     finished = [e for e in events if e["event"] == "attempt_finished"]
     assert all(e["budget"] == {"max_tokens": 10**6} and e["budget_used"]["tokens"] >= e["tokens"] for e in finished)
+
+
+def test_a_bad_model_spec_names_what_is_wrong(tmp_path: Path) -> None:
+    """`fake` alone, a missing script and a script that is not JSON each fail with the spec and the reason,
+    not a traceback from deep inside file reading."""
+    from agent_selfevolve.models import make_model
+
+    (tmp_path / "bad.json").write_text("{not json")
+    for spec, reason in (("fake", "no file given"), (f"fake:{tmp_path / 'none.json'}", "is not a file"),
+                         (f"fake:{tmp_path / 'bad.json'}", "is not JSON"), ("gpt4", "unknown model spec")):
+        with pytest.raises(ValueError, match=reason) as info:
+            make_model(spec)
+        assert spec in str(info.value)

@@ -34,6 +34,13 @@ def make_model(spec: str, **options: Any) -> Model:
     if kind == "fake":
         from agent_selfevolve.models.fake import fake_from_spec
 
-        return fake_from_spec(json.loads(Path(rest).read_text()), **options)
+        script = Path(rest)
+        if not rest or not script.is_file():
+            raise ValueError(f"model spec '{spec}': a FAKE model needs its script, fake:<script.json> "
+                             f"({'no file given' if not rest else f'{script} is not a file'})")
+        try:
+            return fake_from_spec(json.loads(script.read_text()), **options)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"model spec '{spec}': {script} is not JSON ({exc})") from exc
     raise ValueError(f"unknown model spec '{spec}': use local[:key], openai:<model>, litellm:<model> or "
                      "fake:<script.json>")
