@@ -174,12 +174,13 @@ def attempt_node(payload: dict[str, Any], runtime: Runtime[SearchContext]) -> di
 
 
 GREEDY_OPERATOR = "greedy"
-"""The operator of an attempt sampled at temperature 0 (best-of-N's `greedy_first`): selection ties go to it."""
+"""The operator of the attempt sampled at temperature 0 that `greedy_first` adds (best-of-N, SE-Agent, HGM):
+selection ties go to it."""
 
 
 def best_record(records: list[AttemptRecord]) -> AttemptRecord | None:
     """Highest selection reward; ties go to a submitted attempt, then to a greedy one (the model's most likely
-    attempt, which best-of-N's `greedy_first` adds), then to the cheaper one."""
+    attempt, which `greedy_first` adds), then to the cheaper one."""
     if not records:
         return None
     return max(records, key=lambda r: (r["reward"], r["status"] == Status.SUBMITTED,
