@@ -47,8 +47,8 @@ from chaos_kill import Tally, batch_scenario, evolve_scenario, kill_summary, run
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 
 MODES: dict[str, dict[str, Any]] = {
-    "short": {"batch_kills": 2, "search_kills": 2, "evolve_kills": 0, "batch_tasks": 2,
-              "runaway_rounds": 1, "disk_tasks": 2, "kill_budget_s": 85},
+    "short": {"batch_kills": 1, "search_kills": 1, "evolve_kills": 0, "batch_tasks": 2,
+              "runaway_rounds": 1, "disk_tasks": 2, "kill_budget_s": 60},
     "long": {"batch_kills": 50, "search_kills": 50, "evolve_kills": 10, "batch_tasks": 6,
              "runaway_rounds": 3, "disk_tasks": 4, "kill_budget_s": 1800},
 }

@@ -84,7 +84,13 @@ def test_transient_errors_are_retried_with_backoff() -> None:
             raise ModelError("429", transient=True)
         return "ok"
 
-    assert with_retries(flaky, sleep=sleeps.append) == "ok" and len(calls) == 3 and sleeps[1] > sleeps[0] * 0.9
+    assert with_retries(flaky, sleep=sleeps.append) == "ok" and len(calls) == 3 and len(sleeps) == 2
+    # jittered: each delay lies in its own doubling window [0.5, 1.5) x 0.5 s x 2**k
+    assert all(0.25 * 2**k <= delay < 0.75 * 2**k for k, delay in enumerate(sleeps))
+    calls.clear()
+    fixed: list[float] = []
+    assert with_retries(flaky, sleep=fixed.append, jitter=lambda: 0.5) == "ok"
+    assert fixed == [0.5, 1.0]  # same jitter: the delay doubles
     with pytest.raises(ModelError):
         with_retries(lambda: (_ for _ in ()).throw(ModelError("bad request")), sleep=sleeps.append)
 

@@ -105,13 +105,18 @@ T = TypeVar("T")
 
 
 def with_retries(call: Callable[[], T], attempts: int = 4, base_delay: float = 0.5,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """Retry transient `ModelError`s with jittered exponential backoff; re-raise the rest at once."""
+                 sleep: Callable[[float], None] = time.sleep,
+                 jitter: Callable[[], float] = random.random) -> T:
+    """Retry transient `ModelError`s with jittered exponential backoff; re-raise the rest at once.
+
+    Delay k is `base_delay * 2**k * (0.5 + jitter())`: the jitter spreads retries of many clients
+    hit by one rate limit, so two consecutive delays need not grow; their envelope does.
+    """
     for attempt in range(attempts):
         try:
             return call()
         except ModelError as exc:
             if not exc.transient or attempt == attempts - 1:
                 raise
-            sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+            sleep(base_delay * (2**attempt) * (0.5 + jitter()))
     raise AssertionError("unreachable")
