@@ -21,6 +21,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from agent_selfevolve.agent import AgentContext, Limits, build_agent_graph
+from agent_selfevolve.ast_guard import compile_graph
 from agent_selfevolve.envs import Environment, make_environment
 from agent_selfevolve.envs.base import EnvironmentFailure
 from agent_selfevolve.models.base import Model
@@ -78,7 +79,7 @@ def sqlite_checkpointer(path: str | Path) -> SqliteSaver:
 
 def compiled_agent(checkpointer: BaseCheckpointSaver | None) -> Any:
     """Compiled per attempt (~5 ms): a cache keyed by checkpointer kept every saver and its connection alive."""
-    return build_agent_graph().compile(checkpointer=checkpointer)
+    return compile_graph(build_agent_graph, checkpointer)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from agent_selfevolve.agent import Limits
+from agent_selfevolve.ast_guard import compile_graph
 from agent_selfevolve.attempt import AttemptSpec, run_attempt, sqlite_checkpointer
 from agent_selfevolve.fileio import save_figure_atomic, write_json_atomic
 from agent_selfevolve.infra import emit
@@ -394,7 +395,7 @@ def evolve(ctx: EvolveContext, run_id: str = "evolve") -> dict[str, Any]:
     ctx.store.create_run("evolve", {"config": asdict(ctx.config), "train": [t.instance_id for t in ctx.train_tasks],
                                     "held_out": [t.instance_id for t in ctx.held_out],
                                     "final_test": [t.instance_id for t in ctx.final_test]}, run_id=run_id)
-    graph = build_evolve_graph().compile(checkpointer=sqlite_checkpointer(ctx.out_dir / "checkpoints.sqlite"))
+    graph = compile_graph(build_evolve_graph, sqlite_checkpointer(ctx.out_dir / "checkpoints.sqlite"))
     config = {"configurable": {"thread_id": f"evolve:{run_id}"}, "recursion_limit": 1000}
     snapshot = graph.get_state(config)
     if snapshot.values and not snapshot.next:

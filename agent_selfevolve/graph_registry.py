@@ -7,6 +7,8 @@ from typing import Any
 
 from langgraph.graph import StateGraph
 
+from agent_selfevolve.ast_guard import compile_graph
+
 
 def builders() -> dict[str, Callable[[], StateGraph]]:
     from agent_selfevolve.agent import build_agent_graph
@@ -25,4 +27,4 @@ def compiled_graph(name: str, checkpointer: Any = None) -> Any:
     table = builders()
     if name not in table:
         raise KeyError(f"unknown graph '{name}': {', '.join(table)}")
-    return table[name]().compile(checkpointer=checkpointer)
+    return compile_graph(table[name], checkpointer)

@@ -333,3 +333,33 @@ def test_a_bad_model_spec_names_what_is_wrong(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=reason) as info:
             make_model(spec)
         assert spec in str(info.value)
+
+
+def test_parallel_attempts_never_build_ast_objects_at_once(demo_task: Task, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython 3.11 keeps the AST constructor's recursion depth interpreter-wide, so two threads in `ast.parse` at
+    once can raise SystemError (it did, in best-of-N's fan-out: each attempt builds its agent graph, and LangGraph
+    parses `operator.add`'s signature). A slow `ast.parse` that counts who is inside it must never see two."""
+    import ast
+    import threading
+    import time
+
+    real_parse, inside, most = ast.parse, [0], [0]
+    lock = threading.Lock()
+
+    def slow_parse(*args: object, **kwargs: object) -> object:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)  # widens any overlap a missing lock would allow
+        try:
+            return real_parse(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ast, "parse", slow_parse)
+    store = TrajectoryStore(tmp_path / "s.sqlite")
+    ctx = SearchContext(task=demo_task, model=ScriptedFakeModel(responder), store=store)
+    result = best_of_n(ctx, n=4, run_id="ast")
+    assert result.attempts == 4 and most[0] == 1

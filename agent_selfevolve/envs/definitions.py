@@ -12,6 +12,8 @@ import ast
 import textwrap
 from dataclasses import dataclass
 
+from agent_selfevolve.ast_guard import parse as parse_python
+
 
 class DefinitionError(ValueError):
     """The code cannot be placed: it does not parse, defines nothing, or no single file holds its names."""
@@ -44,7 +46,7 @@ def merge_definitions(code: str, files: dict[str, str]) -> Merge:
     """Merge `code` into the file of `files` ({path: text}) defining most of its top-level names."""
     code = textwrap.dedent(code)  # a method copied with its class's indentation
     try:
-        given = ast.parse(code)
+        given = parse_python(code)
     except SyntaxError as exc:
         raise DefinitionError(f"the code does not parse: {exc.msg} (line {exc.lineno})") from None
     new_defs = _defs(given)
@@ -53,7 +55,7 @@ def merge_definitions(code: str, files: dict[str, str]) -> Merge:
     parsed: dict[str, ast.Module] = {}
     for path, text in files.items():
         try:
-            parsed[path] = ast.parse(text)
+            parsed[path] = parse_python(text)
         except SyntaxError:
             continue
     hits = {p: sum(name in _defs(t) for name in new_defs) for p, t in parsed.items()}
@@ -133,7 +135,7 @@ def _with_imports(text: str, imports: list[str]) -> str:
     lines = text.splitlines()
     if imports:
         try:
-            body = ast.parse(text).body
+            body = parse_python(text).body
         except SyntaxError:
             body = []
         anchors = [n for n in body if isinstance(n, ast.Import | ast.ImportFrom)] or \
@@ -147,7 +149,7 @@ def same_behaviour(old: str, new: str) -> bool:
     """Whether two versions of a module differ only in docstrings, comments and layout (a small model, shown a
     failing example, sometimes "fixes" the docstring's example instead of the code)."""
     try:
-        return _code_only(ast.parse(old)) == _code_only(ast.parse(new))
+        return _code_only(parse_python(old)) == _code_only(parse_python(new))
     except SyntaxError:
         return False
 

@@ -21,6 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_selfevolve.ast_guard import parse as parse_python
 from agent_selfevolve.envs.grading import is_test_file
 
 MAX_EXAMPLES = 50
@@ -57,7 +58,7 @@ def _import_name(path: str) -> str | None:
 
 def _parses(expr: str) -> bool:
     try:
-        ast.parse(expr, mode="eval")
+        parse_python(expr, mode="eval")
     except SyntaxError:
         return False
     return True
@@ -67,7 +68,7 @@ def examples_in(source: str, file: str) -> list[Example]:
     """The one-line examples in the docstrings of `source`'s top-level functions (and the module's own)."""
     module = _import_name(file)
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError:
         return []
     if module is None:
@@ -110,7 +111,7 @@ def _self_contained(expr: str, known: set[str]) -> bool:
     """`expr` parses and names only what the module or builtins define (`fib(n) = fib(n-1) + ...` is a definition,
     `f(1) == true` a typo of the docstring's: neither is an example one can run)."""
     try:
-        tree = ast.parse(expr, mode="eval")
+        tree = parse_python(expr, mode="eval")
     except SyntaxError:
         return False
     return all(n.id in known for n in ast.walk(tree) if isinstance(n, ast.Name))
@@ -147,7 +148,7 @@ def _named_example(lines: list[str], i: int, owner: ast.FunctionDef | ast.AsyncF
 def _call_of(owner: ast.FunctionDef | ast.AsyncFunctionDef, args: str) -> str | None:
     """`owner(args)`; keywords the signature does not know become positional when they match its arity."""
     try:
-        parsed = ast.parse(f"_({args})", mode="eval").body
+        parsed = parse_python(f"_({args})", mode="eval").body
     except SyntaxError:
         return None
     if not isinstance(parsed, ast.Call):

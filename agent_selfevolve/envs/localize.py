@@ -16,6 +16,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from agent_selfevolve.ast_guard import parse as parse_python
+
 _CALLED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(|\.([A-Za-z_]\w*)|`([A-Za-z_]\w*)`")
 _TEST_ID = re.compile(r"::(?:Test(\w+?)|(\w+?)Tests?)(?=::)|::test_(\w+)")
 """A failing test's id names what it tests: `TestFoo::`/`FooTest::` -> `Foo`, `::test_foo` -> `foo`."""
@@ -79,7 +81,7 @@ def issue_names(issue: str) -> list[str]:
 def definitions(path: str, text: str) -> list[Definition]:
     """Top-level functions and classes of one module, and the methods of its top-level classes."""
     try:
-        tree = ast.parse(text)
+        tree = parse_python(text)
     except SyntaxError:
         return []
     lines = text.splitlines()

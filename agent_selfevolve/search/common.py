@@ -19,6 +19,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent_selfevolve.agent import Limits
+from agent_selfevolve.ast_guard import compile_graph
 from agent_selfevolve.attempt import (
     AttemptSpec,
     Judge,
@@ -262,7 +263,7 @@ def run_search(graph_builder: Callable[[], Any], strategy: str, config: Strategy
     saver = sqlite_checkpointer(checkpoint_path or ctx.store.path.with_name("checkpoints.sqlite"))
     if ctx.attempt_checkpointer is None:
         ctx.attempt_checkpointer = saver
-    graph = graph_builder().compile(checkpointer=saver)
+    graph = compile_graph(graph_builder, saver)
     config = {"configurable": {"thread_id": f"search:{run_id}"}, "recursion_limit": 10_000,
               "max_concurrency": max_concurrency}
     snapshot = graph.get_state(config)

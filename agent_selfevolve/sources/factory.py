@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_selfevolve.ast_guard import parse as parse_python
 from agent_selfevolve.envs.grading import is_test_file
 from agent_selfevolve.fileio import write_json_atomic
 from agent_selfevolve.infra import git
@@ -340,7 +341,7 @@ class Factory:
 
 
 def _dump(source: str) -> str:
-    return ast.dump(ast.parse(source))
+    return ast.dump(parse_python(source))
 
 
 def _interleave(queues: list[list[Mutation]]) -> Iterator[Mutation]:

@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from agent_selfevolve.ast_guard import parse as parse_python
+
 OPERATORS = ("binop", "compare", "off_by_one", "negate", "drop_cond", "default", "swap_args", "remove_stmt")
 
 _BINOP: dict[type[ast.operator], tuple[str, str]] = {
@@ -233,7 +235,7 @@ def find_mutations(path: str, source: str, operators: tuple[str, ...] = OPERATOR
 
     `validate=False` skips re-parsing each mutant (the factory checks the few it tries with `is_valid`)."""
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, ValueError):
         return []
     text, original = _Text(source), ast.dump(tree)
@@ -254,7 +256,7 @@ def find_mutations(path: str, source: str, operators: tuple[str, ...] = OPERATOR
 def is_valid(mutant: str, original_dump: str) -> bool:
     """The mutant compiles and means something else than the original."""
     try:
-        tree = ast.parse(mutant)
+        tree = parse_python(mutant)
     except (SyntaxError, ValueError):
         return False
     return ast.dump(tree) != original_dump
