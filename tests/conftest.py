@@ -15,6 +15,12 @@ import pytest
 
 from agent_selfevolve.tasks import Task
 
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:  # each xdist worker gets its share of the cores: llama.cpp and OpenMP slow sharply when oversubscribed
+    _SHARE = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ.setdefault("AGENT_SELFEVOLVE_THREADS", _SHARE)
+    os.environ.setdefault("OMP_NUM_THREADS", _SHARE)
+
 FIX = """diff --git a/calc.py b/calc.py
 --- a/calc.py
 +++ b/calc.py
