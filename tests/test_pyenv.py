@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,9 @@ def pkg_task(tmp_path: Path) -> Task:
 
 
 def _index_reachable() -> bool:
-    probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", "/tmp/_pyenv_probe",
-                            "tomli-w"], capture_output=True, timeout=120)
+    with tempfile.TemporaryDirectory() as into:  # its own folder: another xdist worker may probe at once
+        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into, "tomli-w"],
+                               capture_output=True, timeout=120)
     return probe.returncode == 0
 
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -54,8 +55,9 @@ new file mode 100644
 
 
 def _index_reachable() -> bool:
-    probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", "/tmp/_pyenv_probe",
-                            "tomli-w==1.0.0"], capture_output=True, timeout=120)
+    with tempfile.TemporaryDirectory() as into:  # its own folder: another xdist worker may probe at once
+        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into, "tomli-w==1.0.0"],
+                               capture_output=True, timeout=120)
     return probe.returncode == 0
 
 
