@@ -56,8 +56,8 @@ new file mode 100644
 
 def _index_reachable() -> bool:
     with tempfile.TemporaryDirectory() as into:  # its own folder: another xdist worker may probe at once
-        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into, "tomli-w==1.0.0"],
-                               capture_output=True, timeout=120)
+        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into,
+                                "tomli-w==1.0.0"], capture_output=True, timeout=120)
     return probe.returncode == 0
 
 
