@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,12 @@ def load_data_module(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def index_reachable(requirement: str) -> bool:
+    """Whether pip can download `requirement` now (tests that build venvs skip without a package index). Into its
+    own folder: another xdist worker may probe at once."""
+    with tempfile.TemporaryDirectory() as into:
+        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into, requirement],
+                               capture_output=True, timeout=120)
+    return probe.returncode == 0

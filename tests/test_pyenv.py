@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import _git
+from conftest import _git, index_reachable
 
 from agent_selfevolve.envs import pyenv
 from agent_selfevolve.envs.grading import DEFAULT_TEST_CMD, grade
@@ -74,17 +72,12 @@ def pkg_task(tmp_path: Path) -> Task:
                 test_env="venv", install_cmd=INSTALL)
 
 
-def _index_reachable() -> bool:
-    with tempfile.TemporaryDirectory() as into:  # its own folder: another xdist worker may probe at once
-        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into, "tomli-w"],
-                               capture_output=True, timeout=120)
-    return probe.returncode == 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_grading_uses_the_task_venv(pkg_task: Task, isolated_cache: Path) -> None:
-    if not _index_reachable():
+    if not index_reachable("tomli-w"):
         pytest.skip("the package index is unreachable: a test env cannot be built")
     gold = grade(pkg_task, pkg_task.patch)
     assert gold.resolved, gold.error + gold.test_output[-3000:]
@@ -101,7 +94,7 @@ def test_grading_uses_the_task_venv(pkg_task: Task, isolated_cache: Path) -> Non
 @pytest.mark.timeout(600)
 def test_default_install_resolves_as_of_the_commit_date(pkg_task: Task, isolated_cache: Path) -> None:
     """No install_cmd: uv (fetched into the cache) installs with --exclude-newer = the commit's date."""
-    if not _index_reachable():
+    if not index_reachable("tomli-w"):
         pytest.skip("the package index is unreachable: a test env cannot be built")
     data = {k: v for k, v in pkg_task.model_dump().items() if k != "install_cmd"}
     task = Task.model_validate({**data, "test_cmd": "EXPECT_BUILT=0 " + DEFAULT_TEST_CMD})

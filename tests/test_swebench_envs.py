@@ -7,12 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import venv
 from pathlib import Path
 
 import pytest
-from conftest import _git
+from conftest import _git, index_reachable
 
 from agent_selfevolve.envs import httpbin, interpreters
 from agent_selfevolve.envs.grading import grade
@@ -54,11 +53,6 @@ new file mode 100644
 """
 
 
-def _index_reachable() -> bool:
-    with tempfile.TemporaryDirectory() as into:  # its own folder: another xdist worker may probe at once
-        probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", into,
-                                "tomli-w==1.0.0"], capture_output=True, timeout=120)
-    return probe.returncode == 0
 
 
 @pytest.fixture
@@ -91,7 +85,7 @@ def test_spec_env_runs_the_tests_on_the_requested_python(spec_task: Task, isolat
         pytest.skip(f"the tests run on {OTHER} already: nothing to prove")
     if interpreters.find_python(OTHER) is None:
         pytest.skip(f"Python {OTHER} is not installed here (pyenv install {OTHER})")
-    if not _index_reachable():
+    if not index_reachable("tomli-w==1.0.0"):
         pytest.skip("the package index is unreachable: a test env cannot be built")
     gold = grade(spec_task, spec_task.patch)
     assert gold.resolved, gold.error + gold.test_output[-3000:]
