@@ -189,14 +189,19 @@ def _rejected(state: AgentState, message: dict[str, Any], exc: ActionFormatError
     feedback: dict[str, Any] = {"role": "user", "content": f"Format error: {exc}"}
     # Native mode: tool calls must be answered before another user turn, so keep only the text.
     kept = {"role": "assistant", "content": message.get("content") or ""}
+    repeat = isinstance(exc, RepeatedActionError)
     step = {"index": len(state.get("steps", [])), "thought": message.get("content") or "", "action": None,
-            "format_error": str(exc), "usage": usage.to_dict(), "model_s": model_s}
+            "format_error": str(exc), "repeated_action": repeat, "usage": usage.to_dict(), "model_s": model_s}
     update: dict[str, Any] = {"messages": [kept, feedback], "steps": [step], "format_errors": errors, "pending": []}
+    # Every refusal in this run of errors was a well-formed repeat: the model is stuck, not malformed.
+    previous = state.get("steps", [])
+    recent = [*previous[len(previous) - (errors - 1):], step]
+    status = "stuck" if all(s.get("repeated_action") for s in recent) else "format_errors"
     if errors >= max_errors:
-        update.update(status="format_errors", exit_message=f"{errors} malformed replies in a row: {exc}")
+        update.update(status=status, exit_message=f"{errors} refused replies in a row: {exc}")
     elif stuck_after:
-        update.update(status="format_errors", exit_message=f"repeated one reply {stuck_after + 1} "
-                                                           f"times, also when sampled: {exc}")
+        update.update(status=status, exit_message=f"repeated one reply {stuck_after + 1} "
+                                                  f"times, also when sampled: {exc}")
     return update
 
 
@@ -261,9 +266,14 @@ def _repeats_rejected(message: dict[str, Any], steps: list[dict[str, Any]]) -> b
         (message.get("content") or "") == steps[-1].get("thought", "")
 
 
+class RepeatedActionError(ActionFormatError):
+    """A well-formed action the agent already ran from the same state: refused like a malformed reply (the model
+    must choose again), but an attempt that ends on these is `stuck`, not `format_errors`."""
+
+
 def _refuse_repeat(calls: list[ToolCall], steps: list[dict[str, Any]]) -> None:
     if _repeated(calls, steps) is not None:
-        raise ActionFormatError(f"You already ran this exact `{calls[0].name}` action from the same state as "
+        raise RepeatedActionError(f"You already ran this exact `{calls[0].name}` action from the same state as "
                                 "now, and saw its result. Repeating it gives the same output: take a different "
                                 "action.")
 

@@ -22,6 +22,10 @@ class Status(StrEnum):
     COST_LIMIT = "cost_limit"
     TIME_LIMIT = "time_limit"
     FORMAT_ERRORS = "format_errors"
+    """Too many replies in a row without a valid action."""
+    STUCK = "stuck"
+    """It kept giving an action it had already run from the same state, also when resampled: the model sees
+    nothing else to do. Kept apart from FORMAT_ERRORS, since the reply itself was well formed."""
     MODEL_ERROR = "model_error"
     ENV_ERROR = "env_error"
     ERROR = "error"

@@ -37,6 +37,8 @@ def failure_cause(traj: Trajectory) -> str:
         return "solved"
     if traj.status == "format_errors":
         return "format errors"
+    if traj.status == "stuck":
+        return "repeated an action"
     if traj.status in ("step_limit", "token_limit", "time_limit", "cost_limit"):
         return "no submit (limit)"
     if traj.status == "submitted":

@@ -171,10 +171,17 @@ def test_attempt_killed_mid_way_resumes_from_its_thread(demo_task: Task, tmp_pat
     assert TrajectoryStore(tmp_path / "runs.sqlite").count() == 1
 
 
+def test_an_attempt_ending_on_malformed_and_repeated_replies_mixed_is_a_format_error(demo_task: Task) -> None:
+    """`stuck` claims every refusal in the run was a well-formed repeat; one malformed reply among them breaks it."""
+    traj = run_attempt(demo_task, ScriptedFakeModel([bash("ls"), "no tool", bash("ls"), bash("ls")]))
+    assert [bool(s.get("repeated_action")) for s in traj.steps] == [False, False, True, True]
+    assert traj.status == "format_errors"
+
+
 def test_repeating_the_same_action_is_refused_and_ends_a_loop(demo_task: Task) -> None:
     model = ScriptedFakeModel([bash("ls")] * 5)
     traj = run_attempt(demo_task, model)
-    assert traj.status == "format_errors" and len(model.requests) == 4
+    assert traj.status == "stuck" and len(model.requests) == 4  # well-formed repeats: stuck, not malformed
     assert [bool(s.get("format_error")) for s in traj.steps] == [False, True, True, True]
     assert "exact `bash` action" in traj.steps[1]["format_error"]
     ok = run_attempt(demo_task, ScriptedFakeModel([bash("ls"), bash("pwd"), bash("ls"), tool_call("submit", {})]))

@@ -94,7 +94,7 @@ def test_a_repeated_edit_after_a_failed_check_is_resampled_not_counted_as_a_form
     no_retry = {"agent": profile.with_overrides(repeat_retries=0)}
     model = ScriptedFakeModel(respond, supports_tools=False)
     traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="no-retry"), **no_retry)
-    assert traj.status == "format_errors" and not traj.resolved
+    assert traj.status == "stuck" and not traj.resolved
 
 
 def test_an_edit_that_changes_only_the_docstring_is_refused(task: Task) -> None:
@@ -151,7 +151,7 @@ def test_an_attempt_whose_resamples_repeat_too_ends_at_once(task: Task) -> None:
     model = ScriptedFakeModel(lambda messages: f"```python\n{WRONG}```", supports_tools=False)
     traj = run_attempt(task, model, AttemptSpec(task.instance_id), agent="selfcheck")
     retries = get_setup("selfcheck").repeat_retries
-    assert traj.status == "format_errors" and "also when sampled" in traj.exit_message
+    assert traj.status == "stuck" and "also when sampled" in traj.exit_message
     assert len(model.requests) == 1 + (1 + retries)  # the first write, then one round of greedy + resamples
 
 
