@@ -591,3 +591,77 @@ def test_dpo_overrides_reach_the_dpo_stage_only(tmp_path: Path, monkeypatch: pyt
     _, metrics = stages.train_sft_then_dpo(tmp_path, {"sft": [{}], "recovery": [{}], "rationalized": [{}, {}]},
                                            lambda s: tmp_path / s, {})
     assert len(seen) == 1 and metrics["rows"] == 4 and metrics["rationalized_rows"] == 2  # one SFT stage
+
+
+@pytest.mark.slow
+def test_llama_cpp_serves_the_lora_that_peft_holds(tmp_path: Path) -> None:
+    """An evolved policy is evaluated through llama.cpp, not peft: the exported GGUF adapter must shift the real
+    model's next-token logits as the peft adapter does (same direction and size, not merely "some change"), and the
+    batch engine (the default) must apply it like the simple path. A random, non-zero adapter makes the shift large."""
+    gguf = _real_gguf()
+    if gguf is None:
+        pytest.skip(f"the Qwen2.5-Coder-0.5B GGUF is not assembled under {REAL_CACHE}/models")
+    pytest.importorskip("llama_cpp")
+    import numpy as np
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agent_selfevolve.models.llama_cpp import LlamaCppModel
+    from agent_selfevolve.train import base_model_identity, hf_base_from_gguf
+
+    base = hf_base_from_gguf(gguf, REAL_CACHE / "hf-base")
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    texts = ["def add(a, b):\n    return", "The failing check says", "import os\nimport"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    with torch.no_grad():
+        hf_base = [model(torch.tensor([i])).logits[0, -1] for i in ids]
+        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj",
+                                                                                          "down_proj"]))
+        gen = torch.Generator().manual_seed(0)
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+        hf_lora = [peft_model(torch.tensor([i])).logits[0, -1] for i in ids]
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reg = AdapterRegistry(tmp_path / "reg")
+    version = reg.register("policy", tmp_path / "adapter", base_model=base_model_identity(base))
+    lora_gguf = reg.export_gguf(version.ref, base, tmp_path / "policy.gguf",
+                                cache_dir=REAL_CACHE / "llama-cpp-convert")
+
+    def cpp_logits(lora: Path | None) -> list[Any]:
+        served = LlamaCppModel(str(gguf), lora_path=lora, n_ctx=512, engine="simple", tool_mode="text")
+        try:
+            llm = served.load()
+            out = []
+            for i in ids:
+                llm.reset()
+                llm.eval(i)
+                # without logits_all, llama-cpp-python leaves `scores` unfilled: read the context's last row
+                last = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+                out.append(torch.tensor(last.copy(), dtype=torch.float32))
+            return out
+        finally:
+            served.close()
+
+    cpp_base, cpp_lora = cpp_logits(None), cpp_logits(lora_gguf)
+    for k in range(len(texts)):
+        hf_shift, cpp_shift = hf_lora[k] - hf_base[k], cpp_lora[k] - cpp_base[k]
+        assert hf_shift.abs().max() > 1.0, "the adapter is too weak for this test to mean anything"
+        cos = torch.nn.functional.cosine_similarity(hf_shift, cpp_shift, dim=0).item()
+        ratio = (cpp_shift.norm() / hf_shift.norm()).item()
+        assert cos > 0.95 and 0.9 < ratio < 1.1, (texts[k], cos, ratio)
+        assert hf_lora[k].argmax() == cpp_lora[k].argmax(), texts[k]
+
+    messages = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+    replies = {}
+    for engine in ("simple", "batched"):
+        for lora in (None, lora_gguf):
+            served = LlamaCppModel(str(gguf), lora_path=lora, n_ctx=1024, max_tokens=24, engine=engine,
+                                   tool_mode="text")
+            try:
+                replies[engine, lora is not None] = served.chat(messages).message["content"]
+            finally:
+                served.close()
+    assert replies["batched", True] == replies["simple", True] != replies["simple", False]
+    assert replies["batched", False] == replies["simple", False]
