@@ -53,7 +53,7 @@ from agent_selfevolve.setups import get_setup
 from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
-from agent_selfevolve.train.dataset import build_dataset, dedup_rows
+from agent_selfevolve.train.dataset import build_dataset, dedup_rows, mean_policy_logprob
 from agent_selfevolve.train.jsonl import read_jsonl, write_jsonl
 from agent_selfevolve.train.lora import TrainingPaused
 
@@ -234,12 +234,14 @@ class Proof:
                            rows={kind: len(r) for kind, r in rows.items()}, seconds=record["seconds"])
         order = {i: n for n, i in enumerate(train_ids(self.split))}
         records.sort(key=lambda r: order[r["task_id"]])
-        hashes, sizes = {}, {}
+        hashes, sizes, sft_logprob = {}, {}, None
         for kind in ROW_KINDS:
             kind_rows, _ = dedup_rows(row for r in records for row in r["rows"].get(kind, []))
             check_rows(kind_rows, self.split, f"{unit.name} {kind} rows")
             hashes[kind] = write_jsonl(folder / f"rows-{kind}.jsonl", kind_rows)
             sizes[kind] = len(kind_rows)
+            if kind == "sft":
+                sft_logprob, _ = mean_policy_logprob(kind_rows)
         outcomes = {r["task_id"]: r["resolved"] for r in records}
         self._finish(folder, {"kind": "search", "unit": unit.name, "seed": self.config.seed, "episode": k,
                               "policy": self.policy_info(SEARCH_ARM, k - 1 if k > 0 else None),
@@ -250,6 +252,7 @@ class Proof:
                               "tasks_with_both": sum(1 for r in records if len(set(r["attempts"])) == 2),
                               "samples_per_task": self.config.samples_per_task,
                               "temperature": self.config.temperature, "rows": sizes, "row_hashes": hashes,
+                              "sft_policy_logprob": sft_logprob,  # near 0: rows the policy writes anyway
                               "tokens": sum(r["tokens"] for r in records),
                               "seconds": round(sum(r["seconds"] for r in records), 1)}, records)
         self._strip_search_rows(unit)

@@ -265,3 +265,42 @@ def test_a_decode_round_feeds_sequences_in_rising_order_so_llama_cpp_batches_the
     assert [seq for _, _, seq in fed[0]] == [0, 1, 2, 3] and engine.stats.decode_ubatches == 1
     assert [tok for tok, _, _ in fed[0]] == [100, 101, 102, 103]
     assert {r.slot.seq: r.generated for r in engine._active} == {0: [0], 1: [1001], 2: [2002], 3: [3003]}
+
+
+@pytest.mark.slow
+def test_the_batch_engine_records_each_sampled_tokens_raw_log_probability() -> None:
+    """Sampled hot (temperature 1.5), the recorded log-prob of each token is the model's own (log softmax of the raw
+    logits), not the sampler's: checked against llama-cpp-python re-scoring the same tokens with logits_all."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    llama_cpp = pytest.importorskip("llama_cpp",
+                                    reason="llama-cpp-python is not installed: pip install 'agent-selfevolve[local]'")
+    from llama_cpp import Llama
+
+    from agent_selfevolve.models.base import recorded_logprobs
+    from agent_selfevolve.models.llama_cpp import LlamaCppModel
+    from agent_selfevolve.models.weights import ensure_gguf
+
+    gguf = ensure_gguf("qwen2.5-coder-0.5b", REAL_MODELS)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+    model = LlamaCppModel("qwen2.5-coder-0.5b", n_ctx=1024, max_tokens=24, n_threads=2, cache_dir=REAL_MODELS,
+                          engine="batched", tool_mode="text")
+    try:
+        reply = model.chat(messages, temperature=1.5, seed=3)
+        prompt, _ = model._chat_engine.prompt_tokens(messages, None)
+    finally:
+        model.close()
+    ids, recorded = reply.token_ids, recorded_logprobs(reply.recorded_message())
+    assert ids and recorded is not None and len(recorded) == len(ids)
+    # the engine's Q8_0 KV cache with flash attention: an F16 cache moves this first token's log-prob by ~0.5
+    ref = Llama(str(gguf), n_ctx=1024, logits_all=True, n_threads=2, verbose=False, flash_attn=True,
+                type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0)
+    try:
+        ref.eval(prompt + ids)
+        logits = np.asarray(ref.scores[len(prompt) - 1:len(prompt) + len(ids) - 1], dtype=np.float64)
+    finally:
+        ref.close()
+    top = logits.max(axis=1, keepdims=True)
+    expected = (logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[np.arange(len(ids)), ids]
+    gap = np.abs(np.asarray(recorded) - expected)  # chunked prefill and batch shapes differ from the reference's
+    assert gap.max() < 0.15 and gap.mean() < 0.03, list(zip(recorded, expected, strict=True))
+    assert min(recorded) < -0.5  # sampled hot, some token was far from certain: the check above is not trivial

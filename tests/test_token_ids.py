@@ -137,10 +137,11 @@ def test_left_truncation_keeps_the_recorded_ids_of_the_turns_it_keeps(tok: Any) 
 class _IdFake(ScriptedFakeModel):
     """FAKE model that also returns token ids for its replies, spelled one character per token."""
 
-    def __init__(self, script: list[Any], tok: Any):
+    def __init__(self, script: list[Any], tok: Any, logprobs: bool = False):
         super().__init__(script)
-        self.tok = tok
+        self.tok, self.logprobs = tok, logprobs
         self.sent: list[list[int]] = []
+        self.sent_logprobs: list[list[float]] = []
 
     def chat(self, messages: list[Message], tools: Any = None, **params: Any) -> ModelReply:
         reply = super().chat(messages, tools, **params)
@@ -148,6 +149,9 @@ class _IdFake(ScriptedFakeModel):
             f"<tool_call>{json.dumps(c['function'])}</tool_call>" for c in reply.message.get("tool_calls") or [])
         reply.token_ids = char_ids(self.tok, text)
         self.sent.append(reply.token_ids)
+        if self.logprobs:  # a different value per turn and token, so a wrong average shows
+            reply.logprobs = [-0.01 * (len(self.sent) + k % 7) for k in range(len(reply.token_ids))]
+            self.sent_logprobs.append(reply.logprobs)
         return reply
 
 
@@ -173,6 +177,37 @@ def test_agent_records_sampled_ids_that_reach_training_but_never_a_prompt(demo_t
     assert stats.exact_turns == 4 and stats.ids_rejected == 0
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     assert _runs(tokenized) == [ids + [eot] for ids in model.sent]
+
+
+def test_sft_rows_say_how_sure_the_policy_was_of_them_and_carry_no_per_token_logprobs(demo_task: Any,
+                                                                                      tmp_path: Path) -> None:
+    """The engine's per-token log-probs travel with the trajectory to the dataset, which summarizes them per row
+    (token-weighted mean over the trained replies) and in its report, then leaves them out of the rows."""
+    from conftest import solving_script
+
+    from agent_selfevolve.attempt import run_attempt
+    from agent_selfevolve.store import TrajectoryStore
+    from agent_selfevolve.train.dataset import build_dataset
+
+    tok = _tiny_tokenizer(tmp_path / "tok")
+    model = _IdFake(solving_script(), tok, logprobs=True)
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    store.record(run_attempt(demo_task, model))
+    rows, report = build_dataset(store, kinds=("sft",))
+    flat = [lp for turn in model.sent_logprobs for lp in turn]
+    (meta,) = [r["meta"] for r in rows["sft"]]
+    assert meta["policy_tokens"] == len(flat) and report.sft_rows_scored == 1
+    assert meta["policy_logprob"] == pytest.approx(sum(flat) / len(flat), abs=1e-5)
+    assert report.sft_policy_logprob == pytest.approx(sum(flat) / len(flat), abs=1e-5)
+    assert '"logprobs"' not in json.dumps(rows)  # the ids stay, the floats do not
+    assert all(m[EXTRA_KEY]["token_ids"] for r in rows["sft"] for m in r["messages"] if m["role"] == "assistant")
+    (kept,) = store.attempts()  # building rows did not strip the stored trajectory
+    assert [m[EXTRA_KEY]["logprobs"] for m in kept.messages if m["role"] == "assistant"] == model.sent_logprobs
+
+    unscored = TrajectoryStore(tmp_path / "unscored.sqlite")  # an engine that records no log-probs
+    unscored.record(run_attempt(demo_task, _IdFake(solving_script(), tok)))
+    rows, report = build_dataset(unscored, kinds=("sft",))
+    assert "policy_logprob" not in rows["sft"][0]["meta"] and report.sft_policy_logprob is None
 
 
 class _FakeLlama:

@@ -81,6 +81,14 @@ def recorded_token_ids(message: Message) -> list[int] | None:
     return list(ids) if isinstance(ids, list) and ids else None
 
 
+def recorded_logprobs(message: Message) -> list[float] | None:
+    """The policy's log-probability of each recorded token id (same length), or None where not recorded."""
+    extra = message.get(EXTRA_KEY)
+    lps = extra.get("logprobs") if isinstance(extra, dict) else None
+    ids = recorded_token_ids(message)
+    return [float(x) for x in lps] if isinstance(lps, list) and ids and len(lps) == len(ids) else None
+
+
 class ModelError(RuntimeError):
     """A provider failed. `transient` errors (rate limits, timeouts, 5xx) are worth retrying."""
 

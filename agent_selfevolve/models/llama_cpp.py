@@ -312,7 +312,7 @@ class LlamaCppModel:
             raise ModelError(f"{self.name}: llama.cpp failed: {type(exc).__name__}: {exc}") from exc
         usage = Usage(gen.prompt_tokens, len(gen.token_ids), 0.0, 1)
         return ModelReply(assistant_message(gen.text, bool(tools)), usage, time.monotonic() - start,
-                          token_ids=gen.token_ids)
+                          token_ids=gen.token_ids, logprobs=gen.logprobs)
 
     def _count_simple(self, before: Any, prompt: Any) -> None:
         """llama-cpp-python reuses the longest common prefix with the last sequence, and re-evaluates at least the

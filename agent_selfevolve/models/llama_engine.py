@@ -81,6 +81,10 @@ class Generation:
     reused_tokens: int
     """Prompt tokens whose KV came from a slot or the cache instead of being computed."""
     finish_reason: str
+    logprobs: list[float] = field(default_factory=list)
+    """Per token of `token_ids`: its log-probability under the model's raw distribution (temperature 1, no
+    penalties or grammar), whatever the sampler then did. Training diagnostics (how sure was the policy of a row?)
+    and importance ratios need the policy's own probability, not the sampler's."""
 
 
 @dataclass
@@ -102,6 +106,7 @@ class _Request:
     pos: int = 0
     sampler: Any = None
     generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
     reused: int = 0
     finish: str = ""
@@ -167,6 +172,7 @@ class BatchEngine:
         self._ctx_ref = SimpleNamespace(ctx=self._ctx)
         self._mem = lib.llama_get_memory(self._ctx)
         self._vocab = lib.llama_model_get_vocab(llm._model.model)
+        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._batch = lib.llama_batch_init(params.n_batch, 0, 1)
         self.cache = PrefixKVCache.with_cap_mb(cache_mb)
         self.stats = EngineStats()
@@ -372,12 +378,19 @@ class BatchEngine:
                 self._finish(req, "stop")
                 continue
             req.generated.append(token)
+            req.logprobs.append(self._logprob(i, token))
             self.stats.generated_tokens += 1
             req.text += self._llm.detokenize([token])
             if any(stop.encode() in req.text for stop in req.sampling.stop if stop):
                 self._finish(req, "stop")
             elif len(req.generated) >= req.sampling.max_tokens or req.pos >= self.n_ctx - 1:
                 self._finish(req, "length")
+
+    def _logprob(self, row: int, token: int) -> float:
+        """log softmax(logits of batch row `row`)[token], from the raw logits the sampler started from."""
+        logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx, row), shape=(self._n_vocab,))
+        top = float(logits.max())
+        return float(logits[token]) - top - float(np.log(np.exp(logits - top, dtype=np.float64).sum()))
 
     def _finish(self, req: _Request, reason: str) -> None:
         req.finish = reason
@@ -429,7 +442,7 @@ class BatchEngine:
                 break
             ids.append(token)
             spelled += piece
-        return Generation(text, ids, len(req.prompt), req.reused, req.finish)
+        return Generation(text, ids, len(req.prompt), req.reused, req.finish, req.logprobs[:len(ids)])
 
 
 def _worker(ref: weakref.ref[BatchEngine]) -> None:

@@ -50,7 +50,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_selfevolve.models.base import EXTRA_KEY, Message
+from agent_selfevolve.models.base import EXTRA_KEY, Message, recorded_logprobs
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.train.canonical import PROMPT_MODES, canonical_trajectory
 from agent_selfevolve.train.jsonl import Row, data_hash, read_jsonl, rows_to_jsonl, write_jsonl
@@ -58,8 +58,8 @@ from agent_selfevolve.train.shown import final_view, has_fresh_revisions, segmen
 from agent_selfevolve.trajectory import INFRA_FAILURES, Status, Trajectory, used_native_tools
 
 __all__ = ["ROW_KINDS", "DatasetReport", "HeldOutLeakError", "Row", "assert_no_held_out", "build_dataset",
-           "data_hash", "dedup_rows", "dpo_pairs", "rationalized_rows", "read_jsonl", "recovery_rows", "rows_to_jsonl",
-           "sft_rows", "why_empty", "write_jsonl"]
+           "data_hash", "dedup_rows", "dpo_pairs", "mean_policy_logprob", "policy_logprob", "rationalized_rows",
+           "read_jsonl", "recovery_rows", "rows_to_jsonl", "sft_rows", "why_empty", "write_jsonl"]
 """The file helpers live in `jsonl.py` and are re-exported here, where callers have always found them."""
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,11 @@ class DatasetReport:
     """Attempts whose guided prompt could not be rebuilt unguided (left out in 'canonical' mode)."""
     segmented: int = 0
     """Attempts with fresh revisions: their rows come from the contexts the model was shown (`shown.py`)."""
+    sft_policy_logprob: float | None = None
+    """Mean log-prob per trained token the policy gave its own SFT rows when it sampled them (rows recorded by an
+    engine that keeps log-probs, see `policy_logprob`). Near 0 means the rows are what the policy writes anyway."""
+    sft_rows_scored: int = 0
+    """SFT rows that `sft_policy_logprob` averages over."""
     empty: dict[str, str] = field(default_factory=dict)
     """Requested kind -> why it produced no rows."""
     notes: list[str] = field(default_factory=list)
@@ -191,6 +196,42 @@ def _meta(kind: str, task_id: str, *trajs: Trajectory) -> dict[str, Any]:
             "attempt_ids": [t.attempt_id for t in trajs], "rewards": [t.reward for t in trajs]}
 
 
+def policy_logprob(messages: Sequence[Message]) -> tuple[float, int] | None:
+    """(mean log-prob per token, tokens) the policy gave its trained replies in `messages` (assistant turns of
+    non-zero weight) as it sampled them; None unless every such turn was recorded with log-probs."""
+    total, count = 0.0, 0
+    for m in messages:
+        if m.get("role") != "assistant" or m.get("weight", 1) == 0:
+            continue
+        lps = recorded_logprobs(m)
+        if lps is None:
+            return None
+        total, count = total + sum(lps), count + len(lps)
+    return (total / count, count) if count else None
+
+
+def mean_policy_logprob(rows: Iterable[Row]) -> tuple[float | None, int]:
+    """(token-weighted mean of the rows' `policy_logprob`, rows that have one): (None, 0) when none has."""
+    scored = [r["meta"] for r in rows if "policy_logprob" in r.get("meta", {})]
+    tokens = sum(m["policy_tokens"] for m in scored)
+    if not tokens:
+        return None, 0
+    return sum(m["policy_logprob"] * m["policy_tokens"] for m in scored) / tokens, len(scored)
+
+
+def _without_logprobs(row: Row) -> Row:
+    """The row with its messages' per-token log-probs left out (a new row; trajectories are not touched). Rows keep
+    the sampled token ids, which training uses; the meta's summary says what the log-probs did, and the rows files
+    stay small enough to commit."""
+    def lean(m: Any) -> Any:
+        extra = m.get(EXTRA_KEY) if isinstance(m, dict) else None
+        if not (isinstance(extra, dict) and "logprobs" in extra):
+            return m
+        return {**m, EXTRA_KEY: {k: v for k, v in extra.items() if k != "logprobs"}}
+
+    return {k: [lean(m) for m in v] if isinstance(v, list) else v for k, v in row.items()}
+
+
 def _with_tools(row: Row, traj: Trajectory) -> Row:
     if traj.tools and used_native_tools(traj.messages):
         row["tools"] = traj.tools
@@ -253,7 +294,11 @@ def sft_rows(trajs: Iterable[Trajectory], held_out: Iterable[str] = (), min_rewa
         for i, why in errors.items():
             if why.startswith("format error"):
                 messages[i]["weight"] = 0
-        rows.append(_with_tools({"messages": _trim_tail(messages), "meta": _meta("sft", t.task_id, t)}, v))
+        meta = _meta("sft", t.task_id, t)
+        messages = _trim_tail(messages)
+        if (scored := policy_logprob(messages)) is not None:
+            meta["policy_logprob"], meta["policy_tokens"] = round(scored[0], 5), scored[1]
+        rows.append(_with_tools({"messages": messages, "meta": meta}, v))
     return rows
 
 
@@ -393,10 +438,12 @@ def build_dataset(source: TrajectoryStore | Iterable[Trajectory], *, run_id: str
     for kind in kinds:
         if kind not in builders:
             raise ValueError(f"unknown row kind '{kind}': {', '.join(ROW_KINDS)}")
-        rows, dropped = dedup_rows(builders[kind]())
+        rows, dropped = dedup_rows(_without_logprobs(row) for row in builders[kind]())
         assert_no_held_out(rows, held)
         report.duplicates += dropped
         setattr(report, kind, len(rows))
+        if kind == "sft":
+            report.sft_policy_logprob, report.sft_rows_scored = mean_policy_logprob(rows)
         if kind == "dpo":
             report.dpo_from_revisions = sum(r["meta"].get("source") == "revision" for r in rows)
         out[kind] = rows
