@@ -4,6 +4,7 @@ after another, and steps reuse their conversation's KV instead of recomputing it
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from pathlib import Path
@@ -254,8 +255,15 @@ def test_a_decode_round_feeds_sequences_in_rising_order_so_llama_cpp_batches_the
     fed: list[list[tuple[int, int, int]]] = []
     engine._decode = lambda items, logits: fed.append(items)  # type: ignore[method-assign]
     engine.stats, engine.n_ctx, engine._ctx_ref = EngineStats(), 4096, None
-    engine._lib = SimpleNamespace(llama_vocab_is_eog=lambda vocab, token: False)
-    engine._vocab, engine._llm = None, SimpleNamespace(detokenize=lambda ids: b"x")
+    vocab = 4096
+    rows = [np.zeros(vocab, dtype=np.float32) for _ in range(4)]
+    for row, logits in enumerate(rows):
+        logits[1001 * row] = row  # the token this row's request samples; the rest uniform
+    engine._lib = SimpleNamespace(llama_vocab_is_eog=lambda vocab, token: False,
+                                  llama_get_logits_ith=lambda ctx, row: rows[row].ctypes.data_as(
+                                      ctypes.POINTER(ctypes.c_float)))
+    engine._vocab, engine._n_vocab, engine._ctx = None, vocab, None
+    engine._llm = SimpleNamespace(detokenize=lambda ids: b"x")
     engine._active = []
     for seq in (2, 0, 3, 1):  # the order requests came back from their tool calls
         req = _Request([100 + seq], Sampling(max_tokens=8), slot=_Slot(seq), pos=0)
@@ -265,6 +273,9 @@ def test_a_decode_round_feeds_sequences_in_rising_order_so_llama_cpp_batches_the
     assert [seq for _, _, seq in fed[0]] == [0, 1, 2, 3] and engine.stats.decode_ubatches == 1
     assert [tok for tok, _, _ in fed[0]] == [100, 101, 102, 103]
     assert {r.slot.seq: r.generated for r in engine._active} == {0: [0], 1: [1001], 2: [2002], 3: [3003]}
+    for req in engine._active:  # each log-prob read from its own row: row r - log(e^r + vocab - 1)
+        r = req.slot.seq
+        assert req.logprobs == [pytest.approx(r - np.log(np.exp(r) + vocab - 1))]
 
 
 @pytest.mark.slow
