@@ -25,26 +25,16 @@ from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "adapter-fidelity"
 
 
-def completion_logprob(logits: Any, ids: list[int], start: int) -> float:
-    """Mean log-probability of tokens `ids[start:]`, given each position's logits (row k predicts token k + 1)."""
+def trained_logprob(logits: Any, ids: list[int], labels: list[int]) -> float:
+    """Mean log-probability of the tokens training learns (labels not IGNORE_INDEX); row k predicts token k + 1."""
     import numpy as np
     import torch
 
-    scores = torch.as_tensor(np.asarray(logits[start - 1:len(ids) - 1]), dtype=torch.float32)
-    target = torch.tensor(ids[start:])
-    return torch.log_softmax(scores, -1).gather(1, target[:, None]).mean().item()
+    from agent_selfevolve.train.masking import IGNORE_INDEX
 
-
-def tokenized(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], int]:
-    """The row's tokens and where its last (assistant) message starts, rendered by the base's chat template."""
-    messages = row["messages"]
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if ids[:len(head)] != head:
-        raise ValueError("the chat template renders the prompt differently with the reply appended")
-    return ids, len(head)
+    at = [k for k in range(1, len(ids)) if labels[k] != IGNORE_INDEX]
+    scores = torch.as_tensor(np.asarray(logits[:len(ids)]), dtype=torch.float32)[[k - 1 for k in at]]
+    return torch.log_softmax(scores, -1).gather(1, torch.tensor([ids[k] for k in at])[:, None]).mean().item()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -66,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from agent_selfevolve.models.weights import ensure_gguf
     from agent_selfevolve.serving import llama_cpp_policy
-    from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf
+    from agent_selfevolve.train import AdapterRegistry, hf_base_from_gguf, tokenize_chat
 
     torch.set_num_threads(args.threads)
     base_gguf = ensure_gguf(args.model)
@@ -77,13 +67,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lora_gguf = served.lora_path
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     lines = args.rows.read_text().splitlines()[:args.n]
-    rows = [tokenized(tokenizer, json.loads(line)) for line in lines]
+    rows = []  # as training tokenizes them: recorded ids, every trained turn
+    for line in lines:
+        row = json.loads(line)
+        done = tokenize_chat(row["messages"], tokenizer, row.get("tools"), max_length=1 << 16)
+        if done is not None:
+            rows.append((list(done.input_ids), list(done.labels)))
     scores: dict[str, list[float]] = {}
     hf = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     with torch.no_grad():
-        scores["hf_base"] = [completion_logprob(hf(torch.tensor([ids])).logits[0], ids, s) for ids, s in rows]
+        scores["hf_base"] = [trained_logprob(hf(torch.tensor([ids])).logits[0], ids, s) for ids, s in rows]
         adapted = PeftModel.from_pretrained(hf, str(version.path))
-        scores["hf_adapter"] = [completion_logprob(adapted(torch.tensor([ids])).logits[0], ids, s)
+        scores["hf_adapter"] = [trained_logprob(adapted(torch.tensor([ids])).logits[0], ids, s)
                                 for ids, s in rows]
     del hf, adapted
     for name, lora in (("llama_cpp_base", None), ("llama_cpp_adapter", lora_gguf)):
@@ -95,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for ids, start in rows:
                 llm.reset()
                 llm.eval(ids)
-                out.append(completion_logprob(llm.scores[:len(ids)], ids, start))
+                out.append(trained_logprob(llm.scores[:len(ids)], ids, start))
             scores[name] = out
         finally:
             llm.close()
@@ -103,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shift_hf = mean["hf_adapter"] - mean["hf_base"]
     shift_cpp = mean["llama_cpp_adapter"] - mean["llama_cpp_base"]
     result = {"ref": args.ref, "rows_file": str(args.rows), "rows": len(rows),
-              "completion_tokens": sum(len(ids) - s for ids, s in rows), "mean_logprob_per_token": mean,
+              "completion_tokens": sum(sum(x != -100 for x in labels) for _, labels in rows),
+              "mean_logprob_per_token": mean,
               "shift_hf": shift_hf, "shift_llama_cpp": shift_cpp, "per_row": scores}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / f"{args.ref.replace('@', '-')}.json", result)
