@@ -5,6 +5,7 @@
     python bench/evolve_proof.py --report                         # per seed and pooled; summary.json, evolve.png
     python bench/evolve_proof.py --seed 0 --kinds sft,dpo --until-minutes 150   # an ablation arm
     python bench/evolve_proof.py --seed 0 --kinds sft,dpo --at-episode 2        # ... at the last episode only
+    python bench/evolve_proof.py --seed 0 --rows-of mixed --at-episode 2        # SFT on the unsure tasks only
     python bench/evolve_proof.py --dry-run                        # FAKE model + FAKE trainer, tiny split
 
 Per seed s: a seeded split into training and held-out tasks (HumanEval repo tasks; factory tasks held out by
@@ -19,6 +20,8 @@ Everything under `<out>` is small and meant to be committed; adapters and SQLite
 stops before `--until-minutes` (exit 3: more to do), and the same command continues: a task whose outcome is
 committed is never run again, and an adapter this machine lacks is retrained from the committed rows after
 checking their hash. Ablation arms (`--kinds`) train on the same search data; they differ only in row kinds.
+`--rows-of mixed` keeps only the rows of tasks whose samples in that search both passed and failed (the arm
+`<kinds>-mixed`): the successes the policy was not sure of, without the ones it writes anyway.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evolve_proof_core import (  # noqa: E402
+    MIXED,
     ROW_KINDS,
     OutOfTime,
     Pools,
@@ -64,11 +68,13 @@ def _git_head() -> str:
     return f"commit {proc.stdout.strip()}" if proc.returncode == 0 else "unknown"
 
 
-def arm_of(kinds: str) -> str:
+def arm_of(kinds: str, rows_of: str = "all") -> str:
     chosen = {k.strip() for k in kinds.split(",") if k.strip()}
     if not chosen <= set(ROW_KINDS) or "sft" not in chosen:
         raise SystemExit(f"--kinds: 'sft' plus any of {', '.join(k for k in ROW_KINDS if k != 'sft')} (got {kinds!r})")
-    return "+".join(k for k in ROW_KINDS if k in chosen)
+    if rows_of not in ("all", "mixed"):
+        raise SystemExit(f"--rows-of: 'all' or 'mixed' (got {rows_of!r})")
+    return "+".join(k for k in ROW_KINDS if k in chosen) + (MIXED if rows_of == "mixed" else "")
 
 
 def real_pools(config: ProofConfig) -> Pools:
@@ -129,7 +135,7 @@ def run_seed(args: argparse.Namespace, command: str, pools_of: Any = real_pools,
     seed_dir = args.out / f"seed{args.seed}"
     config = resolve_config(seed_dir, args.seed, given_options(args))
     check_code(seed_dir, args.code_note or _git_head(), args.allow_code_change)
-    arm = arm_of(args.kinds)
+    arm = arm_of(args.kinds, args.rows_of)
     units = plan(config, arm, args.at_episode)  # a bad --at-episode fails before any model is loaded
     split, tasks = load_split(seed_dir, config, pools_of(config))
     if pools_of is real_pools:
@@ -174,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", action="store_true", help="only print and write the pooled report")
     parser.add_argument("--kinds", default="sft", help="row kinds of the arm: sft | sft,recovery | sft,dpo | "
                         "sft,rationalized | ...")
+    parser.add_argument("--rows-of", default="all", help="all | mixed: train only on rows of tasks whose samples "
+                        "had mixed outcomes in their search (an arm of its own, e.g. 'sft-mixed')")
     parser.add_argument("--at-episode", type=int, default=None,
                         help="an ablation arm (--kinds other than sft) trained and evaluated at this episode only")
     parser.add_argument("--out", type=Path, default=None, help="results to commit (default bench/results/evolve-proof)")

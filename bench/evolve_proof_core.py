@@ -27,6 +27,23 @@ SEARCH_ARM = "sft"
 from it only in the kinds of rows it trains on)."""
 ARMS = {"sft": ("sft",), "sft+recovery": ("sft", "recovery"), "sft+dpo": ("sft", "dpo"),
         "sft+recovery+dpo": ("sft", "recovery", "dpo"), "sft+rationalized": ("sft", "rationalized")}
+MIXED = "-mixed"
+"""Suffix of an arm that trains only on rows of tasks whose samples in that search had mixed outcomes (a success
+beside a failure): the successes the policy was not sure of. Rows of tasks every sample solved are what the policy
+writes anyway (seed 0's base wrote them at a perplexity of 1.06), and training on them mostly sharpens it."""
+
+
+def arm_kinds(arm: str) -> tuple[str, ...]:
+    """The row kinds an arm trains on ('sft+dpo-mixed': sft and dpo, of mixed tasks only)."""
+    kinds = ARMS.get(arm.removesuffix(MIXED))
+    if kinds is None:
+        raise ProofError(f"unknown arm {arm!r}: one of {', '.join(ARMS)}, each optionally ending in {MIXED!r}")
+    return kinds
+
+
+def mixed_tasks(records: Iterable[dict[str, Any]]) -> set[str]:
+    """Tasks of one search (its tasks.jsonl records) whose samples both passed and failed the training tests."""
+    return {r["task_id"] for r in records if len(set(r.get("attempts") or [])) > 1}
 
 
 class ProofError(RuntimeError):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evolve_proof_core import (
-    ARMS,
+    MIXED,
     ROW_KINDS,
     SEARCH_ARM,
     OutOfTime,
@@ -32,9 +32,11 @@ from evolve_proof_core import (
     ProofError,
     Unit,
     append_record,
+    arm_kinds,
     check_rows,
     file_sha256,
     held_out_ids,
+    mixed_tasks,
     read_records,
     sha256_text,
     train_ids,
@@ -269,18 +271,23 @@ class Proof:
     def train_inputs(self, arm: str, k: int) -> tuple[dict[str, list[dict[str, Any]]], str, dict[str, Any]]:
         """Rows of `arm`'s kinds from every search up to episode k (a replay buffer), each file checked against
         the hash its search recorded, and the hash of everything that decides the adapter."""
-        rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in ARMS[arm]}
-        file_hashes: dict[str, list[str]] = {kind: [] for kind in ARMS[arm]}
+        kinds = arm_kinds(arm)
+        rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        file_hashes: dict[str, list[str]] = {kind: [] for kind in kinds}
+        kept: list[list[str]] = []  # a -mixed arm's tasks per search, part of what decides its adapter
         for j in range(k + 1):
             folder = unit_dir(self.seed_dir, Unit("search", j))
             summary = json.loads((folder / "summary.json").read_text())
-            for kind in ARMS[arm]:
+            keep = mixed_tasks(read_records(folder / "tasks.jsonl")) if arm.endswith(MIXED) else None
+            if keep is not None:
+                kept.append(sorted(keep))
+            for kind in kinds:
                 path = folder / f"rows-{kind}.jsonl"
                 digest = file_sha256(path)
                 if digest != summary["row_hashes"][kind]:
                     raise ProofError(f"{path} has sha256 {digest[:12]}, its search recorded "
                                      f"{summary['row_hashes'][kind][:12]}: the committed rows were changed")
-                rows[kind] += read_jsonl(path)
+                rows[kind] += [r for r in read_jsonl(path) if keep is None or r["meta"]["task_id"] in keep]
                 file_hashes[kind].append(digest)
         for kind, kind_rows in rows.items():
             check_rows(kind_rows, self.split, f"training rows ({kind}) of {arm} episode {k}")
@@ -288,9 +295,9 @@ class Proof:
         if self.config.init == "previous" and k > 0:
             parent = json.loads((unit_dir(self.seed_dir, Unit("train", k - 1, arm)) / "train.json").read_text())
             parent = parent.get("train_hash")
-        spec = {"seed": self.config.seed, "arm": arm, "kinds": list(ARMS[arm]), "episode": k, "rows": file_hashes,
+        spec = {"seed": self.config.seed, "arm": arm, "kinds": list(kinds), "episode": k, "rows": file_hashes,
                 "train": self.config.train, "init": self.config.init, "parent": parent, "model": self.config.model,
-                "backend": self.backend.label}
+                "backend": self.backend.label, **({"mixed_tasks": kept} if arm.endswith(MIXED) else {})}
         return rows, sha256_text(json.dumps(spec, sort_keys=True)), spec
 
     def run_train(self, unit: Unit) -> None:

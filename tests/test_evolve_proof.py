@@ -495,3 +495,35 @@ def test_the_dry_run_needs_no_seed_and_finishes_on_the_fake_pair(tmp_path: Path)
     assert ep.main(["--dry-run", "--out", str(out), "--work", str(work)]) == 0
     assert json.loads((out / "seed0" / "config.json").read_text())["seed"] == 0
     assert json.loads((out / "seed0" / "ep1" / "sft" / "summary.json").read_text())["n"] == 3
+
+
+def test_a_mixed_arm_trains_only_on_tasks_whose_samples_disagreed(full_run: Path, tmp_path: Path) -> None:
+    """`--rows-of mixed`: the arm's training rows are those of tasks whose samples in that search both passed and
+    failed; which tasks those were is part of its train hash, so an edited tasks.jsonl cannot pass for the same
+    adapter. The search arm's rows and hash are untouched."""
+    root = copy_results(full_run, tmp_path)
+    searches = [root / "seed0" / f"ep{k}" / "search" for k in (0, 1)]
+    records = [read_records(s / "tasks.jsonl") for s in searches]
+    solved = next(r["task_id"] for r in records[0] if any(r["attempts"]))
+    for k, search in enumerate(searches):  # plant: in episode 0 one solved task disagreed; every other agreed
+        for r in records[k]:
+            r["attempts"] = [True, False] if (k, r["task_id"]) == (0, solved) else [bool(any(r["attempts"]))] * 2
+        (search / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[k]))
+    assert ep.arm_of("sft", "mixed") == "sft-mixed" and ep.arm_of("dpo,sft", "mixed") == "sft+dpo-mixed"
+    with pytest.raises(SystemExit):
+        ep.arm_of("sft", "hard")
+
+    trainer = FakeTrainer()
+    proof = make_proof(root, tmp_path / "work", trainer)
+    rows, digest, spec = proof.train_inputs("sft-mixed", 1)
+    all_rows, sft_digest, _ = proof.train_inputs("sft", 1)
+    ep0_rows = [json.loads(x) for x in (searches[0] / "rows-sft.jsonl").read_text().splitlines()]
+    mine = [r for r in ep0_rows if r["meta"]["task_id"] == solved]
+    assert mine and len(all_rows["sft"]) > len(mine)  # there was more to leave out
+    assert rows["sft"] == mine and spec["mixed_tasks"] == [[solved], []]
+    assert sft_digest == json.loads((root / "seed0" / "ep1" / "sft" / "train.json").read_text())["train_hash"]
+    proof.run_unit(Unit("train", 1, "sft-mixed"))
+    assert trainer.calls[-1]["rows"]["sft"] == mine
+    records[1][0]["attempts"] = [True, False]
+    (searches[1] / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[1]))
+    assert proof.train_inputs("sft-mixed", 1)[1] != digest

@@ -1,0 +1,98 @@
+"""bench/revision_diversity.py asks each policy exactly the revision context the agent asked (the first turn with the
+failed check, never the wrong code), knows which answer was being revised, tells functions apart by their code and
+not their docstrings, and counts the paired summary right. The attempt runs through the real agent and sandbox,
+answered by a FAKE scripted model (not an LLM)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from conftest import solution_task
+
+from agent_selfevolve.action_format import FencedText
+from agent_selfevolve.attempt import AttemptSpec, run_attempt
+from agent_selfevolve.models.fake import ScriptedFakeModel
+from agent_selfevolve.setups import get_setup
+from agent_selfevolve.store import TrajectoryStore
+
+WRONG_MARK = "WRONG_CODE_MARK_5c1"
+STUB = '''def words(s):
+    """Split s at commas and spaces.
+
+    >>> words("Hi, my name")
+    ['Hi', 'my', 'name']
+    """
+    raise NotImplementedError
+'''
+RIGHT = STUB.replace("    raise NotImplementedError", "    return s.replace(',', ' ').split()")
+WRONG = STUB.replace("    raise NotImplementedError", f"    {WRONG_MARK} = 1\n    return s.split(',')")
+
+
+def _bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "bench" / "revision_diversity.py"
+    spec = importlib.util.spec_from_file_location("revision_diversity", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["revision_diversity"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_prompt_is_the_fresh_revision_the_agent_asked(tmp_path: Path) -> None:
+    bench = _bench()
+    hidden = "from solution import words\n\n\ndef test_hidden():\n    assert words('x,y z') == ['x', 'y', 'z']\n"
+    task = solution_task(tmp_path, STUB, hidden, "test_hidden", "humaneval__7")
+    model = ScriptedFakeModel([f"```python\n{WRONG}```", f"```python\n{RIGHT}```"], supports_tools=False)  # FAKE
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="a1", run_id="r1"),
+                       agent=get_setup("selfcheck"))
+    assert traj.resolved and len(model.requests) == 2
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    store.record(traj)
+    store.close()
+
+    prompts = bench.revision_prompts([tmp_path / "runs.sqlite"], {"humaneval__7"}, 5)
+    assert [p["task_id"] for p in prompts] == ["humaneval__7"]
+    shown = FencedText().render_history(copy.deepcopy(prompts[0]["messages"]))
+    assert shown == model.requests[1]  # what the agent sent for the revision, to the message
+    assert WRONG_MARK not in str(prompts[0]["messages"]) and "Expected" in str(prompts[0]["messages"])
+    assert WRONG_MARK in prompts[0]["failed_reply"]
+    assert bench.revision_prompts([tmp_path / "runs.sqlite"], {"humaneval__8"}, 5) == []  # not held out: not asked
+
+
+def test_functions_differing_only_in_docstrings_or_layout_are_one_answer() -> None:
+    key = _bench().function_key
+    assert key(RIGHT) == key(RIGHT.replace("Split s at commas and spaces.", "Other words.").replace("(',', ' ')",
+                                                                                                    "(',',' ')"))
+    assert key(RIGHT) != key(WRONG)
+    assert key(None) == "no-code" and key("def f(:\n") != key("def g(:\n")
+
+
+def _row(policy: str, task: str, keys: list[str], passed: list[bool], failed: str = "w") -> dict:
+    return {"policy": policy, "task_id": task, "failed_key": failed,
+            "samples": [{"key": k, "resolved": r, "tokens": 10, "logprob_sum": -1.0} for k, r in zip(keys, passed,
+                                                                                                      strict=True)]}
+
+
+def test_the_summary_pairs_policies_by_prompt() -> None:
+    bench = _bench()
+    prompts = [{"task_id": t} for t in ("humaneval__1", "humaneval__2", "humaneval__3")]
+    lines = [_row("base", "humaneval__1", ["a", "b", "c"], [True, False, False]),
+             _row("adapter", "humaneval__1", ["a", "a", "a"], [True, True, True]),
+             _row("base", "humaneval__2", ["w", "b", "b"], [False, False, False]),
+             _row("adapter", "humaneval__2", ["w", "w", "x"], [False, False, True]),
+             _row("base", "humaneval__3", ["a", "b", "c"], [True, False, False])]  # no adapter line: left out
+    out = bench.summarize(lines, prompts)
+    assert out["prompts"] == 2
+    base, adapter = out["policies"]["base"], out["policies"]["adapter"]
+    assert base["samples"] == adapter["samples"] == 6
+    assert base["distinct_per_prompt"] == pytest.approx(2.5) and adapter["distinct_per_prompt"] == pytest.approx(1.5)
+    assert base["gave_back_failed_answer"] == 1 and adapter["gave_back_failed_answer"] == 2
+    assert base["prompts_with_a_pass"] == 1 and adapter["prompts_with_a_pass"] == 2
+    assert adapter["pass_rate"] == pytest.approx(4 / 6) and base["mean_logprob_per_token"] == pytest.approx(-0.1)
+    assert out["adapter_distinct_vs_base"] == {"fewer": 1, "same": 1, "more": 0}
+    assert out["pass_at_k_base_to_adapter"]["gained"] == 1 and out["pass_at_k_base_to_adapter"]["lost"] == 0
