@@ -133,15 +133,40 @@ def kill_9_when_recorded(script: str, task: Task, store: Any, run_id: str, at_le
     return dict(store._conn.execute("SELECT id, created_at FROM attempts WHERE run_id=?", (run_id,)).fetchall())
 
 
-def load_data_module(name: str) -> Any:
-    """A script of tests/data (e.g. a capture script that records the pinned prompts) as a module."""
+def _load_module(name: str, path: Path) -> Any:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "data" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+def load_data_module(name: str) -> Any:
+    """A script of tests/data (e.g. a capture script that records the pinned prompts) as a module."""
+    return _load_module(name, Path(__file__).parent / "data" / f"{name}.py")
+
+
+def load_bench_module(name: str) -> Any:
+    """bench/<name>.py as the module `name`, as the bench scripts import each other."""
+    return _load_module(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+
+
+WORDS_STUB = '''def words(s):
+    """Split s at commas and spaces.
+
+    >>> words("Hi, my name")
+    ['Hi', 'my', 'name']
+    """
+    raise NotImplementedError
+'''
+"""A one-function stub with a doctest, for `solution_task`; `words_with(body)` fills it in."""
+
+
+def words_with(body: str) -> str:
+    return WORDS_STUB.replace("    raise NotImplementedError", body)
 
 
 def index_reachable(requirement: str) -> bool:

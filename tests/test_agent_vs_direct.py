@@ -5,7 +5,6 @@ only (scripted replies, not an LLM)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import load_bench_module
 
 from agent_selfevolve.models.fake import ScriptedFakeModel
 from agent_selfevolve.sources.humaneval import load_problems
@@ -25,13 +25,7 @@ def _repo_module() -> ModuleType:
 
 
 def _bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "bench" / "agent_vs_direct.py"
-    spec = importlib.util.spec_from_file_location("agent_vs_direct", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["agent_vs_direct"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("agent_vs_direct")
 
 
 PROMPT = 'from typing import List\n\n\ndef helper(x):\n    return x * 2\n\n\ndef twice(xs: List[int]) -> List[int]:\n' \

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import solution_task
+from conftest import WORDS_STUB, solution_task, words_with
 
 from agent_selfevolve.action_format import FencedText
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
@@ -25,17 +25,10 @@ from agent_selfevolve.trajectory import Trajectory
 HIDDEN = "HIDDEN_TEST_MARK_0d4"
 WRONG_MARK = "WRONG_CODE_MARK_93a"
 REVISION_MARK = "REVISION_REPLY_MARK_7b2"
-STUB = '''def words(s):
-    """Split s at commas and spaces.
-
-    >>> words("Hi, my name")
-    ['Hi', 'my', 'name']
-    """
-    raise NotImplementedError
-'''
-RIGHT = STUB.replace("    raise NotImplementedError", "    return s.replace(',', ' ').split()")
-WRONG = STUB.replace("    raise NotImplementedError", f"    {WRONG_MARK} = 1\n    return s.split(',')")
-OTHER = STUB.replace("    raise NotImplementedError", "    return s.split(' ')")
+STUB = WORDS_STUB
+RIGHT = words_with("    return s.replace(',', ' ').split()")
+WRONG = words_with(f"    {WRONG_MARK} = 1\n    return s.split(',')")
+OTHER = words_with("    return s.split(' ')")
 
 
 def code(text: str) -> str:

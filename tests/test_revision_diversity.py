@@ -6,13 +6,11 @@ answered by a FAKE scripted model (not an LLM)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import solution_task
+from conftest import WORDS_STUB, load_bench_module, solution_task, words_with
 
 from agent_selfevolve.action_format import FencedText
 from agent_selfevolve.attempt import AttemptSpec, run_attempt
@@ -21,32 +19,18 @@ from agent_selfevolve.setups import get_setup
 from agent_selfevolve.store import TrajectoryStore
 
 WRONG_MARK = "WRONG_CODE_MARK_5c1"
-STUB = '''def words(s):
-    """Split s at commas and spaces.
-
-    >>> words("Hi, my name")
-    ['Hi', 'my', 'name']
-    """
-    raise NotImplementedError
-'''
-RIGHT = STUB.replace("    raise NotImplementedError", "    return s.replace(',', ' ').split()")
-WRONG = STUB.replace("    raise NotImplementedError", f"    {WRONG_MARK} = 1\n    return s.split(',')")
+RIGHT = words_with("    return s.replace(',', ' ').split()")
+WRONG = words_with(f"    {WRONG_MARK} = 1\n    return s.split(',')")
 
 
 def _bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "bench" / "revision_diversity.py"
-    spec = importlib.util.spec_from_file_location("revision_diversity", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["revision_diversity"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("revision_diversity")
 
 
 def test_the_prompt_is_the_fresh_revision_the_agent_asked(tmp_path: Path) -> None:
     bench = _bench()
     hidden = "from solution import words\n\n\ndef test_hidden():\n    assert words('x,y z') == ['x', 'y', 'z']\n"
-    task = solution_task(tmp_path, STUB, hidden, "test_hidden", "humaneval__7")
+    task = solution_task(tmp_path, WORDS_STUB, hidden, "test_hidden", "humaneval__7")
     model = ScriptedFakeModel([f"```python\n{WRONG}```", f"```python\n{RIGHT}```"], supports_tools=False)  # FAKE
     traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="a1", run_id="r1"),
                        agent=get_setup("selfcheck"))

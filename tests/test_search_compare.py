@@ -4,14 +4,13 @@ stops before the next search, and `--pool` pairs runs by budget rank. FAKE strat
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import load_bench_module
 
 from agent_selfevolve.models.fake import ScriptedFakeModel
 from agent_selfevolve.tasks import Task
@@ -20,12 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _load() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("search_compare", BENCH / "search_compare.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("search_compare")
 
 
 IDS = ["factory__toolz-a1", "factory__toolz-a2", "factory__funcy-b1"]

@@ -4,7 +4,6 @@ task types as clusters, and labels oracle selection; the evolve split keeps a ty
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -13,6 +12,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import load_bench_module
 
 from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
 from agent_selfevolve.tasks import Task
@@ -22,12 +22,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module(name)
 
 
 wp = _load("web_proof")
