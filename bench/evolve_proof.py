@@ -6,6 +6,7 @@
     python bench/evolve_proof.py --seed 0 --kinds sft,dpo --until-minutes 150   # an ablation arm
     python bench/evolve_proof.py --seed 0 --kinds sft,dpo --at-episode 2        # ... at the last episode only
     python bench/evolve_proof.py --seed 0 --rows-of mixed --at-episode 2        # SFT on the unsure tasks only
+    python bench/evolve_proof.py --seed 0 --base-draws 2                        # the base again: the noise floor
     python bench/evolve_proof.py --dry-run                        # FAKE model + FAKE trainer, tiny split
 
 Per seed s: a seeded split into training and held-out tasks (HumanEval repo tasks; factory tasks held out by
@@ -136,7 +137,7 @@ def run_seed(args: argparse.Namespace, command: str, pools_of: Any = real_pools,
     config = resolve_config(seed_dir, args.seed, given_options(args))
     check_code(seed_dir, args.code_note or _git_head(), args.allow_code_change)
     arm = arm_of(args.kinds, args.rows_of)
-    units = plan(config, arm, args.at_episode)  # a bad --at-episode fails before any model is loaded
+    units = plan(config, arm, args.at_episode, args.base_draws)  # a bad option fails before any model loads
     split, tasks = load_split(seed_dir, config, pools_of(config))
     if pools_of is real_pools:
         from agent_selfevolve.sources import locate_tasks
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sft,rationalized | ...")
     parser.add_argument("--rows-of", default="all", help="all | mixed: train only on rows of tasks whose samples "
                         "had mixed outcomes in their search (an arm of its own, e.g. 'sft-mixed')")
+    parser.add_argument("--base-draws", type=int, default=1, help="evaluate the base this many times, each with its "
+                        "own revision seeds: how many held-out tasks flip between two draws of one policy")
     parser.add_argument("--at-episode", type=int, default=None,
                         help="an ablation arm (--kinds other than sft) trained and evaluated at this episode only")
     parser.add_argument("--out", type=Path, default=None, help="results to commit (default bench/results/evolve-proof)")

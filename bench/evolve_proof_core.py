@@ -247,21 +247,29 @@ class Unit:
     episode: int | None = None
     """None: the base model's held-out evaluation."""
     arm: str | None = None
+    draw: int = 0
+    """The base's evaluation again with revision seeds offset by `draw` (an A/A test of one attempt's luck: the
+    first turn is greedy, revisions are sampled); 0 is the evaluation every episode is paired with."""
 
     @property
     def name(self) -> str:
         if self.episode is None:
-            return "base-eval"
+            return "base-eval" + (f"-draw{self.draw}" if self.draw else "")
         return f"search-ep{self.episode}" if self.kind == "search" else f"{self.kind}-ep{self.episode}[{self.arm}]"
 
 
-def plan(config: ProofConfig, arm: str, at_episode: int | None = None) -> list[Unit]:
+def plan(config: ProofConfig, arm: str, at_episode: int | None = None, base_draws: int = 1) -> list[Unit]:
     """Base eval, then per episode: search (by the search arm's previous adapter), train, eval. An ablation arm
     also needs the search arm's previous adapter trained before it can search.
 
     `at_episode` (ablation arms only): train and evaluate the arm at that episode alone. With init 'base' each
     episode's adapter is trained from the base on every row so far, so the arm's earlier adapters are never
-    inputs, and skipping them saves two thirds of an arm's cost over three episodes."""
+    inputs, and skipping them saves two thirds of an arm's cost over three episodes.
+
+    `base_draws` > 1: the base is evaluated that many times, each draw with its own revision seeds, to show how
+    many held-out tasks flip between two draws of one policy (episodes are paired with draw 0 only)."""
+    if base_draws < 1:
+        raise ProofError(f"base_draws must be at least 1, not {base_draws}")
     if at_episode is not None:
         if arm == SEARCH_ARM:
             raise ProofError(f"at_episode is for ablation arms; the search arm '{SEARCH_ARM}' needs every episode")
@@ -271,7 +279,7 @@ def plan(config: ProofConfig, arm: str, at_episode: int | None = None) -> list[U
         if not 0 <= at_episode < config.episodes:
             raise ProofError(f"at_episode {at_episode} is not one of this seed's episodes 0..{config.episodes - 1}")
     last = config.episodes - 1 if at_episode is None else at_episode
-    units = [Unit("eval")]
+    units = [Unit("eval", draw=d) for d in range(base_draws)]
     for k in range(last + 1):
         if k > 0 and arm != SEARCH_ARM:
             units.append(Unit("train", k - 1, SEARCH_ARM))
@@ -283,7 +291,7 @@ def plan(config: ProofConfig, arm: str, at_episode: int | None = None) -> list[U
 
 def unit_dir(seed_dir: Path, unit: Unit) -> Path:
     if unit.episode is None:
-        return seed_dir / "base"
+        return seed_dir / ("base" + (f"-draw{unit.draw}" if unit.draw else ""))
     return seed_dir / f"ep{unit.episode}" / ("search" if unit.kind == "search" else unit.arm or "")
 
 

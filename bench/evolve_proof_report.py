@@ -66,6 +66,12 @@ def arms_of(seed_dir: Path) -> list[str]:
     return sorted({p.parent.name for p in seed_dir.glob("ep*/*/summary.json") if p.parent.name != "search"})
 
 
+def draws_of(seed_dir: Path) -> list[int]:
+    """The base's extra evaluations (`--base-draws`) that finished."""
+    return sorted(int(p.parent.name.removeprefix("base-draw")) for p in seed_dir.glob("base-draw*/summary.json")
+                  if p.parent.name.removeprefix("base-draw").isdigit())
+
+
 def episodes_of(seed_dir: Path) -> list[int]:
     return sorted(int(p.name[2:]) for p in seed_dir.glob("ep*") if p.name[2:].isdigit())
 
@@ -92,6 +98,9 @@ def build_report(root: Path) -> dict[str, Any]:
                                  "base_endings": endings(folder, Unit("eval")) if base is not None else None,
                                  "base_endings_by_suite": endings_by_suite(folder, Unit("eval")) if base is not None
                                  else None}
+        entry["base_draws"] = [
+            {"draw": d, **_rate(drawn), "vs_base": mcnemar(base, drawn) if base is not None else None}
+            for d in draws_of(folder) if (drawn := outcomes(folder, Unit("eval", draw=d))) is not None]
         for k in episodes_of(folder):
             path = unit_dir(folder, Unit("search", k)) / "summary.json"
             if path.exists():
@@ -186,6 +195,10 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{arm:16} {'ep' + str(k):8} {' '.join(per_seed)} {_cell(row['after']):16} "
                          f"{' '.join(suites)} {_test(row['mcnemar']):40} {_test(row['vs_previous'])}"
                          + (f" / {_test(row['vs_sft'])}" if row.get("vs_sft") else ""))
+    for s in seeds:
+        for d in report["seeds"][s].get("base_draws") or []:
+            lines.append(f"seed {s} base again, revision seeds +{d['draw']} (the noise floor): {_cell(d)}; "
+                         f"vs the base {_test(d['vs_base'])}")
     for s in seeds:
         entry = report["seeds"][s]
         if entry.get("base_endings"):

@@ -160,7 +160,8 @@ class Proof:
         records = read_records(folder / "outcomes.jsonl")
         done = {r["task_id"] for r in records}
         todo = [self.tasks[i] for i in held_out_ids(self.split) if i not in done]
-        label = "base" if unit.episode is None else f"{unit.arm}:ep{unit.episode}"
+        label = ("base" + (f"-draw{unit.draw}" if unit.draw else "")) if unit.episode is None else \
+            f"{unit.arm}:ep{unit.episode}"
         run_id = f"{self.prefix}:eval:{label}"
         if todo:
             version = None if unit.episode is None else self.adapter(unit.arm or SEARCH_ARM, unit.episode)
@@ -169,7 +170,8 @@ class Proof:
                 self.fits(self.per_task_seconds("eval", records), f"{unit.name} task {task.instance_id}")
                 start = self.clock()
                 spec = AttemptSpec(task.instance_id, attempt_id=f"{run_id}:{task.instance_id}", run_id=run_id,
-                                   operator="eval", model_params={"temperature": 0.0})
+                                   operator="eval", model_params={"temperature": 0.0,
+                                                                  **({"seed": unit.draw} if unit.draw else {})})
                 traj = run_attempt(task, model, spec, limits=self.limits, store=self.store, agent=self.config.profile)
                 record = {"task_id": task.instance_id, "suite": suite_of(task.instance_id), "resolved": traj.resolved,
                           "status": traj.status, "tokens": traj.total_usage.total_tokens,
@@ -184,6 +186,8 @@ class Proof:
                                    **success_table(after),
                                    "tokens": sum(r["tokens"] for r in records),
                                    "seconds": round(sum(r["seconds"] for r in records), 1)}
+        if unit.draw:
+            summary.update(draw=unit.draw, vs_base=mcnemar(self.outcomes(Unit("eval")) or {}, after))
         if unit.episode is not None:
             base = self.outcomes(Unit("eval"))
             prev = base if unit.episode == 0 else self.outcomes(Unit("eval", unit.episode - 1, unit.arm))

@@ -527,3 +527,32 @@ def test_a_mixed_arm_trains_only_on_tasks_whose_samples_disagreed(full_run: Path
     records[1][0]["attempts"] = [True, False]
     (searches[1] / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[1]))
     assert proof.train_inputs("sft-mixed", 1)[1] != digest
+
+
+def test_another_draw_of_the_base_uses_other_revision_seeds_and_is_paired_with_the_base(full_run: Path,
+                                                                                        tmp_path: Path) -> None:
+    """`--base-draws 2`: the base is evaluated again into base-draw1/, every attempt asked with seed 1 (the agent
+    offsets its revision seeds by it; the first turn stays greedy), paired with the base in the report; nothing
+    committed before changes, and episodes stay paired with the first draw."""
+    root = copy_results(full_run, tmp_path)
+    before = snapshot(root)
+    assert [u.name for u in plan(ProofConfig(seed=0, episodes=1), "sft", base_draws=2)][:3] == [
+        "base-eval", "base-eval-draw1", "search-ep0"]
+    with pytest.raises(ProofError):
+        plan(ProofConfig(seed=0, episodes=1), "sft", base_draws=0)
+    proof = make_proof(root, tmp_path / "work", FakeTrainer())
+    models: list[ScriptedFakeModel] = []
+    policy = proof.backend.policy
+    proof.backend = Backend(policy=lambda v: models.append(policy(v)) or models[-1], train=proof.backend.train,
+                            base_hf_dir=proof.backend.base_hf_dir, registry=proof.backend.registry, label="FAKE")
+    for unit in plan(proof.config, "sft", base_draws=2):
+        proof.run_unit(unit)
+    assert len(models) == 1 and models[0].params and all(p.get("seed") == 1 for p in models[0].params)
+    split = json.loads((root / "seed0" / "split.json").read_text())
+    drawn = read_records(root / "seed0" / "base-draw1" / "outcomes.jsonl")
+    assert [r["task_id"] for r in drawn] == held_out_ids(split)
+    assert {k: v for k, v in snapshot(root).items() if not k.startswith("seed0/base-draw1/")
+            and k != "seed0/sessions.jsonl"} == {k: v for k, v in before.items() if k != "seed0/sessions.jsonl"}
+    assert ep.main(["--report", "--out", str(root)]) == 0
+    (row,) = json.loads((root / "summary.json").read_text())["seeds"]["0"]["base_draws"]
+    assert row["draw"] == 1 and row["n"] == 3 and row["vs_base"]["gained"] == row["vs_base"]["lost"] == 0
