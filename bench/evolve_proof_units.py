@@ -55,9 +55,15 @@ from agent_selfevolve.setups import get_setup
 from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.store import TrajectoryStore
 from agent_selfevolve.tasks import Task
-from agent_selfevolve.train.dataset import build_dataset, dedup_rows, mean_policy_logprob
+from agent_selfevolve.train.dataset import build_dataset, dedup_rows
 from agent_selfevolve.train.jsonl import read_jsonl, write_jsonl
 from agent_selfevolve.train.lora import TrainingPaused
+
+try:  # the bench runs on the agent a seed is pinned to (bench/agent_tree.py), which may predate recorded log-probs
+    from agent_selfevolve.train.dataset import mean_policy_logprob
+except ImportError:
+    def mean_policy_logprob(rows: Any) -> tuple[float | None, int]:
+        return None, 0  # that agent records none
 
 DEFAULT_SECONDS = {"eval": 90.0, "search": 90.0, "train_row_epoch": 20.0, "train_overhead": 300.0}
 """Estimates before anything is measured: seconds per held-out attempt, per search sample, per training row and

@@ -556,3 +556,23 @@ def test_another_draw_of_the_base_uses_other_revision_seeds_and_is_paired_with_t
     assert ep.main(["--report", "--out", str(root)]) == 0
     (row,) = json.loads((root / "summary.json").read_text())["seeds"]["0"]["base_draws"]
     assert row["draw"] == 1 and row["n"] == 3 and row["vs_base"]["gained"] == row["vs_base"]["lost"] == 0
+
+
+def test_the_bench_runs_on_the_agent_seed_0_is_pinned_to(tmp_path: Path) -> None:
+    """The proof's documented path on a fresh machine: `bench/agent_tree.py --seed 0 DIR` (HEAD's bench/ over the
+    agent code.json pins), then the proof from DIR. The bench must not import what the pinned agent lacks (it once
+    imported a helper added after the pin): the dry run goes through every unit on that tree."""
+    import agent_tree
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = json.loads((root / "bench" / "results" / "evolve-proof" / "seed0" / "code.json").read_text())["tree"]
+    commits = {recipe["base"], *recipe["files"].values()}
+    if any(subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=root).returncode for c in commits):
+        pytest.skip("this clone lacks the commits seed 0's agent is built from (a shallow clone)")
+    tree = tmp_path / "tree"
+    agent_tree.main(["--seed", "0", str(tree)])
+    proc = subprocess.run([sys.executable, "bench/evolve_proof.py", "--dry-run", "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work")], cwd=tree, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tree)}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "seed0" / "ep1" / "sft" / "summary.json").read_text())["n"] == 3
