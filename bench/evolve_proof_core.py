@@ -252,6 +252,11 @@ class Unit:
     first turn is greedy, revisions are sampled); 0 is the evaluation every episode is paired with."""
 
     @property
+    def base_label(self) -> str:
+        """The base evaluation's folder and run label: 'base', or 'base-draw<d>' for another draw."""
+        return "base" + (f"-draw{self.draw}" if self.draw else "")
+
+    @property
     def name(self) -> str:
         if self.episode is None:
             return "base-eval" + (f"-draw{self.draw}" if self.draw else "")
@@ -291,7 +296,7 @@ def plan(config: ProofConfig, arm: str, at_episode: int | None = None, base_draw
 
 def unit_dir(seed_dir: Path, unit: Unit) -> Path:
     if unit.episode is None:
-        return seed_dir / ("base" + (f"-draw{unit.draw}" if unit.draw else ""))
+        return seed_dir / unit.base_label
     return seed_dir / f"ep{unit.episode}" / ("search" if unit.kind == "search" else unit.arm or "")
 
 

@@ -166,8 +166,7 @@ class Proof:
         records = read_records(folder / "outcomes.jsonl")
         done = {r["task_id"] for r in records}
         todo = [self.tasks[i] for i in held_out_ids(self.split) if i not in done]
-        label = ("base" + (f"-draw{unit.draw}" if unit.draw else "")) if unit.episode is None else \
-            f"{unit.arm}:ep{unit.episode}"
+        label = unit.base_label if unit.episode is None else f"{unit.arm}:ep{unit.episode}"
         run_id = f"{self.prefix}:eval:{label}"
         if todo:
             version = None if unit.episode is None else self.adapter(unit.arm or SEARCH_ARM, unit.episode)
@@ -193,7 +192,8 @@ class Proof:
                                    "tokens": sum(r["tokens"] for r in records),
                                    "seconds": round(sum(r["seconds"] for r in records), 1)}
         if unit.draw:
-            summary.update(draw=unit.draw, vs_base=mcnemar(self.outcomes(Unit("eval")) or {}, after))
+            base = self.outcomes(Unit("eval"))
+            summary.update(draw=unit.draw, vs_base=mcnemar(base, after) if base is not None else None)
         if unit.episode is not None:
             base = self.outcomes(Unit("eval"))
             prev = base if unit.episode == 0 else self.outcomes(Unit("eval", unit.episode - 1, unit.arm))
@@ -284,11 +284,12 @@ class Proof:
         kinds = arm_kinds(arm)
         rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
         file_hashes: dict[str, list[str]] = {kind: [] for kind in kinds}
+        mixed = arm.endswith(MIXED)
         kept: list[list[str]] = []  # a -mixed arm's tasks per search, part of what decides its adapter
         for j in range(k + 1):
             folder = unit_dir(self.seed_dir, Unit("search", j))
             summary = json.loads((folder / "summary.json").read_text())
-            keep = mixed_tasks(read_records(folder / "tasks.jsonl")) if arm.endswith(MIXED) else None
+            keep = mixed_tasks(read_records(folder / "tasks.jsonl")) if mixed else None
             if keep is not None:
                 kept.append(sorted(keep))
             for kind in kinds:
@@ -307,7 +308,7 @@ class Proof:
             parent = parent.get("train_hash")
         spec = {"seed": self.config.seed, "arm": arm, "kinds": list(kinds), "episode": k, "rows": file_hashes,
                 "train": self.config.train, "init": self.config.init, "parent": parent, "model": self.config.model,
-                "backend": self.backend.label, **({"mixed_tasks": kept} if arm.endswith(MIXED) else {})}
+                "backend": self.backend.label, **({"mixed_tasks": kept} if mixed else {})}
         return rows, sha256_text(json.dumps(spec, sort_keys=True)), spec
 
     def run_train(self, unit: Unit) -> None:

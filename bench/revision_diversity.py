@@ -24,7 +24,6 @@ prompt) is one line of `<out>/<ref>.jsonl`; the summary goes to `<out>/<ref>.jso
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import sys
@@ -39,6 +38,7 @@ from agent_vs_direct import program_from_reply  # noqa: E402
 
 from agent_selfevolve import action_format  # noqa: E402
 from agent_selfevolve.envs.coding import CodingEnvironment  # noqa: E402
+from agent_selfevolve.envs.definitions import code_only  # noqa: E402
 from agent_selfevolve.evolve import mcnemar  # noqa: E402
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.models.base import Message, Model, prompt_messages  # noqa: E402
@@ -78,20 +78,14 @@ def revision_prompts(stores: list[Path], held_out: set[str], limit: int) -> list
 
 
 def function_key(program: str | None) -> str:
-    """The same key for programs that differ only in docstrings, comments and formatting."""
+    """The same key for programs that differ only in docstrings, comments and layout (the `python` tool's own
+    test for "the same code", `envs.definitions.code_only`)."""
     if program is None:
         return "no-code"
     try:
-        tree = ast.parse(program)
+        return hashlib.sha256(code_only(program).encode()).hexdigest()[:12]
     except SyntaxError:
         return "syntax:" + hashlib.sha256(program.strip().encode()).hexdigest()[:12]
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:12]
 
 
 def grade(task: Task, problem: dict[str, Any], reply: str) -> tuple[str, bool]:

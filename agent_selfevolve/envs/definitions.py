@@ -149,12 +149,15 @@ def same_behaviour(old: str, new: str) -> bool:
     """Whether two versions of a module differ only in docstrings, comments and layout (a small model, shown a
     failing example, sometimes "fixes" the docstring's example instead of the code)."""
     try:
-        return _code_only(parse_python(old)) == _code_only(parse_python(new))
+        return code_only(old) == code_only(new)
     except SyntaxError:
         return False
 
 
-def _code_only(tree: ast.Module) -> str:
+def code_only(source: str) -> str:
+    """The module's AST without docstrings, as text: equal for two sources that differ only in docstrings,
+    comments and layout. Raises SyntaxError."""
+    tree = parse_python(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and body and \
