@@ -80,3 +80,44 @@ def test_the_summary_pairs_policies_by_prompt() -> None:
     assert adapter["pass_rate"] == pytest.approx(4 / 6) and base["mean_logprob_per_token"] == pytest.approx(-0.1)
     assert out["adapter_distinct_vs_base"] == {"fewer": 1, "same": 1, "more": 0}
     assert out["pass_at_k_base_to_adapter"]["gained"] == 1 and out["pass_at_k_base_to_adapter"]["lost"] == 0
+
+
+def test_a_factory_reply_goes_through_the_agents_python_tool(tmp_path: Path) -> None:
+    """Factory prompts: the suite's own held-out attempts only, and each sampled reply written by the `python` tool
+    on a fresh checkout, then graded there; giving back the code the task started with is counted as such."""
+    bench = _bench()
+    hidden = "from solution import words\n\n\ndef test_hidden():\n    assert words('x,y z') == ['x', 'y', 'z']\n"
+    task = solution_task(tmp_path, WORDS_STUB, hidden, "test_hidden", "factory__words-1a2b")
+    model = ScriptedFakeModel([f"```python\n{WRONG}```", f"```python\n{RIGHT}```"], supports_tools=False)  # FAKE
+    traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="f1", run_id="r1"),
+                       agent=get_setup("selfcheck"))
+    store = TrajectoryStore(tmp_path / "runs.sqlite")
+    store.record(traj)
+    store.close()
+    held = {"factory__words-1a2b", "humaneval__7"}
+    prompts = bench.revision_prompts([tmp_path / "runs.sqlite"], held, 5, "factory")
+    assert [p["task_id"] for p in prompts] == ["factory__words-1a2b"]
+    assert bench.revision_prompts([tmp_path / "runs.sqlite"], held, 5) == []  # the HumanEval suite: none
+    assert WRONG_MARK in prompts[0]["failed_reply"] and WRONG_MARK not in str(prompts[0]["messages"])
+
+    right = bench.grade_in_repo(task, f"Fixed.\n```python\n{RIGHT}```")
+    assert right[1:] == (True, False) and right[0] == bench.function_key(RIGHT)
+    assert bench.grade_in_repo(task, f"```python\n{WRONG}```")[1:] == (False, False)
+    assert bench.grade_in_repo(task, f"```python\n{WORDS_STUB}```")[1:] == (False, True)  # the original code back
+    assert bench.grade_in_repo(task, "The code looks right to me.") == (bench.function_key(None), False, False)
+
+
+def test_the_summary_counts_original_code_only_where_it_was_graded() -> None:
+    bench = _bench()
+    prompts = [{"task_id": "factory__a-1"}]
+    lines = [_row("base", "factory__a-1", ["a", "b"], [False, True]), _row("adapter", "factory__a-1", ["o", "o"],
+                                                                            [False, False])]
+    for line, original in zip(lines, ([False, False], [True, True]), strict=True):
+        for s, o in zip(line["samples"], original, strict=True):
+            s["original"] = o
+    out = bench.summarize(lines, prompts)
+    assert out["policies"]["base"]["gave_back_original_code"] == 0
+    assert out["policies"]["adapter"]["gave_back_original_code"] == 2
+    assert "gave_back_original_code" not in bench.summarize([_row("base", "factory__a-1", ["a"], [True]),
+                                                             _row("adapter", "factory__a-1", ["a"], [True])],
+                                                            prompts)["policies"]["base"]
