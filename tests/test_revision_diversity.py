@@ -17,6 +17,7 @@ from agent_selfevolve.attempt import AttemptSpec, run_attempt
 from agent_selfevolve.models.fake import ScriptedFakeModel
 from agent_selfevolve.setups import get_setup
 from agent_selfevolve.store import TrajectoryStore
+from agent_selfevolve.tasks import Task
 
 WRONG_MARK = "WRONG_CODE_MARK_5c1"
 RIGHT = words_with("    return s.replace(',', ' ').split()")
@@ -27,10 +28,11 @@ def _bench() -> ModuleType:
     return load_bench_module("revision_diversity")
 
 
-def test_the_prompt_is_the_fresh_revision_the_agent_asked(tmp_path: Path) -> None:
-    bench = _bench()
+def _recorded_revision(tmp_path: Path, instance_id: str) -> tuple[Task, ScriptedFakeModel]:
+    """A task whose attempt (real agent and sandbox, FAKE scripted model) answers wrong, then revises it right; the
+    attempt is recorded in `tmp_path/runs.sqlite`."""
     hidden = "from solution import words\n\n\ndef test_hidden():\n    assert words('x,y z') == ['x', 'y', 'z']\n"
-    task = solution_task(tmp_path, WORDS_STUB, hidden, "test_hidden", "humaneval__7")
+    task = solution_task(tmp_path, WORDS_STUB, hidden, "test_hidden", instance_id)
     model = ScriptedFakeModel([f"```python\n{WRONG}```", f"```python\n{RIGHT}```"], supports_tools=False)  # FAKE
     traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="a1", run_id="r1"),
                        agent=get_setup("selfcheck"))
@@ -38,7 +40,12 @@ def test_the_prompt_is_the_fresh_revision_the_agent_asked(tmp_path: Path) -> Non
     store = TrajectoryStore(tmp_path / "runs.sqlite")
     store.record(traj)
     store.close()
+    return task, model
 
+
+def test_the_prompt_is_the_fresh_revision_the_agent_asked(tmp_path: Path) -> None:
+    bench = _bench()
+    _, model = _recorded_revision(tmp_path, "humaneval__7")
     prompts = bench.revision_prompts([tmp_path / "runs.sqlite"], {"humaneval__7"}, 5)
     assert [p["task_id"] for p in prompts] == ["humaneval__7"]
     shown = FencedText().render_history(copy.deepcopy(prompts[0]["messages"]))
@@ -86,14 +93,7 @@ def test_a_factory_reply_goes_through_the_agents_python_tool(tmp_path: Path) -> 
     """Factory prompts: the suite's own held-out attempts only, and each sampled reply written by the `python` tool
     on a fresh checkout, then graded there; giving back the code the task started with is counted as such."""
     bench = _bench()
-    hidden = "from solution import words\n\n\ndef test_hidden():\n    assert words('x,y z') == ['x', 'y', 'z']\n"
-    task = solution_task(tmp_path, WORDS_STUB, hidden, "test_hidden", "factory__words-1a2b")
-    model = ScriptedFakeModel([f"```python\n{WRONG}```", f"```python\n{RIGHT}```"], supports_tools=False)  # FAKE
-    traj = run_attempt(task, model, AttemptSpec(task.instance_id, attempt_id="f1", run_id="r1"),
-                       agent=get_setup("selfcheck"))
-    store = TrajectoryStore(tmp_path / "runs.sqlite")
-    store.record(traj)
-    store.close()
+    task, _ = _recorded_revision(tmp_path, "factory__words-1a2b")
     held = {"factory__words-1a2b", "humaneval__7"}
     prompts = bench.revision_prompts([tmp_path / "runs.sqlite"], held, 5, "factory")
     assert [p["task_id"] for p in prompts] == ["factory__words-1a2b"]
