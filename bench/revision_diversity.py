@@ -225,9 +225,11 @@ def graders(suite: str, wanted: set[str]) -> tuple[Grader, Callable[[str, str], 
         key, resolved, original = grade_in_repo(tasks[task_id], reply)
         return {"key": key, "resolved": resolved, "original": original}
 
+    specs = CodingEnvironment(next(iter(tasks.values())), "diversity-specs",  # the set-up's tools, one task's as any
+                              **get_setup("selfcheck").env_options()).tool_specs()
+
     def failed_tool(task_id: str, reply: str) -> str:
-        env = CodingEnvironment(tasks[task_id], "diversity-specs", **get_setup("selfcheck").env_options())
-        return function_key(python_code(reply, env.tool_specs()))
+        return function_key(python_code(reply, specs))
     return grade_tool, failed_tool
 
 

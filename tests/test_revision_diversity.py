@@ -121,3 +121,12 @@ def test_the_summary_counts_original_code_only_where_it_was_graded() -> None:
     assert "gave_back_original_code" not in bench.summarize([_row("base", "factory__a-1", ["a"], [True]),
                                                              _row("adapter", "factory__a-1", ["a"], [True])],
                                                             prompts)["policies"]["base"]
+
+
+def test_factory_prompts_take_the_held_out_projects_in_turn() -> None:
+    order = _bench()._in_order
+    ids = ["factory__b-2", "factory__a-1", "factory__a-2", "factory__a-3", "factory__b-1", "factory__c-1"]
+    assert [p["task_id"] for p in order([{"task_id": i} for i in ids])] == \
+        ["factory__a-1", "factory__b-1", "factory__c-1", "factory__a-2", "factory__b-2", "factory__a-3"]
+    assert [p["task_id"] for p in order([{"task_id": i} for i in ("humaneval__10", "humaneval__9")])] == \
+        ["humaneval__9", "humaneval__10"]
