@@ -81,6 +81,10 @@ def _rate(pairs: dict[str, bool]) -> dict[str, Any]:
     return {"n": n, "resolved": sum(pairs.values()), "success": sum(pairs.values()) / n if n else None}
 
 
+def _by_suite(pairs: dict[str, bool]) -> dict[str, dict[str, Any]]:
+    return {suite: _rate(part) for suite in SUITES if (part := {t: v for t, v in pairs.items() if _suite(t) == suite})}
+
+
 def _paired(before: dict[str, bool], after: dict[str, bool]) -> dict[str, Any]:
     keys = [k for k in after if k in before]
     return {"before": _rate({k: before[k] for k in keys}), "after": _rate({k: after[k] for k in keys}),
@@ -97,7 +101,7 @@ def build_report(root: Path) -> dict[str, Any]:
         entry: dict[str, Any] = {"base": _rate(base) if base is not None else None, "arms": {}, "searches": [],
                                  "base_endings": endings(folder, Unit("eval")) if base is not None else None,
                                  "base_endings_by_suite": endings_by_suite(folder, Unit("eval")) if base is not None
-                                 else None}
+                                 else None, "base_by_suite": _by_suite(base) if base is not None else None}
         entry["base_draws"] = [
             {"draw": d, **_rate(drawn), "vs_base": mcnemar(base, drawn) if base is not None else None}
             for d in draws_of(folder) if (drawn := outcomes(folder, Unit("eval", draw=d))) is not None]
@@ -117,7 +121,7 @@ def build_report(root: Path) -> dict[str, Any]:
                     prev = None
                     continue
                 summary = json.loads((unit_dir(folder, Unit("eval", k, arm)) / "summary.json").read_text())
-                rows.append({"episode": k, **_rate(after), "by_suite": summary.get("by_suite"),
+                rows.append({"episode": k, **_rate(after), "by_suite": _by_suite(after),
                              "endings": endings(folder, Unit("eval", k, arm)),
                              "endings_by_suite": endings_by_suite(folder, Unit("eval", k, arm)),
                              "vs_base": mcnemar(base, after) if base is not None else None,
@@ -184,15 +188,17 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     base_cells = " ".join(f"{_cell(report['seeds'][s]['base']):16}" for s in seeds)
     lines.append(f"{'(all)':16} {'base':8} {base_cells}")
+    based = [s for s in seeds if report["seeds"][s]["base"]]
     for arm, rows in report["pooled"].items():
         for row in rows:
             k = row["episode"]
+            short = "" if row["seeds"] == based else " s" + ",".join(str(x) for x in row["seeds"])  # not all seeds
             per_seed = []
             for s in seeds:
                 match = [r for r in report["seeds"][s]["arms"].get(arm, []) if r["episode"] == k]
                 per_seed.append(f"{_cell(match[0] if match else None):16}")
             suites = [f"{_cell(row['by_suite'].get(x, {}).get('after')):16}" for x in ("humaneval", "factory")]
-            lines.append(f"{arm:16} {'ep' + str(k):8} {' '.join(per_seed)} {_cell(row['after']):16} "
+            lines.append(f"{arm:16} {'ep' + str(k):8} {' '.join(per_seed)} {_cell(row['after']) + short:16} "
                          f"{' '.join(suites)} {_test(row['mcnemar']):40} {_test(row['vs_previous'])}"
                          + (f" / {_test(row['vs_sft'])}" if row.get("vs_sft") else ""))
     for s in seeds:
@@ -226,8 +232,36 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def curves(report: dict[str, Any], suite: str | None) -> list[tuple[str, str, list[int], list[float]]]:
+    """The lines of one panel of evolve.png as (label, style, x, y); x 0 is the base, x k + 1 episode k.
+
+    A pooled line runs only while its episodes hold the same seeds as its first: one base point cannot stand for
+    two seeds at episode 0 and one seed at episode 1 (seed 1's lower base would make seed 0's later episodes look
+    like gains). Each seed's own line, dotted, shows every episode it has."""
+    lines = []
+    for arm, rows in report["pooled"].items():
+        pick = [r for r in rows if r["seeds"] == rows[0]["seeds"]] if rows else []
+        pick = [(r["episode"], r if suite is None else r["by_suite"].get(suite)) for r in pick]
+        pick = [(k, r) for k, r in pick if r and r["after"]["n"]]
+        if pick:
+            seeds = ",".join(str(x) for x in rows[0]["seeds"])
+            lines.append((f"{arm} pooled (seeds {seeds})", "o-", [0] + [k + 1 for k, _ in pick],
+                          [pick[0][1]["before"]["success"]] + [r["after"]["success"] for _, r in pick]))
+    for seed, entry in report["seeds"].items():
+        base = entry["base"] if suite is None else (entry.get("base_by_suite") or {}).get(suite)
+        if not base:
+            continue
+        for arm, rows in entry["arms"].items():
+            rates = [(r["episode"], r if suite is None else (r.get("by_suite") or {}).get(suite)) for r in rows]
+            rates = [(k, r) for k, r in rates if r and r["n"]]
+            if rates:
+                lines.append((f"{arm} seed {seed}", ":", [0] + [k + 1 for k, _ in rates],
+                              [base["success"]] + [r["success"] for _, r in rates]))
+    return lines
+
+
 def plot(report: dict[str, Any], out: Path) -> Path | None:
-    """Held-out success by episode: pooled per arm (solid) and per seed (dotted); one panel per suite."""
+    """Held-out success by episode (`curves`); one panel for all tasks and one per suite."""
     try:
         import matplotlib
 
@@ -238,21 +272,8 @@ def plot(report: dict[str, Any], out: Path) -> Path | None:
     panels = [("all", None), *((s, s) for s in SUITES)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), sharey=True)
     for ax, (title, suite) in zip(axes, panels, strict=True):
-        for arm, rows in report["pooled"].items():
-            pick = [(r["episode"], r if suite is None else r["by_suite"].get(suite)) for r in rows]
-            pick = [(k, r) for k, r in pick if r and r["after"]["n"]]
-            if not pick:
-                continue
-            xs = [0] + [k + 1 for k, _ in pick]
-            ys = [pick[0][1]["before"]["success"]] + [r["after"]["success"] for _, r in pick]
-            ax.plot(xs, ys, "o-", label=f"{arm} pooled")
-        for seed, entry in report["seeds"].items():
-            if suite is not None or not entry["base"]:
-                continue
-            for arm, rows in entry["arms"].items():
-                if rows:
-                    ax.plot([0] + [r["episode"] + 1 for r in rows], [entry["base"]["success"]] +
-                            [r["success"] for r in rows], ":", alpha=0.6, label=f"{arm} seed {seed}")
+        for label, style, xs, ys in curves(report, suite):
+            ax.plot(xs, ys, style, alpha=1.0 if style == "o-" else 0.6, label=label)
         ax.set_title(title)
         last = max((r["episode"] for rows in report["pooled"].values() for r in rows), default=0)
         ax.set_xticks(range(last + 2), ["base", *(f"ep{k}" for k in range(last + 1))])

@@ -451,6 +451,31 @@ def test_the_report_pools_the_pairs_of_both_seeds(tmp_path: Path) -> None:
     assert s0["endings"] == {"format_errors": 3, "submitted": 3}
 
 
+def test_a_pooled_curve_stops_where_a_seed_has_not_arrived_and_each_seed_keeps_its_own(tmp_path: Path) -> None:
+    """Seed 0 has episodes 0 and 1, seed 1 only episode 0, and seed 1's base is lower. evolve.png's pooled line
+    must not draw seed 0's episode 1 against the two seeds' base (it would read as a gain over the pooled base
+    while seed 0 lost against its own); the table marks that row as seed 0's."""
+    from evolve_proof_report import build_report, curves, format_report
+
+    ids = [f"humaneval__{i}" for i in range(4)] + ["factory__alpha-1", "factory__alpha-2"]
+    seed0, seed1 = tmp_path / "seed0", tmp_path / "seed1"
+    _write_eval(seed0, Unit("eval"), {i: n < 4 for n, i in enumerate(ids)})      # 4/6
+    _write_eval(seed0, Unit("eval", 0, "sft"), {i: n < 3 for n, i in enumerate(ids)})
+    _write_eval(seed0, Unit("eval", 1, "sft"), {i: n < 3 for n, i in enumerate(ids)})  # 3/6, below its base
+    _write_eval(seed1, Unit("eval"), dict.fromkeys(ids, False))                   # 0/6
+    _write_eval(seed1, Unit("eval", 0, "sft"), {i: n == 4 for n, i in enumerate(ids)})
+    report = build_report(tmp_path)
+    lines = {label: (xs, ys) for label, _, xs, ys in curves(report, None)}
+    assert lines["sft pooled (seeds 0,1)"] == ([0, 1], [4 / 12, 4 / 12])
+    assert lines["sft seed 0"] == ([0, 1, 2], [4 / 6, 3 / 6, 3 / 6])
+    assert lines["sft seed 1"] == ([0, 1], [0.0, 1 / 6])
+    factory = {label: (xs, ys) for label, _, xs, ys in curves(report, "factory")}
+    assert factory["sft seed 1"] == ([0, 1], [0.0, 0.5]) and factory["sft seed 0"][1] == [0.0, 0.0, 0.0]
+    table = format_report(report).splitlines()
+    ep0, ep1 = (next(line for line in table if line.startswith("sft") and f" ep{k} " in line) for k in (0, 1))
+    assert "7/12" not in ep0 and "4/12" in ep0 and " s0" not in ep0 and "3/6 50.0% s0" in ep1
+
+
 def test_an_ablation_arm_run_at_the_last_episode_only_is_reported_against_sft_there(tmp_path: Path) -> None:
     """`--at-episode 1`: the arm has no episode-0 evaluation. Its one row must still be reported (not dropped at
     the missing episode 0), compared with SFT at the same episode and the base, with no 'previous' to compare."""
