@@ -240,8 +240,8 @@ def curves(report: dict[str, Any], suite: str | None) -> list[tuple[str, str, li
     like gains). Each seed's own line, dotted, shows every episode it has."""
     lines = []
     for arm, rows in report["pooled"].items():
-        pick = [r for r in rows if r["seeds"] == rows[0]["seeds"]] if rows else []
-        pick = [(r["episode"], r if suite is None else r["by_suite"].get(suite)) for r in pick]
+        same_seeds = rows[:next((i for i, r in enumerate(rows) if r["seeds"] != rows[0]["seeds"]), len(rows))]
+        pick = [(r["episode"], r if suite is None else r["by_suite"].get(suite)) for r in same_seeds]
         pick = [(k, r) for k, r in pick if r and r["after"]["n"]]
         if pick:
             seeds = ",".join(str(x) for x in rows[0]["seeds"])
