@@ -71,11 +71,13 @@ def fake_policy(tasks: list[Task], rates: tuple[float, ...] = FAKE_RATES, always
 class FakeTrainer:
     """FAKE `train_sft_then_dpo`: same signature and return shape; the adapter's weights file is a hash of the
     rows, config and starting adapter, so a re-derivation from the same inputs gives the same adapter hash. Its
-    first `pauses` calls stop at the deadline (TrainingPaused) after writing a state file into `resume_dir`."""
+    first `pauses` calls stop at the deadline (TrainingPaused) after writing a state file into `resume_dir`.
+    `machine` joins the hash: a machine whose arithmetic rounds otherwise, giving other weights from the same rows."""
 
-    def __init__(self, pauses: int = 0) -> None:
+    def __init__(self, pauses: int = 0, machine: str = "") -> None:
         self.calls: list[dict[str, Any]] = []
         self.pauses = pauses
+        self.machine = machine
 
     def __call__(self, base_model_dir: str | Path, rows: Mapping[str, list[dict[str, Any]]],
                  staging: Callable[[str], Path], config: Mapping[str, Any],
@@ -92,6 +94,7 @@ class FakeTrainer:
         out.mkdir(parents=True)
         init = (Path(init_adapter) / "adapter_model.safetensors").read_text() if init_adapter else ""
         payload = json.dumps({"rows": rows, "config": dict(config), "init": init}, sort_keys=True, default=str)
+        payload += self.machine
         (out / "adapter_model.safetensors").write_text(hashlib.sha256(payload.encode()).hexdigest())
         (out / "adapter_config.json").write_text(json.dumps({"fake": True, "r": config.get("rank")}))
         (out / "train_metrics.json").write_text(json.dumps({"base_model": FAKE_BASE}))

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from evolve_proof_core import ROW_KINDS, Unit, held_out_ids, read_records, train_ids, unit_dir, unit_done
+from evolve_proof_core import ROW_KINDS, SEARCH_ARM, Unit, held_out_ids, read_records, train_ids, unit_dir, unit_done
 
 from agent_selfevolve.evolve import mcnemar
 from agent_selfevolve.fileio import save_figure_atomic, write_json_atomic
@@ -60,6 +60,44 @@ def rows_by_suite(seed_dir: Path) -> dict[str, dict[str, int]]:
                 out.setdefault(kind, {}).setdefault(suite, 0)
                 out[kind][suite] += 1
     return {kind: dict(sorted(counts.items())) for kind, counts in out.items()}
+
+
+def _acting_train(seed_dir: Path, arm: str, k: int) -> dict[str, Any] | None:
+    """train.json of the adapter that acts for `arm` at episode k: a skipped training leaves the one before."""
+    while k >= 0:
+        path = unit_dir(seed_dir, Unit("train", k, arm)) / "train.json"
+        if not path.exists():
+            return None
+        info = json.loads(path.read_text())
+        if not info.get("skipped"):
+            return {**info, "_dir": path.parent}
+        k -= 1
+    return None
+
+
+def adapter_provenance(seed_dir: Path) -> list[dict[str, Any]]:
+    """Units whose tasks did not all run on the adapter first trained: a fresh machine re-derives a lost adapter
+    from the committed rows, and a CPU trainer need not give the same weights twice (`rederived.jsonl` says).
+    A task record names its adapter (`adapter`); older records are placed by their session."""
+    out = []
+    consumers = [(Unit("search", k), SEARCH_ARM, k - 1) for k in episodes_of(seed_dir) if k > 0]
+    consumers += [(Unit("eval", k, arm), arm, k) for arm in arms_of(seed_dir) for k in episodes_of(seed_dir)]
+    for unit, arm, k in consumers:
+        folder = unit_dir(seed_dir, unit)
+        records = read_records(folder / ("tasks.jsonl" if unit.kind == "search" else "outcomes.jsonl"))
+        train = _acting_train(seed_dir, arm, k) if records else None
+        if train is None or not train.get("adapter_hash"):
+            continue
+        by_session = {r["session"]: r["adapter_hash"] for r in read_records(train["_dir"] / "rederived.jsonl")}
+        counts = Counter(r.get("adapter") or by_session.get(r.get("session", ""), train["adapter_hash"])
+                         for r in records)
+        others = {h: n for h, n in counts.items() if h != train["adapter_hash"]}
+        if others:
+            label = f"ep{unit.episode} search" if unit.kind == "search" else f"{unit.arm} ep{unit.episode} eval"
+            out.append({"unit": label, "adapter_of": f"{arm} ep{train['spec']['episode']}",
+                        "first": train["adapter_hash"], "tasks": len(records),
+                        "on_first": counts.get(train["adapter_hash"], 0), "on_other": others})
+    return out
 
 
 def arms_of(seed_dir: Path) -> list[str]:
@@ -134,6 +172,7 @@ def build_report(root: Path) -> dict[str, Any]:
         entry["data"] = {kind: sum((s.get("rows") or {}).get(kind, 0) for s in entry["searches"])
                          for kind in ROW_KINDS}
         entry["data_by_suite"] = rows_by_suite(folder)
+        entry["adapter_provenance"] = adapter_provenance(folder)
         seeds[seed] = entry
     pooled: dict[str, list[dict[str, Any]]] = {}
     afters: dict[tuple[str, int], dict[str, bool]] = {}
@@ -229,6 +268,12 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"seed {s} rows by suite: " + "; ".join(
                     f"{kind} " + ", ".join(f"{suite} {n}" for suite, n in counts.items())
                     for kind, counts in by_suite.items()))
+    for s in seeds:
+        for p in report["seeds"][s].get("adapter_provenance") or []:
+            other = ", ".join(f"{n} on {h[:12]}" for h, n in p["on_other"].items())
+            lines.append(f"seed {s} {p['unit']}: {p['on_first']} of {p['tasks']} tasks on {p['adapter_of']}'s adapter "
+                         f"as first trained ({p['first'][:12]}), {other} (re-derived on another machine: other "
+                         "weights from the same rows)")
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ not. A training runs until the deadline and pauses there (its state under `<work
 well, so a kill loses at most that), and the next run goes on from it: an episode's LoRA on a 2-core CPU takes
 longer than a session. An adapter the run needs but does not have (a fresh machine: adapters are never committed)
 is trained again from the committed rows and config, after checking their hash against the one recorded when it
-was first trained.
+was first trained. A CPU trainer need not give the same weights on another machine, so each task record names the
+adapter that acted (`adapter`), and the report says when a unit's tasks ran on more than one.
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ class Proof:
                 traj = run_attempt(task, model, spec, limits=self.limits, store=self.store, agent=self.config.profile)
                 record = {"task_id": task.instance_id, "suite": suite_of(task.instance_id), "resolved": traj.resolved,
                           "status": traj.status, "tokens": traj.total_usage.total_tokens,
-                          "seconds": round(self.clock() - start, 2), "session": self.session}
+                          "seconds": round(self.clock() - start, 2), "session": self.session,
+                          "adapter": version.adapter_hash if version is not None else None}
                 append_record(folder / "outcomes.jsonl", record)
                 records.append(record)
                 self.event(event="task", unit=unit.name, done=len(records), total=len(held_out_ids(self.split)),
@@ -215,7 +217,8 @@ class Proof:
         todo = [self.tasks[i] for i in train_ids(self.split) if i not in done]
         never = held_out_ids(self.split)
         if todo:
-            model = self.backend.policy(self.adapter(SEARCH_ARM, k - 1) if k > 0 else None)
+            version = self.adapter(SEARCH_ARM, k - 1) if k > 0 else None
+            model = self.backend.policy(version)
             for task in todo:
                 self.fits(self.per_task_seconds("search", records), f"{unit.name} task {task.instance_id}")
                 start = self.clock()
@@ -238,7 +241,8 @@ class Proof:
                           "resolved": result.resolved, "pass_at_n": result.pass_at_n,
                           "attempts": [t.resolved for t in trajs],
                           "tokens": Usage.from_dict(result.usage).total_tokens,
-                          "seconds": round(self.clock() - start, 2), "session": self.session, "rows": rows}
+                          "seconds": round(self.clock() - start, 2), "session": self.session,
+                          "adapter": version.adapter_hash if version is not None else None, "rows": rows}
                 append_record(folder / "tasks.jsonl", record)
                 records.append(record)
                 self.event(event="task", unit=unit.name, done=len(records), total=len(train_ids(self.split)),

@@ -44,6 +44,7 @@ from evolve_proof_core import (  # noqa: E402
     unit_dir,
 )
 from evolve_proof_fake import FakeTrainer, fake_policy  # noqa: E402
+from evolve_proof_report import adapter_provenance, build_report, format_report  # noqa: E402
 from evolve_proof_units import Backend, Proof  # noqa: E402
 
 SMALL = {"episodes": 2, "humaneval_held_out": 3, "humaneval_train": 2, "factory_held_out": 0, "factory_train": 0,
@@ -197,6 +198,36 @@ def test_a_kill_mid_unit_reruns_only_the_unfinished_task_and_rederives_the_adapt
     assert rederived[0]["same_weights"] and rederived[0]["adapter_hash"] == recorded["adapter_hash"]
     assert len(read_records(folder / "outcomes.jsonl")) == 3 and (folder / "summary.json").exists()
     assert {k: v for k, v in snapshot(root).items() if not k.startswith("seed0/ep1/sft/")} == others
+
+
+def test_tasks_run_on_a_rederived_adapter_with_other_weights_are_named_in_the_report(full_run: Path,
+                                                                                      tmp_path: Path) -> None:
+    """A fresh machine whose trainer gives other weights from the same rows (FAKE `machine`): the task it reruns
+    names that adapter, and the report says how many tasks ran on which; a record without the field (written by
+    an older bench) is placed by its session."""
+    root = copy_results(full_run, tmp_path)
+    folder = root / "seed0" / "ep1" / "sft"
+    assert adapter_provenance(root / "seed0") == []
+    first = json.loads((folder / "train.json").read_text())["adapter_hash"]
+    assert {r["adapter"] for r in read_records(folder / "outcomes.jsonl")} == {first}
+    (folder / "summary.json").unlink()
+    lines = (folder / "outcomes.jsonl").read_text().splitlines(keepends=True)
+    (folder / "outcomes.jsonl").write_text("".join(lines[:-1]))
+    proof = make_proof(root, tmp_path / "fresh-work", FakeTrainer(machine="other"))
+    proof.run_unit(Unit("eval", 1, "sft"))
+    rederived = read_records(folder / "rederived.jsonl")[0]
+    assert not rederived["same_weights"]
+    rerun = read_records(folder / "outcomes.jsonl")[-1]
+    assert rerun["adapter"] == rederived["adapter_hash"] != first
+    expected = [{"unit": "sft ep1 eval", "adapter_of": "sft ep1", "first": first, "tasks": 3, "on_first": 2,
+                 "on_other": {rederived["adapter_hash"]: 1}}]
+    assert adapter_provenance(root / "seed0") == expected
+    legacy = [{k: v for k, v in r.items() if k != "adapter"} for r in read_records(folder / "outcomes.jsonl")]
+    (folder / "outcomes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    assert adapter_provenance(root / "seed0") == expected
+    report = format_report(build_report(root))
+    assert f"seed 0 sft ep1 eval: 2 of 3 tasks on sft ep1's adapter as first trained ({first[:12]}), 1 on " \
+           f"{rederived['adapter_hash'][:12]}" in report
 
 
 def test_a_training_that_outlasts_the_session_pauses_and_the_next_run_goes_on_from_its_state(
@@ -455,7 +486,7 @@ def test_a_pooled_curve_stops_where_a_seed_has_not_arrived_and_each_seed_keeps_i
     """Seed 0 has episodes 0 and 1, seed 1 only episode 0, and seed 1's base is lower. evolve.png's pooled line
     must not draw seed 0's episode 1 against the two seeds' base (it would read as a gain over the pooled base
     while seed 0 lost against its own); the table marks that row as seed 0's."""
-    from evolve_proof_report import build_report, curves, format_report
+    from evolve_proof_report import curves
 
     ids = [f"humaneval__{i}" for i in range(4)] + ["factory__alpha-1", "factory__alpha-2"]
     seed0, seed1 = tmp_path / "seed0", tmp_path / "seed1"
