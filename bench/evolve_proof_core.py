@@ -9,6 +9,7 @@ and one summary per finished unit. Adapters and SQLite stores live under the wor
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -346,6 +347,41 @@ def sha256_text(text: str) -> str:
 
 def file_sha256(path: Path) -> str:
     return sha256_text(path.read_text(encoding="utf-8"))
+
+
+def weights_hash(adapter_dir: Path) -> str:
+    """sha256 of an adapter's weights file alone: what 'the same adapter' means across machines and installs."""
+    h = hashlib.sha256()
+    with (adapter_dir / "adapter_model.safetensors").open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def same_weights(adapter_dir: Path, recorded_adapter_hash: str) -> bool:
+    """Whether `adapter_dir` holds the weights of the adapter whose registry hash was recorded (train.json written
+    before weights were hashed alone). That hash also covers adapter_config.json, whose `target_modules` peft
+    writes from a set, in an order that changes with each process's string hashing: the weights are the same when
+    some order of that list gives the recorded hash back (7 modules: 5,040 hashes of a small file)."""
+    weights = weights_hash(adapter_dir)
+
+    def registry_hash(config_text: str) -> str:  # the registry's adapter_hash: each file's name and sha256
+        h = hashlib.sha256()
+        for name, digest in (("adapter_config.json", sha256_text(config_text)), ("adapter_model.safetensors",
+                                                                                  weights)):
+            h.update(name.encode())
+            h.update(digest.encode())
+        return h.hexdigest()
+
+    raw = (adapter_dir / "adapter_config.json").read_text()
+    if registry_hash(raw) == recorded_adapter_hash:
+        return True
+    data = json.loads(raw)
+    modules = data.get("target_modules")
+    if not isinstance(modules, list) or len(modules) > 8 or json.dumps(data, indent=2, sort_keys=True) != raw:
+        return False  # not peft's layout, or too many orders: only the exact hash counts
+    return any(registry_hash(json.dumps({**data, "target_modules": list(order)}, indent=2, sort_keys=True))
+               == recorded_adapter_hash for order in itertools.permutations(modules))
 
 
 def check_rows(rows: Iterable[dict[str, Any]], split: dict[str, Any], where: str) -> None:

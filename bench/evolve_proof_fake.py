@@ -72,7 +72,8 @@ class FakeTrainer:
     """FAKE `train_sft_then_dpo`: same signature and return shape; the adapter's weights file is a hash of the
     rows, config and starting adapter, so a re-derivation from the same inputs gives the same adapter hash. Its
     first `pauses` calls stop at the deadline (TrainingPaused) after writing a state file into `resume_dir`.
-    `machine` joins the hash: a machine whose arithmetic rounds otherwise, giving other weights from the same rows."""
+    `machine` joins the hash: a machine whose arithmetic rounds otherwise, giving other weights from the same rows.
+    adapter_config.json lists target_modules, as peft's does."""
 
     def __init__(self, pauses: int = 0, machine: str = "") -> None:
         self.calls: list[dict[str, Any]] = []
@@ -96,7 +97,8 @@ class FakeTrainer:
         payload = json.dumps({"rows": rows, "config": dict(config), "init": init}, sort_keys=True, default=str)
         payload += self.machine
         (out / "adapter_model.safetensors").write_text(hashlib.sha256(payload.encode()).hexdigest())
-        (out / "adapter_config.json").write_text(json.dumps({"fake": True, "r": config.get("rank")}))
+        (out / "adapter_config.json").write_text(json.dumps({"fake": True, "r": config.get("rank"), "target_modules":
+                                                             ["q_proj", "k_proj", "v_proj", "o_proj"]}))
         (out / "train_metrics.json").write_text(json.dumps({"base_model": FAKE_BASE}))
         sft = [*rows.get("sft", []), *rows.get("recovery", [])]
         self.calls.append({"rows": {k: list(v) for k, v in rows.items()}, "config": dict(config),

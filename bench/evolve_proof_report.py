@@ -76,9 +76,9 @@ def _acting_train(seed_dir: Path, arm: str, k: int) -> dict[str, Any] | None:
 
 
 def adapter_provenance(seed_dir: Path) -> list[dict[str, Any]]:
-    """Units whose tasks did not all run on the adapter first trained: a fresh machine re-derives a lost adapter
-    from the committed rows, and a CPU trainer need not give the same weights twice (`rederived.jsonl` says).
-    A task record names its adapter (`adapter`); older records are placed by their session."""
+    """Units whose tasks did not all run on the weights first trained: a fresh machine re-derives a lost adapter
+    from the committed rows, and `rederived.jsonl` says whether it got the same weights. A task record names its
+    adapter (`adapter`); older records are placed by their session."""
     out = []
     consumers = [(Unit("search", k), SEARCH_ARM, k - 1) for k in episodes_of(seed_dir) if k > 0]
     consumers += [(Unit("eval", k, arm), arm, k) for arm in arms_of(seed_dir) for k in episodes_of(seed_dir)]
@@ -88,15 +88,17 @@ def adapter_provenance(seed_dir: Path) -> list[dict[str, Any]]:
         train = _acting_train(seed_dir, arm, k) if records else None
         if train is None or not train.get("adapter_hash"):
             continue
-        by_session = {r["session"]: r["adapter_hash"] for r in read_records(train["_dir"] / "rederived.jsonl")}
+        rederived = read_records(train["_dir"] / "rederived.jsonl")
+        by_session = {r["session"]: r["adapter_hash"] for r in rederived}
+        same = {train["adapter_hash"]} | {r["adapter_hash"] for r in rederived if r.get("same_weights")}
         counts = Counter(r.get("adapter") or by_session.get(r.get("session", ""), train["adapter_hash"])
                          for r in records)
-        others = {h: n for h, n in counts.items() if h != train["adapter_hash"]}
+        others = {h: n for h, n in counts.items() if h not in same}
         if others:
             label = f"ep{unit.episode} search" if unit.kind == "search" else f"{unit.arm} ep{unit.episode} eval"
             out.append({"unit": label, "adapter_of": f"{arm} ep{train['spec']['episode']}",
                         "first": train["adapter_hash"], "tasks": len(records),
-                        "on_first": counts.get(train["adapter_hash"], 0), "on_other": others})
+                        "on_first": sum(n for h, n in counts.items() if h in same), "on_other": others})
     return out
 
 

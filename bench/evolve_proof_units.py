@@ -39,10 +39,12 @@ from evolve_proof_core import (
     held_out_ids,
     mixed_tasks,
     read_records,
+    same_weights,
     sha256_text,
     train_ids,
     unit_dir,
     unit_done,
+    weights_hash,
 )
 
 from agent_selfevolve.agent import Limits
@@ -328,7 +330,7 @@ class Proof:
             start = self.clock()
             version = self._train(arm, k, rows, digest)
             info.update(seconds=round(self.clock() - start, 1), adapter_hash=version.adapter_hash,
-                        metrics=version.metrics)
+                        weights_hash=weights_hash(version.path), metrics=version.metrics)
         write_json_atomic(unit_dir(self.seed_dir, unit) / "train.json",
                           {**info, "command": self.command, "session": self.session, "backend": self.backend.label})
 
@@ -380,11 +382,13 @@ class Proof:
                       f"re-deriving {arm} episode {k}")
             start = self.clock()
             found = self._train(arm, k, rows, digest)
+            weights = weights_hash(found.path)
+            same = weights == info["weights_hash"] if info.get("weights_hash") else \
+                same_weights(found.path, info["adapter_hash"])
             append_record(path.with_name("rederived.jsonl"), {
                 "session": self.session, "seconds": round(self.clock() - start, 1),
-                "adapter_hash": found.adapter_hash, "same_weights": found.adapter_hash == info.get("adapter_hash")})
-            self.event(event="rederived", arm=arm, episode=k, same_weights=found.adapter_hash == info.get(
-                "adapter_hash"))
+                "adapter_hash": found.adapter_hash, "weights_hash": weights, "same_weights": same})
+            self.event(event="rederived", arm=arm, episode=k, same_weights=same)
         self._adapters[(arm, k)] = found
         return found
 

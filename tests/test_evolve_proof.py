@@ -23,6 +23,7 @@ from agent_selfevolve.models.fake import ScriptedFakeModel, tool_call
 from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.train import AdapterRegistry
+from agent_selfevolve.train.registry import adapter_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import evolve_proof as ep  # noqa: E402
@@ -40,6 +41,7 @@ from evolve_proof_core import (  # noqa: E402
     plan,
     read_records,
     resolve_config,
+    same_weights,
     train_ids,
     unit_dir,
 )
@@ -228,6 +230,33 @@ def test_tasks_run_on_a_rederived_adapter_with_other_weights_are_named_in_the_re
     report = format_report(build_report(root))
     assert f"seed 0 sft ep1 eval: 2 of 3 tasks on sft ep1's adapter as first trained ({first[:12]}), 1 on " \
            f"{rederived['adapter_hash'][:12]}" in report
+
+
+def test_a_rederived_adapter_with_the_same_weights_is_the_same_whatever_its_module_order(full_run: Path,
+                                                                                         tmp_path: Path) -> None:
+    """A train.json written before weights were hashed alone records only the registry's hash, which covered the
+    config as peft wrote it: target_modules from a set, in an order that changed with each process (seed 1's
+    episode-0 adapter, re-derived on a fresh machine, was recorded as different for this). Same weights in another
+    order count as the same; other weights are still told apart."""
+    first = full_run / "seed0" / "ep1" / "sft" / "train.json"
+    info = json.loads(first.read_text())
+    adapter = make_proof(copy_results(full_run, tmp_path / "a"), tmp_path / "a" / "work", FakeTrainer()) \
+        .adapter("sft", 1)
+    old_process = tmp_path / "old-process"  # the adapter as a registry before sorting saw it
+    shutil.copytree(adapter.path, old_process)
+    config = json.loads((old_process / "adapter_config.json").read_text())
+    (old_process / "adapter_config.json").write_text(json.dumps(
+        {**config, "target_modules": sorted(config["target_modules"], reverse=True)}, indent=2, sort_keys=True))
+    legacy = {**{k: v for k, v in info.items() if k != "weights_hash"}, "adapter_hash": adapter_hash(old_process)}
+    assert legacy["adapter_hash"] != adapter.adapter_hash
+    for name, trainer, same in (("same", FakeTrainer(), True), ("other", FakeTrainer(machine="other"), False)):
+        root = copy_results(full_run, tmp_path / name)
+        train = root / "seed0" / "ep1" / "sft" / "train.json"
+        train.write_text(json.dumps(legacy))
+        found = make_proof(root, tmp_path / name / "fresh-work", trainer).adapter("sft", 1)
+        record = read_records(train.with_name("rederived.jsonl"))[0]
+        assert record["same_weights"] is same and (record["weights_hash"] == info["weights_hash"]) is same
+        assert same_weights(found.path, legacy["adapter_hash"]) is same
 
 
 def test_a_training_that_outlasts_the_session_pauses_and_the_next_run_goes_on_from_its_state(

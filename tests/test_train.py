@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -371,6 +372,24 @@ def test_registry_refuses_a_different_base(tiny: Path, tmp_path: Path) -> None:
         reg.export_merged("policy@1", other, tmp_path / "m")
     assert [v.ref for v in reg.versions("policy")] == ["policy@1"] and reg.names() == ["policy"]
     assert reg.check() == [] and not (tmp_path / "m").exists()
+
+
+def test_the_same_adapter_gets_the_same_hash_whatever_order_peft_wrote_its_module_set_in(tiny: Path,
+                                                                                        tmp_path: Path) -> None:
+    """peft writes target_modules from a Python set, in an order that changes with each process's string hashing:
+    a re-derived adapter with the same weights once got a new hash. The registry stores the list sorted."""
+    reg = AdapterRegistry(tmp_path / "reg")
+    res = train_lora(tiny, MEMO[:1], reg.staging_path(), TrainConfig(**FAST), spawn_process=False)
+    config = json.loads((Path(res.adapter_dir) / "adapter_config.json").read_text())
+    assert len(config["target_modules"]) > 1
+    other = tmp_path / "other-process"
+    shutil.copytree(res.adapter_dir, other)
+    turned = {**config, "target_modules": sorted(config["target_modules"], reverse=True)}
+    (other / "adapter_config.json").write_text(json.dumps(turned, indent=2, sort_keys=True))
+    first, second = reg.register("policy", res.adapter_dir), reg.register("policy", other)
+    assert first.adapter_hash == second.adapter_hash and reg.check() == []
+    stored = json.loads((second.path / "adapter_config.json").read_text())
+    assert stored["target_modules"] == sorted(config["target_modules"])
 
 
 def test_failed_registration_leaves_the_index_consistent(tiny: Path, tmp_path: Path) -> None:

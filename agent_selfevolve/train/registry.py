@@ -86,6 +86,21 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return name, int(ver) if ver and ver != "latest" else None
 
 
+SET_VALUED = ("target_modules", "exclude_modules")
+"""adapter_config.json fields peft keeps as Python sets: it writes them in an order that varies with the
+process's string hashing (PYTHONHASHSEED), so the same training gave another adapter hash in every process."""
+
+
+def canonicalize_config(adapter_dir: Path) -> None:
+    """Sort the set-valued lists of adapter_config.json in place (peft reads them back as sets either way)."""
+    path = adapter_dir / ADAPTER_FILES[0]
+    data = json.loads(path.read_text())
+    for key in SET_VALUED:
+        if isinstance(data.get(key), list) and all(isinstance(x, str) for x in data[key]):
+            data[key] = sorted(data[key])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 def adapter_hash(adapter_dir: Path) -> str:
     h = hashlib.sha256()
     for name in ADAPTER_FILES:
@@ -192,6 +207,7 @@ class AdapterRegistry:
         stage = self.root / ".staging" / f"reg-{uuid.uuid4().hex[:8]}"
         try:
             shutil.copytree(src, stage)
+            canonicalize_config(stage)
             digest = adapter_hash(stage)
             self._conn.execute("BEGIN IMMEDIATE")
             try:
