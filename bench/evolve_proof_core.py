@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
+from agent_selfevolve.infra import file_sha256 as infra_file_sha256
 from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.train.dataset import ROW_KINDS as ROW_KINDS  # the dataset's own, for the proof's modules
@@ -351,11 +352,18 @@ def file_sha256(path: Path) -> str:
 
 def weights_hash(adapter_dir: Path) -> str:
     """sha256 of an adapter's weights file alone: what 'the same adapter' means across machines and installs."""
-    h = hashlib.sha256()
-    with (adapter_dir / "adapter_model.safetensors").open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return infra_file_sha256(adapter_dir / "adapter_model.safetensors")
+
+
+def acting_training(seed_dir: Path, arm: str, k: int) -> tuple[int, dict[str, Any]] | None:
+    """(episode, train.json) of the adapter that acts for `arm` at episode k: a skipped training (no rows) leaves
+    the one before; None when none was trained (the base acts)."""
+    while k >= 0:
+        info = json.loads((unit_dir(seed_dir, Unit("train", k, arm)) / "train.json").read_text())
+        if not info.get("skipped"):
+            return k, info
+        k -= 1
+    return None
 
 
 def same_weights(adapter_dir: Path, recorded_adapter_hash: str) -> bool:
@@ -365,7 +373,8 @@ def same_weights(adapter_dir: Path, recorded_adapter_hash: str) -> bool:
     some order of that list gives the recorded hash back (7 modules: 5,040 hashes of a small file)."""
     weights = weights_hash(adapter_dir)
 
-    def registry_hash(config_text: str) -> str:  # the registry's adapter_hash: each file's name and sha256
+    def registry_hash(config_text: str) -> str:  # registry.adapter_hash's formula, on a config given as text
+        # (the proof's pinned agent has no such function to call; the module-order test checks the two agree)
         h = hashlib.sha256()
         for name, digest in (("adapter_config.json", sha256_text(config_text)), ("adapter_model.safetensors",
                                                                                   weights)):

@@ -11,7 +11,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from evolve_proof_core import ROW_KINDS, SEARCH_ARM, Unit, held_out_ids, read_records, train_ids, unit_dir, unit_done
+from evolve_proof_core import (
+    ROW_KINDS,
+    SEARCH_ARM,
+    Unit,
+    acting_training,
+    held_out_ids,
+    read_records,
+    train_ids,
+    unit_dir,
+    unit_done,
+)
 
 from agent_selfevolve.evolve import mcnemar
 from agent_selfevolve.fileio import save_figure_atomic, write_json_atomic
@@ -62,19 +72,6 @@ def rows_by_suite(seed_dir: Path) -> dict[str, dict[str, int]]:
     return {kind: dict(sorted(counts.items())) for kind, counts in out.items()}
 
 
-def _acting_train(seed_dir: Path, arm: str, k: int) -> dict[str, Any] | None:
-    """train.json of the adapter that acts for `arm` at episode k: a skipped training leaves the one before."""
-    while k >= 0:
-        path = unit_dir(seed_dir, Unit("train", k, arm)) / "train.json"
-        if not path.exists():
-            return None
-        info = json.loads(path.read_text())
-        if not info.get("skipped"):
-            return {**info, "_dir": path.parent}
-        k -= 1
-    return None
-
-
 def adapter_provenance(seed_dir: Path) -> list[dict[str, Any]]:
     """Units whose tasks did not all run on the weights first trained: a fresh machine re-derives a lost adapter
     from the committed rows, and `rederived.jsonl` says whether it got the same weights. A task record names its
@@ -85,10 +82,14 @@ def adapter_provenance(seed_dir: Path) -> list[dict[str, Any]]:
     for unit, arm, k in consumers:
         folder = unit_dir(seed_dir, unit)
         records = read_records(folder / ("tasks.jsonl" if unit.kind == "search" else "outcomes.jsonl"))
-        train = _acting_train(seed_dir, arm, k) if records else None
-        if train is None or not train.get("adapter_hash"):
+        try:
+            acting = acting_training(seed_dir, arm, k) if records else None
+        except FileNotFoundError:  # results without their training records: nothing to place the tasks on
             continue
-        rederived = read_records(train["_dir"] / "rederived.jsonl")
+        if acting is None:
+            continue
+        episode, train = acting
+        rederived = read_records(unit_dir(seed_dir, Unit("train", episode, arm)) / "rederived.jsonl")
         by_session = {r["session"]: r["adapter_hash"] for r in rederived}
         same = {train["adapter_hash"]} | {r["adapter_hash"] for r in rederived if r.get("same_weights")}
         counts = Counter(r.get("adapter") or by_session.get(r.get("session", ""), train["adapter_hash"])
@@ -96,7 +97,7 @@ def adapter_provenance(seed_dir: Path) -> list[dict[str, Any]]:
         others = {h: n for h, n in counts.items() if h not in same}
         if others:
             label = f"ep{unit.episode} search" if unit.kind == "search" else f"{unit.arm} ep{unit.episode} eval"
-            out.append({"unit": label, "adapter_of": f"{arm} ep{train['spec']['episode']}",
+            out.append({"unit": label, "adapter_of": f"{arm} ep{episode}",
                         "first": train["adapter_hash"], "tasks": len(records),
                         "on_first": sum(n for h, n in counts.items() if h in same), "on_other": others})
     return out

@@ -32,6 +32,7 @@ from evolve_proof_core import (
     ProofConfig,
     ProofError,
     Unit,
+    acting_training,
     append_record,
     arm_kinds,
     check_rows,
@@ -395,9 +396,7 @@ class Proof:
     def policy_info(self, arm: str | None, k: int | None) -> dict[str, Any]:
         """Which adapter acted: arm, the episode whose training it is (a skipped training leaves the one before)
         and its train hash; machine-independent, unlike a registry ref."""
-        while k is not None and k >= 0:
-            info = json.loads((unit_dir(self.seed_dir, Unit("train", k, arm)) / "train.json").read_text())
-            if not info.get("skipped"):
-                return {"arm": arm, "episode": k, "train_hash": info["train_hash"]}
-            k -= 1
-        return {"arm": None, "episode": None, "train_hash": None, "base": True}
+        acting = acting_training(self.seed_dir, arm, k) if arm is not None and k is not None else None
+        if acting is None:
+            return {"arm": None, "episode": None, "train_hash": None, "base": True}
+        return {"arm": arm, "episode": acting[0], "train_hash": acting[1]["train_hash"]}

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from strategy_runs import check_strategies, compare, compare_log, fill_attempt_tokens, model_key  # noqa: E402
 from web_proof_stats import Deadline, compare_table, print_compare, read_rows  # noqa: E402
 
+from agent_selfevolve.evolve import mcnemar  # noqa: E402
 from agent_selfevolve.fileio import write_json_atomic  # noqa: E402
 from agent_selfevolve.models import make_model  # noqa: E402
 from agent_selfevolve.sources.factory_repo import project_of  # noqa: E402
@@ -96,6 +97,24 @@ def held_out_ids(split_file: Path) -> tuple[int, set[str]]:
         return int(split["seed"]), ids
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--held-out-of {split_file}: not an evolve-proof split.json ({e})") from e
+
+
+def budget_pairs(rows_by_budget: dict[int, list[dict[str, Any]]], strategies: list[str]) -> dict[str, Any]:
+    """Each strategy at each larger budget against itself at the smallest, on the tasks both logged (exact
+    McNemar): what doubling the budget bought, apart from how the strategies rank at either."""
+    low, *higher = sorted(rows_by_budget)
+
+    def outcomes(budget: int, strategy: str) -> dict[str, bool]:
+        return {r["task_id"]: r["resolved"] for r in rows_by_budget[budget] if r["strategy"] == strategy}
+
+    pairs = {}
+    for budget in higher:
+        for strategy in strategies:
+            before, after = outcomes(low, strategy), outcomes(budget, strategy)
+            shared = before.keys() & after.keys()
+            pairs[f"{strategy} {low}->{budget}"] = {"tasks": len(shared), **mcnemar(
+                {t: before[t] for t in shared}, {t: after[t] for t in shared})}
+    return pairs
 
 
 def budgets_in(out: Path, select_with: str) -> list[int]:
@@ -181,6 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     deadline = Deadline(args.until_minutes)
     model = None
     tables = []
+    rows_by_budget = {}
     for budget in budgets:
         logged = {(r["strategy"], r["task_id"]) for r in read_rows(compare_log(out, budget, args.select_with))}
         if not args.report_only and any((s, t.instance_id) not in logged for t in tasks for s in strategies):
@@ -197,6 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         fill_attempt_tokens(out, budget, args.select_with, RUN_PREFIX)  # rows logged before they carried it
         ids = {t.instance_id for t in tasks}
         rows = [r for r in read_rows(compare_log(out, budget, args.select_with)) if r["task_id"] in ids]
+        rows_by_budget[budget] = rows
         table = compare_table(rows, strategies)
         write_json_atomic(out / f"compare-b{budget}-{args.select_with}.json", {
             "model": args.model, "lora": str(args.lora) if args.lora else None, "suite": args.suite,
@@ -207,6 +228,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"\n{args.suite} {args.tasks or 'all'}: {len(tasks)} tasks, model {args.model}")
         print_compare(table, budget, args.select_with)
         tables.append(table)
+    if len(budgets) > 1:
+        by_budget = budget_pairs(rows_by_budget, strategies)
+        write_json_atomic(out / f"compare-budgets-{args.select_with}.json", by_budget)
+        print("\neach strategy against itself at the smallest budget, same tasks:")
+        for pair, m in by_budget.items():
+            print(f"{pair:34s} {m['tasks']:>3d} tasks: +{m['gained']} -{m['lost']}, McNemar p {m['p_value']:.3g}")
     return tables
 
 

@@ -28,7 +28,8 @@ IDS = ["factory__toolz-a1", "factory__toolz-a2", "factory__funcy-b1"]
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[str, str, int, str]]]:
     """search_compare with three FAKE tasks, a FAKE model, and strategies that record each call: hgm resolves
-    every task, best_of_n only toolz-a1, the others none; every search has some attempt that resolved (pass@N)."""
+    every task, best_of_n toolz-a1 (and at 2,000 tokens or more toolz-a2 too), the others none; every search has
+    some attempt that resolved (pass@N)."""
     import agent_selfevolve.search as search
 
     sc = _load()
@@ -37,7 +38,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[str, s
     def strategy(name: str) -> Any:
         def run(ctx: Any, run_id: str, **opts: Any) -> Any:
             ran.append((name, ctx.task.instance_id, ctx.budget.max_tokens, ctx.select_with))
-            won = name == "hgm" or (name == "best_of_n" and ctx.task.instance_id == IDS[0])
+            won = name == "hgm" or (name == "best_of_n" and (ctx.task.instance_id == IDS[0] or (
+                ctx.task.instance_id == IDS[1] and ctx.budget.max_tokens >= 2000)))
             return SimpleNamespace(resolved=won, pass_at_n=True, best_reward=1.0, attempts=2, stop_reason="budget",
                                    usage={"prompt_tokens": 100, "completion_tokens": 50},
                                    oracle=ctx.select_with == "tests")
@@ -69,6 +71,11 @@ def test_each_strategy_runs_once_per_task_and_budget_and_a_rerun_runs_nothing(
     assert saved["oracle"] is False and saved["strategies"]["mcts"]["pass_at_any"] == 3
     out = capsys.readouterr().out
     assert "held-out" in out and "oracle pass@N" in out and "ORACLE:" not in out
+    by_budget = json.loads((tmp_path / "compare-budgets-proxy.json").read_text())
+    assert by_budget["best_of_n 1000->2000"] == {"tasks": 3, "gained": 1, "lost": 0, "p_value": 1.0,
+                                                 "p_one_sided": 0.5}
+    assert (by_budget["hgm 1000->2000"]["gained"], by_budget["hgm 1000->2000"]["lost"]) == (0, 0)
+    assert "best_of_n 1000->2000" in out and "+1 -0" in out
     ran.clear()
     sc.main(argv)
     assert ran == []
@@ -93,7 +100,8 @@ def test_pool_pairs_runs_by_budget_rank(fake: tuple[ModuleType, list], tmp_path:
     assert [t["budgets"] for t in tables] == [{str(tmp_path / "a"): 1000, str(tmp_path / "b"): 8000},
                                                {str(tmp_path / "a"): 2000, str(tmp_path / "b"): 16000}]
     assert tables[0]["strategies"]["hgm"]["tasks"] == 6 and tables[1]["strategies"]["hgm"]["tasks"] == 3
-    assert json.loads((tmp_path / "pooled.json").read_text())["ranks"][0]["pairs"]["best_of_n - hgm"]["b_only"] == 4
+    assert json.loads((tmp_path / "pooled.json").read_text())["ranks"][0]["pairs"]["best_of_n - hgm"]["b_only"] == 3
+    # only hgm: a's toolz-a2 and funcy-b1 at 1,000 tokens, b's funcy-b1 at 8,000 (where best_of_n has toolz-a2)
 
 
 def test_lora_runs_the_evolved_policy_in_its_own_folder(fake: tuple[ModuleType, list], tmp_path: Path,
