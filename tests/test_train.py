@@ -318,6 +318,7 @@ def test_sft_loss_falls_and_adapter_roundtrips(tiny: Path, tmp_path: Path) -> No
     assert not torch.allclose(base, tuned, atol=1e-4)
     v1 = reg.register("policy", out)
     assert v1.ref == "policy@1" and v1.metrics["losses"] == res.losses and v1.data_hashes == [res.data_hash]
+    assert res.peak_memory_mb["rss"] > 0 and v1.metrics["peak_memory_mb"] == res.peak_memory_mb
     assert not (v1.path / "adapter_model.safetensors").stat().st_mode & stat.S_IWUSR
     assert torch.allclose(_logits(tiny, reg.export_peft("policy@1", tmp_path / "peft")), tuned)
     merged = reg.export_merged("policy@1", tiny, tmp_path / "merged", in_process=True)
@@ -531,6 +532,7 @@ def test_real_base_lora_and_gguf_export(tmp_path: Path) -> None:
     res = train_lora(base, rows, reg.staging_path(), TrainConfig(rank=8, alpha=16, epochs=1, grad_accum=1,
                                                                  max_length=512, progress=False))
     assert res.steps == 2 and all(x > 0 for x in res.losses) and res.dtype == "bfloat16"
+    assert res.peak_memory_mb["rss"] > 1000  # the training process held the 0.5B's weights (~1 GB in bf16)
     v = reg.register("policy", res.adapter_dir)
     out = reg.export_gguf(v.ref, base, tmp_path / "policy.gguf", cache_dir=REAL_CACHE / "llama-cpp-convert")
     from gguf import GGUFReader

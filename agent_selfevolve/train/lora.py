@@ -117,6 +117,10 @@ class TrainResult:
     config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     """DPO: per-step reward accuracy and margin."""
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
+    """The training process's peak resident memory (`rss`) and, on a GPU, peak allocated (`cuda`): what a machine
+    needs to run this recipe again. DPO on 4k-token pairs peaks near 12 GB on CPU; two such trainings at once were
+    killed by the OOM killer on a 24 GB machine. Empty in results written before it was recorded."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -376,7 +380,7 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
         rows=len(items), rows_dropped=len(rows) - len(items),
         device=str(device), dtype=str(dtype).replace("torch.", ""), data_hash=data_hash(rows),
         base_model=base_model_identity(base_dir), config=asdict(cfg),
-        extra={k: v for k, v in extra.items() if v})
+        extra={k: v for k, v in extra.items() if v}, peak_memory_mb=_peak_memory_mb(device))
     write_json_atomic(adapter / METRICS_FILE, asdict(result))
     if resume is not None:  # kept for a later stage's rerun; the unfinished state is no longer needed
         for old in resume.dir.glob("done-*"):
@@ -388,6 +392,17 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
         resume.state.unlink(missing_ok=True)
     os.rename(adapter, out_dir)
     return asdict(result)
+
+
+def _peak_memory_mb(device: Any) -> dict[str, float]:
+    import resource
+
+    import torch
+
+    peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    if device.type == "cuda":
+        peak["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
 
 
 # -- the parent: starts, waits, kills ---------------------------------------------------------------------------

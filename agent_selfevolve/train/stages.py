@@ -39,6 +39,7 @@ def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]]
     metrics: dict[str, Any] = {"sft_loss_first": sft.losses[0] if sft.losses else None,
                                "sft_loss_last": sft.losses[-1] if sft.losses else None,
                                "steps": sft.steps, "time_s": sft.time_s, "rows": sft.rows,
+                               "peak_rss_mb": sft.peak_memory_mb.get("rss"),
                                "recovery_rows": len(rows.get("recovery", [])),
                                "rationalized_rows": len(rows.get("rationalized", [])),
                                "init_adapter": str(init_adapter) if init_adapter else None}
@@ -49,6 +50,6 @@ def train_sft_then_dpo(base_model_dir: str | Path, rows: Mapping[str, list[Row]]
                          resume_dir=stage_dir("dpo"), stop_at=stop_at, spawn_process=spawn_process)
         metrics.update(dpo_loss_first=dpo.losses[0] if dpo.losses else None,
                        dpo_loss_last=dpo.losses[-1] if dpo.losses else None, dpo_steps=dpo.steps,
-                       dpo_rows=dpo.rows, dpo_time_s=dpo.time_s)
+                       dpo_rows=dpo.rows, dpo_time_s=dpo.time_s, dpo_peak_rss_mb=dpo.peak_memory_mb.get("rss"))
         out = dpo_out
     return out, metrics
