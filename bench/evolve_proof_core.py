@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_selfevolve.fileio import write_json_atomic
-from agent_selfevolve.infra import file_sha256 as infra_file_sha256
+from agent_selfevolve.infra import file_sha256
 from agent_selfevolve.sources.factory_repo import project_of
 from agent_selfevolve.tasks import Task
 from agent_selfevolve.train.dataset import ROW_KINDS as ROW_KINDS  # the dataset's own, for the proof's modules
@@ -346,13 +346,15 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
+def rows_sha256(path: Path) -> str:
+    """sha256 of a rows file's decoded text: the digest every search summary and train hash recorded, so it stays
+    (the bytes' digest, `infra.file_sha256`, differs for a file with CRLF line ends)."""
     return sha256_text(path.read_text(encoding="utf-8"))
 
 
 def weights_hash(adapter_dir: Path) -> str:
     """sha256 of an adapter's weights file alone: what 'the same adapter' means across machines and installs."""
-    return infra_file_sha256(adapter_dir / "adapter_model.safetensors")
+    return file_sha256(adapter_dir / "adapter_model.safetensors")
 
 
 def acting_training(seed_dir: Path, arm: str, k: int) -> tuple[int, dict[str, Any]] | None:

@@ -36,10 +36,10 @@ from evolve_proof_core import (
     append_record,
     arm_kinds,
     check_rows,
-    file_sha256,
     held_out_ids,
     mixed_tasks,
     read_records,
+    rows_sha256,
     same_weights,
     sha256_text,
     train_ids,
@@ -301,7 +301,7 @@ class Proof:
                 kept.append(sorted(keep))
             for kind in kinds:
                 path = folder / f"rows-{kind}.jsonl"
-                digest = file_sha256(path)
+                digest = rows_sha256(path)
                 if digest != summary["row_hashes"][kind]:
                     raise ProofError(f"{path} has sha256 {digest[:12]}, its search recorded "
                                      f"{summary['row_hashes'][kind][:12]}: the committed rows were changed")

@@ -119,8 +119,8 @@ class TrainResult:
     """DPO: per-step reward accuracy and margin."""
     peak_memory_mb: dict[str, float] = field(default_factory=dict)
     """The training process's peak resident memory (`rss`) and, on a GPU, peak allocated (`cuda`): what a machine
-    needs to run this recipe again. DPO on 4k-token pairs peaks near 12 GB on CPU; two such trainings at once were
-    killed by the OOM killer on a 24 GB machine. Empty in results written before it was recorded."""
+    needs to run this recipe again (a DPO stage on 4k-token pairs held 12 GB on CPU when the OOM killer stopped it
+    beside a second training on a 24 GB machine). Empty in results written before it was recorded."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -395,6 +395,7 @@ def run_training(base_dir: str, data_path: str, staging: str, out_dir: str, conf
 
 
 def _peak_memory_mb(device: Any) -> dict[str, float]:
+    """This process's high-water marks; the trainer runs in a process of its own, so they are the training's."""
     import resource
 
     import torch
