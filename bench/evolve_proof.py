@@ -5,6 +5,7 @@
     python bench/evolve_proof.py --report                         # per seed and pooled; summary.json, evolve.png
     python bench/evolve_proof.py --seed 0 --kinds sft,dpo --until-minutes 150   # an ablation arm
     python bench/evolve_proof.py --seed 0 --kinds sft,dpo --at-episode 2        # ... at the last episode only
+    python bench/evolve_proof.py --seed 0 --kinds sft,dpo --dpo-recipe rpo --at-episode 0   # DPO + NLL: 'sft+rpo'
     python bench/evolve_proof.py --seed 0 --rows-of mixed --at-episode 2        # SFT on the unsure tasks only
     python bench/evolve_proof.py --seed 0 --base-draws 2                        # the base again: the noise floor
     python bench/evolve_proof.py --dry-run                        # FAKE model + FAKE trainer, tiny split
@@ -40,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evolve_proof_core import (  # noqa: E402
+    ARMS,
+    DPO_RECIPES,
     MIXED,
     ROW_KINDS,
     OutOfTime,
@@ -69,13 +72,20 @@ def _git_head() -> str:
     return f"commit {proc.stdout.strip()}" if proc.returncode == 0 else "unknown"
 
 
-def arm_of(kinds: str, rows_of: str = "all") -> str:
+def arm_of(kinds: str, rows_of: str = "all", dpo_recipe: str = "dpo") -> str:
     chosen = {k.strip() for k in kinds.split(",") if k.strip()}
     if not chosen <= set(ROW_KINDS) or "sft" not in chosen:
         raise SystemExit(f"--kinds: 'sft' plus any of {', '.join(k for k in ROW_KINDS if k != 'sft')} (got {kinds!r})")
     if rows_of not in ("all", "mixed"):
         raise SystemExit(f"--rows-of: 'all' or 'mixed' (got {rows_of!r})")
-    return "+".join(k for k in ROW_KINDS if k in chosen) + (MIXED if rows_of == "mixed" else "")
+    if dpo_recipe not in DPO_RECIPES or (dpo_recipe != "dpo" and "dpo" not in chosen):
+        raise SystemExit(f"--dpo-recipe: one of {', '.join(DPO_RECIPES)}, and only with dpo in --kinds "
+                         f"(got {dpo_recipe!r} with {kinds!r})")
+    names = [dpo_recipe if k == "dpo" else k for k in ROW_KINDS if k in chosen]
+    arm = "+".join(names) + (MIXED if rows_of == "mixed" else "")
+    if arm not in ARMS and arm.removesuffix(MIXED) not in ARMS:
+        raise SystemExit(f"--kinds {kinds!r} makes the arm {arm!r}, which is not one of {', '.join(ARMS)}")
+    return arm
 
 
 def real_pools(config: ProofConfig) -> Pools:
@@ -136,7 +146,7 @@ def run_seed(args: argparse.Namespace, command: str, pools_of: Any = real_pools,
     seed_dir = args.out / f"seed{args.seed}"
     config = resolve_config(seed_dir, args.seed, given_options(args))
     check_code(seed_dir, args.code_note or _git_head(), args.allow_code_change)
-    arm = arm_of(args.kinds, args.rows_of)
+    arm = arm_of(args.kinds, args.rows_of, args.dpo_recipe)
     units = plan(config, arm, args.at_episode, args.base_draws)  # a bad option fails before any model loads
     split, tasks = load_split(seed_dir, config, pools_of(config))
     if pools_of is real_pools:
@@ -183,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sft,rationalized | ...")
     parser.add_argument("--rows-of", default="all", help="all | mixed: train only on rows of tasks whose samples "
                         "had mixed outcomes in their search (an arm of its own, e.g. 'sft-mixed')")
+    parser.add_argument("--dpo-recipe", default="dpo", help="how the arm's DPO stage trains: dpo (the train config "
+                        "as is) | rpo (plus the chosen reply's NLL, one epoch; the arm 'sft+rpo')")
     parser.add_argument("--base-draws", type=int, default=1, help="evaluate the base this many times, each with its "
                         "own revision seeds: how many held-out tasks flip between two draws of one policy")
     parser.add_argument("--at-episode", type=int, default=None,

@@ -28,7 +28,12 @@ SEARCH_ARM = "sft"
 """The arm whose adapters do the searching: every arm trains on the same search data (an ablation arm differs
 from it only in the kinds of rows it trains on)."""
 ARMS = {"sft": ("sft",), "sft+recovery": ("sft", "recovery"), "sft+dpo": ("sft", "dpo"),
-        "sft+recovery+dpo": ("sft", "recovery", "dpo"), "sft+rationalized": ("sft", "rationalized")}
+        "sft+recovery+dpo": ("sft", "recovery", "dpo"), "sft+rationalized": ("sft", "rationalized"),
+        "sft+rpo": ("sft", "dpo"), "sft+recovery+rpo": ("sft", "recovery", "dpo")}
+DPO_RECIPES: dict[str, dict[str, Any]] = {"dpo": {}, "rpo": {"dpo_sft_weight": 1.0, "epochs": 1}}
+"""How an arm's DPO stage trains (TrainConfig overrides for that stage): 'dpo' as the proof's train config says;
+'rpo' adds the chosen reply's mean NLL to the loss (RPO, Pang et al. 2024) and runs one epoch. Plain DPO on seed
+0's 67 pairs drove its loss from 0.70 to 1e-7 in two epochs: the pairs separated far beyond need."""
 MIXED = "-mixed"
 """Suffix of an arm that trains only on rows of tasks whose samples in that search had mixed outcomes (a success
 beside a failure): the successes the policy was not sure of. Rows of tasks every sample solved are what the policy
@@ -41,6 +46,13 @@ def arm_kinds(arm: str) -> tuple[str, ...]:
     if kinds is None:
         raise ProofError(f"unknown arm {arm!r}: one of {', '.join(ARMS)}, each optionally ending in {MIXED!r}")
     return kinds
+
+
+def arm_dpo_overrides(arm: str) -> dict[str, Any]:
+    """The DPO stage's TrainConfig overrides of an arm ({} for plain DPO or an arm without DPO)."""
+    arm_kinds(arm)  # an unknown arm fails here, by name
+    recipe = next((r for r in DPO_RECIPES if r in arm.removesuffix(MIXED).split("+")), "dpo")
+    return dict(DPO_RECIPES[recipe])
 
 
 def mixed_tasks(records: Iterable[dict[str, Any]]) -> set[str]:

@@ -94,7 +94,9 @@ class FakeTrainer:
         out = staging("fake")
         out.mkdir(parents=True)
         init = (Path(init_adapter) / "adapter_model.safetensors").read_text() if init_adapter else ""
-        payload = json.dumps({"rows": rows, "config": dict(config), "init": init}, sort_keys=True, default=str)
+        given = {"rows": rows, "config": dict(config), "init": init, **({"dpo": dict(dpo_overrides)} if dpo_overrides
+                                                                         else {})}
+        payload = json.dumps(given, sort_keys=True, default=str)
         payload += self.machine
         (out / "adapter_model.safetensors").write_text(hashlib.sha256(payload.encode()).hexdigest())
         (out / "adapter_config.json").write_text(json.dumps({"fake": True, "r": config.get("rank"), "target_modules":
@@ -103,6 +105,7 @@ class FakeTrainer:
         sft = [*rows.get("sft", []), *rows.get("recovery", [])]
         self.calls.append({"rows": {k: list(v) for k, v in rows.items()}, "config": dict(config),
                            "init": str(init_adapter) if init_adapter else None,
+                           "dpo_overrides": dict(dpo_overrides or {}),
                            "resume_dir": str(resume_dir) if resume_dir is not None else None,
                            "resumed": resume_dir is not None and (Path(resume_dir) / "fake-state").exists()})
         return out, {"rows": len(sft), "recovery_rows": len(rows.get("recovery", [])),

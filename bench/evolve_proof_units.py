@@ -34,6 +34,7 @@ from evolve_proof_core import (
     Unit,
     acting_training,
     append_record,
+    arm_dpo_overrides,
     arm_kinds,
     check_rows,
     held_out_ids,
@@ -315,7 +316,8 @@ class Proof:
             parent = parent.get("train_hash")
         spec = {"seed": self.config.seed, "arm": arm, "kinds": list(kinds), "episode": k, "rows": file_hashes,
                 "train": self.config.train, "init": self.config.init, "parent": parent, "model": self.config.model,
-                "backend": self.backend.label, **({"mixed_tasks": kept} if mixed else {})}
+                "backend": self.backend.label, **({"mixed_tasks": kept} if mixed else {}),
+                **({"dpo_overrides": overrides} if (overrides := arm_dpo_overrides(arm)) else {})}
         return rows, sha256_text(json.dumps(spec, sort_keys=True)), spec
 
     def run_train(self, unit: Unit) -> None:
@@ -347,7 +349,8 @@ class Proof:
             out, metrics = self.backend.train(
                 self.backend.base_hf_dir, rows, lambda stage: registry.staging_path(f"{name}-ep{k}-{stage}"),
                 {**self.config.train, "seed": self.config.seed, **self.backend.train_runtime},
-                init_adapter=init.path if init is not None else None, resume_dir=resume, stop_at=self.deadline)
+                dpo_overrides=arm_dpo_overrides(arm), init_adapter=init.path if init is not None else None,
+                resume_dir=resume, stop_at=self.deadline)
         except TrainingPaused as exc:
             self.event(event="train_paused", arm=arm, episode=k, step=exc.step, total=exc.total)
             raise OutOfTime(f"training {arm} episode {k} paused at step {exc.step}/{exc.total} (state in "

@@ -614,6 +614,33 @@ def test_a_mixed_arm_trains_only_on_tasks_whose_samples_disagreed(full_run: Path
     assert proof.train_inputs("sft-mixed", 1)[1] != digest
 
 
+def test_an_rpo_arm_trains_on_the_dpo_arms_rows_with_its_own_dpo_stage_and_hash(full_run: Path,
+                                                                                   tmp_path: Path) -> None:
+    """`--dpo-recipe rpo`: the same rows as sft+dpo, but the trainer gets the DPO-stage overrides (an NLL term, one
+    epoch) and they join the train hash, so the arm gets its own adapter; plain sft+dpo's hash has no such key (the
+    committed arms keep theirs)."""
+    root = copy_results(full_run, tmp_path)
+    assert ep.arm_of("sft,dpo", dpo_recipe="rpo") == "sft+rpo"
+    assert ep.arm_of("dpo,sft,recovery", "mixed", "rpo") == "sft+recovery+rpo-mixed"
+    for kinds, recipe in (("sft", "rpo"), ("sft,dpo", "ipo")):
+        with pytest.raises(SystemExit):
+            ep.arm_of(kinds, dpo_recipe=recipe)
+    trainer = FakeTrainer()
+    proof = make_proof(root, tmp_path / "work", trainer)
+    rows, digest, spec = proof.train_inputs("sft+rpo", 1)
+    dpo_rows, dpo_digest, dpo_spec = proof.train_inputs("sft+dpo", 1)
+    assert rows == dpo_rows and rows["dpo"] and digest != dpo_digest
+    assert spec["dpo_overrides"] == {"dpo_sft_weight": 1.0, "epochs": 1} and "dpo_overrides" not in dpo_spec
+    proof.run_unit(Unit("train", 1, "sft+rpo"))
+    assert trainer.calls[-1]["dpo_overrides"] == {"dpo_sft_weight": 1.0, "epochs": 1}
+    proof.run_unit(Unit("train", 1, "sft+dpo"))
+    assert trainer.calls[-1]["dpo_overrides"] == {} and trainer.calls[-1]["rows"] == trainer.calls[-2]["rows"]
+    trained = {arm: json.loads((root / "seed0" / "ep1" / arm / "train.json").read_text()) for arm in
+               ("sft+rpo", "sft+dpo")}
+    assert trained["sft+rpo"]["train_hash"] == digest and trained["sft+dpo"]["train_hash"] == dpo_digest
+    assert trained["sft+rpo"]["weights_hash"] != trained["sft+dpo"]["weights_hash"]
+
+
 def test_another_draw_of_the_base_uses_other_revision_seeds_and_is_paired_with_the_base(full_run: Path,
                                                                                         tmp_path: Path) -> None:
     """`--base-draws 2`: the base is evaluated again into base-draw1/, every attempt asked with seed 1 (the agent
