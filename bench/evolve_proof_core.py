@@ -28,12 +28,11 @@ SEARCH_ARM = "sft"
 """The arm whose adapters do the searching: every arm trains on the same search data (an ablation arm differs
 from it only in the kinds of rows it trains on)."""
 ARMS = {"sft": ("sft",), "sft+recovery": ("sft", "recovery"), "sft+dpo": ("sft", "dpo"),
-        "sft+recovery+dpo": ("sft", "recovery", "dpo"), "sft+rationalized": ("sft", "rationalized"),
-        "sft+rpo": ("sft", "dpo"), "sft+recovery+rpo": ("sft", "recovery", "dpo")}
+        "sft+recovery+dpo": ("sft", "recovery", "dpo"), "sft+rationalized": ("sft", "rationalized")}
 DPO_RECIPES: dict[str, dict[str, Any]] = {"dpo": {}, "rpo": {"dpo_sft_weight": 1.0, "epochs": 1}}
-"""How an arm's DPO stage trains (TrainConfig overrides for that stage): 'dpo' as the proof's train config says;
-'rpo' adds the chosen reply's mean NLL to the loss (RPO, Pang et al. 2024) and runs one epoch. Plain DPO on seed
-0's 67 pairs drove its loss from 0.70 to 1e-7 in two epochs: the pairs separated far beyond need."""
+"""How an arm's DPO stage trains (TrainConfig overrides for that stage), named in the arm where 'dpo' would be
+('sft+rpo'): 'dpo' as the proof's train config says; 'rpo' adds the chosen reply's mean NLL to the loss (RPO, Pang
+et al. 2024) and runs one epoch. Plain DPO on seed 0's 67 pairs drove its loss from 0.70 to 1e-7 in two epochs."""
 MIXED = "-mixed"
 """Suffix of an arm that trains only on rows of tasks whose samples in that search had mixed outcomes (a success
 beside a failure): the successes the policy was not sure of. Rows of tasks every sample solved are what the policy
@@ -41,8 +40,8 @@ writes anyway (seed 0's base wrote them at a perplexity of 1.06), and training o
 
 
 def arm_kinds(arm: str) -> tuple[str, ...]:
-    """The row kinds an arm trains on ('sft+dpo-mixed': sft and dpo, of mixed tasks only)."""
-    kinds = ARMS.get(arm.removesuffix(MIXED))
+    """The row kinds an arm trains on ('sft+dpo-mixed': sft and dpo, of mixed tasks only; 'sft+rpo': sft and dpo)."""
+    kinds = ARMS.get("+".join("dpo" if part in DPO_RECIPES else part for part in arm.removesuffix(MIXED).split("+")))
     if kinds is None:
         raise ProofError(f"unknown arm {arm!r}: one of {', '.join(ARMS)}, each optionally ending in {MIXED!r}")
     return kinds
@@ -51,8 +50,7 @@ def arm_kinds(arm: str) -> tuple[str, ...]:
 def arm_dpo_overrides(arm: str) -> dict[str, Any]:
     """The DPO stage's TrainConfig overrides of an arm ({} for plain DPO or an arm without DPO)."""
     arm_kinds(arm)  # an unknown arm fails here, by name
-    recipe = next((r for r in DPO_RECIPES if r in arm.removesuffix(MIXED).split("+")), "dpo")
-    return dict(DPO_RECIPES[recipe])
+    return next((dict(DPO_RECIPES[part]) for part in arm.removesuffix(MIXED).split("+") if part in DPO_RECIPES), {})
 
 
 def mixed_tasks(records: Iterable[dict[str, Any]]) -> set[str]:

@@ -34,6 +34,7 @@ from evolve_proof_core import (  # noqa: E402
     ProofError,
     Unit,
     append_record,
+    arm_kinds,
     check_code,
     code_fingerprint,
     held_out_ids,
@@ -625,6 +626,9 @@ def test_an_rpo_arm_trains_on_the_dpo_arms_rows_with_its_own_dpo_stage_and_hash(
     for kinds, recipe in (("sft", "rpo"), ("sft,dpo", "ipo")):
         with pytest.raises(SystemExit):
             ep.arm_of(kinds, dpo_recipe=recipe)
+    assert arm_kinds("sft+recovery+rpo-mixed") == ("sft", "recovery", "dpo")
+    with pytest.raises(ProofError):
+        arm_kinds("sft+rationalized+rpo")  # a combination no arm has
     trainer = FakeTrainer()
     proof = make_proof(root, tmp_path / "work", trainer)
     rows, digest, spec = proof.train_inputs("sft+rpo", 1)
