@@ -42,7 +42,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from strategy_runs import check_strategies, compare, compare_log, fill_attempt_tokens, model_key  # noqa: E402
+from strategy_runs import (  # noqa: E402
+    check_strategies,
+    compare,
+    compare_log,
+    coverage,
+    fill_attempt_tokens,
+    model_key,
+)
 from web_proof_stats import Deadline, compare_table, print_compare, read_rows  # noqa: E402
 
 from agent_selfevolve.evolve import mcnemar  # noqa: E402
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         ids = {t.instance_id for t in tasks}
         rows = [r for r in read_rows(compare_log(out, budget, args.select_with)) if r["task_id"] in ids]
         rows_by_budget[budget] = rows
-        table = compare_table(rows, strategies)
+        table = {**compare_table(rows, strategies), "searches": coverage(rows, tasks, strategies)}
         write_json_atomic(out / f"compare-b{budget}-{args.select_with}.json", {
             "model": args.model, "lora": str(args.lora) if args.lora else None, "suite": args.suite,
             "tasks": args.tasks, "held_out_of": str(args.held_out_of) if args.held_out_of else None,

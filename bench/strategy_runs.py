@@ -102,6 +102,14 @@ def compare(tasks: list[Task], model: Model, out: Path, *, strategies: list[str]
     return rows
 
 
+def coverage(rows: list[dict[str, Any]], tasks: list[Task], strategies: list[str]) -> dict[str, int]:
+    """How many of the planned (strategy, task) searches the rows hold: a table of a run stopped at its deadline is
+    committed between sessions, and must say that it covers only part of its plan."""
+    logged = {(r["strategy"], r["task_id"]) for r in rows}
+    return {"done": sum((s, t.instance_id) in logged for t in tasks for s in strategies),
+            "planned": len(tasks) * len(strategies)}
+
+
 def compare_log(out: Path, budget: int, select_with: str) -> Path:
     return out / f"compare-b{budget}-{select_with}.jsonl"
 

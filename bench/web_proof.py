@@ -57,7 +57,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from strategy_runs import check_strategies, compare_log, fill_attempt_tokens, model_key  # noqa: E402
+from strategy_runs import check_strategies, compare_log, coverage, fill_attempt_tokens, model_key  # noqa: E402
 from strategy_runs import compare as run_strategies  # noqa: E402
 from web_proof_stats import (  # noqa: E402
     GREEDY,
@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         print("nothing logged for these tasks yet: no table written")
         return
-    table = compare_table(rows + greedy_rows(sweep_rows, ids), [*strategies, GREEDY])
+    table = {**compare_table(rows + greedy_rows(sweep_rows, ids), [*strategies, GREEDY]),
+             "searches": coverage(rows, tasks, strategies)}
     name = table_name(args.budget, args.select_with, args.classes)
     write_json_atomic(out / f"{name}.json", {"model": args.model, "budget_tokens_per_task": args.budget,
                                              "select_with": args.select_with, "oracle": args.select_with == "tests",

@@ -255,6 +255,8 @@ def print_compare(table: dict[str, Any], budget: int | None, select_with: str) -
         share = "-" if r.get("operator_token_share") is None else f"{r['operator_token_share']:.0%}"
         print(f"{name:{width}s} {r['resolved']:>4d}/{r['tasks']:<4d} {ci:>15s} {r['pass_at_any']:>13d} "
               f"{r['tokens_per_task'] or 0:>11,d} {r['seconds_per_task'] or 0:>7.0f} {share:>9s}")
+    if (cover := table.get("searches")) and cover["done"] < cover["planned"]:
+        print(f"PARTIAL: {cover['done']} of {cover['planned']} planned searches logged; rerun to finish")
     if GREEDY in table["strategies"]:
         print(f"({GREEDY}: the sweep's one attempt at temperature 0, with the tokens one attempt spends)")
     width = max([22, *map(len, table["pairs"])])

@@ -69,8 +69,9 @@ def test_each_strategy_runs_once_per_task_and_budget_and_a_rerun_runs_nothing(
     assert {r["type"] for r in rows} == {"toolz", "funcy"} and not any(r["oracle"] for r in rows)
     saved = json.loads((tmp_path / "compare-b2000-proxy.json").read_text())
     assert saved["oracle"] is False and saved["strategies"]["mcts"]["pass_at_any"] == 3
+    assert saved["searches"] == {"done": 3 * len(sc.STRATEGIES), "planned": 3 * len(sc.STRATEGIES)}
     out = capsys.readouterr().out
-    assert "held-out" in out and "oracle pass@N" in out and "ORACLE:" not in out
+    assert "held-out" in out and "oracle pass@N" in out and "ORACLE:" not in out and "PARTIAL" not in out
     by_budget = json.loads((tmp_path / "compare-budgets-proxy.json").read_text())
     assert by_budget["best_of_n 1000->2000"] == {"tasks": 3, "gained": 1, "lost": 0, "p_value": 1.0,
                                                  "p_one_sided": 0.5}
@@ -81,11 +82,15 @@ def test_each_strategy_runs_once_per_task_and_budget_and_a_rerun_runs_nothing(
     assert ran == []
 
 
-def test_until_minutes_starts_no_search_after_the_deadline(fake: tuple[ModuleType, list], tmp_path: Path) -> None:
+def test_until_minutes_starts_no_search_after_the_deadline_and_the_table_says_it_is_partial(
+        fake: tuple[ModuleType, list], tmp_path: Path, capsys: Any) -> None:
     sc, ran = fake
     sc.main(["--model", "fake", "--suite", "humaneval", "--budgets", "1000", "--until-minutes", "0",
              "--out", str(tmp_path), "--progress", str(tmp_path / "progress.json")])
     assert ran == [] and "until-minutes" in (tmp_path / "progress.json").read_text()
+    cover = json.loads((tmp_path / "compare-b1000-proxy.json").read_text())["searches"]
+    assert cover["done"] == 0 and cover["planned"] > 0
+    assert f"PARTIAL: 0 of {cover['planned']} planned searches" in capsys.readouterr().out
 
 
 def test_pool_pairs_runs_by_budget_rank(fake: tuple[ModuleType, list], tmp_path: Path) -> None:

@@ -148,10 +148,12 @@ def test_a_compare_table_holds_only_the_chosen_classes_rows(tmp_path: Path) -> N
     saved = json.loads((out / "compare-b5000-tests.json").read_text())
     assert saved["types"] == ["click-tab"] and saved["strategies"]["best_of_n"]["tasks"] == 3
     assert saved["strategies"]["best_of_n"]["resolved"] == 1
+    assert saved["searches"] == {"done": 3, "planned": 3}
     wp.main([*argv, "--classes", "never"])  # its own table; the mixed one is left as it was
     assert json.loads((out / "compare-b5000-tests.json").read_text()) == saved
     never = json.loads((out / "compare-b5000-tests-never.json").read_text())
     assert never["types"] == ["enter-date"] and never["strategies"]["best_of_n"]["resolved"] == 1
+    assert never["searches"] == {"done": 1, "planned": 3}  # seeds 1 and 2 not run yet: the table says so
     wp.main([*argv, "--classes", "always"])
     assert not (out / "compare-b5000-tests-always.json").exists()
     assert wp.table_name(5000, "proxy", ["never", "always"]) == "compare-b5000-proxy-always+never"
