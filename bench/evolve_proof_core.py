@@ -53,6 +53,15 @@ def arm_dpo_overrides(arm: str) -> dict[str, Any]:
     return next((dict(DPO_RECIPES[part]) for part in arm.removesuffix(MIXED).split("+") if part in DPO_RECIPES), {})
 
 
+def plain_dpo_arm(arm: str) -> str | None:
+    """The arm that differs from `arm` only by training its DPO stage as plain DPO ('sft+rpo' -> 'sft+dpo'), or
+    None where `arm` has no other recipe: the pair that says what the recipe itself changed."""
+    parts = arm.removesuffix(MIXED).split("+")
+    if not any(part in DPO_RECIPES and part != "dpo" for part in parts):
+        return None
+    return "+".join("dpo" if part in DPO_RECIPES else part for part in parts) + (MIXED if arm.endswith(MIXED) else "")
+
+
 def mixed_tasks(records: Iterable[dict[str, Any]]) -> set[str]:
     """Tasks of one search (its tasks.jsonl records) whose samples both passed and failed the training tests."""
     return {r["task_id"] for r in records if len(set(r.get("attempts") or [])) > 1}

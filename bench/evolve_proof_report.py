@@ -17,6 +17,7 @@ from evolve_proof_core import (
     Unit,
     acting_training,
     held_out_ids,
+    plain_dpo_arm,
     read_records,
     train_ids,
     unit_dir,
@@ -206,6 +207,10 @@ def build_report(root: Path) -> dict[str, Any]:
         for row in rows:
             sft = afters.get(("sft", row["episode"]))
             row["vs_sft"] = _paired(sft, afters[(arm, row["episode"])])["mcnemar"] if sft and arm != "sft" else None
+            plain = plain_dpo_arm(arm)
+            dpo = afters.get((plain, row["episode"])) if plain else None
+            row["vs_plain_dpo"] = {"arm": plain, **_paired(dpo, afters[(arm, row["episode"])])["mcnemar"]} \
+                if dpo else None
     return {"seeds": seeds, "pooled": pooled}
 
 
@@ -242,7 +247,9 @@ def format_report(report: dict[str, Any]) -> str:
             suites = [f"{_cell(row['by_suite'].get(x, {}).get('after')):16}" for x in ("humaneval", "factory")]
             lines.append(f"{arm:16} {'ep' + str(k):8} {' '.join(per_seed)} {_cell(row['after']) + short:16} "
                          f"{' '.join(suites)} {_test(row['mcnemar']):40} {_test(row['vs_previous'])}"
-                         + (f" / {_test(row['vs_sft'])}" if row.get("vs_sft") else ""))
+                         + (f" / {_test(row['vs_sft'])}" if row.get("vs_sft") else "")
+                         + (f" / vs {row['vs_plain_dpo']['arm']} {_test(row['vs_plain_dpo'])}"
+                            if row.get("vs_plain_dpo") else ""))
     for s in seeds:
         for d in report["seeds"][s].get("base_draws") or []:
             lines.append(f"seed {s} base again, revision seeds +{d['draw']} (the noise floor): {_cell(d)}; "

@@ -39,6 +39,7 @@ from evolve_proof_core import (  # noqa: E402
     code_fingerprint,
     held_out_ids,
     load_split,
+    plain_dpo_arm,
     plan,
     read_records,
     resolve_config,
@@ -555,6 +556,27 @@ def test_an_ablation_arm_run_at_the_last_episode_only_is_reported_against_sft_th
     assert pooled["vs_previous"] is None and (pooled["vs_sft"]["gained"], pooled["vs_sft"]["lost"]) == (2, 0)
     assert [r["episode"] for r in report["pooled"]["sft"]] == [0, 1]
     assert report["pooled"]["sft"][1]["vs_previous"]["gained"] == 1
+
+
+def test_a_dpo_recipe_arm_is_set_against_plain_dpo_on_the_same_tasks(tmp_path: Path) -> None:
+    """'sft+rpo' differs from 'sft+dpo' by its DPO recipe alone: the report pairs the two (the recipe's own
+    effect), beside each against SFT; an arm without a recipe of its own gets no such pair."""
+    ids = [f"humaneval__{i}" for i in range(6)]
+    seed_dir = tmp_path / "seed0"
+    _write_eval(seed_dir, Unit("eval"), dict.fromkeys(ids, False))
+    _write_eval(seed_dir, Unit("eval", 0, "sft"), {i: n < 3 for n, i in enumerate(ids)})
+    _write_eval(seed_dir, Unit("eval", 0, "sft+dpo"), {i: n == 5 for n, i in enumerate(ids)})
+    _write_eval(seed_dir, Unit("eval", 0, "sft+rpo"), {i: n < 4 for n, i in enumerate(ids)})
+    assert ep.main(["--report", "--out", str(tmp_path)]) == 0
+    pooled = json.loads((tmp_path / "summary.json").read_text())["pooled"]
+    (rpo,) = pooled["sft+rpo"]
+    assert rpo["vs_plain_dpo"]["arm"] == "sft+dpo"
+    assert (rpo["vs_plain_dpo"]["gained"], rpo["vs_plain_dpo"]["lost"]) == (4, 1)
+    assert (rpo["vs_sft"]["gained"], rpo["vs_sft"]["lost"]) == (1, 0)
+    assert pooled["sft+dpo"][0]["vs_plain_dpo"] is None and pooled["sft"][0]["vs_plain_dpo"] is None
+    line = next(x for x in format_report(build_report(tmp_path)).splitlines() if x.startswith("sft+rpo"))
+    assert "vs sft+dpo +4 -1" in line
+    assert plain_dpo_arm("sft+rpo-mixed") == "sft+dpo-mixed" and plain_dpo_arm("sft+recovery") is None
 
 
 def test_the_committed_config_is_frozen(tmp_path: Path) -> None:
