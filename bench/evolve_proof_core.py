@@ -39,9 +39,14 @@ beside a failure): the successes the policy was not sure of. Rows of tasks every
 writes anyway (seed 0's base wrote them at a perplexity of 1.06), and training on them mostly sharpens it."""
 
 
+def _as_plain_dpo(arm: str) -> str:
+    """`arm` without its -mixed suffix, its DPO stage named plain 'dpo' whatever the recipe ('sft+rpo' -> 'sft+dpo')."""
+    return "+".join("dpo" if part in DPO_RECIPES else part for part in arm.removesuffix(MIXED).split("+"))
+
+
 def arm_kinds(arm: str) -> tuple[str, ...]:
     """The row kinds an arm trains on ('sft+dpo-mixed': sft and dpo, of mixed tasks only; 'sft+rpo': sft and dpo)."""
-    kinds = ARMS.get("+".join("dpo" if part in DPO_RECIPES else part for part in arm.removesuffix(MIXED).split("+")))
+    kinds = ARMS.get(_as_plain_dpo(arm))
     if kinds is None:
         raise ProofError(f"unknown arm {arm!r}: one of {', '.join(ARMS)}, each optionally ending in {MIXED!r}")
     return kinds
@@ -56,10 +61,10 @@ def arm_dpo_overrides(arm: str) -> dict[str, Any]:
 def plain_dpo_arm(arm: str) -> str | None:
     """The arm that differs from `arm` only by training its DPO stage as plain DPO ('sft+rpo' -> 'sft+dpo'), or
     None where `arm` has no other recipe: the pair that says what the recipe itself changed."""
-    parts = arm.removesuffix(MIXED).split("+")
-    if not any(part in DPO_RECIPES and part != "dpo" for part in parts):
+    plain = _as_plain_dpo(arm)
+    if plain == arm.removesuffix(MIXED):  # no recipe other than plain DPO
         return None
-    return "+".join("dpo" if part in DPO_RECIPES else part for part in parts) + (MIXED if arm.endswith(MIXED) else "")
+    return plain + (MIXED if arm.endswith(MIXED) else "")
 
 
 def mixed_tasks(records: Iterable[dict[str, Any]]) -> set[str]:

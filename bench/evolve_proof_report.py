@@ -205,12 +205,12 @@ def build_report(root: Path) -> dict[str, Any]:
             afters[(arm, k)] = after
     for arm, rows in pooled.items():  # the ablation: each arm against SFT alone, same episode, same pairs
         for row in rows:
+            after = afters[(arm, row["episode"])]
             sft = afters.get(("sft", row["episode"]))
-            row["vs_sft"] = _paired(sft, afters[(arm, row["episode"])])["mcnemar"] if sft and arm != "sft" else None
+            row["vs_sft"] = _paired(sft, after)["mcnemar"] if sft and arm != "sft" else None
             plain = plain_dpo_arm(arm)
             dpo = afters.get((plain, row["episode"])) if plain else None
-            row["vs_plain_dpo"] = {"arm": plain, **_paired(dpo, afters[(arm, row["episode"])])["mcnemar"]} \
-                if dpo else None
+            row["vs_plain_dpo"] = {"arm": plain, **_paired(dpo, after)["mcnemar"]} if dpo else None
     return {"seeds": seeds, "pooled": pooled}
 
 

@@ -68,6 +68,14 @@ def chromium_descendants() -> set[int]:
     return out
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line for a failure message ('' once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:160].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @pytest.fixture(scope="module")
 def task() -> Task:
     return browsergym_miniwob_tasks(["click-button"], seeds=[SEED])[0]
@@ -105,7 +113,8 @@ def test_run_attempt_gets_browsergym_reward_errors_are_observations_and_no_brows
         if not during & chromium_descendants():
             break
         time.sleep(0.1)
-    assert not during & chromium_descendants(), "a browser of the finished attempt is still running"
+    left = during & chromium_descendants()
+    assert not left, "a browser of the finished attempt still runs 30 s after it: " + "; ".join(map(cmdline, left))
 
     def wrong(messages: list[dict[str, Any]]) -> dict[str, Any]:
         ids = button_ids(last_observation(messages))
